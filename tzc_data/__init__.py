@@ -1,0 +1,13 @@
+"""tzc_data: turn public reasoning traces into clean, packed, verifiable SFT shards.
+
+Streaming stages, one module each (see ``pipeline.py`` for their order): ``read`` → ``dedupe`` →
+``filters`` → ``format`` → ``tokenize`` → ``pack`` → ``write``. This package never imports JAX or
+``tzc_train``: a data user installs no trainer.
+"""
+
+__version__ = "0.1.0"
+
+from tzc_data.errors import TzcError  # noqa: E402
+from tzc_data.format import FormatError  # noqa: E402
+
+__all__ = ["FormatError", "TzcError", "__version__"]

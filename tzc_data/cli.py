@@ -1,0 +1,151 @@
+"""``tzc-data``: the command line. Parses options into a :class:`BuildConfig`, runs, prints.
+
+Errors the user can fix (:class:`TzcError`) print one line, ``tzc-data: error: ...``, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from tzc_data import __version__
+from tzc_data import format as fmt
+from tzc_data.config import COMPRESSIONS, BuildConfig, parse_range
+from tzc_data.errors import TzcError
+from tzc_data.record import KEPT, REASONS
+
+
+def _build_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build", help="read a row range, clean, tokenize, pack and write shards",
+        description="Read rows [START, STOP) of a source, drop bad rows with a reason, format them in the "
+                    "Gemma 2 chat template, tokenize, pack into fixed-length rows and write ArrayRecord "
+                    "shards, Parquet stats and a manifest.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("source")
+    g.add_argument("--source", default="hf",
+                   help="'hf' (glaiveai/reasoning-v1-20m on the hub), 'synthetic', or a local file, directory "
+                        "or glob of .parquet/.jsonl/.jsonl.gz files with 'prompt' and 'response' columns")
+    g.add_argument("--range", required=True, metavar="START:STOP", help="global row indices [START, STOP)")
+    g.add_argument("--revision", help="hub revision (branch, tag or commit) for --source hf; default main")
+    g.add_argument("--seed", type=int, default=0, help="seed of the synthetic source")
+    g = p.add_argument_group("format and tokenize")
+    g.add_argument("--system", default=fmt.DEFAULT_SYSTEM, help="system prompt, placed at the start of the user turn")
+    g.add_argument("--tokenizer", metavar="PATH",
+                   help="a SentencePiece model; default: the Gemma 2 tokenizer, fetched once and hash-checked")
+    g = p.add_argument_group("filters")
+    g.add_argument("--max-tokens", type=int, help="drop examples longer than this (default: --seq-len)")
+    g.add_argument("--min-answer-tokens", type=int, default=1, help="drop answers shorter than this")
+    g.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate prompts")
+    g.add_argument("--no-loop-filter", dest="loop_filter", action="store_false", help="keep looping traces")
+    g.add_argument("--loop-min-repeats", type=float, default=4.0, help="repeats of a tail unit that make a loop")
+    g.add_argument("--loop-min-chars", type=int, default=200, help="characters a looping tail must cover")
+    g.add_argument("--min-kept-ratio", type=float, default=0.5,
+                   help="fail the build when fewer rows than this share are kept")
+    g = p.add_argument_group("pack and write")
+    g.add_argument("--seq-len", type=int, default=4096, help="tokens per packed row (Gemma 2's sliding window)")
+    g.add_argument("--rows-per-shard", type=int, default=1024, help="packed rows per ArrayRecord shard")
+    g.add_argument("--compression", choices=COMPRESSIONS, default="zstd:1", help="ArrayRecord compression")
+    g.add_argument("--out", required=True, help="output directory")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: when stderr is a terminal)")
+    p.set_defaults(run=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from tzc_data.pipeline import build
+
+    start, stop = parse_range(args.range)
+    config = BuildConfig(
+        out=args.out, start=start, stop=stop, source=args.source, revision=args.revision, seed=args.seed,
+        tokenizer=args.tokenizer, system=args.system, seq_len=args.seq_len, max_tokens=args.max_tokens,
+        min_answer_tokens=args.min_answer_tokens, dedup=args.dedup, loop_filter=args.loop_filter,
+        loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
+        min_kept_ratio=args.min_kept_ratio, rows_per_shard=args.rows_per_shard, compression=args.compression,
+        overwrite=args.overwrite)
+    manifest = build(config, progress=args.progress)
+    print(summary(manifest, args.out))
+    return 0
+
+
+def summary(manifest: dict[str, Any], out: str) -> str:
+    """The one-screen table printed at the end of a build."""
+    counts = manifest["counts"]
+    read = counts["read"] or 1
+    packing = manifest["packing"]
+    run = manifest.get("run", {})
+    lines = [f"tzc-data build: rows {manifest['range']['start']:,}:{manifest['range']['stop']:,} "
+             f"of {manifest['source']['kind']} -> {out}", "",
+             f"  {'status':<22}{'rows':>10}{'share':>9}"]
+    by_status = sorted(counts["by_status"].items(), key=lambda kv: (kv[0] != KEPT, -kv[1], kv[0]))
+    for status, n in by_status:
+        lines.append(f"  {status:<22}{n:>10,}{n / read:>9.1%}")
+    lines.append(f"  {'read':<22}{counts['read']:>10,}{'':>9}  (= kept {counts['kept']:,} + dropped "
+                 f"{counts['dropped']:,})")
+    lines += ["",
+              f"  packed rows {packing['rows']:,} x {packing['seq_len']} tokens, fill {packing['fill']:.2%}, "
+              f"{packing['examples']:,} examples ({packing['examples'] / max(packing['rows'], 1):.2f} per row); "
+              f"no whole-example packing can exceed {packing['fill_upper_bound']:.2%}",
+              f"  tokens {packing['tokens']:,}, loss tokens {packing['loss_tokens']:,}; "
+              f"{len(manifest['shards'])} shard(s)"]
+    if run:
+        lines.append(f"  {run['seconds']:.1f} s, {run['rows_per_second']:,.0f} rows/s, "
+                     f"{run['tokens_per_second']:,.0f} tokens/s, peak RSS {run['peak_rss_mib']:,.0f} MiB")
+    return "\n".join(lines)
+
+
+def _fuzz_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fuzz-format", help="fuzz the formatter and tokenizer with your system prompt",
+        description="Run the formatting properties (render/parse round trip, response split, and with a "
+                    "tokenizer: no control token inside content, tokens decode to the rendered text) on N "
+                    "generated inputs each; print the smallest counterexample found.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--examples", type=int, default=1000, help="inputs per property")
+    p.add_argument("--system", default=None, help="fix the system prompt (default: fuzz it too)")
+    p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model (default: Gemma 2, fetched once)")
+    p.add_argument("--no-tokenizer", action="store_true", help="skip the tokenizer property")
+    p.set_defaults(run=_run_fuzz)
+
+
+def _run_fuzz(args: argparse.Namespace) -> int:
+    from tzc_data.fuzz import run
+    from tzc_data.tokenize import load_tokenizer
+
+    if args.examples < 1:
+        raise TzcError("--examples must be at least 1")
+    tokenizer = None
+    if not args.no_tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer, system=args.system or fmt.DEFAULT_SYSTEM)
+    failures = run(args.examples, tokenizer=tokenizer, system=args.system)
+    names = ["round_trip", "split"] + (["tokens"] if tokenizer else [])
+    for name in names:
+        failed = [f for f in failures if f.prop == name]
+        print(f"{name:<12} {'FAIL' if failed else 'ok'} ({args.examples} examples)")
+        for failure in failed:
+            print("  smallest counterexample:\n    " + failure.report.replace("\n", "\n    "))
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
+                                     "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
+    parser.add_argument("--version", action="version", version=f"tzc-data {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _build_parser(sub)
+    _fuzz_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except TzcError as err:
+        print(f"tzc-data: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tzc-data: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The build's one configuration object: frozen, keyword-only, validated on construction.
+
+Every field is an option of ``tzc-data build``; the manifest stores :meth:`BuildConfig.recorded`,
+so a build can be repeated from its manifest alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from tzc_data import format as fmt
+from tzc_data.errors import ConfigError
+
+COMPRESSIONS = ("zstd:1", "zstd:3", "uncompressed")
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"180000:280000"`` -> (180000, 280000); also accepts ``1_000`` and ``10k``-free plain ints."""
+    start, sep, stop = text.partition(":")
+    if not sep:
+        raise ConfigError(f"--range {text!r}: expected START:STOP, e.g. 180000:280000")
+    try:
+        begin, end = int(start.replace("_", "")), int(stop.replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"--range {text!r}: START and STOP must be integers") from None
+    return begin, end
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """What to read, how to clean it, how to pack it, and where to write it."""
+
+    out: str
+    start: int
+    stop: int
+    source: str = "hf"
+    revision: str | None = None
+    seed: int = 0
+    tokenizer: str | None = None  # None: the Gemma 2 tokenizer, fetched and hash-checked
+    system: str = fmt.DEFAULT_SYSTEM
+    seq_len: int = 4096
+    max_tokens: int | None = None  # None: seq_len
+    min_answer_tokens: int = 1
+    dedup: bool = True
+    loop_filter: bool = True
+    loop_min_repeats: float = 4.0
+    loop_min_chars: int = 200
+    min_kept_ratio: float = 0.5
+    rows_per_shard: int = 1024
+    compression: str = "zstd:1"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.stop <= self.start:
+            raise ConfigError(f"--range {self.start}:{self.stop}: need 0 <= START < STOP")
+        if self.seq_len < 64:
+            raise ConfigError(f"--seq-len {self.seq_len}: must be at least 64 tokens")
+        if self.max_tokens is not None and not 16 <= self.max_tokens <= self.seq_len:
+            raise ConfigError(f"--max-tokens {self.max_tokens}: must be between 16 and --seq-len ({self.seq_len}); "
+                              "an example longer than a row cannot be packed without splitting it")
+        if self.min_answer_tokens < 0:
+            raise ConfigError(f"--min-answer-tokens {self.min_answer_tokens}: must be >= 0")
+        if not 0.0 <= self.min_kept_ratio <= 1.0:
+            raise ConfigError(f"--min-kept-ratio {self.min_kept_ratio}: must be between 0 and 1")
+        if self.loop_min_repeats < 2 or self.loop_min_chars < 1:
+            raise ConfigError("--loop-min-repeats must be >= 2 and --loop-min-chars >= 1")
+        if self.rows_per_shard < 1:
+            raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"--compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+        try:
+            fmt.check_system(self.system)
+        except fmt.FormatError as err:
+            raise ConfigError(f"--system: {err}") from None
+
+    @property
+    def token_limit(self) -> int:
+        return self.max_tokens if self.max_tokens is not None else self.seq_len
+
+    @property
+    def array_record_options(self) -> str:
+        # group_size:1 so that every record can be read on its own (Grain's random access).
+        return f"group_size:1,{self.compression}"
+
+    def recorded(self) -> dict[str, Any]:
+        """The fields that determine the output (not where it goes, nor whether to overwrite)."""
+        fields = dataclasses.asdict(self)
+        for name in ("out", "overwrite"):
+            fields.pop(name)
+        fields["max_tokens"] = self.token_limit
+        return fields

