@@ -157,3 +157,42 @@ def check_row(row: dict[str, np.ndarray]) -> list[str]:
     if np.any((mask != 0) & (mask != 1)):
         problems.append("loss mask is not 0/1")
     return problems
+
+
+def placement(bins: Sequence[Sequence[int]], spool: Spool, seq_len: int, rows_per_shard: int
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Where each example went, and one stats row per packed row, computed with numpy.
+
+    Returns ``(where, packs)``: ``where[k] = (shard, record in shard, segment id)`` of the k-th
+    spooled example; ``packs`` holds the columns of ``stats/packs.parquet`` (``rows`` as flat
+    source rows plus ``rows_offsets``).
+    """
+    sizes = np.fromiter((len(b) for b in bins), dtype=np.int64, count=len(bins))
+    flat = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=int(sizes.sum()))
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    number = np.repeat(np.arange(len(bins)), sizes)
+    where = np.zeros((len(spool), 3), dtype=np.int32)
+    where[flat, 0] = number // rows_per_shard
+    where[flat, 1] = number % rows_per_shard
+    where[flat, 2] = np.arange(len(flat)) - offsets[number] + 1
+    lengths = np.frombuffer(spool.lengths, dtype=np.int32).astype(np.int64)
+    loss = lengths - np.frombuffer(spool.prompt_lengths, dtype=np.int32)
+    starts = offsets[:-1]
+    tokens = np.add.reduceat(lengths[flat], starts) if len(bins) else np.zeros(0, np.int64)
+    packs = {
+        "shard": (np.arange(len(bins)) // rows_per_shard).astype(np.int32),
+        "index": (np.arange(len(bins)) % rows_per_shard).astype(np.int32),
+        "segments": sizes.astype(np.int32),
+        "tokens": tokens.astype(np.int32),
+        "loss_tokens": (np.add.reduceat(loss[flat], starts) if len(bins) else tokens).astype(np.int32),
+        "fill": tokens / seq_len,
+        "rows": np.frombuffer(spool.rows, dtype=np.int64)[flat],
+        "rows_offsets": offsets.astype(np.int32),
+    }
+    return where, packs
+
+
+def rows_lower_bound(lengths: Sequence[int], capacity: int) -> int:
+    """No packing that keeps examples whole uses fewer rows: enough for every token, and one row
+    for each example longer than half a row (no two of them fit together)."""
+    return max(-(-sum(lengths) // capacity), sum(1 for n in lengths if 2 * n > capacity))

@@ -24,7 +24,6 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
 from tzc_data import __version__
@@ -33,7 +32,7 @@ from tzc_data.dedupe import ExactIndex, drop_duplicates, hash_prompts
 from tzc_data.errors import GuardrailError, OutputError
 from tzc_data.filters import Filter, LengthFilter, LoopFilter, apply_filters
 from tzc_data.format import format_examples, split_examples
-from tzc_data.pack import Spool, best_fit_decreasing
+from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_bound
 from tzc_data.read import Source, open_source, read
 from tzc_data.record import KEPT, REASONS, Example
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
@@ -149,6 +148,9 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     total = config.stop - config.start
     bar = tqdm(total=total, unit="row", file=sys.stderr, disable=None if progress is None else not progress,
                mininterval=0.5, smoothing=0.1, desc="build")
+    # Without a terminal (CI logs, nohup) a line every 30 s still shows that a long build is alive.
+    log_lines = progress is None and bar.disable and total >= 50_000
+    next_log = time.perf_counter() + 30
     examples = stages(read(source, config.start, config.stop), config, tokenizer, quality, index)
     for n, example in enumerate(examples, 1):
         counts[example.status] += 1
@@ -158,6 +160,10 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         if n % 256 == 0:
             bar.update(256)
             bar.set_postfix(kept=counts[KEPT], dropped=n - counts[KEPT], refresh=False)
+            if log_lines and time.perf_counter() >= next_log:
+                next_log += 30
+                print(f"tzc-data: {n:,}/{total:,} rows, kept {counts[KEPT]:,}, dropped {n - counts[KEPT]:,}",
+                      file=sys.stderr, flush=True)
     bar.update(sum(counts.values()) - bar.n)
     bar.close()
     read_rows = sum(counts.values())
@@ -165,27 +171,15 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
 
     lengths = list(spool.lengths)
     bins = best_fit_decreasing(lengths, config.seq_len)
-    placement = np.zeros((len(lengths), 3), dtype=np.int32)
-    packs: dict[str, list] = {k: [] for k in ("shard", "index", "segments", "tokens", "loss_tokens", "fill", "rows")}
-    for number, members in enumerate(bins):
-        shard, at = divmod(number, config.rows_per_shard)
-        for segment, item in enumerate(members, 1):
-            placement[item] = (shard, at, segment)
-        used = sum(lengths[i] for i in members)
-        packs["shard"].append(shard)
-        packs["index"].append(at)
-        packs["segments"].append(len(members))
-        packs["tokens"].append(used)
-        packs["loss_tokens"].append(sum(lengths[i] - spool.prompt_lengths[i] for i in members))
-        packs["fill"].append(used / config.seq_len)
-        packs["rows"].append([spool.rows[i] for i in members])
+    where, packs = placement(bins, spool, config.seq_len, config.rows_per_shard)
     shards = write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, config.seq_len), len(bins),
                           config.rows_per_shard, config.array_record_options)
     os.remove(spool.path)
-    records_path = stats.finish(placement)
+    records_path = stats.finish(where)
     packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs)
 
     token_total = int(sum(lengths))
+    bound = rows_lower_bound(lengths, config.seq_len)
     manifest = {
         "tzc_version": __version__,
         "format_version": FORMAT_VERSION,
@@ -199,12 +193,11 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         "packing": {
             "algorithm": "best-fit-decreasing, offline over spooled examples",
             "seq_len": config.seq_len, "rows": len(bins), "examples": len(lengths), "tokens": token_total,
-            "loss_tokens": int(sum(packs["loss_tokens"])),
+            "loss_tokens": int(packs["loss_tokens"].sum()),
             "fill": round(token_total / (len(bins) * config.seq_len), 6) if bins else 0.0,
             # No packing that keeps examples whole can use fewer rows than this, or fill more than this.
-            "rows_lower_bound": -(-token_total // config.seq_len),
-            "fill_upper_bound": round(token_total / (-(-token_total // config.seq_len) * config.seq_len), 6)
-            if token_total else 0.0,
+            "rows_lower_bound": bound,
+            "fill_upper_bound": round(token_total / (bound * config.seq_len), 6) if bound else 0.0,
         },
         "record_layout": record_layout(config.seq_len),
         "splits": {"train": [s["file"] for s in shards]},

@@ -143,12 +143,12 @@ def _close(writer: ArrayRecordWriter, directory: str, relative: str) -> dict[str
     return {"sha256": sha.hexdigest(), "bytes": os.path.getsize(path)}
 
 
-def write_pack_stats(directory: str, columns: dict[str, list]) -> str:
+def write_pack_stats(directory: str, packs: dict[str, np.ndarray]) -> str:
+    """``stats/packs.parquet`` from :func:`tzc_data.pack.placement`'s columns."""
     path = os.path.join(directory, "packs.parquet")
-    schema = pa.schema([("shard", pa.int32()), ("index", pa.int32()), ("segments", pa.int32()),
-                        ("tokens", pa.int32()), ("loss_tokens", pa.int32()), ("fill", pa.float64()),
-                        ("rows", pa.list_(pa.int64()))])
-    pq.write_table(pa.table(columns, schema=schema), path)
+    columns = {name: pa.array(packs[name]) for name in ("shard", "index", "segments", "tokens", "loss_tokens", "fill")}
+    columns["rows"] = pa.ListArray.from_arrays(pa.array(packs["rows_offsets"]), pa.array(packs["rows"]))
+    pq.write_table(pa.table(columns), path)
     return path
 
 

@@ -90,3 +90,12 @@ def test_decode_row_refuses_a_wrong_size():
     with pytest.raises(ValueError, match="bytes"):
         decode_row(b"\0" * 10, 4)
     assert list(itertools.islice(decode_row(b"\0" * 64, 4), 4)) == ["tokens", "segment_ids", "positions", "loss_mask"]
+
+
+def test_rows_lower_bound_counts_examples_that_cannot_share_a_row():
+    from tzc_data.pack import rows_lower_bound
+
+    assert rows_lower_bound([60, 60, 60], 100) == 3  # tokens alone would say 2
+    assert rows_lower_bound([30, 30, 30, 30], 100) == 2
+    lengths = [60, 60, 60, 40, 40, 40, 10]
+    assert len(best_fit_decreasing(lengths, 100)) >= rows_lower_bound(lengths, 100)

@@ -174,3 +174,37 @@ def test_synthetic_rows_are_pure_functions_of_seed_and_index():
     b = list(SyntheticSource(seed=5).rows(1_000_003, 1_000_005))
     assert [(e.prompt, e.response) for e in a[3:]] == [(e.prompt, e.response) for e in b]
     assert validate(0, {"prompt": "p", "response": "r"}).kept
+
+
+def test_hub_source_lists_the_split_at_the_resolved_commit(hub_tree, tmp_path, monkeypatch):
+    """The hub wiring, with HfApi/HfFileSystem replaced by a local tree under the same paths."""
+    import shutil
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    from tzc_data.read import hub_source
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(hub_tree, tmp_path / "datasets" / "glaiveai" / f"reasoning-v1-20m@{sha}")
+    asked = {}
+
+    def dataset_info(self, repo, revision=None, **_):
+        asked["revision"] = revision
+        return SimpleNamespace(sha=sha)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", dataset_info)
+    monkeypatch.setattr(huggingface_hub, "HfFileSystem", lambda: DirFileSystem(str(tmp_path), fsspec.filesystem("file")))
+    source = hub_source(revision="v1")
+    assert asked["revision"] == "v1"
+    assert source.describe()["commit"] == sha and source.describe()["revision"] == "v1"
+    assert source.describe()["files"] == [f"data/train-{k:05d}-of-00003.parquet" for k in range(3)]
+    assert [e.row for e in read(source, 239, 242)] == [239, 240, 241]
+
+
+def test_unreachable_hub_is_a_clear_error():
+    from tzc_data.read import hub_source
+
+    with pytest.raises(SourceError, match="cannot list hub dataset glaiveai/reasoning-v1-20m .*--source PATH"):
+        hub_source()  # HF_HUB_OFFLINE=1 in the tests, and no network here anyway
