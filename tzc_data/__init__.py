@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 
 from tzc_data.errors import TzcError  # noqa: E402
 from tzc_data.format import FormatError  # noqa: E402
+from tzc_data.load import load, read_manifest  # noqa: E402
 
-__all__ = ["FormatError", "TzcError", "__version__"]
+__all__ = ["FormatError", "TzcError", "__version__", "load", "read_manifest"]

@@ -17,7 +17,7 @@ COMPRESSIONS = ("zstd:1", "zstd:3", "uncompressed")
 
 
 def parse_range(text: str) -> tuple[int, int]:
-    """``"180000:280000"`` -> (180000, 280000); also accepts ``1_000`` and ``10k``-free plain ints."""
+    """``"180000:280000"`` -> (180000, 280000); underscores are allowed (``180_000:280_000``)."""
     start, sep, stop = text.partition(":")
     if not sep:
         raise ConfigError(f"--range {text!r}: expected START:STOP, e.g. 180000:280000")
