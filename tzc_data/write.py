@@ -13,7 +13,6 @@ names, sorted JSON keys, so two builds of the same inputs are byte-identical.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 
 from tzc_data.pack import DTYPE, FIELDS
 from tzc_data.record import Example
+from tzc_data.tokenize import sha256_file
 
 SHARD_DIR = "shards"
 STATS_DIR = "stats"
@@ -136,11 +136,7 @@ def write_shards(directory: str, rows: Iterable[np.ndarray], count: int, rows_pe
 def _close(writer: ArrayRecordWriter, directory: str, relative: str) -> dict[str, Any]:
     writer.close()
     path = os.path.join(directory, os.path.basename(relative))
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return {"sha256": sha.hexdigest(), "bytes": os.path.getsize(path)}
+    return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def write_pack_stats(directory: str, packs: dict[str, np.ndarray]) -> str:
