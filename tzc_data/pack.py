@@ -170,21 +170,23 @@ def placement(bins: Sequence[Sequence[int]], spool: Spool, seq_len: int, rows_pe
     sizes = np.fromiter((len(b) for b in bins), dtype=np.int64, count=len(bins))
     flat = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=int(sizes.sum()))
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    number = np.repeat(np.arange(len(bins)), sizes)
+    number = np.arange(len(bins))
+    shard, index = number // rows_per_shard, number % rows_per_shard
+    bin_of = np.repeat(number, sizes)  # the packed row of each entry of ``flat``
     where = np.zeros((len(spool), 3), dtype=np.int32)
-    where[flat, 0] = number // rows_per_shard
-    where[flat, 1] = number % rows_per_shard
-    where[flat, 2] = np.arange(len(flat)) - offsets[number] + 1
+    where[flat] = np.stack([shard[bin_of], index[bin_of], np.arange(len(flat)) - offsets[bin_of] + 1], axis=1)
+
+    def per_row(values: np.ndarray) -> np.ndarray:
+        return np.add.reduceat(values[flat], offsets[:-1]) if len(bins) else np.zeros(0, np.int64)
+
     lengths = np.frombuffer(spool.lengths, dtype=np.int32).astype(np.int64)
-    loss = lengths - np.frombuffer(spool.prompt_lengths, dtype=np.int32)
-    starts = offsets[:-1]
-    tokens = np.add.reduceat(lengths[flat], starts) if len(bins) else np.zeros(0, np.int64)
+    tokens = per_row(lengths)
     packs = {
-        "shard": (np.arange(len(bins)) // rows_per_shard).astype(np.int32),
-        "index": (np.arange(len(bins)) % rows_per_shard).astype(np.int32),
+        "shard": shard.astype(np.int32),
+        "index": index.astype(np.int32),
         "segments": sizes.astype(np.int32),
         "tokens": tokens.astype(np.int32),
-        "loss_tokens": (np.add.reduceat(loss[flat], starts) if len(bins) else tokens).astype(np.int32),
+        "loss_tokens": per_row(lengths - np.frombuffer(spool.prompt_lengths, dtype=np.int32)).astype(np.int32),
         "fill": tokens / seq_len,
         "rows": np.frombuffer(spool.rows, dtype=np.int64)[flat],
         "rows_offsets": offsets.astype(np.int32),

@@ -107,7 +107,7 @@ class Tokenizer:
             i for i in range(sp.get_piece_size())
             if sp.is_control(i) or sp.id_to_piece(i) in _SPECIAL_PIECES or _UNUSED.fullmatch(sp.id_to_piece(i))
         )
-        enc = self._encode_markup
+        enc = sp.encode  # markup: fixed strings, encoded once per build
         self.system = system = fmt.check_system(system)
         self.user_head = [self.bos, self.start_of_turn, *enc("user\n")]
         self.system_ids = self._encode_content([system])[0] + enc(fmt.SYSTEM_SEP)
@@ -119,9 +119,6 @@ class Tokenizer:
     @cached_property
     def sha256(self) -> str:
         return sha256_file(self.path)
-
-    def _encode_markup(self, text: str) -> list[int]:
-        return self.sp.encode(text)
 
     def _encode_content(self, texts: list[str]) -> list[list[int]]:
         encoded = self.sp.encode(texts)

@@ -99,10 +99,9 @@ class RecordStats:
                 kept = (batch.column("status").to_numpy(zero_copy_only=False) == "kept")
                 ordinals = kept_so_far + np.cumsum(kept) - 1
                 kept_so_far += int(kept.sum())
+                placed = placement[np.where(kept, ordinals, 0)] if len(placement) else np.zeros((len(kept), 3))
                 columns = list(batch.columns)
-                for k in range(3):
-                    values = np.where(kept, placement[np.where(kept, ordinals, 0), k] if len(placement) else 0, 0)
-                    columns.append(pa.array(values.astype(np.int32), mask=~kept))
+                columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in range(3)]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
         os.remove(self.partial)
         return path
