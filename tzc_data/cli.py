@@ -43,12 +43,20 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--loop-min-chars", type=int, default=200, help="characters a looping tail must cover")
     g.add_argument("--min-kept-ratio", type=float, default=0.5,
                    help="fail the build when fewer rows than this share are kept")
+    g.add_argument("--exclude", action="append", default=[], metavar="BUILD",
+                   help="drop prompts kept in this earlier build (repeatable); a build whose rows overlap "
+                        "it is refused")
+    g.add_argument("--eval-fraction", type=float, default=0.0,
+                   help="share of kept examples, chosen by prompt hash, written as a separate eval split")
     g = p.add_argument_group("pack and write")
     g.add_argument("--seq-len", type=int, default=4096, help="tokens per packed row (Gemma 2's sliding window)")
     g.add_argument("--rows-per-shard", type=int, default=1024, help="packed rows per ArrayRecord shard")
     g.add_argument("--compression", choices=COMPRESSIONS, default="zstd:1", help="ArrayRecord compression")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue an interrupted build of the same inputs and options from its last checkpoint")
+    g.add_argument("--checkpoint-every", type=int, default=8192, metavar="ROWS", help="rows between checkpoints")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_build)
@@ -64,7 +72,8 @@ def _run_build(args: argparse.Namespace) -> int:
         min_answer_tokens=args.min_answer_tokens, dedup=args.dedup, loop_filter=args.loop_filter,
         loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
         min_kept_ratio=args.min_kept_ratio, rows_per_shard=args.rows_per_shard, compression=args.compression,
-        overwrite=args.overwrite)
+        exclude=tuple(args.exclude), eval_fraction=args.eval_fraction, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, overwrite=args.overwrite)
     manifest = build(config, progress=args.progress)
     print(summary(manifest, args.out))
     return 0
@@ -84,7 +93,10 @@ def summary(manifest: dict[str, Any], out: str) -> str:
         lines.append(f"  {status:<22}{n:>10,}{n / read:>9.1%}")
     lines.append(f"  {'read':<22}{counts['read']:>10,}{'':>9}  (= kept {counts['kept']:,} + dropped "
                  f"{counts['dropped']:,})")
+    splits = ", ".join(f"{name} {v['rows']:,} rows / {v['examples']:,} examples"
+                       for name, v in packing["by_split"].items())
     lines += ["",
+              f"  splits: {splits}; prompt hashes {manifest['hashes']['count']:,}",
               f"  packed rows {packing['rows']:,} x {packing['seq_len']} tokens, fill {packing['fill']:.2%}, "
               f"{packing['examples']:,} examples ({packing['examples'] / max(packing['rows'], 1):.2f} per row); "
               f"no whole-example packing can exceed {packing['fill_upper_bound']:.2%}",
@@ -129,6 +141,30 @@ def _run_fuzz(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "verify", help="check builds: hashes, row invariants, counts, and that builds share nothing",
+        description="Exit 0 only when every build is intact (shard sha256 and record counts, every packed row's "
+                    "invariants, the prompt-hash file, kept counts against the stats) and, across the builds "
+                    "given, row ranges of the same source are disjoint and no prompt hash is shared. Otherwise "
+                    "print one line per problem and exit 1.")
+    p.add_argument("builds", nargs="+", metavar="DIR")
+    p.set_defaults(run=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from tzc_data.verify import verify
+
+    problems = verify(args.builds)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"tzc-data verify: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(f"tzc-data verify: ok ({len(args.builds)} build(s))")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
@@ -136,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _build_parser(sub)
     _fuzz_parser(sub)
+    _verify_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
@@ -143,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tzc-data: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("tzc-data: interrupted", file=sys.stderr)
+        hint = "; the same command with --resume continues from the last checkpoint" if args.command == "build" else ""
+        print(f"tzc-data: interrupted{hint}", file=sys.stderr)
         return 130
 
 

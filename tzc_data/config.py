@@ -50,6 +50,10 @@ class BuildConfig:
     min_kept_ratio: float = 0.5
     rows_per_shard: int = 1024
     compression: str = "zstd:1"
+    exclude: tuple[str, ...] = ()  # earlier builds whose prompts this one must not share
+    eval_fraction: float = 0.0
+    checkpoint_every: int = 8192  # rows between checkpoints (a --resume restarts from the last one)
+    resume: bool = False
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -68,6 +72,10 @@ class BuildConfig:
             raise ConfigError("--loop-min-repeats must be >= 2 and --loop-min-chars >= 1")
         if self.rows_per_shard < 1:
             raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ConfigError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: must be >= 1")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"--compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}")
         try:
@@ -80,14 +88,20 @@ class BuildConfig:
         return self.max_tokens if self.max_tokens is not None else self.seq_len
 
     @property
+    def split_names(self) -> tuple[str, ...]:
+        return ("train", "eval") if self.eval_fraction > 0 else ("train",)
+
+    @property
     def array_record_options(self) -> str:
         # group_size:1 so that every record can be read on its own (Grain's random access).
         return f"group_size:1,{self.compression}"
 
     def recorded(self) -> dict[str, Any]:
-        """The fields that determine the output (not where it goes, nor whether to overwrite)."""
+        """The fields that determine the output (not where it goes, how often to checkpoint, nor
+        whether to overwrite or resume)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite"):
+        for name in ("out", "overwrite", "resume", "checkpoint_every"):
             fields.pop(name)
+        fields["exclude"] = list(self.exclude)
         fields["max_tokens"] = self.token_limit
         return fields

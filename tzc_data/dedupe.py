@@ -66,3 +66,22 @@ def drop_duplicates(examples: Iterable[Example], index: ExactIndex) -> Iterator[
                 example.twin = twin
                 example.drop("duplicate", f"same normalised prompt as row {twin}")
         yield example
+
+
+def drop_excluded(examples: Iterable[Example], excluded: dict[bytes, str]) -> Iterator[Example]:
+    """Stage: drop an example whose prompt hash is kept in an earlier build (``--exclude``).
+
+    ``excluded`` maps each excluded prompt hash to the build it comes from.
+    """
+    for example in examples:
+        if example.kept and excluded:
+            build = excluded.get(example.prompt_hash)
+            if build is not None:
+                example.drop("in_excluded_split", f"prompt is kept in excluded build {build}")
+        yield example
+
+
+def split_of(digest: bytes, eval_fraction: float) -> int:
+    """0 (train) or 1 (eval), a pure function of the prompt hash: stable when the range or the row
+    order changes, and a prompt can never sit in both splits."""
+    return int(xxhash.xxh3_64_intdigest(digest) < eval_fraction * 2**64)

@@ -1,15 +1,18 @@
 """The build, end to end. This is the one place that knows the order of the stages.
 
-    read ─ hash prompt ─ split <think> ─ quality filters (loop) ─ format checks ─ tokenize
-         ─ length bound ─ exact dedup ─ spool ─┐
-                                              └─ best-fit-decreasing ─ shards, stats, manifest
+    read ─ hash prompt ─ excluded builds ─ split <think> ─ quality filters (loop) ─ format checks
+         ─ tokenize ─ length bound ─ exact dedup ─ spool (train / eval by hash) ─┐
+                                   └─ best-fit-decreasing per split ─ shards, stats, hashes, manifest
 
 Exact dedup comes after every other check so that the first *kept* occurrence of a prompt wins
 (a duplicate of a row that was later dropped for a loop is not lost with it). Each stage yields
 every example, dropped or not, so the stats have one row per input row, in order.
 
 Output is staged in a hidden sibling directory and renamed into place only when the manifest,
-written last, is complete: a build that dies leaves no directory that looks finished.
+written last, is complete: a build that dies leaves no directory that looks finished. Every
+``checkpoint_every`` rows the staging directory holds a checkpoint (closed stats parts, the sizes of
+the append-only spool files, the counts, the next row); ``--resume`` truncates back to it and
+continues, and the result is byte-identical to an uninterrupted build.
 """
 
 from __future__ import annotations
@@ -24,20 +27,21 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from tzc_data import __version__
 from tzc_data.config import BuildConfig
-from tzc_data.dedupe import ExactIndex, drop_duplicates, hash_prompts
-from tzc_data.errors import GuardrailError, OutputError
+from tzc_data.dedupe import ExactIndex, drop_duplicates, drop_excluded, hash_prompts, split_of
+from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.filters import Filter, LengthFilter, LoopFilter, apply_filters
 from tzc_data.format import format_examples, split_examples
 from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_bound
-from tzc_data.read import Source, open_source, read
+from tzc_data.read import Source, open_source, read, source_identity
 from tzc_data.record import KEPT, REASONS, Example
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
-from tzc_data.write import (MANIFEST, SHARD_DIR, STATS_DIR, RecordStats, record_layout, write_manifest,
-                            write_pack_stats, write_shards)
+from tzc_data.write import (MANIFEST, SHARD_DIR, STATS_DIR, RecordStats, read_hashes, record_layout, write_hashes,
+                            write_manifest, write_pack_stats, write_shards)
 
 FORMAT_VERSION = 1
 
@@ -51,9 +55,10 @@ def build_filters(config: BuildConfig) -> list[Filter]:
 
 
 def stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenizer,
-           quality: list[Filter], index: ExactIndex) -> Iterator[Example]:
+           quality: list[Filter], index: ExactIndex, excluded: dict[bytes, str]) -> Iterator[Example]:
     """Compose the per-example stages (everything before the spool)."""
     examples = hash_prompts(examples)
+    examples = drop_excluded(examples, excluded)
     examples = split_examples(examples)
     examples = apply_filters(examples, quality)
     examples = format_examples(examples)
@@ -107,29 +112,89 @@ def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
         )
 
 
+def load_excluded(config: BuildConfig, source: Source) -> dict[bytes, str]:
+    """Prompt hashes of the builds given to ``--exclude``; refuses a build whose rows overlap ours."""
+    from tzc_data.load import read_manifest
+
+    here = source_identity(source.describe())
+    excluded: dict[bytes, str] = {}
+    for path in config.exclude:
+        manifest = read_manifest(path)
+        other = manifest["range"]
+        if source_identity(manifest["source"]) == here:
+            low, high = max(other["start"], config.start), min(other["stop"], config.stop)
+            if low < high:
+                raise ConfigError(f"--exclude {path}: its rows {other['start']}:{other['stop']} overlap this build's "
+                                  f"{config.start}:{config.stop} at rows {low}:{high} of the same source")
+        try:
+            hashes = read_hashes(path, manifest["hashes"])
+        except (OSError, KeyError, ValueError) as err:
+            raise ConfigError(f"--exclude {path}: cannot use its prompt hashes ({err})") from None
+        raw = hashes.tobytes()
+        for at in range(0, len(raw), 16):
+            excluded.setdefault(raw[at:at + 16], path)
+    return excluded
+
+
+CHECKPOINT = ".checkpoint.json"
+
+
+def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict[str, Any]:
+    """What a checkpoint must agree on to be resumed."""
+    return {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
+
+
+def _read_checkpoint(staging: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+    path = os.path.join(staging, CHECKPOINT)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        checkpoint = json.load(handle)
+    if checkpoint["identity"] != json.loads(json.dumps(identity)):
+        raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options; "
+                          "run without --resume to start over")
+    return checkpoint
+
+
+def _write_checkpoint(staging: str, checkpoint: dict[str, Any]) -> None:
+    """Atomically: a reader sees the previous checkpoint or this one, never half of one."""
+    path = os.path.join(staging, CHECKPOINT)
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump(checkpoint, handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(path + ".tmp", path)
+
+
 def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Tokenizer | None = None,
           progress: bool | None = None) -> dict[str, Any]:
     """Run the build; returns the manifest plus a ``run`` section (timings, peak memory).
 
-    ``progress=None`` shows a bar only when stderr is a terminal.
+    ``progress=None`` shows a bar only when stderr is a terminal. An interrupted build keeps its
+    staging directory and checkpoints; ``config.resume`` continues from the last checkpoint.
     """
     _check_output(config.out, config.overwrite)
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
+    excluded = load_excluded(config, source)
     out = os.path.abspath(config.out)
     staging = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tzc-partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(os.path.join(staging, STATS_DIR))
-    try:
-        manifest = _build_into(staging, config, source, tokenizer, progress)
-        _publish(staging, out)
-    except BaseException:
+    identity = _identity(config, source, tokenizer)
+    checkpoint = _read_checkpoint(staging, identity) if config.resume else None
+    if checkpoint is None:
         shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(os.path.join(staging, STATS_DIR), exist_ok=True)
+    try:
+        manifest = _build_into(staging, config, source, tokenizer, excluded, identity, checkpoint, progress)
+        _publish(staging, out)
+    except (GuardrailError, ConfigError):
+        shutil.rmtree(staging, ignore_errors=True)  # finished, or never started: nothing to resume
         raise
     elapsed = time.perf_counter() - started
     manifest["run"] = {
         "seconds": round(elapsed, 2),
+        "resumed_at_row": checkpoint["next_row"] if checkpoint else None,
         "rows_per_second": round(manifest["counts"]["read"] / elapsed, 1),
         "tokens_per_second": round(manifest["packing"]["tokens"] / elapsed, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -138,25 +203,39 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
 
 
 def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
+                excluded: dict[bytes, str], identity: dict[str, Any], checkpoint: dict[str, Any] | None,
                 progress: bool | None) -> dict[str, Any]:
     quality = build_filters(config)
     score_names = [name for f in quality for name in f.score_names]
-    stats = RecordStats(os.path.join(staging, STATS_DIR), score_names)
-    spool = Spool(os.path.join(staging, ".spool.bin"))
-    counts: Counter = Counter()
+    stats = RecordStats(os.path.join(staging, STATS_DIR), score_names, chunk_rows=config.checkpoint_every,
+                        resume_parts=checkpoint["parts"] if checkpoint else None)
+    spool = Spool(staging, resume_at=tuple(checkpoint["spool"]) if checkpoint else None)
+    counts: Counter = Counter(checkpoint["counts"] if checkpoint else {})
     index = ExactIndex()
+    for k in range(len(spool)):
+        index.add(bytes(spool.hashes[16 * k:16 * k + 16]), spool.rows[k])
+    next_row = checkpoint["next_row"] if checkpoint else config.start
+
+    def save(next_row: int) -> None:
+        _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
+                                    "parts": stats.parts, "spool": list(spool.sync())})
+
     total = config.stop - config.start
-    bar = tqdm(total=total, unit="row", file=sys.stderr, disable=None if progress is None else not progress,
-               mininterval=0.5, smoothing=0.1, desc="build")
+    bar = tqdm(total=total, initial=next_row - config.start, unit="row", file=sys.stderr, mininterval=0.5,
+               disable=None if progress is None else not progress, smoothing=0.1, desc="build")
     # Without a terminal (CI logs, nohup) a line every 30 s still shows that a long build is alive.
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
-    examples = stages(read(source, config.start, config.stop), config, tokenizer, quality, index)
-    for n, example in enumerate(examples, 1):
+    examples = read(source, next_row, config.stop) if next_row < config.stop else iter(())
+    examples = stages(examples, config, tokenizer, quality, index, excluded)
+    for n, example in enumerate(examples, next_row - config.start + 1):
         counts[example.status] += 1
-        stats.add(example)
+        chunk_done = stats.add(example)
         if example.kept:
-            spool.add(example.row, example.tokens, example.prompt_tokens)
+            spool.add(example.row, example.tokens, example.prompt_tokens,
+                      split_of(example.prompt_hash, config.eval_fraction), example.prompt_hash)
+        if chunk_done:
+            save(example.row + 1)
         if n % 256 == 0:
             bar.update(256)
             bar.set_postfix(kept=counts[KEPT], dropped=n - counts[KEPT], refresh=False)
@@ -164,22 +243,36 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
                 next_log += 30
                 print(f"tzc-data: {n:,}/{total:,} rows, kept {counts[KEPT]:,}, dropped {n - counts[KEPT]:,}",
                       file=sys.stderr, flush=True)
-    bar.update(sum(counts.values()) - bar.n)
+    bar.update(total - bar.n)
     bar.close()
+    stats.flush()
+    save(config.stop)
     read_rows = sum(counts.values())
     _guardrail(counts, read_rows, config)
 
+    seq_len = config.seq_len
+    where = np.zeros((len(spool), 4), dtype=np.int32)  # split, shard, pack, segment of each kept example
+    packs_by_split: dict[str, dict[str, np.ndarray]] = {}
+    shards: list[dict[str, Any]] = []
+    for code, name in enumerate(config.split_names):
+        items = spool.items(code)
+        bins = [[items[i] for i in members] for members in
+                best_fit_decreasing([spool.lengths[k] for k in items], seq_len)]
+        where[items, 0] = code
+        packs_by_split[name] = placement(bins, spool, seq_len, config.rows_per_shard, where[:, 1:])
+        shards += write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, seq_len), len(bins),
+                               config.rows_per_shard, config.array_record_options, name)
+    hashes = write_hashes(staging, spool.hashes)
     lengths = list(spool.lengths)
-    bins = best_fit_decreasing(lengths, config.seq_len)
-    where, packs = placement(bins, spool, config.seq_len, config.rows_per_shard)
-    shards = write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, config.seq_len), len(bins),
-                          config.rows_per_shard, config.array_record_options)
-    os.remove(spool.path)
-    records_path = stats.finish(where)
-    packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs)
+    spool.remove()
+    records_path = stats.finish(where, config.split_names)
+    packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs_by_split)
+    os.remove(os.path.join(staging, CHECKPOINT))
 
     token_total = int(sum(lengths))
-    bound = rows_lower_bound(lengths, config.seq_len)
+    pack_rows = sum(len(p["shard"]) for p in packs_by_split.values())
+    bound = sum(rows_lower_bound([spool.lengths[k] for k in spool.items(code)], seq_len)
+                for code in range(len(config.split_names)))
     manifest = {
         "tzc_version": __version__,
         "format_version": FORMAT_VERSION,
@@ -191,17 +284,22 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         "counts": {"read": read_rows, "kept": counts[KEPT], "dropped": read_rows - counts[KEPT],
                    "by_status": dict(sorted(counts.items()))},
         "packing": {
-            "algorithm": "best-fit-decreasing, offline over spooled examples",
-            "seq_len": config.seq_len, "rows": len(bins), "examples": len(lengths), "tokens": token_total,
-            "loss_tokens": int(packs["loss_tokens"].sum()),
-            "fill": round(token_total / (len(bins) * config.seq_len), 6) if bins else 0.0,
+            "algorithm": "best-fit-decreasing per split, offline over spooled examples",
+            "seq_len": seq_len, "rows": pack_rows, "examples": len(lengths), "tokens": token_total,
+            "loss_tokens": int(sum(p["loss_tokens"].sum() for p in packs_by_split.values())),
+            "fill": round(token_total / (pack_rows * seq_len), 6) if pack_rows else 0.0,
             # No packing that keeps examples whole can use fewer rows than this, or fill more than this.
             "rows_lower_bound": bound,
-            "fill_upper_bound": round(token_total / (bound * config.seq_len), 6) if bound else 0.0,
+            "fill_upper_bound": round(token_total / (bound * seq_len), 6) if bound else 0.0,
+            "by_split": {name: {"rows": len(p["shard"]), "examples": int(p["segments"].sum()),
+                                "tokens": int(p["tokens"].sum())} for name, p in packs_by_split.items()},
         },
-        "record_layout": record_layout(config.seq_len),
-        "splits": {"train": [s["file"] for s in shards]},
+        "record_layout": record_layout(seq_len),
+        "splits": {name: [s["file"] for s in shards if s["split"] == name] for name in config.split_names},
         "shards": shards,
+        "hashes": hashes,
+        "excluded": [{"path": path, "hashes": len([1 for b in excluded.values() if b == path])}
+                     for path in config.exclude],
         "stats": {
             os.path.relpath(p, staging): {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
             for p in (records_path, packs_path)

@@ -279,10 +279,23 @@ def open_source(spec: str, *, revision: str | None = None, seed: int = 0) -> Sou
     return local_source(spec)
 
 
+def source_identity(description: dict[str, Any]) -> tuple:
+    """What makes two sources the same row space (so that their row ranges can overlap).
+
+    A hub revision does not change the identity: row 5 at two commits is still "row 5".
+    """
+    kind = description.get("kind")
+    if kind == "hf":
+        return ("hf", description.get("repo"), description.get("split"))
+    if kind == "synthetic":
+        return ("synthetic", description.get("seed"), description.get("generator"))
+    return (kind, tuple((f["path"], f["bytes"]) if isinstance(f, dict) else f for f in description.get("files", [])))
+
+
 def read(source: Source, start: int, stop: int) -> Iterator[Example]:
     """Stage 1: the rows of ``[start, stop)``, validated."""
     yield from source.rows(start, stop)
 
 
 __all__ = ["Source", "FileSetSource", "covering_row_groups", "hub_source", "local_source", "open_source",
-           "parquet_tree_source", "read", "validate"]
+           "parquet_tree_source", "read", "source_identity", "validate"]

@@ -22,6 +22,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "tag_in_content": ("a <reasoning>/<answer>/<think> tag inside content", "none (would be unparseable)"),
     "control_in_content": ("a Gemma control string such as <end_of_turn> inside content", "none (injection)"),
     "duplicate": ("the normalised prompt was already kept in this build", "--no-dedup"),
+    "in_excluded_split": ("the prompt is in a build given to --exclude", "--exclude"),
     "loop": ("the reasoning or answer ends in a repeated unit", "--loop-min-repeats / --loop-min-chars / --no-loop-filter"),
     "too_long": ("the templated example is longer than --max-tokens", "--max-tokens / --seq-len"),
     "answer_too_short": ("the answer has fewer tokens than --min-answer-tokens", "--min-answer-tokens"),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +37,7 @@ RECORD_COLUMNS = [
     ("prompt_chars", pa.int32()), ("reasoning_chars", pa.int32()), ("answer_chars", pa.int32()),
     ("tokens", pa.int32()), ("loss_tokens", pa.int32()), ("answer_tokens", pa.int32()), ("twin", pa.int64()),
 ]
-PLACEMENT_COLUMNS = [("shard", pa.int32()), ("pack", pa.int32()), ("segment", pa.int32())]
+PLACEMENT_COLUMNS = [("split", pa.string()), ("shard", pa.int32()), ("pack", pa.int32()), ("segment", pa.int32())]
 
 
 def record_layout(seq_len: int) -> dict[str, Any]:
@@ -51,18 +51,30 @@ def record_layout(seq_len: int) -> dict[str, Any]:
 
 
 class RecordStats:
-    """``stats/records.parquet``, streamed: rows are spooled to a partial file as they pass, then
-    rewritten once packing has placed the kept ones (shard, pack, segment)."""
+    """``stats/records.parquet``, streamed: rows go to numbered part files of ``chunk_rows`` rows as
+    they pass (each part is a checkpoint: complete and closed), then one final file is written once
+    packing has placed the kept examples (split, shard, pack, segment)."""
 
-    def __init__(self, directory: str, score_names: Sequence[str]):
+    def __init__(self, directory: str, score_names: Sequence[str], *, chunk_rows: int = _STATS_BATCH,
+                 resume_parts: int | None = None):
         self.directory = directory
         self.score_names = list(score_names)
+        self.chunk_rows = chunk_rows
         self.schema = pa.schema(RECORD_COLUMNS + [(name, pa.float64()) for name in self.score_names])
-        self.partial = os.path.join(directory, ".records.partial.parquet")
-        self._writer = pq.ParquetWriter(self.partial, self.schema)
+        self.parts = resume_parts or 0
+        for stale in self._part_paths(start=self.parts):  # written after the checkpoint we resume from
+            os.remove(stale)
         self._columns: dict[str, list] = {name: [] for name in self.schema.names}
 
-    def add(self, example: Example) -> None:
+    def _part_path(self, number: int) -> str:
+        return os.path.join(self.directory, f".records.part-{number:06d}.parquet")
+
+    def _part_paths(self, start: int = 0) -> list[str]:
+        names = sorted(n for n in os.listdir(self.directory) if n.startswith(".records.part-"))
+        return [os.path.join(self.directory, n) for n in names if int(n[14:20]) >= start]
+
+    def add(self, example: Example) -> bool:
+        """Record one row; True when that completed a part file (a point to checkpoint at)."""
         c = self._columns
         split = bool(example.reasoning or example.answer)
         c["row"].append(example.row)
@@ -79,32 +91,58 @@ class RecordStats:
         c["twin"].append(example.twin)
         for name in self.score_names:
             c[name].append(example.scores.get(name))
-        if len(c["row"]) >= _STATS_BATCH:
-            self._flush()
+        if len(c["row"]) >= self.chunk_rows:
+            self.flush()
+            return True
+        return False
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Close the rows buffered so far into the next part file."""
         if self._columns["row"]:
-            self._writer.write_table(pa.table(self._columns, schema=self.schema))
+            pq.write_table(pa.table(self._columns, schema=self.schema), self._part_path(self.parts))
+            self.parts += 1
             self._columns = {name: [] for name in self.schema.names}
 
-    def finish(self, placement: np.ndarray) -> str:
-        """Write the final file; ``placement[k]`` = (shard, pack, segment) of the k-th kept example."""
-        self._flush()
-        self._writer.close()
+    def finish(self, placement: np.ndarray, split_names: Sequence[str]) -> str:
+        """Write the final file. ``placement[k]`` = (split, shard, pack, segment) of the k-th kept example.
+
+        Row groups are cut at fixed multiples of the batch size whatever the part sizes were, so a
+        resumed build writes the same bytes as an uninterrupted one.
+        """
+        self.flush()
         path = os.path.join(self.directory, "records.parquet")
         schema = pa.schema(list(self.schema) + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
+        parts = self._part_paths()
         kept_so_far = 0
         with pq.ParquetWriter(path, schema) as writer:
-            for batch in pq.ParquetFile(self.partial).iter_batches(batch_size=_STATS_BATCH):
+            for batch in _rebatch((b for p in parts for b in pq.ParquetFile(p).iter_batches()), _STATS_BATCH):
                 kept = (batch.column("status").to_numpy(zero_copy_only=False) == "kept")
                 ordinals = kept_so_far + np.cumsum(kept) - 1
                 kept_so_far += int(kept.sum())
-                placed = placement[np.where(kept, ordinals, 0)] if len(placement) else np.zeros((len(kept), 3))
-                columns = list(batch.columns)
-                columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in range(3)]
+                placed = placement[np.where(kept, ordinals, 0)] if len(placement) else np.zeros((len(kept), 4), int)
+                names = np.array(list(split_names), dtype=object)[placed[:, 0]]
+                columns = list(batch.columns) + [pa.array(names, pa.string(), mask=~kept)]
+                columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in (1, 2, 3)]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        os.remove(self.partial)
+        for part in parts:
+            os.remove(part)
         return path
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:
+    """Tables of exactly ``size`` rows (the last one shorter), whatever sizes come in."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in batches:
+        pending.append(batch)
+        count += batch.num_rows
+        while count >= size:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, size).combine_chunks()
+            rest = table.slice(size)
+            pending, count = rest.to_batches(), rest.num_rows
+    if count:
+        yield pa.Table.from_batches(pending).combine_chunks()
 
 
 def shard_name(index: int, count: int, split: str = "train") -> str:
@@ -112,8 +150,8 @@ def shard_name(index: int, count: int, split: str = "train") -> str:
 
 
 def write_shards(directory: str, rows: Iterable[np.ndarray], count: int, rows_per_shard: int,
-                 options: str) -> list[dict[str, Any]]:
-    """Write ``count`` packed rows into ArrayRecord shards; returns their manifest entries."""
+                 options: str, split: str = "train") -> list[dict[str, Any]]:
+    """Write ``count`` packed rows of ``split`` into ArrayRecord shards; returns their manifest entries."""
     os.makedirs(directory, exist_ok=True)
     shard_count = max(1, -(-count // rows_per_shard))
     shards: list[dict[str, Any]] = []
@@ -122,9 +160,9 @@ def write_shards(directory: str, rows: Iterable[np.ndarray], count: int, rows_pe
         if index % rows_per_shard == 0:
             if writer is not None:
                 shards[-1].update(_close(writer, directory, shards[-1]["file"]))
-            name = shard_name(len(shards), shard_count)
+            name = shard_name(len(shards), shard_count, split)
             writer = ArrayRecordWriter(os.path.join(directory, name), options)
-            shards.append({"file": f"{SHARD_DIR}/{name}", "records": 0})
+            shards.append({"file": f"{SHARD_DIR}/{name}", "split": split, "records": 0})
         writer.write(row.tobytes())
         shards[-1]["records"] += 1
     if writer is not None:
@@ -138,13 +176,43 @@ def _close(writer: ArrayRecordWriter, directory: str, relative: str) -> dict[str
     return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
-def write_pack_stats(directory: str, packs: dict[str, np.ndarray]) -> str:
-    """``stats/packs.parquet`` from :func:`tzc_data.pack.placement`'s columns."""
+def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndarray]]) -> str:
+    """``stats/packs.parquet`` from :func:`tzc_data.pack.placement`'s columns, split after split."""
     path = os.path.join(directory, "packs.parquet")
-    columns = {name: pa.array(packs[name]) for name in ("shard", "index", "segments", "tokens", "loss_tokens", "fill")}
-    columns["rows"] = pa.ListArray.from_arrays(pa.array(packs["rows_offsets"]), pa.array(packs["rows"]))
-    pq.write_table(pa.table(columns), path)
+    tables = []
+    for split, packs in packs_by_split.items():
+        columns = {"split": pa.array([split] * len(packs["shard"]), pa.string())}
+        columns |= {name: pa.array(packs[name]) for name in ("shard", "index", "segments", "tokens", "loss_tokens",
+                                                              "fill")}
+        columns["rows"] = pa.ListArray.from_arrays(pa.array(packs["rows_offsets"]), pa.array(packs["rows"]))
+        tables.append(pa.table(columns))
+    pq.write_table(pa.concat_tables(tables), path)
     return path
+
+
+HASHES = "prompt_hashes.bin"
+HASH_DTYPE = np.dtype("S16")
+
+
+def write_hashes(directory: str, hashes: bytes | bytearray) -> dict[str, Any]:
+    """The kept examples' prompt hashes, sorted and unique, 16 raw bytes each: what ``--exclude``
+    and ``verify`` compare between builds. Returns the manifest entry."""
+    unique = np.unique(np.frombuffer(bytes(hashes), dtype=HASH_DTYPE))
+    path = os.path.join(directory, HASHES)
+    unique.tofile(path)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
+    return {"file": HASHES, "count": int(len(unique)), "sha256": sha256_file(path),
+            "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt; sorted, unique, 16 bytes each"}
+
+
+def read_hashes(directory: str, entry: dict[str, Any]) -> np.ndarray:
+    """A build's prompt hashes (``S16``), checked against its manifest entry; raises ValueError."""
+    path = os.path.join(directory, entry["file"])
+    if sha256_file(path) != entry["sha256"]:
+        raise ValueError(f"{path} does not match the sha256 in the manifest")
+    hashes = np.fromfile(path, dtype=HASH_DTYPE)
+    if len(hashes) != entry["count"]:
+        raise ValueError(f"{path} holds {len(hashes)} hashes, the manifest says {entry['count']}")
+    return hashes
 
 
 def write_manifest(directory: str, manifest: dict[str, Any]) -> str:

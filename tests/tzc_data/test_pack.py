@@ -58,7 +58,7 @@ def test_oversized_item_is_refused():
 @given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 39)), min_size=1, max_size=30))
 def test_property_packed_rows_conserve_tokens_and_keep_invariants(tmp_path_factory, items):
     items = [(n, min(p, n - 1)) for n, p in items]
-    spool = Spool(str(tmp_path_factory.mktemp("spool") / "s.bin"))
+    spool = Spool(str(tmp_path_factory.mktemp("spool")))
     examples = []
     for k, (n, prompt) in enumerate(items):
         tokens = list(range(1000 * (k + 1), 1000 * (k + 1) + n))
@@ -99,3 +99,17 @@ def test_rows_lower_bound_counts_examples_that_cannot_share_a_row():
     assert rows_lower_bound([30, 30, 30, 30], 100) == 2
     lengths = [60, 60, 60, 40, 40, 40, 10]
     assert len(best_fit_decreasing(lengths, 100)) >= rows_lower_bound(lengths, 100)
+
+
+def test_spool_resumes_from_its_synced_sizes(tmp_path):
+    spool = Spool(str(tmp_path))
+    for k in range(3):
+        spool.add(10 + k, [k + 1] * (k + 2), 1, split=k % 2, digest=bytes([k]) * 15 + b"\0")
+    at = spool.sync()
+    spool.add(99, [7] * 50, 3, digest=b"x" * 16)  # written after the checkpoint: must vanish
+    spool.sync()
+    resumed = Spool(str(tmp_path), resume_at=at)
+    assert len(resumed) == 3 and list(resumed.rows) == [10, 11, 12] and list(resumed.splits) == [0, 1, 0]
+    assert bytes(resumed.hashes[:16]) == bytes(16) and bytes(resumed.hashes[32:48]) == b"\x02" * 15 + b"\0"
+    rows = list(resumed.read_rows([[0, 1, 2]], 16))
+    assert rows[0][0].tolist() == [1, 1, 2, 2, 2, 3, 3, 3, 3] + [0] * 7

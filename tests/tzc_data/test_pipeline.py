@@ -172,3 +172,94 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     assert main(["build", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("tzc-data: error:") and err.count("\n") == 1
+
+
+def _build(out, range_, *extra):
+    return main(["build", "--source", "synthetic", "--range", range_, "--out", str(out),
+                 "--tokenizer", str(gemma2_tokenizer_path()), "--no-progress", *extra])
+
+
+def test_exclude_drops_prompts_of_an_earlier_build_and_refuses_overlapping_rows(tmp_path, capsys):
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    assert _build(first, "0:500") == 0 and _build(second, "500:1000", "--exclude", str(first)) == 0
+    stats = pl.read_parquet(second / "stats" / "records.parquet")
+    excluded = stats.filter(pl.col("status") == "in_excluded_split")
+    assert excluded.height > 0 and str(first) in excluded["detail"][0]
+    kept_first = set(pl.read_parquet(first / "stats" / "records.parquet").filter(pl.col("status") == "kept")["prompt_hash"])
+    kept_second = set(stats.filter(pl.col("status") == "kept")["prompt_hash"])
+    assert not kept_first & kept_second
+    assert _build(tmp_path / "s3", "400:600", "--exclude", str(first)) == 2
+    assert "overlap this build's 400:600 at rows 400:500" in capsys.readouterr().err
+
+
+def test_eval_split_is_chosen_by_hash_and_stable_across_ranges(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _build(a, "0:400", "--eval-fraction", "0.2") == 0 and _build(b, "200:600", "--eval-fraction", "0.2") == 0
+    manifest = json.loads((a / "manifest.json").read_text())
+    assert set(manifest["splits"]) == {"train", "eval"} and manifest["splits"]["eval"][0].startswith("shards/eval-")
+    sa = pl.read_parquet(a / "stats" / "records.parquet").filter(pl.col("status") == "kept")
+    sb = pl.read_parquet(b / "stats" / "records.parquet").filter(pl.col("status") == "kept")
+    assert 0.1 < (sa["split"] == "eval").mean() < 0.3
+    both = sa.join(sb, on="row").select("row", "split", "split_right")
+    assert both.height > 100 and (both["split"] == both["split_right"]).all()
+    assert not set(sa.filter(pl.col("split") == "eval")["prompt_hash"]) & set(sa.filter(pl.col("split") == "train")["prompt_hash"])
+    assert len(tzc_load(a, "eval")) == manifest["packing"]["by_split"]["eval"]["rows"]
+
+
+def tzc_load(path, split):
+    from tzc_data import load
+
+    return load(path, split)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_after_sigkill_at_several_points_is_byte_identical(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--source", "synthetic", "--range", "0:1200", "--tokenizer", str(gemma2_tokenizer_path()),
+            "--checkpoint-every", "100", "--rows-per-shard", "64", "--no-progress"]
+    reference = tmp_path / "ref"
+    assert main(["build", "--out", str(reference), *args]) == 0
+    out = tmp_path / "run"
+    staging = tmp_path / ".run.tzc-partial"
+
+    def reached(point) -> bool:
+        if point == "packing":
+            return (staging / "shards").exists()
+        try:
+            return json.loads((staging / ".checkpoint.json").read_text())["next_row"] >= point
+        except (OSError, ValueError):
+            return False
+
+    killed = 0
+    for attempt, point in enumerate([0, 300, 700, 1100, "packing"]):
+        command = [sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args]
+        process = subprocess.Popen(command + (["--resume"] if attempt else []))
+        deadline = time.time() + 60
+        while process.poll() is None and not reached(point) and time.time() < deadline:
+            time.sleep(0.005)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            killed += 1
+            assert not out.exists()  # a dead build leaves nothing that looks finished
+            from tzc_data.verify import verify
+            assert verify([str(staging)])  # and nothing that verify accepts
+    assert killed >= 4
+    if not out.exists():
+        assert main(["build", "--out", str(out), *args, "--resume"]) == 0
+    assert _files(out) == _files(reference)
+
+
+def test_resume_refuses_a_checkpoint_made_with_other_options(tmp_path, capsys):
+    staging = tmp_path / ".run.tzc-partial"
+    staging.mkdir()
+    (staging / ".checkpoint.json").write_text(json.dumps({"identity": {"config": "other"}, "next_row": 5}))
+    assert _build(tmp_path / "run", "0:50", "--resume") == 2
+    assert "run without --resume to start over" in capsys.readouterr().err
