@@ -37,10 +37,28 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("filters")
     g.add_argument("--max-tokens", type=int, help="drop examples longer than this (default: --seq-len)")
     g.add_argument("--min-answer-tokens", type=int, default=1, help="drop answers shorter than this")
+    g.add_argument("--min-reasoning-tokens", type=int, default=1, help="drop reasoning shorter than this")
     g.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate prompts")
-    g.add_argument("--no-loop-filter", dest="loop_filter", action="store_false", help="keep looping traces")
-    g.add_argument("--loop-min-repeats", type=float, default=4.0, help="repeats of a tail unit that make a loop")
-    g.add_argument("--loop-min-chars", type=int, default=200, help="characters a looping tail must cover")
+    g.add_argument("--no-loop-filter", dest="loop_filter", action="store_false",
+                   help="switch off every repetition signal below")
+    g.add_argument("--loop-min-repeats", type=float, default=3.0,
+                   help="loop: repeats of a unit at the end of the reasoning or answer (0 = off)")
+    g.add_argument("--loop-min-chars", type=int, default=200, help="loop: characters the repeating tail must cover")
+    g.add_argument("--max-paragraph-repeats", type=int, default=3,
+                   help="repeated_paragraphs: copies of one paragraph (>= 100 chars) anywhere (0 = off)")
+    g.add_argument("--max-sentence-repeats", type=int, default=8,
+                   help="repeated_paragraphs: copies of one sentence (>= 50 chars) anywhere (0 = off)")
+    g.add_argument("--max-ngram-dup-share", type=float, default=0.9,
+                   help="ngram_repetition: share of characters in repeated word 10-grams (0 = off)")
+    g.add_argument("--max-ngram-top-share", type=float, default=0.4,
+                   help="ngram_repetition: share of characters of the most frequent word 3-gram (0 = off)")
+    g.add_argument("--min-compression-ratio", type=float, default=0.12,
+                   help="compressible: zlib size / size below this is dropped (0 = off)")
+    g.add_argument("--no-language-filter", dest="language_filter", action="store_false", help="keep non-English rows")
+    g.add_argument("--min-english-score", type=float, default=0.12,
+                   help="non_english: share of English function words in the prompt and opening reasoning")
+    g.add_argument("--keep-rejected", action="store_true",
+                   help="write dropped rows (full text, reason, scores) to rejected/*.parquet")
     g.add_argument("--min-kept-ratio", type=float, default=0.5,
                    help="fail the build when fewer rows than this share are kept")
     g.add_argument("--exclude", action="append", default=[], metavar="BUILD",
@@ -69,8 +87,12 @@ def _run_build(args: argparse.Namespace) -> int:
     config = BuildConfig(
         out=args.out, start=start, stop=stop, source=args.source, revision=args.revision, seed=args.seed,
         tokenizer=args.tokenizer, system=args.system, seq_len=args.seq_len, max_tokens=args.max_tokens,
-        min_answer_tokens=args.min_answer_tokens, dedup=args.dedup, loop_filter=args.loop_filter,
-        loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
+        min_answer_tokens=args.min_answer_tokens, min_reasoning_tokens=args.min_reasoning_tokens, dedup=args.dedup,
+        loop_filter=args.loop_filter, loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
+        max_paragraph_repeats=args.max_paragraph_repeats, max_sentence_repeats=args.max_sentence_repeats,
+        max_ngram_dup_share=args.max_ngram_dup_share, max_ngram_top_share=args.max_ngram_top_share,
+        min_compression_ratio=args.min_compression_ratio, language_filter=args.language_filter,
+        min_english_score=args.min_english_score, keep_rejected=args.keep_rejected,
         min_kept_ratio=args.min_kept_ratio, rows_per_shard=args.rows_per_shard, compression=args.compression,
         exclude=tuple(args.exclude), eval_fraction=args.eval_fraction, checkpoint_every=args.checkpoint_every,
         resume=args.resume, overwrite=args.overwrite)

@@ -43,10 +43,19 @@ class BuildConfig:
     seq_len: int = 4096
     max_tokens: int | None = None  # None: seq_len
     min_answer_tokens: int = 1
+    min_reasoning_tokens: int = 1
     dedup: bool = True
-    loop_filter: bool = True
-    loop_min_repeats: float = 4.0
+    loop_filter: bool = True  # all repetition signals; each threshold below also switches off at 0
+    loop_min_repeats: float = 3.0
     loop_min_chars: int = 200
+    max_paragraph_repeats: int = 3
+    max_sentence_repeats: int = 8
+    max_ngram_dup_share: float = 0.9
+    max_ngram_top_share: float = 0.4
+    min_compression_ratio: float = 0.12
+    language_filter: bool = True
+    min_english_score: float = 0.12
+    keep_rejected: bool = False
     min_kept_ratio: float = 0.5
     rows_per_shard: int = 1024
     compression: str = "zstd:1"
@@ -64,12 +73,17 @@ class BuildConfig:
         if self.max_tokens is not None and not 16 <= self.max_tokens <= self.seq_len:
             raise ConfigError(f"--max-tokens {self.max_tokens}: must be between 16 and --seq-len ({self.seq_len}); "
                               "an example longer than a row cannot be packed without splitting it")
-        if self.min_answer_tokens < 0:
-            raise ConfigError(f"--min-answer-tokens {self.min_answer_tokens}: must be >= 0")
+        if self.min_answer_tokens < 0 or self.min_reasoning_tokens < 0:
+            raise ConfigError("--min-answer-tokens and --min-reasoning-tokens must be >= 0")
         if not 0.0 <= self.min_kept_ratio <= 1.0:
             raise ConfigError(f"--min-kept-ratio {self.min_kept_ratio}: must be between 0 and 1")
-        if self.loop_min_repeats < 2 or self.loop_min_chars < 1:
-            raise ConfigError("--loop-min-repeats must be >= 2 and --loop-min-chars >= 1")
+        if not (self.loop_min_repeats == 0 or self.loop_min_repeats >= 2) or self.loop_min_chars < 1:
+            raise ConfigError("--loop-min-repeats must be 0 (off) or >= 2, and --loop-min-chars >= 1")
+        for name in ("max_ngram_dup_share", "max_ngram_top_share", "min_compression_ratio", "min_english_score"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
+        if self.max_paragraph_repeats < 0 or self.max_sentence_repeats < 0:
+            raise ConfigError("--max-paragraph-repeats and --max-sentence-repeats must be >= 0 (0 is off)")
         if self.rows_per_shard < 1:
             raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
@@ -100,7 +114,7 @@ class BuildConfig:
         """The fields that determine the output (not where it goes, how often to checkpoint, nor
         whether to overwrite or resume)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite", "resume", "checkpoint_every"):
+        for name in ("out", "overwrite", "resume", "checkpoint_every", "keep_rejected"):
             fields.pop(name)
         fields["exclude"] = list(self.exclude)
         fields["max_tokens"] = self.token_limit

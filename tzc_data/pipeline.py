@@ -34,7 +34,7 @@ from tzc_data import __version__
 from tzc_data.config import BuildConfig
 from tzc_data.dedupe import ExactIndex, drop_duplicates, drop_excluded, hash_prompts, split_of
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
-from tzc_data.filters import Filter, LengthFilter, LoopFilter, apply_filters
+from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
 from tzc_data.format import format_examples, split_examples
 from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_bound
 from tzc_data.read import Source, open_source, read, source_identity
@@ -49,8 +49,14 @@ FORMAT_VERSION = 1
 def build_filters(config: BuildConfig) -> list[Filter]:
     """The quality filters that run on the split text, in order."""
     filters: list[Filter] = []
+    if config.language_filter:  # first: cheap, and a foreign trace is "non_english" whatever else it is
+        filters.append(EnglishFilter(min_score=config.min_english_score))
     if config.loop_filter:
-        filters.append(LoopFilter(min_repeats=config.loop_min_repeats, min_chars=config.loop_min_chars))
+        filters.append(RepetitionFilter(
+            tail_repeats=config.loop_min_repeats, tail_chars=config.loop_min_chars,
+            paragraph_repeats=config.max_paragraph_repeats, sentence_repeats=config.max_sentence_repeats,
+            ngram_dup_share=config.max_ngram_dup_share, ngram_top_share=config.max_ngram_top_share,
+            min_compression=config.min_compression_ratio))
     return filters
 
 
@@ -63,7 +69,8 @@ def stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenize
     examples = apply_filters(examples, quality)
     examples = format_examples(examples)
     examples = tokenize(examples, tokenizer)
-    examples = apply_filters(examples, [LengthFilter(config.token_limit, config.min_answer_tokens)])
+    examples = apply_filters(examples, [LengthFilter(config.token_limit, config.min_answer_tokens,
+                                                     config.min_reasoning_tokens)])
     if config.dedup:
         examples = drop_duplicates(examples, index)
     return examples

@@ -23,9 +23,16 @@ REASONS: dict[str, tuple[str, str]] = {
     "control_in_content": ("a Gemma control string such as <end_of_turn> inside content", "none (injection)"),
     "duplicate": ("the normalised prompt was already kept in this build", "--no-dedup"),
     "in_excluded_split": ("the prompt is in a build given to --exclude", "--exclude"),
-    "loop": ("the reasoning or answer ends in a repeated unit", "--loop-min-repeats / --loop-min-chars / --no-loop-filter"),
+    "near_duplicate": ("a prompt kept in this build is nearly the same (MinHash)", "--near-dup-threshold / --no-near-dup"),
+    "loop": ("the reasoning or answer ends in a repeated unit", "--loop-min-repeats / --loop-min-chars"),
+    "repeated_paragraphs": ("a paragraph or long sentence repeated many times", "--max-paragraph-repeats / "
+                            "--max-sentence-repeats"),
+    "ngram_repetition": ("too much text inside repeated word n-grams", "--max-ngram-dup-share / --max-ngram-top-share"),
+    "compressible": ("the text compresses far better than prose (zlib)", "--min-compression-ratio"),
+    "non_english": ("the prompt and reasoning are not English", "--min-english-score / --no-language-filter"),
     "too_long": ("the templated example is longer than --max-tokens", "--max-tokens / --seq-len"),
     "answer_too_short": ("the answer has fewer tokens than --min-answer-tokens", "--min-answer-tokens"),
+    "reasoning_too_short": ("the reasoning has fewer tokens than --min-reasoning-tokens", "--min-reasoning-tokens"),
 }
 
 
@@ -49,6 +56,7 @@ class Example:
     tokens: list[int] | None = None
     prompt_tokens: int = 0
     answer_tokens: int = 0
+    reasoning_tokens: int = 0
     scores: dict[str, float] = field(default_factory=dict)
 
     @property

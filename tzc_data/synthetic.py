@@ -32,6 +32,7 @@ DEFECT_RATES: dict[str, float] = {
     "loop_unterminated": 0.012,     # a repeating tail that never reaches </think>
     "loop_reasoning": 0.008,        # a repeating tail, then </think> and a short answer
     "loop_answer": 0.003,           # the answer ends in a repeated unit
+    "loop_paragraphs": 0.004,       # one paragraph pasted 4-6 times throughout the reasoning
     "unterminated": 0.010,          # cut mid-sentence without a loop, no </think>
     "empty_answer": 0.005,
     "empty_reasoning": 0.002,
@@ -135,6 +136,7 @@ class SyntheticRow:
     prompt: str
     response: str
     defect: str  # "clean" or a key of DEFECT_RATES
+    shape: str = ""  # for loops: how the text repeats (see LOOP_SHAPES)
 
 
 def _slots(rng: random.Random) -> dict[str, Any]:
@@ -157,16 +159,30 @@ def _response_chars(rng: random.Random) -> int:
     return int(6900 * math.exp(rng.gauss(0, 0.215)))
 
 
+OPENERS = ["", "", "", "", "So ", "Wait, ", "Hmm, ", "Okay, ", "Now, ", "Actually, ", "Right, ", "Then ",
+           "Also, ", "Let me see: ", "Alternatively, ", "But ", "Still, ", "In that case, "]
+CLOSERS = ["", "", "", "", " I think.", " That seems right.", " Let me keep going.", " Good.", " Hmm.",
+           " I should be careful here.", " That part is clear."]
+
+
 def _prose(rng: random.Random, pool: list[str], slots: dict[str, Any], chars: int, paragraph: int = 5) -> str:
+    """Sentences from ``pool`` with an opener and a closer each, so that a clean text rarely says
+    the same sentence twice (as real traces rarely do), in paragraphs of ``paragraph`` sentences."""
     parts: list[str] = []
     recent: list[str] = []  # no template twice within four picks: clean prose has no accidental loops
     size = 0
+    draw = rng.random  # indexing by random() is several times cheaper than rng.choice
     while size < chars:
-        template = rng.choice(pool)
+        template = pool[int(draw() * len(pool))]
         while template in recent:
-            template = rng.choice(pool)
+            template = pool[int(draw() * len(pool))]
         recent = [*recent[-3:], template]
         sentence = template.format(**slots)
+        if pool is not FOREIGN:  # the openers and closers are English
+            opener = OPENERS[int(draw() * len(OPENERS))]
+            if opener:
+                sentence = opener + (sentence if sentence.startswith("I ") else sentence[0].lower() + sentence[1:])
+            sentence += CLOSERS[int(draw() * len(CLOSERS))]
         parts.append(sentence)
         size += len(sentence) + 1
         if len(parts) % paragraph == 0:
@@ -229,18 +245,53 @@ def _near_variant(text: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
-def _loop(rng: random.Random, slots: dict[str, Any], chars: int) -> str:
-    if rng.random() < 0.5:
+LOOP_SHAPES = ("sentence", "paragraph", "counter", "cycle")
+
+
+def _loop(rng: random.Random, slots: dict[str, Any], chars: int, shape: str) -> str:
+    """A repeating text of about ``chars`` characters (at least 8 units) in one of LOOP_SHAPES:
+    one sentence; one paragraph of 300-1,500 characters; a sentence whose numbers count up
+    ("Attempt 7: ... 12 ..."); or two paragraphs in alternation whose numbers change."""
+    if shape == "sentence":
         unit = rng.choice(LOOP_UNITS).format(**slots) + " "
-    else:  # a whole paragraph repeated: a long period
+        return unit * max(8, chars // len(unit) + 1)
+    if shape == "paragraph":
         unit = _prose(rng, REASONING, slots, rng.randint(300, 1500)) + "\n\n"
-    return unit * max(8, chars // len(unit) + 1)
+        return unit * max(8, chars // len(unit) + 1)
+    if shape == "counter":
+        unit = rng.choice(LOOP_UNITS)
+        copies, k, size = [], 0, 0
+        while size < chars or k < 8:
+            text = f"Attempt {k + 1}: " + unit.format(**{**slots, "a": slots["a"] + k, "qq": slots["qq"] + k})
+            copies.append(text)
+            size += len(text) + 1
+            k += 1
+        return " ".join(copies)
+    first = _prose(rng, REASONING, slots, rng.randint(150, 600))
+    second = _prose(rng, REASONING, slots, rng.randint(150, 600))
+    copies, k, size = [], 0, 0
+    while size < chars or k < 8:
+        text = (first if k % 2 == 0 else second).replace(str(slots["s"]), str(slots["s"] + k // 2))
+        copies.append(text)
+        size += len(text) + 2
+        k += 1
+    return "\n\n".join(copies)
+
+
+def _repeated_paragraphs(rng: random.Random, reasoning: str, slots: dict[str, Any]) -> str:
+    """The same paragraph pasted 4-6 times at places throughout an otherwise normal reasoning."""
+    paragraph = _prose(rng, REASONING, slots, rng.randint(200, 700))
+    pieces = reasoning.split("\n\n")
+    for _ in range(rng.randint(4, 6)):
+        pieces.insert(rng.randint(0, len(pieces)), paragraph)
+    return "\n\n".join(pieces)
 
 
 def generate(seed: int, i: int) -> SyntheticRow:
     """Row ``i`` of the synthetic dataset for ``seed``."""
     rng = random.Random((seed << 72) | i)
     kind = _kind(rng)
+    shape = ""
     slots = _slots(rng)
     prompt = _prompt(seed, i)
     total = _response_chars(rng)
@@ -264,11 +315,17 @@ def generate(seed: int, i: int) -> SyntheticRow:
             kind = "clean"
     elif kind == "loop_unterminated":
         head = reasoning[: rng.randint(500, 3000)]
-        return SyntheticRow(prompt, f"<think>\n{head} {_loop(rng, slots, total)}", kind)
+        shape = rng.choice(LOOP_SHAPES)
+        return SyntheticRow(prompt, f"<think>\n{head} {_loop(rng, slots, total, shape)}", kind, shape)
     elif kind == "loop_reasoning":
-        reasoning = reasoning[: rng.randint(500, 3000)] + " " + _loop(rng, slots, rng.randint(1500, 4000))
+        shape = rng.choice(LOOP_SHAPES)
+        reasoning = reasoning[: rng.randint(500, 3000)] + " " + _loop(rng, slots, rng.randint(1500, 4000), shape)
     elif kind == "loop_answer":
-        answer = answer[:300] + " " + _loop(rng, slots, rng.randint(1500, 3000))
+        shape = rng.choice(LOOP_SHAPES)
+        answer = answer[:300] + " " + _loop(rng, slots, rng.randint(1500, 3000), shape)
+    elif kind == "loop_paragraphs":
+        shape = "repeated_paragraphs"
+        reasoning = _repeated_paragraphs(rng, reasoning, slots)
     elif kind == "unterminated":
         cut = rng.randint(len(reasoning) // 2, len(reasoning))
         return SyntheticRow(prompt, f"<think>\n{reasoning[:cut]}", kind)
@@ -282,7 +339,7 @@ def generate(seed: int, i: int) -> SyntheticRow:
         reasoning = f"{reasoning[:cut]} {tag} {reasoning[cut:]}"
     elif kind == "control_in_content":
         prompt = f"{prompt} {rng.choice(['<end_of_turn>', '<start_of_turn>model', '<eos>', '<bos>'])}"
-    return SyntheticRow(prompt, f"<think>\n{reasoning}\n</think>\n\n{answer}", kind)
+    return SyntheticRow(prompt, f"<think>\n{reasoning}\n</think>\n\n{answer}", kind, shape)
 
 
 def planted(seed: int, i: int) -> str:

@@ -1,0 +1,18 @@
+"""Quality filters. Each filter looks at one example and returns a :class:`Verdict`: keep, or drop
+with a reason and a detail that shows what triggered it, plus named scores for the stats.
+
+A filter is any object with ``name``, ``score_names`` and ``__call__(example) -> Verdict``
+(:mod:`tzc_data.filters.base`); :func:`apply_filters` runs a list of them (first drop wins, every
+score is recorded). One module per kind: ``repetition`` (loops), ``language``, ``length``. Adding
+a filter means writing one class and listing it in ``pipeline.build_filters``.
+"""
+
+from tzc_data.filters.base import Filter, Verdict, apply_filters
+from tzc_data.filters.language import EnglishFilter, english_score
+from tzc_data.filters.length import LengthFilter
+from tzc_data.filters.repetition import (Repeat, RepetitionFilter, compression_ratio, dup_ngram_share,
+                                         repeated_units, repeating_tail, skeleton, top_ngram_share)
+
+__all__ = ["EnglishFilter", "Filter", "LengthFilter", "Repeat", "RepetitionFilter", "Verdict", "apply_filters",
+           "compression_ratio", "dup_ngram_share", "english_score", "repeated_units", "repeating_tail", "skeleton",
+           "top_ngram_share"]
