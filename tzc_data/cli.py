@@ -39,6 +39,9 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--min-answer-tokens", type=int, default=1, help="drop answers shorter than this")
     g.add_argument("--min-reasoning-tokens", type=int, default=1, help="drop reasoning shorter than this")
     g.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate prompts")
+    g.add_argument("--no-near-dup", dest="near_dup", action="store_false", help="keep near-duplicate prompts")
+    g.add_argument("--near-dup-threshold", type=float, default=0.8,
+                   help="near_duplicate: estimated Jaccard of word 3-shingles (MinHash) at or above this")
     g.add_argument("--no-loop-filter", dest="loop_filter", action="store_false",
                    help="switch off every repetition signal below")
     g.add_argument("--loop-min-repeats", type=float, default=3.0,
@@ -88,6 +91,7 @@ def _run_build(args: argparse.Namespace) -> int:
         out=args.out, start=start, stop=stop, source=args.source, revision=args.revision, seed=args.seed,
         tokenizer=args.tokenizer, system=args.system, seq_len=args.seq_len, max_tokens=args.max_tokens,
         min_answer_tokens=args.min_answer_tokens, min_reasoning_tokens=args.min_reasoning_tokens, dedup=args.dedup,
+        near_dup=args.near_dup, near_dup_threshold=args.near_dup_threshold,
         loop_filter=args.loop_filter, loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
         max_paragraph_repeats=args.max_paragraph_repeats, max_sentence_repeats=args.max_sentence_repeats,
         max_ngram_dup_share=args.max_ngram_dup_share, max_ngram_top_share=args.max_ngram_top_share,

@@ -45,6 +45,8 @@ class BuildConfig:
     min_answer_tokens: int = 1
     min_reasoning_tokens: int = 1
     dedup: bool = True
+    near_dup: bool = True
+    near_dup_threshold: float = 0.8
     loop_filter: bool = True  # all repetition signals; each threshold below also switches off at 0
     loop_min_repeats: float = 3.0
     loop_min_chars: int = 200
@@ -79,6 +81,8 @@ class BuildConfig:
             raise ConfigError(f"--min-kept-ratio {self.min_kept_ratio}: must be between 0 and 1")
         if not (self.loop_min_repeats == 0 or self.loop_min_repeats >= 2) or self.loop_min_chars < 1:
             raise ConfigError("--loop-min-repeats must be 0 (off) or >= 2, and --loop-min-chars >= 1")
+        if not 0.0 < self.near_dup_threshold <= 1.0:
+            raise ConfigError(f"--near-dup-threshold {self.near_dup_threshold}: must be in (0, 1]")
         for name in ("max_ngram_dup_share", "max_ngram_top_share", "min_compression_ratio", "min_english_score"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")

@@ -1,10 +1,11 @@
 """The build, end to end. This is the one place that knows the order of the stages.
 
-    read ─ hash prompt ─ excluded builds ─ split <think> ─ quality filters (loop) ─ format checks
-         ─ tokenize ─ length bound ─ exact dedup ─ spool (train / eval by hash) ─┐
+    read ─ hash prompt ─ excluded builds ─ split <think> ─ quality filters (language, repetition)
+         ─ format checks ─ tokenize ─ length bound ─ exact dedup ─ near dedup
+         ─ spool (train / eval by hash) ─┐
                                    └─ best-fit-decreasing per split ─ shards, stats, hashes, manifest
 
-Exact dedup comes after every other check so that the first *kept* occurrence of a prompt wins
+Exact and near dedup come after every other check so that the first *kept* occurrence wins
 (a duplicate of a row that was later dropped for a loop is not lost with it). Each stage yields
 every example, dropped or not, so the stats have one row per input row, in order.
 
@@ -33,6 +34,7 @@ from tqdm import tqdm
 from tzc_data import __version__
 from tzc_data.config import BuildConfig
 from tzc_data.dedupe import ExactIndex, drop_duplicates, drop_excluded, hash_prompts, split_of
+from tzc_data.minhash import NearDupIndex, drop_near_duplicates
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
 from tzc_data.format import format_examples, split_examples
@@ -61,7 +63,8 @@ def build_filters(config: BuildConfig) -> list[Filter]:
 
 
 def stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenizer,
-           quality: list[Filter], index: ExactIndex, excluded: dict[bytes, str]) -> Iterator[Example]:
+           quality: list[Filter], index: ExactIndex, excluded: dict[bytes, str],
+           near: NearDupIndex | None = None) -> Iterator[Example]:
     """Compose the per-example stages (everything before the spool)."""
     examples = hash_prompts(examples)
     examples = drop_excluded(examples, excluded)
@@ -73,6 +76,8 @@ def stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenize
                                                      config.min_reasoning_tokens)])
     if config.dedup:
         examples = drop_duplicates(examples, index)
+    if near is not None:
+        examples = drop_near_duplicates(examples, near)
     return examples
 
 
@@ -119,8 +124,9 @@ def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
         )
 
 
-def load_excluded(config: BuildConfig, source: Source) -> dict[bytes, str]:
-    """Prompt hashes of the builds given to ``--exclude``; refuses a build whose rows overlap ours."""
+def load_excluded(config: BuildConfig, source: Source, near: NearDupIndex | None) -> dict[bytes, str]:
+    """Prompt hashes of the builds given to ``--exclude`` (and their near-dup signatures, into
+    ``near``); refuses a build whose rows overlap ours."""
     from tzc_data.load import read_manifest
 
     here = source_identity(source.describe())
@@ -140,10 +146,17 @@ def load_excluded(config: BuildConfig, source: Source) -> dict[bytes, str]:
         raw = hashes.tobytes()
         for at in range(0, len(raw), 16):
             excluded.setdefault(raw[at:at + 16], path)
+        if near is not None and manifest.get("near_dup"):
+            entry = manifest["near_dup"]
+            near_path = os.path.join(path, entry["file"])
+            if sha256_file(near_path) != entry["sha256"]:
+                raise ConfigError(f"--exclude {path}: {entry['file']} does not match the sha256 in its manifest")
+            near.load(near_path, label=path)
     return excluded
 
 
 CHECKPOINT = ".checkpoint.json"
+NEAR_DUP = "near_dup.bin"
 
 
 def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -184,7 +197,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
-    excluded = load_excluded(config, source)
+    near = NearDupIndex(config.near_dup_threshold) if config.near_dup else None
+    excluded = load_excluded(config, source, near)
     out = os.path.abspath(config.out)
     staging = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tzc-partial")
     identity = _identity(config, source, tokenizer)
@@ -193,7 +207,7 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
         shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(os.path.join(staging, STATS_DIR), exist_ok=True)
     try:
-        manifest = _build_into(staging, config, source, tokenizer, excluded, identity, checkpoint, progress)
+        manifest = _build_into(staging, config, source, tokenizer, excluded, near, identity, checkpoint, progress)
         _publish(staging, out)
     except (GuardrailError, ConfigError):
         shutil.rmtree(staging, ignore_errors=True)  # finished, or never started: nothing to resume
@@ -210,10 +224,13 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
 
 
 def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
-                excluded: dict[bytes, str], identity: dict[str, Any], checkpoint: dict[str, Any] | None,
-                progress: bool | None) -> dict[str, Any]:
+                excluded: dict[bytes, str], near: NearDupIndex | None, identity: dict[str, Any],
+                checkpoint: dict[str, Any] | None, progress: bool | None) -> dict[str, Any]:
     quality = build_filters(config)
-    score_names = [name for f in quality for name in f.score_names]
+    score_names = [name for f in quality for name in f.score_names] + (["near_dup_jaccard"] if near else [])
+    near_journal = os.path.join(staging, ".near_dup.journal")
+    if near is not None:
+        near.attach_journal(near_journal, resume_at=checkpoint["near_dup"] if checkpoint else None)
     stats = RecordStats(os.path.join(staging, STATS_DIR), score_names, chunk_rows=config.checkpoint_every,
                         resume_parts=checkpoint["parts"] if checkpoint else None)
     spool = Spool(staging, resume_at=tuple(checkpoint["spool"]) if checkpoint else None)
@@ -225,7 +242,8 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
 
     def save(next_row: int) -> None:
         _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
-                                    "parts": stats.parts, "spool": list(spool.sync())})
+                                    "parts": stats.parts, "spool": list(spool.sync()),
+                                    "near_dup": near.sync() if near else 0})
 
     total = config.stop - config.start
     bar = tqdm(total=total, initial=next_row - config.start, unit="row", file=sys.stderr, mininterval=0.5,
@@ -234,7 +252,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
     examples = read(source, next_row, config.stop) if next_row < config.stop else iter(())
-    examples = stages(examples, config, tokenizer, quality, index, excluded)
+    examples = stages(examples, config, tokenizer, quality, index, excluded, near)
     for n, example in enumerate(examples, next_row - config.start + 1):
         counts[example.status] += 1
         chunk_done = stats.add(example)
@@ -270,6 +288,14 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         shards += write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, seq_len), len(bins),
                                config.rows_per_shard, config.array_record_options, name)
     hashes = write_hashes(staging, spool.hashes)
+    near_entry = None
+    if near is not None:
+        near.close()
+        os.replace(near_journal, os.path.join(staging, NEAR_DUP))
+        near_entry = {"file": NEAR_DUP, "count": len(near) - sum(label is not None for label in near.labels),
+                      "sha256": sha256_file(os.path.join(staging, NEAR_DUP)), "threshold": config.near_dup_threshold,
+                      "algorithm": "MinHash (rensa, 128 permutations, seed 20261125) of word 3-shingles of the "
+                                   "normalised prompt; 16 LSH bands of 8 as 8-byte keys; 128-byte sketch"}
     lengths = list(spool.lengths)
     spool.remove()
     records_path = stats.finish(where, config.split_names)
@@ -305,6 +331,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         "splits": {name: [s["file"] for s in shards if s["split"] == name] for name in config.split_names},
         "shards": shards,
         "hashes": hashes,
+        "near_dup": near_entry,
         "excluded": [{"path": path, "hashes": len([1 for b in excluded.values() if b == path])}
                      for path in config.exclude],
         "stats": {

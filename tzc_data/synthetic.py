@@ -28,7 +28,7 @@ from tzc_data.record import Example
 DEFECT_RATES: dict[str, float] = {
     "duplicate": 0.020,             # the exact prompt of an earlier row
     "duplicate_normalised": 0.010,  # an earlier prompt with other case / spacing / NFKC forms
-    "near_duplicate": 0.015,        # an earlier prompt with a few words changed or reordered
+    "near_duplicate": 0.015,        # an earlier prompt with one word changed, added, dropped or moved
     "loop_unterminated": 0.012,     # a repeating tail that never reaches </think>
     "loop_reasoning": 0.008,        # a repeating tail, then </think> and a short answer
     "loop_answer": 0.003,           # the answer ends in a repeated unit
@@ -190,17 +190,39 @@ def _prose(rng: random.Random, pool: list[str], slots: dict[str, Any], chars: in
     return " ".join(parts).replace(" \n\n ", "\n\n").strip()
 
 
+INTROS = [
+    "I am revising {topic} for an exam in {p2} next week.", "My friend {n2} gave me this puzzle over lunch.",
+    "This came up while tutoring a student who loves {t1}.", "Our study group in {p1} disagreed about this one.",
+    "I found this in an old workbook about {topic}.", "A colleague at the {p2} office sent me this question.",
+    "I keep getting a different answer from my teacher here.", "This is from a practice sheet on {topic}.",
+    "My daughter brought this home from school today.", "I saw this question on a forum and got curious.",
+    "We are preparing a quiz for the {p1} maths club.", "I tried this twice and I am still unsure.",
+    "{n1} and I made a bet about the answer.", "This is for a lesson plan I am writing on {topic}.",
+    "I am a nurse in {p1} and numbers are not my strength.", "Quick question before my shift ends.",
+    "I want to understand this properly, not just memorise it.", "This showed up in a job interview in {p2}.",
+    "Can you help me with my homework?", "I am teaching myself {topic} from videos.",
+]
+ASKS = [
+    "Please show every step.", "Explain it as you would to a curious ten-year-old.", "Keep the final answer short.",
+    "A table would help if it fits.", "Point out where people usually go wrong.", "Check the answer at the end.",
+    "Say which assumptions you make.", "Give an estimate first, then the exact value.",
+    "Use plain words rather than jargon.", "Mention a second way to solve it.", "Tell me how confident you are.",
+    "Round the result sensibly.", "Draw a small diagram in words.", "Avoid using a calculator.",
+    "Write the reasoning as numbered steps.", "Relate it to everyday life.", "Be brief but complete.",
+    "List the formulas you use.", "Explain why the method works.", "Double-check the arithmetic.",
+]
+_FILLER = ["really", "exactly", "then", "also", "now", "please", "quickly", "carefully"]
+
+
 def _prompt(seed: int, i: int) -> str:
-    """Row i's own prompt, before any duplicate is planted over it."""
+    """Row i's own prompt, before any duplicate is planted over it: an intro, a question and a
+    request, each drawn with its own numbers and names, so that two distinct prompts share few
+    word 3-shingles (as distinct GlaiveAI prompts do) even when they share a template."""
     rng = random.Random((seed << 72) | (1 << 70) | i)
     slots = _slots(rng)
-    text = rng.choice(PROMPTS).format(**slots)
-    extra = rng.random()
-    if extra < 0.4:
-        text = f"{text} Assume {slots['n2']} is in {slots['p2']} and every number above is exact."
-    elif extra < 0.7:
-        text = f"{slots['n2']} asked me this on day {rng.randint(1, 365)} of the course: {text}"
-    return text
+    intro = rng.choice(INTROS).format(**slots)
+    question = rng.choice(PROMPTS).format(**slots)
+    return f"{intro} {question} {rng.choice(ASKS)} {rng.choice(ASKS)}"
 
 
 def _kind(rng: random.Random) -> str:
@@ -235,14 +257,23 @@ def _normalised_variant(text: str, rng: random.Random) -> str:
 
 
 def _near_variant(text: str, rng: random.Random) -> str:
+    """A near-duplicate: one edit (a word replaced, inserted or dropped, two words swapped, or the
+    punctuation changed), plus changes of case and spacing that normalisation folds anyway."""
     words = text.split()
-    for _ in range(rng.randint(1, 3)):
-        k = rng.randrange(len(words))
-        words[k] = rng.choice(["really", "exactly", "then", "also", "now", "please"])
-    if rng.random() < 0.5:
-        k = rng.randrange(len(words) - 1)
+    edit = rng.randrange(5)
+    k = rng.randrange(1, len(words) - 1)
+    if edit == 0:
+        words[k] = rng.choice(_FILLER)
+    elif edit == 1:
+        words.insert(k, rng.choice(_FILLER))
+    elif edit == 2:
+        del words[k]
+    elif edit == 3:
         words[k], words[k + 1] = words[k + 1], words[k]
-    return " ".join(words)
+    else:
+        words = [w.rstrip(".,?!") for w in words]
+    text = " ".join(words)
+    return text.lower() if rng.random() < 0.3 else text.replace(" ", "  ") if rng.random() < 0.3 else text
 
 
 LOOP_SHAPES = ("sentence", "paragraph", "counter", "cycle")

@@ -17,6 +17,8 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from tzc_data.errors import TzcError
 from tzc_data.load import read_manifest
+from tzc_data.minhash import RECORD as NEAR_RECORD
+from tzc_data.minhash import NearDupIndex
 from tzc_data.pack import check_row, decode_row
 from tzc_data.read import source_identity
 from tzc_data.tokenize import sha256_file
@@ -38,6 +40,9 @@ def verify(builds: list[str]) -> list[str]:
             continue
         problems += check_shards(build, manifest)
         problems += check_stats(build, manifest)
+        near = manifest.get("near_dup")
+        if near and sha256_file(os.path.join(build, near["file"])) != near["sha256"]:
+            problems.append(f"{build}: {near['file']} does not match the sha256 in the manifest")
         try:
             hashes = read_hashes(build, manifest["hashes"])
         except (OSError, KeyError, ValueError) as err:
@@ -133,12 +138,30 @@ def check_disjoint(a: str, ma: dict[str, Any], ha: np.ndarray | None,
         high = min(ma["range"]["stop"], mb["range"]["stop"])
         if low < high:
             problems.append(f"builds {a} and {b}: row ranges overlap at rows {low}:{high} of the same source")
+    problems += _near_duplicates_across(a, ma, b, mb)
     if ha is not None and hb is not None:
         shared = np.intersect1d(ha, hb)
         if len(shared):
             examples = ", ".join(_describe_shared(h.ljust(16, b"\0").hex(), a, b) for h in shared[:3].tolist())
             problems.append(f"builds {a} and {b} share {len(shared)} prompt hashes, e.g. {examples}")
     return problems
+
+
+def _near_duplicates_across(a: str, ma: dict[str, Any], b: str, mb: dict[str, Any]) -> list[str]:
+    """Prompts of ``b`` that are near-duplicates of prompts kept in ``a`` (when both stored signatures)."""
+    if not (ma.get("near_dup") and mb.get("near_dup")):
+        return []
+    index = NearDupIndex(min(ma["near_dup"]["threshold"], mb["near_dup"]["threshold"]))
+    index.load(os.path.join(a, ma["near_dup"]["file"]), label=a)
+    found = []
+    for record in np.fromfile(os.path.join(b, mb["near_dup"]["file"]), dtype=NEAR_RECORD):
+        twin = index.find(record["bands"], record["sketch"])
+        if twin is not None:
+            found.append(f"row {twin[0]} in {a} ~ row {int(record['row'])} in {b} (Jaccard ~{twin[1]:.2f})")
+    if not found:
+        return []
+    return [f"builds {a} and {b} share {len(found)} near-duplicate prompts (exact ones included), "
+            f"e.g. {', '.join(found[:3])}"]
 
 
 def _describe_shared(digest: str, a: str, b: str) -> str:

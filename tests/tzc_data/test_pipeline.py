@@ -263,3 +263,23 @@ def test_resume_refuses_a_checkpoint_made_with_other_options(tmp_path, capsys):
     (staging / ".checkpoint.json").write_text(json.dumps({"identity": {"config": "other"}, "next_row": 5}))
     assert _build(tmp_path / "run", "0:50", "--resume") == 2
     assert "run without --resume to start over" in capsys.readouterr().err
+
+
+def test_exclude_also_drops_near_duplicates_of_the_excluded_build(tmp_path):
+    import random
+
+    from tzc_data.synthetic import _near_variant
+
+    first, second = tmp_path / "s1", tmp_path / "s2"
+    assert _build(first, "0:300") == 0
+    kept = pl.read_parquet(first / "stats" / "records.parquet").filter(pl.col("status") == "kept")["row"].to_list()
+    rng = random.Random(0)
+    rows = [generate(0, r) for r in kept[:20]]
+    src = tmp_path / "later.jsonl"
+    src.write_text("".join(json.dumps({"prompt": _near_variant(r.prompt, rng), "response": r.response}) + "\n"
+                           for r in rows))
+    assert main(["build", "--source", str(src), "--range", "0:20", "--out", str(second), "--exclude", str(first),
+                 "--tokenizer", str(gemma2_tokenizer_path()), "--no-progress", "--min-kept-ratio", "0"]) == 0
+    stats = pl.read_parquet(second / "stats" / "records.parquet")
+    near = stats.filter(pl.col("detail").str.contains("Jaccard"))
+    assert near.height >= 18 and set(near["status"]) == {"in_excluded_split"}

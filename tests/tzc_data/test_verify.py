@@ -99,12 +99,14 @@ def test_stats_and_hash_file_must_agree_with_the_manifest(builds, tmp_path):
 def test_shared_prompts_and_overlapping_ranges_fail_with_examples(builds, capsys):
     first, second, leaky = builds
     problems = verify([str(first), str(leaky)])
-    assert len(problems) == 1 and "share" in problems[0] and "prompt hashes, e.g." in problems[0]
-    assert "row " in problems[0] and "?" not in problems[0]
+    exact = [p for p in problems if "prompt hashes, e.g." in p]
+    near = [p for p in problems if "near-duplicate prompts" in p]
+    assert len(problems) == 2 and len(exact) == 1 and len(near) == 1
+    assert "row " in exact[0] and "?" not in exact[0] and "Jaccard" in near[0]
     problems = verify([str(second), str(leaky)])
     assert any("row ranges overlap at rows 300:600" in p for p in problems)
     assert main(["verify", str(first), str(leaky)]) == 1
-    assert "1 problem(s)" in capsys.readouterr().err
+    assert "2 problem(s)" in capsys.readouterr().err
 
 
 def test_a_directory_that_is_not_a_finished_build_fails(tmp_path):

@@ -1,0 +1,84 @@
+"""Near-duplicate prompts: recall on planted twins, false merges on distinct prompts, determinism."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+
+from tzc_data.dedupe import normalise
+from tzc_data.minhash import NearDupIndex, drop_near_duplicates, fingerprint, signature
+from tzc_data.record import Example
+from tzc_data.synthetic import _near_variant, _prompt, generate
+
+
+def _shingles(text):
+    words = re.sub(r"[^\w\s]+", " ", normalise(text)).split()
+    return {" ".join(words[i:i + 3]) for i in range(len(words) - 2)}
+
+
+def test_recall_on_planted_near_duplicates_is_at_least_90_percent():
+    index = NearDupIndex(0.8)
+    found = planted = 0
+    for i in range(15000):
+        row = generate(0, i)
+        keys, sketch = fingerprint(row.prompt)
+        twin = index.find(keys, sketch)
+        if row.defect == "near_duplicate":
+            planted += 1
+            found += twin is not None
+        if twin is None:
+            index.add(keys, sketch, i)
+    assert planted > 150 and found / planted >= 0.9
+
+
+def test_false_merges_on_distinct_prompts_are_at_most_one_in_a_thousand():
+    """A merge is false when the exact Jaccard of the two prompts' shingles is under the threshold."""
+    prompts = [_prompt(1, i) for i in range(4000)]
+    index = NearDupIndex(0.8)
+    false = 0
+    for i, prompt in enumerate(prompts):
+        keys, sketch = fingerprint(prompt)
+        twin = index.find(keys, sketch)
+        if twin is None:
+            index.add(keys, sketch, i)
+        else:
+            a, b = _shingles(prompt), _shingles(prompts[twin[0]])
+            false += len(a & b) / len(a | b) < 0.8
+    assert false / len(prompts) <= 0.001
+
+
+def test_one_edit_variants_are_found_and_the_stage_names_the_twin():
+    import random
+
+    rng = random.Random(4)
+    base = _prompt(2, 7)
+    rows = [Example(row=10, prompt=base)] + [Example(row=11 + k, prompt=_near_variant(base, rng)) for k in range(5)]
+    rows.append(Example(row=20, prompt=_prompt(2, 8)))
+    out = list(drop_near_duplicates(rows, NearDupIndex(0.8)))
+    assert [e.status for e in out] == ["kept"] + ["near_duplicate"] * 5 + ["kept"]
+    assert all(e.twin == 10 and "row 10" in e.detail for e in out[1:6])
+
+
+def test_signatures_are_identical_in_another_process():
+    prompt = _prompt(3, 3)
+    code = f"from tzc_data.minhash import signature; print(signature({prompt!r}).tolist())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "123"}).stdout
+    assert [int(v) for v in other.strip()[1:-1].split(",")] == signature(prompt).tolist()
+
+
+def test_journal_resume_restores_the_same_index(tmp_path):
+    prompts = [_prompt(5, i) for i in range(50)]
+    index = NearDupIndex(0.8)
+    index.attach_journal(str(tmp_path / "j"))
+    for i, p in enumerate(prompts[:30]):
+        index.add(*fingerprint(p), i)
+    at = index.sync()
+    index.add(*fingerprint(prompts[30]), 30)  # after the checkpoint: must be forgotten
+    index.close()
+    resumed = NearDupIndex(0.8)
+    resumed.attach_journal(str(tmp_path / "j"), resume_at=at)
+    assert resumed.rows == list(range(30))
+    assert resumed.find(*fingerprint(prompts[3]))[0] == 3 and resumed.find(*fingerprint(prompts[30])) is None
+    assert np.array_equal(np.frombuffer(resumed.sketches, np.uint8)[:128], fingerprint(prompts[0])[1])
