@@ -191,6 +191,25 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="show examples of one drop reason with the trigger highlighted",
+                       description="Print examples of rows dropped for REASON, with what triggered the drop "
+                                   "highlighted (the repeated unit, the markup, the kept twin's prompt).")
+    p.add_argument("build", metavar="DIR")
+    p.add_argument("--reason", required=True, help=f"one of: {', '.join(REASONS)}")
+    p.add_argument("-n", type=int, default=5, help="how many examples")
+    p.add_argument("--colour", action=argparse.BooleanOptionalAction, default=None,
+                   help="ANSI colour (default: when stdout is a terminal); [[markers]] otherwise")
+    p.set_defaults(run=_run_explain)
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from tzc_data.explain import explain
+
+    print(explain(args.build, args.reason, args.n, colour=args.colour))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
@@ -199,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     _build_parser(sub)
     _fuzz_parser(sub)
     _verify_parser(sub)
+    _explain_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -118,7 +118,7 @@ class BuildConfig:
         """The fields that determine the output (not where it goes, how often to checkpoint, nor
         whether to overwrite or resume)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite", "resume", "checkpoint_every", "keep_rejected"):
+        for name in ("out", "overwrite", "resume", "checkpoint_every"):
             fields.pop(name)
         fields["exclude"] = list(self.exclude)
         fields["max_tokens"] = self.token_limit

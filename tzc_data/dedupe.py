@@ -48,7 +48,8 @@ def hash_prompts(examples: Iterable[Example]) -> Iterator[Example]:
     """Stage: attach each readable example's prompt hash (recorded in the stats even when dropped)."""
     for example in examples:
         if example.status != "malformed":
-            example.prompt_hash = prompt_hash(example.prompt)
+            example.normalised = normalise(example.prompt)  # near dedup shingles it later
+            example.prompt_hash = xxhash.xxh3_128_digest(example.normalised.encode("utf-8"))
         yield example
 
 

@@ -187,9 +187,9 @@ def split_examples(examples: Iterable[Example]) -> Iterator[Example]:
         if example.kept:
             try:
                 example.reasoning, example.answer = split_response(example.response)
+                example.response = ""  # split into its parts; keeps in-flight examples small
             except FormatError as err:
                 example.drop(err.reason, err.detail)
-            example.response = ""  # no longer needed; keeps in-flight examples small
         yield example
 
 

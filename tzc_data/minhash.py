@@ -25,7 +25,6 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import rensa
-import xxhash
 
 from tzc_data.dedupe import normalise
 from tzc_data.record import Example
@@ -40,21 +39,30 @@ RECORD = np.dtype([("bands", "<u8", (BANDS,)), ("sketch", "u1", (NUM_PERM,)), ("
 _PUNCT = re.compile(r"[^\w\s]+")
 
 
-def signature(prompt: str) -> np.ndarray:
+def signature(prompt: str, normalised: str | None = None) -> np.ndarray:
     """128 MinHash values (uint32) of the word 3-shingles of the normalised prompt without
     punctuation (a changed comma or question mark should not hide a twin)."""
-    words = _PUNCT.sub(" ", normalise(prompt)).split()
+    words = _PUNCT.sub(" ", normalised if normalised is not None else normalise(prompt)).split()
     shingles = [" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))]
     minhash = rensa.RMinHash(num_perm=NUM_PERM, seed=SEED)
     minhash.update(shingles)
     return np.asarray(minhash.digest(), dtype=np.uint32)
 
 
+# Odd 64-bit multipliers, one per position in a band and one per band (fixed: keys are stored).
+_MIX = np.random.default_rng(SEED).integers(1, 2**63, size=(BANDS, ROWS), dtype=np.uint64) | np.uint64(1)
+_BAND_SALT = np.random.default_rng(SEED + 1).integers(1, 2**63, size=BANDS, dtype=np.uint64)
+
+
 def band_keys(sig: np.ndarray) -> np.ndarray:
-    """One 64-bit key per band (the band's index is part of the key; 0 never occurs)."""
-    blocks = sig.reshape(BANDS, ROWS)
-    keys = [xxhash.xxh3_64_intdigest(blocks[b].tobytes(), seed=b) | 1 for b in range(BANDS)]
-    return np.array(keys, dtype=np.uint64)
+    """One 64-bit key per band: a multiply-xorshift mix of its 8 values and the band's index
+    (so equal bands of different positions differ); the low bit is set so 0 marks an empty slot."""
+    with np.errstate(over="ignore"):
+        mixed = (sig.reshape(BANDS, ROWS).astype(np.uint64) * _MIX).sum(axis=1, dtype=np.uint64) ^ _BAND_SALT
+        mixed ^= mixed >> np.uint64(29)
+        mixed *= np.uint64(0xBF58476D1CE4E5B9)
+        mixed ^= mixed >> np.uint64(32)
+    return mixed | np.uint64(1)
 
 
 def estimate_jaccard(sketch_a: np.ndarray, sketch_b: np.ndarray) -> float:
@@ -63,9 +71,9 @@ def estimate_jaccard(sketch_a: np.ndarray, sketch_b: np.ndarray) -> float:
     return max(0.0, (matches - 1 / 256) / (1 - 1 / 256))
 
 
-def fingerprint(prompt: str) -> tuple[np.ndarray, np.ndarray]:
+def fingerprint(prompt: str, normalised: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(band keys, sketch) of a prompt: all the index keeps of it."""
-    sig = signature(prompt)
+    sig = signature(prompt, normalised)
     return band_keys(sig), (sig & 0xFF).astype(np.uint8)
 
 
@@ -107,12 +115,7 @@ class NearDupIndex:
 
     def find(self, keys: np.ndarray, sketch: np.ndarray) -> tuple[int, float, str | None] | None:
         """(row, estimated Jaccard, build label) of the first indexed twin, or None."""
-        seen = set()
-        for key in keys:
-            ordinal = self._lookup(key)
-            if ordinal is None or ordinal in seen:
-                continue
-            seen.add(ordinal)
+        for ordinal in self._lookup_all(keys):
             other = np.frombuffer(self.sketches, dtype=np.uint8, count=NUM_PERM, offset=NUM_PERM * ordinal)
             jaccard = estimate_jaccard(sketch, other)
             if jaccard >= self.threshold:
@@ -121,10 +124,8 @@ class NearDupIndex:
 
     def add(self, keys: np.ndarray, sketch: np.ndarray, row: int) -> None:
         self._insert(keys, sketch, row, None)
-        if self._journal is not None:
-            record = np.zeros(1, dtype=RECORD)
-            record["bands"], record["sketch"], record["row"] = keys, sketch, row
-            self._journal.write(record.tobytes())
+        if self._journal is not None:  # the RECORD layout, packed by hand
+            self._journal.write(keys.astype("<u8").tobytes() + sketch.tobytes() + row.to_bytes(8, "little", signed=True))
 
     def sync(self) -> int:
         """Flush the journal; its size is what a checkpoint records."""
@@ -138,43 +139,64 @@ class NearDupIndex:
         if self._journal is not None and not self._journal.closed:
             self._journal.close()
 
-    # -- open addressing: key 0 marks an empty slot ------------------------------------------
+    # -- open addressing, vectorised over a prompt's 16 keys: key 0 marks an empty slot ------
+
+    def _slots(self, keys: np.ndarray) -> np.ndarray:
+        """For each key, its slot: where it is stored, or the empty slot where it would go."""
+        mask = np.uint64(len(self._keys) - 1)
+        with np.errstate(over="ignore"):
+            slots = ((keys * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(20)) & mask
+        stored = self._keys[slots]
+        pending = (stored != 0) & (stored != keys)
+        while pending.any():  # linear probing for the few keys whose slot holds another key
+            slots[pending] = (slots[pending] + np.uint64(1)) & mask
+            stored = self._keys[slots]
+            pending = (stored != 0) & (stored != keys)
+        return slots
 
     def _insert(self, keys: np.ndarray, sketch: np.ndarray, row: int, label: str | None) -> None:
         ordinal = len(self.rows)
         self.rows.append(row)
         self.labels.append(label)
         self.sketches += sketch.tobytes()
-        for key in keys:
-            if 2 * (self._used + 1) > len(self._keys):
-                self._grow()
-            self._place(int(key), ordinal)
+        if 2 * (self._used + len(keys)) > len(self._keys):
+            self._grow()
+        self._place(keys, np.full(len(keys), ordinal, dtype=np.int32))
 
-    def _slot(self, key: int) -> int:
-        mask = len(self._keys) - 1
-        slot = (key * 0x9E3779B97F4A7C15 >> 20) & mask
-        while self._keys[slot] and int(self._keys[slot]) != key:
-            slot = (slot + 1) & mask
-        return slot
+    def _place(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """Store keys not yet present (an existing key keeps its first, earlier prompt), in rounds:
+        each round places, for every empty target slot, the first key that wants it."""
+        while len(keys):
+            slots = self._slots(keys)
+            new = self._keys[slots] == 0
+            keys, values, slots = keys[new], values[new], slots[new]
+            if len(set(slots.tolist())) == len(slots):  # the usual case: no two keys want one slot
+                self._keys[slots], self._values[slots] = keys, values
+                self._used += len(slots)
+                return
+            _, first = np.unique(slots, return_index=True)
+            self._keys[slots[first]] = keys[first]
+            self._values[slots[first]] = values[first]
+            self._used += len(first)
+            later = np.ones(len(keys), dtype=bool)
+            later[first] = False
+            keys, values = keys[later], values[later]
 
-    def _place(self, key: int, ordinal: int) -> None:
-        slot = self._slot(key)
-        if not self._keys[slot]:  # an existing key keeps its first (kept earlier) prompt
-            self._keys[slot] = key
-            self._values[slot] = ordinal
-            self._used += 1
-
-    def _lookup(self, key: np.uint64) -> int | None:
-        slot = self._slot(int(key))
-        return int(self._values[slot]) if self._keys[slot] else None
+    def _lookup_all(self, keys: np.ndarray) -> list[int]:
+        slots = self._slots(keys)
+        found = self._keys[slots] != 0
+        return list(dict.fromkeys(self._values[slots][found].tolist()))  # unique, in band order
 
     def _grow(self) -> None:
         keys, values = self._keys, self._values
-        self._keys = np.zeros(2 * len(keys), dtype=np.uint64)
-        self._values = np.zeros(2 * len(keys), dtype=np.int32)
+        size = 2 * len(keys)
+        while 2 * (self._used + BANDS) > size:
+            size *= 2
+        self._keys = np.zeros(size, dtype=np.uint64)
+        self._values = np.zeros(size, dtype=np.int32)
         self._used = 0
-        for slot in np.flatnonzero(keys):
-            self._place(int(keys[slot]), int(values[slot]))
+        occupied = np.flatnonzero(keys)
+        self._place(keys[occupied], values[occupied])
 
 
 def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex) -> Iterator[Example]:
@@ -182,7 +204,7 @@ def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex) -> It
     build); checks and registers in one step, so it must come after every other check."""
     for example in examples:
         if example.kept:
-            keys, sketch = fingerprint(example.prompt)
+            keys, sketch = fingerprint(example.prompt, example.normalised or None)
             twin = index.find(keys, sketch)
             if twin is None:
                 index.add(keys, sketch, example.row)

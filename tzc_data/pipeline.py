@@ -42,7 +42,7 @@ from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_boun
 from tzc_data.read import Source, open_source, read, source_identity
 from tzc_data.record import KEPT, REASONS, Example
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
-from tzc_data.write import (MANIFEST, SHARD_DIR, STATS_DIR, RecordStats, read_hashes, record_layout, write_hashes,
+from tzc_data.write import (MANIFEST, REJECTED_DIR, SHARD_DIR, STATS_DIR, RecordStats, RejectedRows, read_hashes, record_layout, write_hashes,
                             write_manifest, write_pack_stats, write_shards)
 
 FORMAT_VERSION = 1
@@ -233,6 +233,9 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         near.attach_journal(near_journal, resume_at=checkpoint["near_dup"] if checkpoint else None)
     stats = RecordStats(os.path.join(staging, STATS_DIR), score_names, chunk_rows=config.checkpoint_every,
                         resume_parts=checkpoint["parts"] if checkpoint else None)
+    rejected = RejectedRows(os.path.join(staging, REJECTED_DIR), score_names,
+                            resume_parts=checkpoint["rejected_parts"] if checkpoint else None) \
+        if config.keep_rejected else None
     spool = Spool(staging, resume_at=tuple(checkpoint["spool"]) if checkpoint else None)
     counts: Counter = Counter(checkpoint["counts"] if checkpoint else {})
     index = ExactIndex()
@@ -241,8 +244,11 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     next_row = checkpoint["next_row"] if checkpoint else config.start
 
     def save(next_row: int) -> None:
+        if rejected:
+            rejected.parts.flush()
         _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
-                                    "parts": stats.parts, "spool": list(spool.sync()),
+                                    "parts": stats.parts.count, "spool": list(spool.sync()),
+                                    "rejected_parts": rejected.parts.count if rejected else 0,
                                     "near_dup": near.sync() if near else 0})
 
     total = config.stop - config.start
@@ -256,6 +262,8 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     for n, example in enumerate(examples, next_row - config.start + 1):
         counts[example.status] += 1
         chunk_done = stats.add(example)
+        if rejected is not None and not example.kept:
+            rejected.add(example)
         if example.kept:
             spool.add(example.row, example.tokens, example.prompt_tokens,
                       split_of(example.prompt_hash, config.eval_fraction), example.prompt_hash)
@@ -270,7 +278,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
                       file=sys.stderr, flush=True)
     bar.update(total - bar.n)
     bar.close()
-    stats.flush()
+    stats.parts.flush()
     save(config.stop)
     read_rows = sum(counts.values())
     _guardrail(counts, read_rows, config)
@@ -300,6 +308,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     spool.remove()
     records_path = stats.finish(where, config.split_names)
     packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs_by_split)
+    rejected_paths = [rejected.finish()] if rejected else []
     os.remove(os.path.join(staging, CHECKPOINT))
 
     token_total = int(sum(lengths))
@@ -336,7 +345,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
                      for path in config.exclude],
         "stats": {
             os.path.relpath(p, staging): {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
-            for p in (records_path, packs_path)
+            for p in (records_path, packs_path, *rejected_paths)
         },
     }
     write_manifest(staging, manifest)

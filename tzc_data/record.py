@@ -51,6 +51,7 @@ class Example:
     answer: str = ""
     status: str = KEPT
     detail: str = ""
+    normalised: str = ""  # the prompt as dedup compares it (dedupe.normalise)
     prompt_hash: bytes = b""
     twin: int | None = None
     tokens: list[int] | None = None

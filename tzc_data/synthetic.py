@@ -222,7 +222,8 @@ def _prompt(seed: int, i: int) -> str:
     slots = _slots(rng)
     intro = rng.choice(INTROS).format(**slots)
     question = rng.choice(PROMPTS).format(**slots)
-    return f"{intro} {question} {rng.choice(ASKS)} {rng.choice(ASKS)}"
+    first, second = rng.sample(ASKS, 2)
+    return f"{intro} {question} {first} {second}"
 
 
 def _kind(rng: random.Random) -> str:

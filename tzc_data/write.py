@@ -50,32 +50,60 @@ def record_layout(seq_len: int) -> dict[str, Any]:
     }
 
 
+class Parts:
+    """One table written as numbered, closed Parquet part files: each :meth:`flush` leaves a file
+    that a resumed build can trust, and :meth:`merged` reads them back in fixed-size tables so the
+    final file does not depend on where the parts were cut."""
+
+    def __init__(self, directory: str, stem: str, schema: pa.Schema, *, resume_parts: int | None = None):
+        os.makedirs(directory, exist_ok=True)
+        self.directory, self.stem, self.schema = directory, stem, schema
+        self.count = resume_parts or 0
+        for stale in self.paths(start=self.count):  # written after the checkpoint we resume from
+            os.remove(stale)
+        self.columns: dict[str, list] = {name: [] for name in schema.names}
+
+    def paths(self, start: int = 0) -> list[str]:
+        prefix = f".{self.stem}.part-"
+        names = sorted(n for n in os.listdir(self.directory) if n.startswith(prefix))
+        return [os.path.join(self.directory, n) for n in names if int(n[len(prefix):len(prefix) + 6]) >= start]
+
+    @property
+    def buffered(self) -> int:
+        return len(self.columns[self.schema.names[0]])
+
+    def flush(self) -> None:
+        if self.buffered:
+            path = os.path.join(self.directory, f".{self.stem}.part-{self.count:06d}.parquet")
+            pq.write_table(pa.table(self.columns, schema=self.schema), path)
+            self.count += 1
+            self.columns = {name: [] for name in self.schema.names}
+
+    def merged(self, size: int = _STATS_BATCH) -> Iterator[pa.Table]:
+        self.flush()
+        yield from _rebatch((b for p in self.paths() for b in pq.ParquetFile(p).iter_batches()), size)
+
+    def remove(self) -> None:
+        for path in self.paths():
+            os.remove(path)
+
+
 class RecordStats:
-    """``stats/records.parquet``, streamed: rows go to numbered part files of ``chunk_rows`` rows as
-    they pass (each part is a checkpoint: complete and closed), then one final file is written once
-    packing has placed the kept examples (split, shard, pack, segment)."""
+    """``stats/records.parquet``, streamed through :class:`Parts` (``chunk_rows`` rows each, a
+    checkpoint per part), then written once packing has placed the kept examples (split, shard,
+    pack, segment)."""
 
     def __init__(self, directory: str, score_names: Sequence[str], *, chunk_rows: int = _STATS_BATCH,
                  resume_parts: int | None = None):
         self.directory = directory
         self.score_names = list(score_names)
         self.chunk_rows = chunk_rows
-        self.schema = pa.schema(RECORD_COLUMNS + [(name, pa.float64()) for name in self.score_names])
-        self.parts = resume_parts or 0
-        for stale in self._part_paths(start=self.parts):  # written after the checkpoint we resume from
-            os.remove(stale)
-        self._columns: dict[str, list] = {name: [] for name in self.schema.names}
-
-    def _part_path(self, number: int) -> str:
-        return os.path.join(self.directory, f".records.part-{number:06d}.parquet")
-
-    def _part_paths(self, start: int = 0) -> list[str]:
-        names = sorted(n for n in os.listdir(self.directory) if n.startswith(".records.part-"))
-        return [os.path.join(self.directory, n) for n in names if int(n[14:20]) >= start]
+        schema = pa.schema(RECORD_COLUMNS + [(name, pa.float64()) for name in self.score_names])
+        self.parts = Parts(directory, "records", schema, resume_parts=resume_parts)
 
     def add(self, example: Example) -> bool:
         """Record one row; True when that completed a part file (a point to checkpoint at)."""
-        c = self._columns
+        c = self.parts.columns
         split = bool(example.reasoning or example.answer)
         c["row"].append(example.row)
         c["status"].append(example.status)
@@ -91,17 +119,10 @@ class RecordStats:
         c["twin"].append(example.twin)
         for name in self.score_names:
             c[name].append(example.scores.get(name))
-        if len(c["row"]) >= self.chunk_rows:
-            self.flush()
+        if self.parts.buffered >= self.chunk_rows:
+            self.parts.flush()
             return True
         return False
-
-    def flush(self) -> None:
-        """Close the rows buffered so far into the next part file."""
-        if self._columns["row"]:
-            pq.write_table(pa.table(self._columns, schema=self.schema), self._part_path(self.parts))
-            self.parts += 1
-            self._columns = {name: [] for name in self.schema.names}
 
     def finish(self, placement: np.ndarray, split_names: Sequence[str]) -> str:
         """Write the final file. ``placement[k]`` = (split, shard, pack, segment) of the k-th kept example.
@@ -109,13 +130,11 @@ class RecordStats:
         Row groups are cut at fixed multiples of the batch size whatever the part sizes were, so a
         resumed build writes the same bytes as an uninterrupted one.
         """
-        self.flush()
         path = os.path.join(self.directory, "records.parquet")
-        schema = pa.schema(list(self.schema) + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
-        parts = self._part_paths()
+        schema = pa.schema(list(self.parts.schema) + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
         kept_so_far = 0
         with pq.ParquetWriter(path, schema) as writer:
-            for batch in _rebatch((b for p in parts for b in pq.ParquetFile(p).iter_batches()), _STATS_BATCH):
+            for batch in self.parts.merged():
                 kept = (batch.column("status").to_numpy(zero_copy_only=False) == "kept")
                 ordinals = kept_so_far + np.cumsum(kept) - 1
                 kept_so_far += int(kept.sum())
@@ -124,8 +143,40 @@ class RecordStats:
                 columns = list(batch.columns) + [pa.array(names, pa.string(), mask=~kept)]
                 columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in (1, 2, 3)]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        for part in parts:
-            os.remove(part)
+        self.parts.remove()
+        return path
+
+
+REJECTED_DIR = "rejected"
+
+
+class RejectedRows:
+    """``rejected/rejected.parquet`` (``--keep-rejected``): every dropped row with its full text,
+    reason, detail and scores, for audits and ``tzc-data explain``. Parts are cut at the same
+    checkpoints as the stats."""
+
+    def __init__(self, directory: str, score_names: Sequence[str], *, resume_parts: int | None = None):
+        self.directory = directory
+        self.score_names = list(score_names)
+        schema = pa.schema([("row", pa.int64()), ("status", pa.string()), ("detail", pa.string()),
+                            ("prompt", pa.string()), ("response", pa.string()), ("reasoning", pa.string()),
+                            ("answer", pa.string()), ("twin", pa.int64())]
+                           + [(name, pa.float64()) for name in self.score_names])
+        self.parts = Parts(directory, "rejected", schema, resume_parts=resume_parts)
+
+    def add(self, example: Example) -> None:
+        c = self.parts.columns
+        for name in ("row", "status", "detail", "prompt", "response", "reasoning", "answer", "twin"):
+            c[name].append(getattr(example, name))
+        for name in self.score_names:
+            c[name].append(example.scores.get(name))
+
+    def finish(self) -> str:
+        path = os.path.join(self.directory, "rejected.parquet")
+        with pq.ParquetWriter(path, self.parts.schema) as writer:
+            for table in self.parts.merged():
+                writer.write_table(table)
+        self.parts.remove()
         return path
 
 

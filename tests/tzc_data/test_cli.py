@@ -26,3 +26,24 @@ def test_console_script_help_lists_the_options():
     assert done.returncode == 0
     for option in ("--range", "--source", "--seq-len", "--max-tokens", "--min-kept-ratio", "--no-dedup", "--overwrite"):
         assert option in done.stdout
+
+
+def test_explain_shows_examples_with_the_trigger_marked(tmp_path, capsys):
+    from tzc_data.tokenize import gemma2_tokenizer_path
+
+    out = tmp_path / "b"
+    assert main(["build", "--source", "synthetic", "--range", "0:1500", "--out", str(out), "--keep-rejected",
+                 "--tokenizer", str(gemma2_tokenizer_path()), "--no-progress"]) == 0
+    rejected = __import__("polars").read_parquet(out / "rejected" / "rejected.parquet")
+    manifest = __import__("json").loads((out / "manifest.json").read_text())
+    assert rejected.height == manifest["counts"]["dropped"]
+    assert rejected.filter(rejected["status"] == "unterminated_think")["response"].str.len_chars().min() > 1000
+    capsys.readouterr()
+    assert main(["explain", str(out), "--reason", "loop", "-n", "2", "--no-colour"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("loop: ") and text.count("\nrow ") == 2 and "[[" in text and "]]" in text
+    assert main(["explain", str(out), "--reason", "near_duplicate", "-n", "1"]) == 0
+    assert "kept twin (row " in capsys.readouterr().out
+    (out / "rejected" / "rejected.parquet").unlink()  # texts then come from the source again
+    assert main(["explain", str(out), "--reason", "control_in_content", "-n", "1", "--no-colour"]) == 0
+    assert "[[<" in capsys.readouterr().out

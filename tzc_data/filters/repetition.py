@@ -200,8 +200,8 @@ class RepetitionFilter:
     ngram_top_share: float = 0.4
     min_compression: float = 0.12
     min_chars: int = 1000  # share-based signals need enough text to mean anything
-    window_chars: int = 3000  # n-grams and compression look at the end, where a degenerate trace ends up
-    max_words: int = 250
+    window_chars: int = 2500  # n-grams and compression look at the end, where a degenerate trace ends up
+    max_words: int = 200
     dup_ngram_gate: float = 0.35
     name: str = "repetition"
     score_names: tuple[str, ...] = ("loop_repeats", "loop_span", "paragraph_repeats", "sentence_repeats",

@@ -1,0 +1,116 @@
+"""``tzc-data explain``: show examples of one drop reason, with what triggered it highlighted.
+
+Texts come from ``rejected/rejected.parquet`` when the build kept them (``--keep-rejected``);
+otherwise the rows are read again from the build's source (synthetic and local sources always can;
+the hub needs the network). For a duplicate, the kept twin's prompt is read from the source too.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Any
+
+import polars as pl
+
+from tzc_data.errors import TzcError
+from tzc_data.filters.repetition import lowered, repeating_tail
+from tzc_data.load import read_manifest
+from tzc_data.read import Source, local_source, open_source, read
+from tzc_data.record import REASONS
+from tzc_data.write import REJECTED_DIR, STATS_DIR
+
+
+def _markers(colour: bool) -> tuple[str, str]:
+    return ("\x1b[1;31m", "\x1b[0m") if colour else ("[[", "]]")
+
+
+def highlight(text: str, needle: str, colour: bool, *, limit: int = 12) -> str:
+    """``text`` with up to ``limit`` occurrences of ``needle`` marked."""
+    if not needle:
+        return text
+    start, end = _markers(colour)
+    count = 0
+
+    def mark(match: re.Match) -> str:
+        nonlocal count
+        count += 1
+        return f"{start}{match.group()}{end}" if count <= limit else match.group()
+
+    return re.sub(re.escape(needle), mark, text)
+
+
+def _source(manifest: dict[str, Any]) -> Source:
+    described = manifest["source"]
+    if described["kind"] == "synthetic":
+        return open_source("synthetic", seed=described["seed"])
+    if described["kind"] == "local":
+        return local_source(described["spec"])
+    return open_source("hf", revision=described.get("commit"))
+
+
+def _row_text(source: Source | None, row: int) -> dict[str, str]:
+    if source is None:
+        return {}
+    example = next(iter(read(source, row, row + 1)), None)
+    return {"prompt": example.prompt, "response": example.response} if example else {}
+
+
+def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = None) -> str:
+    manifest = read_manifest(directory)
+    colour = sys.stdout.isatty() if colour is None else colour
+    stats = pl.read_parquet(os.path.join(directory, STATS_DIR, "records.parquet"))
+    picked = stats.filter(pl.col("status") == reason).head(n)
+    total = stats.filter(pl.col("status") == reason).height
+    if reason not in REASONS and reason != "kept":
+        raise TzcError(f"unknown reason {reason!r}; reasons are: {', '.join(REASONS)}")
+    lines = [f"{reason}: {total:,} of {stats.height:,} rows ({total / max(stats.height, 1):.1%}) in {directory}"
+             + (f" - {REASONS[reason][0]}; controlled by {REASONS[reason][1]}" if reason in REASONS else "")]
+    rejected_path = os.path.join(directory, REJECTED_DIR, "rejected.parquet")
+    texts = {}
+    if os.path.exists(rejected_path):
+        rejected = pl.read_parquet(rejected_path).filter(pl.col("row").is_in(picked["row"].implode()))
+        texts = {r["row"]: r for r in rejected.iter_rows(named=True)}
+    source = None
+    try:
+        source = _source(manifest)
+    except TzcError as err:
+        lines.append(f"(texts unavailable: {err})")
+    for record in picked.iter_rows(named=True):
+        row = record["row"]
+        text = texts.get(row) or _row_text(source, row)
+        lines += ["", f"row {row}: {record['detail']}"]
+        scores = {k: v for k, v in record.items() if k not in ("row", "status", "detail", "prompt_hash")
+                  and v is not None and k not in ("shard", "pack", "segment", "split")}
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in scores.items()))
+        lines += _show(reason, record, text, source, colour)
+    return "\n".join(lines)
+
+
+def _show(reason: str, record: dict[str, Any], text: dict[str, Any], source: Source | None,
+          colour: bool) -> list[str]:
+    prompt = text.get("prompt") or ""
+    body = text.get("reasoning") or ""
+    if text.get("answer"):
+        body = f"{body}\n</think>\n{text['answer']}"
+    body = body or text.get("response") or ""
+    if reason in ("duplicate", "near_duplicate") and record.get("twin") is not None:
+        twin = _row_text(source, record["twin"]).get("prompt", "(unavailable)")
+        return [f"  prompt:      {prompt[:400]}", f"  kept twin (row {record['twin']}): {twin[:400]}"]
+    if reason in ("loop", "repeated_paragraphs", "ngram_repetition", "compressible"):
+        tail = lowered(body)[-1500:]
+        found = repeating_tail(tail)
+        unit = found.unit.strip() if found and found.repeats >= 2 else ""
+        if reason == "repeated_paragraphs":
+            match = re.search(r"repeats '(.+?)(?:\.\.\.)?' x", record["detail"])
+            unit = match.group(1) if match else unit
+        return ["  end of the text (lower case, digits removed), repeated unit marked:",
+                "  " + highlight(tail[-900:], unit, colour).replace("\n", "\n  ")]
+    if reason in ("tag_in_content", "control_in_content"):
+        match = re.search(r"contains '(.+?)'", record["detail"])
+        needle = match.group(1) if match else ""
+        where = prompt if needle and needle in prompt else body
+        at = where.find(needle) if needle else 0
+        return ["  " + highlight(where[max(0, at - 200): at + 200], needle, colour)]
+    return [f"  prompt:   {prompt[:300]}", f"  response: {body[:300]}{'...' if len(body) > 300 else ''}"]
