@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/tzc-data build --source synthetic --range 0:10000 --out runs/demo --overwrite
 
-test: $(STAMP)
+# One test renders the HTML report in Debian's headless Chromium; install it when missing (root).
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
+
+.PHONY: chromium
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from tzc_data.errors import TzcError  # noqa: E402
 from tzc_data.format import FormatError  # noqa: E402
-from tzc_data.load import load, read_manifest  # noqa: E402
+from tzc_data.load import batches, export_parquet, hf_dataset, iter_rows, load, read_manifest, torch_dataset  # noqa: E402
 
-__all__ = ["FormatError", "TzcError", "__version__", "load", "read_manifest"]
+__all__ = ["FormatError", "TzcError", "__version__", "batches", "export_parquet", "hf_dataset", "iter_rows", "load",
+           "read_manifest", "torch_dataset"]

@@ -210,6 +210,66 @@ def _run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _look_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("stats", help="counts, length percentiles and packing of one or more builds",
+                       description="Counts per status and reason, length percentiles of kept examples, packing "
+                                   "fill, tokens and examples per row; several builds side by side.")
+    p.add_argument("builds", nargs="+", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_stats)
+    p = sub.add_parser("inspect", help="a packed row, example by example, loss span marked",
+                       description="Decode one packed row: each example with its source row and its loss-masked "
+                                   "span marked (colour on a terminal, «markers» otherwise).")
+    p.add_argument("build", metavar="DIR")
+    p.add_argument("--row", type=int, required=True, help="packed row index within the split")
+    p.add_argument("--split", default="train")
+    p.add_argument("--tokenizer", metavar="PATH", help="the build's tokenizer, when not found automatically")
+    p.add_argument("--colour", action=argparse.BooleanOptionalAction, default=None)
+    p.set_defaults(run=_run_inspect)
+    p = sub.add_parser("report", help="a self-contained HTML page of plots about a build")
+    p.add_argument("build", metavar="DIR")
+    p.add_argument("-o", "--output", default="report.html")
+    p.set_defaults(run=_run_report)
+    p = sub.add_parser("export", help="export packed rows for other tools (Parquet)")
+    p.add_argument("build", metavar="DIR")
+    p.add_argument("--format", choices=["parquet"], default="parquet")
+    p.add_argument("--split", default="train")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(run=_run_export)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    import json
+
+    from tzc_data.look import format_table, summarise
+
+    summaries = [summarise(build) for build in args.builds]
+    print(json.dumps(summaries, indent=2) if args.json else format_table(summaries))
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from tzc_data.look import inspect_row
+
+    print(inspect_row(args.build, args.row, split=args.split, tokenizer=args.tokenizer, colour=args.colour))
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from tzc_data.report import write_report
+
+    print(f"wrote {write_report(args.build, args.output)}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from tzc_data.load import export_parquet
+
+    count = export_parquet(args.build, args.output, args.split)
+    print(f"wrote {count:,} packed rows of {args.split} to {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
@@ -219,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     _fuzz_parser(sub)
     _verify_parser(sub)
     _explain_parser(sub)
+    _look_parsers(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -1,0 +1,142 @@
+"""Look at builds without writing code: ``tzc-data stats`` and ``tzc-data inspect``.
+
+Everything here is Polars over ``stats/*.parquet`` plus the shards; the README shows the same
+one-liners for people who want to slice the stats themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import polars as pl
+
+from tzc_data.errors import TzcError
+from tzc_data.load import load, read_manifest
+from tzc_data.tokenize import GEMMA2_SHA256, Tokenizer, gemma2_tokenizer_path, sha256_file
+from tzc_data.write import STATS_DIR
+
+PERCENTILES = (0.05, 0.5, 0.95, 0.99)
+LENGTH_COLUMNS = ("prompt_chars", "reasoning_chars", "answer_chars", "tokens", "loss_tokens")
+
+
+def summarise(directory: str) -> dict[str, Any]:
+    """One build's numbers: counts by status, length percentiles of kept rows, packing."""
+    manifest = read_manifest(directory)
+    records = pl.read_parquet(os.path.join(directory, STATS_DIR, "records.parquet"))
+    packs = pl.read_parquet(os.path.join(directory, STATS_DIR, "packs.parquet"))
+    total = records.height
+    by_status = {status: count for status, count in records.group_by("status").len().sort(
+        ["len", "status"], descending=[True, False]).iter_rows()}
+    kept = records.filter(pl.col("status") == "kept")
+    lengths = {column: {f"p{int(q * 100)}": _quantile(kept[column], q) for q in PERCENTILES}
+               for column in LENGTH_COLUMNS}
+    return {
+        "build": directory,
+        "range": f"{manifest['range']['start']}:{manifest['range']['stop']}",
+        "source": manifest["source"]["kind"],
+        "rows": total,
+        "status": {s: {"rows": n, "share": round(n / total, 6) if total else 0.0} for s, n in by_status.items()},
+        "kept_lengths": lengths,
+        "packing": {
+            "seq_len": manifest["config"]["seq_len"],
+            "rows": packs.height,
+            "fill": round(float(packs["tokens"].sum()) / (packs.height * manifest["config"]["seq_len"]), 6)
+            if packs.height else 0.0,
+            "fill_p5": _quantile(packs["fill"], 0.05),
+            "tokens": int(packs["tokens"].sum()),
+            "loss_tokens": int(packs["loss_tokens"].sum()),
+            "examples_per_row": round(float(packs["segments"].mean()), 3) if packs.height else 0.0,
+            "splits": {split: n for split, n in packs.group_by("split").len().sort("split").iter_rows()},
+        },
+    }
+
+
+def _quantile(series: pl.Series, q: float) -> float | None:
+    series = series.drop_nulls()
+    return None if series.is_empty() else round(float(series.quantile(q, interpolation="nearest")), 4)
+
+
+def format_table(summaries: list[dict[str, Any]]) -> str:
+    """Builds side by side, one column each."""
+    names = [os.path.basename(os.path.normpath(s["build"])) or s["build"] for s in summaries]
+    rows: list[tuple[str, list[str]]] = [("range", [s["range"] for s in summaries]),
+                                         ("source", [s["source"] for s in summaries]),
+                                         ("rows read", [f"{s['rows']:,}" for s in summaries])]
+    statuses = list(dict.fromkeys(k for s in summaries for k in s["status"]))
+    for status in statuses:
+        rows.append((f"  {status}", [_cell(s["status"].get(status)) for s in summaries]))
+    for column in LENGTH_COLUMNS:
+        rows.append((f"kept {column} p5/p50/p95/p99", ["/".join(_num(v) for v in s["kept_lengths"][column].values())
+                                                      for s in summaries]))
+    rows += [("packed rows", [f"{s['packing']['rows']:,}" for s in summaries]),
+             ("fill (p5 of rows)", [f"{s['packing']['fill']:.2%} ({_num(s['packing']['fill_p5'])})"
+                                    for s in summaries]),
+             ("tokens / loss tokens", [f"{s['packing']['tokens']:,} / {s['packing']['loss_tokens']:,}"
+                                       for s in summaries]),
+             ("examples per row", [f"{s['packing']['examples_per_row']:.2f}" for s in summaries]),
+             ("packed rows by split", [", ".join(f"{k} {v:,}" for k, v in s["packing"]["splits"].items())
+                                       for s in summaries])]
+    label_width = max(len(label) for label, _ in rows)
+    widths = [max(len(n), *(len(values[i]) for _, values in rows)) for i, n in enumerate(names)]
+    lines = [" " * label_width + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    for label, values in rows:
+        lines.append(label.ljust(label_width) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths)))
+    return "\n".join(lines)
+
+
+def _cell(entry: dict[str, Any] | None) -> str:
+    return "-" if entry is None else f"{entry['rows']:,} ({entry['share']:.1%})"
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 10 else f"{value:.3g}"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_tokenizer(manifest: dict[str, Any], path: str | None) -> Tokenizer:
+    """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 one."""
+    expected = manifest["tokenizer"]["sha256"]
+    candidates = [path] if path else [manifest["config"].get("tokenizer")]
+    if expected == GEMMA2_SHA256:
+        candidates.append(str(gemma2_tokenizer_path()))
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate):
+            if sha256_file(candidate) != expected and path:
+                raise TzcError(f"--tokenizer {path} is not the tokenizer of this build (sha256 {expected[:12]}...)")
+            if sha256_file(candidate) == expected:
+                return Tokenizer(candidate, system=manifest["config"]["system"])
+    raise TzcError(f"cannot find the build's tokenizer (sha256 {expected[:12]}...); pass --tokenizer PATH")
+
+
+def inspect_row(directory: str, row: int, *, split: str = "train", tokenizer: str | None = None,
+                colour: bool | None = None) -> str:
+    """A packed row, example by example, with the loss-masked span marked."""
+    manifest = read_manifest(directory)
+    rows = load(directory, split)
+    if not 0 <= row < len(rows):
+        raise TzcError(f"--row {row}: split {split!r} of {directory} has packed rows 0..{len(rows) - 1}")
+    packed = rows[row]
+    packs = pl.read_parquet(os.path.join(directory, STATS_DIR, "packs.parquet")).filter(pl.col("split") == split)
+    sources = packs["rows"][row].to_list()
+    tok = build_tokenizer(manifest, tokenizer)
+    colour = sys.stdout.isatty() if colour is None else colour
+    start, end = ("\x1b[32m", "\x1b[0m") if colour else ("«", "»")
+    seq_len = len(packed["tokens"])
+    used = int((packed["segment_ids"] > 0).sum())
+    lines = [f"{directory} {split} row {row}: {int(packed['segment_ids'].max())} examples, {used:,} of {seq_len:,} "
+             f"tokens ({used / seq_len:.1%}), {int(packed['loss_mask'].sum()):,} with loss; "
+             f"loss span marked {start}like this{end}"]
+    for segment in range(1, int(packed["segment_ids"].max()) + 1):
+        where = packed["segment_ids"] == segment
+        ids, mask = packed["tokens"][where].tolist(), packed["loss_mask"][where]
+        first = int(mask.argmax()) if mask.any() else len(ids)
+        lines += ["", f"-- segment {segment}: source row {sources[segment - 1]}, {len(ids):,} tokens, "
+                      f"{int(mask.sum()):,} with loss, positions 0..{len(ids) - 1}",
+                  tok.decode(ids[:first]) + start + tok.decode(ids[first:]) + end]
+    return "\n".join(lines)
