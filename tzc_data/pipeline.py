@@ -34,16 +34,16 @@ from tqdm import tqdm
 from tzc_data import __version__
 from tzc_data.config import BuildConfig
 from tzc_data.dedupe import ExactIndex, drop_duplicates, drop_excluded, hash_prompts, split_of
-from tzc_data.minhash import NearDupIndex, drop_near_duplicates
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
 from tzc_data.format import format_examples, split_examples
+from tzc_data.minhash import NearDupIndex, drop_near_duplicates
 from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_bound
 from tzc_data.read import Source, open_source, read, source_identity
 from tzc_data.record import KEPT, REASONS, Example
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
-from tzc_data.write import (MANIFEST, REJECTED_DIR, SHARD_DIR, STATS_DIR, RecordStats, RejectedRows, read_hashes, record_layout, write_hashes,
-                            write_manifest, write_pack_stats, write_shards)
+from tzc_data.write import (MANIFEST, REJECTED_DIR, SHARD_DIR, STATS_DIR, RecordStats, RejectedRows, read_hashes,
+                            record_layout, write_hashes, write_manifest, write_pack_stats, write_shards)
 
 FORMAT_VERSION = 1
 
@@ -186,6 +186,19 @@ def _write_checkpoint(staging: str, checkpoint: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def peak_rss_kib() -> int:
+    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over an
+    exec, so a build started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Tokenizer | None = None,
           progress: bool | None = None) -> dict[str, Any]:
     """Run the build; returns the manifest plus a ``run`` section (timings, peak memory).
@@ -218,7 +231,7 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
         "resumed_at_row": checkpoint["next_row"] if checkpoint else None,
         "rows_per_second": round(manifest["counts"]["read"] / elapsed, 1),
         "tokens_per_second": round(manifest["packing"]["tokens"] / elapsed, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(peak_rss_kib() / 1024, 1),
     }
     return manifest
 

@@ -1,0 +1,218 @@
+"""The benchmark: every figure beside its baseline, measured in the same run.
+
+    make bench                     # installs the `bench` extra (TRL, datasets) and runs this
+    .venv/bin/python tools/bench.py [--rows 10000] [--big 100000] [--out docs/benchmarks.md]
+
+1. end to end vs the limit: build throughput against SentencePiece encoding the very same rendered
+   texts and nothing else;
+2. peer: HF ``datasets.map`` tokenization (the same SentencePiece model) + TRL ``pack_dataset(bfd)``
+   on the same kept examples, against tzc's build: time, fill, truncation;
+3. packing fill at 2048 / 4096 / 8192 beside the original one-example-per-row layout;
+4. memory: peak RSS of builds of ``--rows`` and ``--big`` rows, each in its own process;
+5. seek: time to the first record at row 0 and at row 1,000,000 of a multi-file local Parquet source;
+6. workers: the build has no ``--workers`` yet (one process; SentencePiece already uses both cores);
+7. loader: packed rows/s through ``tzc_data.load`` / ``batches``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+import tzc_data  # noqa: E402
+from tzc_data import format as fmt  # noqa: E402
+from tzc_data.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
+from tzc_data.read import local_source, read  # noqa: E402
+from tzc_data.synthetic import generate  # noqa: E402
+from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
+
+PYTHON = sys.executable
+
+
+def run_build(rows: int, out: str, *extra: str) -> dict:
+    """A build in its own process (so its peak RSS is its own); returns the manifest's run section."""
+    command = [PYTHON, "-m", "tzc_data.cli", "build", "--source", "synthetic", "--range", f"0:{rows}",
+               "--out", out, "--overwrite", "--no-progress", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(done.stderr)
+    match = re.search(r"([\d.]+) s, ([\d,]+) rows/s, ([\d,]+) tokens/s, peak RSS ([\d,]+) MiB", done.stdout)
+    seconds, rows_s, tokens_s, rss = match.groups()
+    return {"seconds": float(seconds), "rows_per_s": float(rows_s.replace(",", "")),
+            "tokens_per_s": float(tokens_s.replace(",", "")), "rss_mib": float(rss.replace(",", ""))}
+
+
+def kept_texts(build: str) -> list[str]:
+    """The rendered text of every kept example of a synthetic build, in row order."""
+    import polars as pl
+
+    kept = pl.read_parquet(Path(build) / "stats" / "records.parquet").filter(pl.col("status") == "kept")["row"]
+    manifest = tzc_data.read_manifest(build)
+    texts = []
+    for row in kept.to_list():
+        source = generate(manifest["source"]["seed"], row)
+        reasoning, answer = fmt.split_response(source.response)
+        texts.append(fmt.render(source.prompt, reasoning, answer, system=manifest["config"]["system"]))
+    return texts
+
+
+def tokenize_only(texts: list[str], tokenizer: Tokenizer) -> tuple[float, list[int]]:
+    started = time.perf_counter()
+    lengths = []
+    for start in range(0, len(texts), 64):
+        lengths += map(len, tokenizer.sp.encode(texts[start:start + 64]))
+    return time.perf_counter() - started, lengths
+
+
+def peer(texts: list[str], model: str, seq_len: int) -> dict:
+    """HF datasets.map with the same SentencePiece model, then TRL's pack_dataset (bfd)."""
+    import datasets
+    import sentencepiece as spm
+    from trl import pack_dataset
+
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    sp = spm.SentencePieceProcessor(model_file=model)
+    data = datasets.Dataset.from_dict({"text": texts})
+    data = data.map(lambda batch: {"input_ids": sp.encode(batch["text"])}, batched=True, batch_size=64,
+                    remove_columns=["text"])
+    data = data.filter(lambda batch: [len(ids) <= seq_len for ids in batch["input_ids"]], batched=True)
+    packed = pack_dataset(data, seq_len, strategy="bfd")
+    seconds = time.perf_counter() - started
+    lengths = [len(ids) for ids in packed["input_ids"]]
+    tokens_in = sum(len(ids) for ids in data["input_ids"])
+    return {"seconds": seconds, "rows": len(lengths), "fill": sum(lengths) / (len(lengths) * seq_len),
+            "truncated_tokens": tokens_in - sum(lengths), "examples": data.num_rows}
+
+
+def seek(tmp: str) -> list[tuple[int, float]]:
+    """A local tree of 12 Parquet files x 100,000 short rows (10 row groups each)."""
+    folder = Path(tmp) / "seek"
+    folder.mkdir()
+    for k in range(12):
+        n = 100_000
+        table = pa.table({"prompt": [f"question {k * n + i}" for i in range(n)],
+                          "response": [f"<think>r{i}</think>a" for i in range(n)]})
+        pq.write_table(table, folder / f"train-{k:05d}-of-00012.parquet", row_group_size=10_000)
+    timings = []
+    for start in (0, 1_000_000, 0, 1_000_000):
+        started = time.perf_counter()
+        first = next(iter(read(local_source(str(folder)), start, start + 1)))
+        timings.append((start, time.perf_counter() - started))
+        assert first.row == start and first.prompt == f"question {start}"
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--big", type=int, default=100_000)
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    seq_len = 4096
+    model = str(gemma2_tokenizer_path())
+    tokenizer = Tokenizer(model)
+    lines = [f"# Benchmarks ({date.today().isoformat()})", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} vCPU, {_cpu()}, Python {platform.python_version()}; "
+             + ", ".join(f"{p} {_version(p)}" for p in ("sentencepiece", "grain", "array-record", "numpy", "pyarrow",
+                                                          "datasets", "trl")) + ".",
+             "Every figure is measured in the run that wrote this file, beside its baseline. Generated by "
+             "`tools/bench.py`.", ""]
+
+    def emit(*new: str) -> None:
+        lines.extend(new)
+        print("\n".join(new), flush=True)
+
+    print("\n".join(lines), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        build = f"{tmp}/build"
+        full = run_build(args.rows, build)
+        bare = run_build(args.rows, f"{tmp}/bare", "--no-loop-filter", "--no-language-filter", "--no-near-dup")
+        texts = kept_texts(build)
+        seconds, lengths = tokenize_only(texts, tokenizer)
+        emit(f"## 1. End to end vs the tokenizer ({args.rows:,} synthetic rows, {len(texts):,} kept)", "",
+             "| run | seconds | rows/s | share of tokenize-only speed |", "| --- | --- | --- | --- |",
+             f"| tokenize only: SentencePiece on the {len(texts):,} rendered kept texts, batches of 64 | "
+             f"{seconds:.2f} | {args.rows / seconds:,.0f} | 100% |",
+             f"| `tzc-data build`, every filter | {full['seconds']:.2f} | {full['rows_per_s']:,.0f} | "
+             f"{seconds / full['seconds']:.0%} |",
+             f"| `tzc-data build`, no quality filters | {bare['seconds']:.2f} | {bare['rows_per_s']:,.0f} | "
+             f"{seconds / bare['seconds']:.0%} |", "",
+             "Build times include start-up (tokenizer load), the synthetic generator, stats, shards and manifest.", "")
+        try:
+            theirs = peer(texts, model, seq_len)
+            ours_lengths = [n for n in lengths if n <= seq_len]
+            bins = best_fit_decreasing(ours_lengths, seq_len)
+            emit("## 2. Peer: HF datasets.map + TRL pack_dataset(bfd), same kept texts and tokenizer", "",
+                 "| tool | seconds | packed rows | fill | tokens truncated |", "| --- | --- | --- | --- | --- |",
+                 f"| datasets.map + trl.pack_dataset(bfd) (tokenize + pack only) | {theirs['seconds']:.2f} | "
+                 f"{theirs['rows']:,} | {theirs['fill']:.2%} | {theirs['truncated_tokens']:,} |",
+                 f"| tzc-data build (read, filter, tokenize, pack, write) | {full['seconds']:.2f} | {len(bins):,} | "
+                 f"{fill(ours_lengths, bins, seq_len):.2%} | 0 |", "")
+        except ImportError as err:
+            emit("## 2. Peer", "", f"not measured: {err} (`make bench` installs the bench extra)", "")
+        emit("## 3. Packing fill on the kept lengths", "",
+             "| seq_len | examples that fit | one per row, right-truncated at 2048 (original) | tzc best-fit-decreasing "
+             "| bound for whole examples |", "| --- | --- | --- | --- | --- |")
+        for length in (2048, 4096, 8192):
+            fits = [n for n in lengths if n <= length]
+            bins = best_fit_decreasing(fits, length)
+            original = sum(min(n, 2048) for n in lengths) / (len(lengths) * 2048)
+            emit(f"| {length} | {len(fits):,} | {original:.2%} ({sum(n > 2048 for n in lengths) / len(lengths):.0%} "
+                 f"of examples cut) | {fill(fits, bins, length):.2%} | "
+                 f"{sum(fits) / (rows_lower_bound(fits, length) * length):.2%} |")
+        big = run_build(args.big, f"{tmp}/big")
+        emit("", f"## 4. Memory (each build in its own process)", "", "| rows | peak RSS | rows/s |",
+             "| --- | --- | --- |", f"| {args.rows:,} | {full['rss_mib']:,.0f} MiB | {full['rows_per_s']:,.0f} |",
+             f"| {args.big:,} | {big['rss_mib']:,.0f} MiB | {big['rows_per_s']:,.0f} |", "",
+             f"Ratio {big['rss_mib'] / full['rss_mib']:.2f}x; growth "
+             f"{(big['rss_mib'] - full['rss_mib']) * 2**20 / (args.big - args.rows):,.0f} bytes per extra row.", "")
+        timings = seek(tmp)
+        emit("## 5. Seek: time to the first record, 12 local Parquet files of 100,000 rows", "",
+             "| start row | seconds |", "| --- | --- |", *[f"| {s:,} | {t:.3f} |" for s, t in timings], "")
+        emit("## 6. Workers", "", "Not measured: `tzc-data build` has no `--workers` yet. SentencePiece already "
+             "encodes on both vCPUs from a worker thread while the Python stages run.", "")
+        loader = subprocess.run([PYTHON, str(ROOT / "tools" / "bench_loader.py"), build], capture_output=True,
+                                text=True, check=True).stdout
+        emit("## 7. Loader", "", loader.split("\n\n", 1)[1].strip(), "")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+def _cpu() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+if __name__ == "__main__":
+    main()
