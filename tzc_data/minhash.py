@@ -12,8 +12,8 @@ Step by step, for each prompt that survived everything else (first kept occurren
      128-byte sketch (the low byte of each MinHash value, corrected for chance matches), and the
      first candidate at or above the threshold is the twin: reason ``near_duplicate``;
   4. otherwise the prompt is kept and its band keys enter the index.
-Memory per kept prompt: 128 bytes of sketch plus 16 band keys in an open-addressing table of
-8-byte keys and 4-byte values at most half full (at most 384 bytes); no document is stored.
+Memory per kept prompt: 128 bytes of sketch, an 8-byte row, and 16 band keys in an open-addressing
+table of 8-byte keys and 4-byte values at most 70% full (274 to 548 bytes); no document is stored.
 The index is append-only on disk too, so a build resumes it from a checkpoint.
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+from array import array
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -90,12 +91,23 @@ class NearDupIndex:
         self._values = np.zeros(1024, dtype=np.int32)
         self._used = 0
         self.sketches = bytearray()
-        self.rows: list[int] = []
-        self.labels: list[str | None] = []  # None: this build; else the excluded build it came from
+        self.rows = array("q")  # source row of each indexed prompt, by ordinal
+        self._excluded: list[tuple[int, str]] = []  # (first ordinal after it, build): loaded first
         self._journal = None
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def excluded_count(self) -> int:
+        return self._excluded[-1][0] if self._excluded else 0
+
+    def label(self, ordinal: int) -> str | None:
+        """The excluded build an indexed prompt comes from, or None for this build's own."""
+        for end, build in self._excluded:
+            if ordinal < end:
+                return build
+        return None
 
     def load(self, path: str, label: str | None = None) -> int:
         """Add every record of a ``near_dup.bin`` file or journal; returns how many."""
@@ -119,7 +131,7 @@ class NearDupIndex:
             other = np.frombuffer(self.sketches, dtype=np.uint8, count=NUM_PERM, offset=NUM_PERM * ordinal)
             jaccard = estimate_jaccard(sketch, other)
             if jaccard >= self.threshold:
-                return self.rows[ordinal], jaccard, self.labels[ordinal]
+                return self.rows[ordinal], jaccard, self.label(ordinal)
         return None
 
     def add(self, keys: np.ndarray, sketch: np.ndarray, row: int) -> None:
@@ -157,9 +169,15 @@ class NearDupIndex:
     def _insert(self, keys: np.ndarray, sketch: np.ndarray, row: int, label: str | None) -> None:
         ordinal = len(self.rows)
         self.rows.append(row)
-        self.labels.append(label)
+        if label is not None:
+            if self._excluded and self._excluded[-1][0] < ordinal:
+                raise ValueError("excluded builds must be loaded before this build's prompts")
+            if self._excluded and self._excluded[-1][1] == label:
+                self._excluded[-1] = (ordinal + 1, label)
+            else:
+                self._excluded.append((ordinal + 1, label))
         self.sketches += sketch.tobytes()
-        if 2 * (self._used + len(keys)) > len(self._keys):
+        if 10 * (self._used + len(keys)) > 7 * len(self._keys):  # at most 70% full
             self._grow()
         self._place(keys, np.full(len(keys), ordinal, dtype=np.int32))
 
@@ -190,7 +208,7 @@ class NearDupIndex:
     def _grow(self) -> None:
         keys, values = self._keys, self._values
         size = 2 * len(keys)
-        while 2 * (self._used + BANDS) > size:
+        while 10 * (self._used + BANDS) > 7 * size:
             size *= 2
         self._keys = np.zeros(size, dtype=np.uint64)
         self._values = np.zeros(size, dtype=np.int32)

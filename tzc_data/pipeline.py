@@ -313,7 +313,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     if near is not None:
         near.close()
         os.replace(near_journal, os.path.join(staging, NEAR_DUP))
-        near_entry = {"file": NEAR_DUP, "count": len(near) - sum(label is not None for label in near.labels),
+        near_entry = {"file": NEAR_DUP, "count": len(near) - near.excluded_count,
                       "sha256": sha256_file(os.path.join(staging, NEAR_DUP)), "threshold": config.near_dup_threshold,
                       "algorithm": "MinHash (rensa, 128 permutations, seed 20261125) of word 3-shingles of the "
                                    "normalised prompt; 16 LSH bands of 8 as 8-byte keys; 128-byte sketch"}

@@ -79,6 +79,6 @@ def test_journal_resume_restores_the_same_index(tmp_path):
     index.close()
     resumed = NearDupIndex(0.8)
     resumed.attach_journal(str(tmp_path / "j"), resume_at=at)
-    assert resumed.rows == list(range(30))
+    assert list(resumed.rows) == list(range(30))
     assert resumed.find(*fingerprint(prompts[3]))[0] == 3 and resumed.find(*fingerprint(prompts[30])) is None
     assert np.array_equal(np.frombuffer(resumed.sketches, np.uint8)[:128], fingerprint(prompts[0])[1])
