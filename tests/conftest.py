@@ -3,9 +3,14 @@ and the read-only real traces in ../shared/data."""
 
 from __future__ import annotations
 
+import os
+
+# 8 fake CPU devices for the trainer's mesh tests; must be set before anything imports JAX.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 import io
 import json
-import os
 from pathlib import Path
 
 import pytest
