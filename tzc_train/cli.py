@@ -7,9 +7,65 @@ import json
 import sys
 
 
+def sample_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="tzc-train sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description="Greedy completions of prompts with a trained run's adapters, and "
+                                                 "the share that is well formed (<reasoning> then <answer>).")
+    parser.add_argument("--data", required=True, help="the build the run trained on (tokenizer, system prompt)")
+    parser.add_argument("--lora", help="a run's --out (its latest adapters); none: the base model")
+    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT weights (HF safetensors dir or Kaggle Flax checkpoint)")
+    parser.add_argument("--tokenizer", help="the build's tokenizer when it is not found automatically")
+    parser.add_argument("--prompts", required=True, help="a .jsonl file with 'prompt' fields, or one prompt per line")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--lora-alpha", type=float, default=64.0)
+    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4")
+    args = parser.parse_args(argv)
+    import tzc_data
+    from tzc_data.look import build_tokenizer
+    from tzc_train.sample import sample
+    from tzc_train.train import TrainConfig, base_model, make_mesh, with_lora
+    from tunix.sft import checkpoint_manager
+
+    try:
+        manifest = tzc_data.read_manifest(args.data)
+        tokenizer = build_tokenizer(manifest, args.tokenizer)
+        with open(args.prompts, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+        prompts = [json.loads(line)["prompt"] if args.prompts.endswith(".jsonl") else line for line in lines]
+        config = TrainConfig(data=args.data, out=args.lora or ".", model=args.model, weights=args.weights,
+                             lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                             mesh=tuple(int(x) for x in args.mesh.split("x")) if args.mesh else None)
+        mesh = make_mesh(config.mesh)
+        with mesh:
+            base, model_config = base_model(config, manifest["tokenizer"]["vocab_size"], mesh)
+            model = base
+            if args.lora:
+                model = with_lora(base, config, mesh)
+                step, _ = checkpoint_manager.CheckpointManager(root_directory=args.lora).maybe_restore(
+                    model, None, restore_only_lora_params=True)
+                if not step:
+                    raise ValueError(f"--lora {args.lora}: no checkpoint there")
+            samples = sample(model, model_config, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
+    except (ValueError, OSError, KeyError) as err:
+        print(f"tzc-train sample: error: {err}", file=sys.stderr)
+        return 2
+    for k, item in enumerate(samples, 1):
+        verdict = "ok" if item.well_formed else f"malformed: {item.problem}"
+        print(f"--- {k}: {verdict}\nprompt: {item.prompt}\n{item.completion}\n")
+    passed = sum(s.well_formed for s in samples)
+    print(f"Format Validation: {passed}/{len(samples)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sample"]:
+        return sample_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tzc-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh.")
+                                     description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh. "
+                                                 "`tzc-train sample --help` for greedy samples and the format check.")
     parser.add_argument("--data", required=True, help="a tzc build (its train split; eval split when present)")
     parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state) and TensorBoard logs")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",

@@ -1,6 +1,7 @@
 """The trainer end to end on a tiny random Gemma 2 over 8 fake CPU devices, on a real small build."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -100,3 +101,26 @@ def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path):
     assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["trained_steps_this_run"] == 0
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "pass --resume" in refused.stderr
+
+
+def test_format_check_accepts_only_reasoning_then_answer():
+    from tzc_train.sample import check_format
+
+    assert check_format("<reasoning>r</reasoning>\n<answer>a</answer><end_of_turn>\n<eos>") == (True, "")
+    assert check_format("<reasoning>r</reasoning>\n<answer>a</answer>")[0]
+    assert not check_format("<answer>a</answer>")[0]
+    assert not check_format("<reasoning>r</reasoning>\n<answer> </answer>")[0]
+    assert not check_format("<reasoning>r</reasoning>\n<answer>a")[0]  # cut before </answer>
+
+
+def test_sample_command_reports_format_validation(short_build, full_run, tmp_path):
+    run_dir, _ = full_run
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"What is {i} mod 17?"}) + "\n" for i in (3, 50, 99)))
+    command = [sys.executable, "-m", "tzc_train.cli", "sample", "--model", "tiny", "--data", str(short_build),
+               "--lora", str(run_dir), "--lora-rank", "8", "--lora-alpha", "8", "--prompts", str(prompts),
+               "--max-new-tokens", "12"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("\nprompt: What is ") == 3
+    assert re.search(r"Format Validation: \d/3", done.stdout)
