@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from tzc_data.config import BuildConfig  # noqa: E402
 from tzc_data.dedupe import normalise  # noqa: E402
 from tzc_data.filters import EnglishFilter, RepetitionFilter  # noqa: E402
 from tzc_data.format import FormatError, split_response  # noqa: E402
-from tzc_data.minhash import NearDupIndex, fingerprint  # noqa: E402
+from tzc_data.minhash import NearDupIndex, exact_jaccard, fingerprint  # noqa: E402
 from tzc_data.pipeline import build  # noqa: E402
 from tzc_data.record import Example  # noqa: E402
 from tzc_data.synthetic import _prompt, generate  # noqa: E402
@@ -90,11 +89,6 @@ def language(rows: int) -> list[str]:
             f"| synthetic Spanish / German / French rows | {len(foreign)} | {caught / len(foreign):.1%} |"]
 
 
-def _shingles(text: str) -> set[str]:
-    words = re.sub(r"[^\w\s]+", " ", normalise(text)).split()
-    return {" ".join(words[i:i + 3]) for i in range(len(words) - 2)}
-
-
 def near_dup(rows: int) -> list[str]:
     index = NearDupIndex(0.8)
     planted = found = 0
@@ -119,8 +113,7 @@ def near_dup(rows: int) -> list[str]:
         if twin is None:
             index.add(keys, sketch, i)
         else:
-            a, b = _shingles(prompt), _shingles(distinct[twin[0]])
-            false += len(a & b) / len(a | b) < 0.8
+            false += exact_jaccard(prompt, distinct[twin[0]]) < 0.8
     return ["| near-duplicate set | prompts | result |", "| --- | --- | --- |",
             f"| planted near-duplicates (one edit) | {planted} | recall {found / planted:.1%} |",
             f"| distinct prompts (a merge is false when exact Jaccard < 0.8) | {len(distinct)} | "

@@ -40,13 +40,23 @@ RECORD = np.dtype([("bands", "<u8", (BANDS,)), ("sketch", "u1", (NUM_PERM,)), ("
 _PUNCT = re.compile(r"[^\w\s]+")
 
 
-def signature(prompt: str, normalised: str | None = None) -> np.ndarray:
-    """128 MinHash values (uint32) of the word 3-shingles of the normalised prompt without
-    punctuation (a changed comma or question mark should not hide a twin)."""
+def shingles(prompt: str, normalised: str | None = None) -> list[str]:
+    """Word 3-shingles of the normalised prompt without punctuation (a changed comma or question
+    mark should not hide a twin): the set whose Jaccard similarity MinHash estimates."""
     words = _PUNCT.sub(" ", normalised if normalised is not None else normalise(prompt)).split()
-    shingles = [" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))]
+    return [" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))]
+
+
+def exact_jaccard(a: str, b: str) -> float:
+    """The true Jaccard similarity of two prompts' shingle sets (what measurements compare to)."""
+    x, y = set(shingles(a)), set(shingles(b))
+    return len(x & y) / len(x | y) if x | y else 1.0
+
+
+def signature(prompt: str, normalised: str | None = None) -> np.ndarray:
+    """128 MinHash values (uint32) of :func:`shingles`."""
     minhash = rensa.RMinHash(num_perm=NUM_PERM, seed=SEED)
-    minhash.update(shingles)
+    minhash.update(shingles(prompt, normalised))
     return np.asarray(minhash.digest(), dtype=np.uint32)
 
 
