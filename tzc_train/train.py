@@ -188,13 +188,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 def lora_state(model: nnx.Module) -> dict[str, np.ndarray]:
     """The adapters as numpy arrays by path (what a run trains and saves)."""
     flat = nnx.state(model, nnx.LoRAParam).flat_state()
-    return {"/".join(map(str, path)): np.asarray(value.value if hasattr(value, "value") else value)
-            for path, value in flat}
+    return {"/".join(map(str, path)): np.asarray(value.get_value()) for path, value in flat}
 
 
 def base_state(model: nnx.Module) -> dict[str, np.ndarray]:
     flat = nnx.state(model, nnx.Param).flat_state()
-    return {"/".join(map(str, path)): np.asarray(value.value if hasattr(value, "value") else value)
+    return {"/".join(map(str, path)): np.asarray(value.get_value())
             for path, value in flat if not isinstance(value, nnx.LoRAParam)}
 
 
