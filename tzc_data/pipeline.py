@@ -262,7 +262,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
                                     "parts": stats.parts.count, "spool": list(spool.sync()),
                                     "rejected_parts": rejected.parts.count if rejected else 0,
-                                    "near_dup": near.sync() if near else 0})
+                                    "near_dup": near.sync(next_row) if near else 0})
 
     total = config.stop - config.start
     bar = tqdm(total=total, initial=next_row - config.start, unit="row", file=sys.stderr, mininterval=0.5,

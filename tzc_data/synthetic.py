@@ -172,16 +172,22 @@ def _prose(rng: random.Random, pool: list[str], slots: dict[str, Any], chars: in
     recent: list[str] = []  # no template twice within four picks: clean prose has no accidental loops
     size = 0
     draw = rng.random  # indexing by random() is several times cheaper than rng.choice
+    filled: dict[str, tuple[str, str]] = {}  # template -> (sentence, its form after an opener): format once
     while size < chars:
         template = pool[int(draw() * len(pool))]
         while template in recent:
             template = pool[int(draw() * len(pool))]
         recent = [*recent[-3:], template]
-        sentence = template.format(**slots)
+        forms = filled.get(template)
+        if forms is None:
+            sentence = template.format(**slots)
+            forms = filled[template] = (sentence, sentence if sentence.startswith("I ") else
+                                        sentence[0].lower() + sentence[1:])
+        sentence = forms[0]
         if pool is not FOREIGN:  # the openers and closers are English
             opener = OPENERS[int(draw() * len(OPENERS))]
             if opener:
-                sentence = opener + (sentence if sentence.startswith("I ") else sentence[0].lower() + sentence[1:])
+                sentence = opener + forms[1]
             sentence += CLOSERS[int(draw() * len(CLOSERS))]
         parts.append(sentence)
         size += len(sentence) + 1

@@ -22,6 +22,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import zipfile
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -181,10 +182,11 @@ def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: in
 
     Examples are encoded in batches of 64, one SentencePiece call each, on a worker thread:
     SentencePiece releases the GIL, so while it encodes a batch the stages before this one (read,
-    split, filters: Python) prepare the next ``lookahead`` batches on the other core. Order is
-    preserved and the result is the same as encoding in line.
+    split, filters: Python) prepare the next ``lookahead`` batches. The worker runs at a lower
+    priority (:func:`_yield_to_main`) so that those stages keep a whole core. Order is preserved
+    and the result is the same as encoding in line.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tzc-tokenize") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tzc-tokenize", initializer=_yield_to_main) as pool:
         pending: deque[tuple[list[Example], Future]] = deque()
         for batch in _batches(examples, _BATCH):
             pending.append((batch, pool.submit(_encode, batch, tokenizer)))
@@ -194,6 +196,18 @@ def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: in
         while pending:
             batch, encoded = pending.popleft()
             yield from _attach(batch, encoded.result(), tokenizer)
+
+
+def _yield_to_main() -> None:
+    """Lower this worker thread's priority (Linux: per thread; the threads SentencePiece starts for
+    each batch inherit it). SentencePiece spreads a batch over every core, so without this the
+    Python stages, which hold the GIL and are the build's critical path, got about two thirds of a
+    core; at nice 10 they get a whole one and tokenization the rest (measured: 10,000 synthetic
+    rows on 2 vCPUs, 12.8 s -> 11.6 s, the same CPU time)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: only slower
+        pass
 
 
 def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:

@@ -4,6 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tzc_data.minhash import NearDupIndex, drop_near_duplicates, exact_jaccard, fingerprint, signature
 from tzc_data.record import Example
@@ -74,3 +76,35 @@ def test_journal_resume_restores_the_same_index(tmp_path):
     assert list(resumed.rows) == list(range(30))
     assert resumed.find(*fingerprint(prompts[3]))[0] == 3 and resumed.find(*fingerprint(prompts[30])) is None
     assert np.array_equal(np.frombuffer(resumed.sketches, np.uint8)[:128], fingerprint(prompts[0])[1])
+
+
+def _one_by_one(examples, index):
+    """The stage's reference semantics: find, then add, one prompt at a time."""
+    for example in examples:
+        keys, sketch = fingerprint(example.prompt)
+        twin = index.find(keys, sketch)
+        if twin is None:
+            index.add(keys, sketch, example.row)
+        else:
+            example.twin = twin[0]
+            example.drop("near_duplicate")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 11), st.integers(0, 3)), min_size=1, max_size=40), st.integers(1, 9))
+def test_property_the_batched_stage_equals_one_prompt_at_a_time(picks, batch):
+    """Twins inside one batch, twins across batches, shared bands that are not twins: the batched
+    stage must drop the same rows, name the same twins and leave the same index as the reference."""
+    import random
+
+    bases = [_prompt(5, k) for k in range(12)]
+    prompts = [bases[k] if edit == 0 else _near_variant(bases[k], random.Random(edit * 100 + k))
+               for k, edit in picks]
+    reference, batched = NearDupIndex(0.8), NearDupIndex(0.8)
+    expected = [Example(row=i, prompt=p) for i, p in enumerate(prompts)]
+    _one_by_one(expected, reference)
+    got = list(drop_near_duplicates([Example(row=i, prompt=p) for i, p in enumerate(prompts)], batched, batch=batch))
+    assert [(e.status, e.twin) for e in got] == [(e.status, e.twin) for e in expected]
+    assert list(batched.rows) == list(reference.rows) and batched.sketches == reference.sketches
+    probe = np.stack([fingerprint(p)[0] for p in prompts])
+    assert np.array_equal(batched.lookup_many(probe), reference.lookup_many(probe))

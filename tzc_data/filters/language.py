@@ -16,13 +16,16 @@ from dataclasses import dataclass
 from tzc_data.filters.base import Verdict
 from tzc_data.record import Example
 
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(b"""
 a an the and or but if then so of to in on at by for with from as is are was were be been being it its
 this that these those there here i you he she we they me him her us them my your his our their what which
 who whom how why when where not no do does did doing have has had can could will would should may might must
 shall let let's i'm it's that's don't doesn't isn't
 """.split())
-_STRIP = re.compile(r"[^\w']+")
+# One bytes.translate pass: ASCII letters to lower case, every other ASCII byte but digits and "'"
+# to a space; bytes >= 128 (non-ASCII letters in UTF-8) stay, so foreign words stay words.
+_WORDS = bytes(c + 32 if 65 <= c <= 90 else c if (97 <= c <= 122 or 48 <= c <= 57 or c in (39, 95) or c >= 128)
+               else 32 for c in range(256))
 _LETTER = re.compile(r"[^\W\d_]")
 _LATIN = re.compile(r"[A-Za-z]")
 
@@ -33,7 +36,7 @@ def english_score(text: str) -> float:
         letters = len(_LETTER.findall(text))
         if letters and len(_LATIN.findall(text)) / letters < 0.5:
             return 0.0
-    words = _STRIP.sub(" ", text.lower()).split()
+    words = text.encode("utf-8", "surrogatepass").translate(_WORDS).split()
     if not words:
         return 0.0
     return sum(map(STOPWORDS.__contains__, words)) / len(words)

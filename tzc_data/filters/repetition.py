@@ -13,6 +13,8 @@ Degenerate traces repeat in several ways, and each signal here catches one of th
   "Let me", so the thresholds are set for reasoning text, not web text.
 * ``compression_ratio``: zlib-compressed size over raw size, a cheap global signal.
 
+The signals run on :func:`folded` UTF-8 bytes (lower case, no digits): bytes split, count and
+compare several times faster than ``str``, and a loop is as visible in bytes as in characters.
 Every function takes a text and returns numbers; :class:`RepetitionFilter` turns them into one
 verdict with a reason per signal and stores every score for the stats. The tail is checked on
 the reasoning and on the answer; the other signals on both together, and the share-based ones on
@@ -31,10 +33,23 @@ import numpy as np
 from tzc_data.filters.base import Verdict
 from tzc_data.record import Example
 
+_FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_DIGITS = b"0123456789"
+
+
+def folded(text: str) -> bytes:
+    """UTF-8 of ``text`` in (ASCII) lower case without digits: one ``bytes.translate`` pass.
+
+    Copies that differ only in case or numbers ("Attempt 9: ... 12", "Attempt 10: ... 13") become
+    equal. Every signal below works on these bytes: splitting, counting and comparing bytes runs
+    at memchr speed, several times faster than the same on a ``str`` (measured: the repetition
+    filter went from about 200 to about 100 µs per synthetic trace)."""
+    return text.encode("utf-8", "surrogatepass").translate(_FOLD, _DIGITS)
+
+
 def lowered(text: str) -> str:
-    """Lower case without digits, so that copies differing only in case or numbers ("Attempt 9:
-    ... 12", "Attempt 10: ... 13") are equal. Byte-level deletion: a few microseconds for 8 KB."""
-    return text.encode("utf-8", "surrogatepass").translate(None, b"0123456789").decode("utf-8", "surrogatepass").lower()
+    """:func:`folded` as text, for display (``tzc-data explain``)."""
+    return folded(text).decode("utf-8", "replace")
 
 
 def skeleton(text: str) -> str:
@@ -43,10 +58,10 @@ def skeleton(text: str) -> str:
 
 
 class Repeat(NamedTuple):
-    period: int    # characters in the repeated unit
+    period: int    # characters (bytes, for a bytes text) in the repeated unit
     repeats: float  # span / period
     span: int      # characters at the end of the text covered by the repetition
-    unit: str
+    unit: str | bytes
 
     @property
     def copied(self) -> int:
@@ -54,9 +69,9 @@ class Repeat(NamedTuple):
         return self.span - self.period
 
 
-def repeating_tail(text: str, *, probe: int = 32, candidates: int = 8) -> Repeat | None:
-    """The longest periodic tail of ``text``, or None. Pass a :func:`skeleton` to match copies that
-    differ in case, numbers or spacing.
+def repeating_tail(text: str | bytes, *, probe: int = 32, candidates: int = 8) -> Repeat | None:
+    """The longest periodic tail of ``text`` (a ``str``, or :func:`folded` bytes), or None. Pass a
+    :func:`skeleton` to match copies that differ in case, numbers or spacing.
 
     Step by step:
       1. take the last ``probe`` characters as a probe;
@@ -99,25 +114,33 @@ def repeating_tail(text: str, *, probe: int = 32, candidates: int = 8) -> Repeat
 class Units(NamedTuple):
     paragraph_repeats: int  # occurrences of the most repeated paragraph (>= min_paragraph chars)
     sentence_repeats: int   # occurrences of the most repeated sentence (>= min_sentence chars)
-    unit: str               # that paragraph or sentence (lowered)
+    unit: str | bytes       # that paragraph or sentence
 
 
-def repeated_units(text: str, *, min_paragraph: int = 100, min_sentence: int = 50, low: str | None = None) -> Units:
+def repeated_units(text: str | bytes, *, min_paragraph: int = 100, min_sentence: int = 50) -> Units:
     """How often the most repeated long paragraph and long sentence occur, anywhere in the text.
 
-    Both are compared as :func:`lowered` text (``low``, computed when not given); sentences are
-    cut at ". ".
+    Pass :func:`folded` bytes to compare copies in lower case without digits (a ``str`` is
+    compared as it is). Paragraphs are cut at blank lines, sentences at ". ". Among equally
+    frequent units the first one wins, so the result does not depend on hashing.
     """
-    low = low if low is not None else lowered(text)
-    paragraphs, sentences = Counter(low.split("\n\n")), Counter(low.split(". "))  # counted at C speed
-    top_p = max(((t, k) for t, k in paragraphs.items() if len(t) >= min_paragraph), key=_count, default=("", 0))
-    top_s = max(((t, k) for t, k in sentences.items() if len(t) >= min_sentence), key=_count, default=("", 0))
-    unit = top_p[0] if top_p[1] >= 2 else top_s[0]
-    return Units(top_p[1], top_s[1], unit)
+    blank, stop = (b"\n\n", b". ") if isinstance(text, bytes) else ("\n\n", ". ")
+    (paragraph, p_count), (sentence, s_count) = (_most_repeated(text.split(blank), min_paragraph),
+                                                 _most_repeated(text.split(stop), min_sentence))
+    return Units(p_count, s_count, paragraph if p_count >= 2 else sentence)
 
 
-def _count(item: tuple[str, int]) -> int:
-    return item[1]
+def _most_repeated(parts: list, least: int) -> tuple:
+    """(unit, occurrences) of the most frequent part at least ``least`` long; (empty, 0) if none."""
+    counts = Counter(parts)  # counted at C speed
+    empty = parts[0][:0]
+    if len(counts) == len(parts):  # the usual case: nothing repeats
+        return next(((part, 1) for part in parts if len(part) >= least), (empty, 0))
+    best, top = empty, 0
+    for part, count in counts.items():
+        if count > top and len(part) >= least:
+            best, top = part, count
+    return best, top
 
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -162,24 +185,21 @@ def dup_ngram_share(words: list[str], n: int = 10) -> float:
         return float(lengths[covered].sum() / lengths.sum())
 
 
-def top_ngram_share(words: list[str], n: int = 3) -> float:
-    """Share of characters taken by the copies of the most frequent word ``n``-gram (at most 1)."""
+def top_ngram_share(words: list, n: int = 3) -> float:
+    """Share of characters taken by the copies of the most frequent word ``n``-gram (at most 1).
+    Among equally frequent n-grams the longest counts (hash order would differ between processes).
+    A ``Counter`` of word tuples: faster than numpy for the few hundred words it is given."""
     if len(words) <= n:
         return 0.0
-    with np.errstate(over="ignore"):
-        hashes, lengths = _word_arrays(words)
-        _, order, starts = _repeated(_ngram_hashes(hashes, n))
-        runs = np.diff(np.append(starts, len(order)))
-        # Among equally frequent n-grams take the longest: hash order would differ between processes.
-        firsts = order[starts[runs == runs.max()]]
-        edges = np.concatenate(([0], np.cumsum(lengths)))
-        chars = int((edges[firsts + n] - edges[firsts]).max())
-        return min(1.0, float(runs.max() * chars / edges[-1]))
+    counts = Counter(zip(*(words[k:] for k in range(n))))
+    top = max(counts.values())
+    chars = max(sum(map(len, gram)) for gram, count in counts.items() if count == top)
+    return min(1.0, top * chars / sum(map(len, words)))
 
 
-def compression_ratio(text: str) -> float:
+def compression_ratio(text: str | bytes) -> float:
     """zlib (level 1) size over UTF-8 size: about 0.4-0.5 for prose, far lower for loops."""
-    raw = text.encode("utf-8")
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
     return len(zlib.compress(raw, 1)) / len(raw) if raw else 1.0
 
 
@@ -211,7 +231,7 @@ class RepetitionFilter:
         scores: dict[str, float] = {}
         reason = detail = None
         # The tail belongs to each part; the other signals look at both parts at once (one pass).
-        low = {part: lowered(getattr(example, part)) for part in ("reasoning", "answer")}
+        low = {part: folded(getattr(example, part)) for part in ("reasoning", "answer")}
         longest: Repeat | None = None
         for part in ("reasoning", "answer"):
             tail = repeating_tail(low[part])
@@ -223,8 +243,8 @@ class RepetitionFilter:
         scores["loop_repeats"] = round(longest.repeats, 2) if longest else 0.0
         scores["loop_span"] = float(longest.span) if longest else 0.0
 
-        both = f"{low['reasoning']}\n\n{low['answer']}"
-        units = repeated_units(both, low=both)
+        both = low["reasoning"] + b"\n\n" + low["answer"]
+        units = repeated_units(both)
         scores["paragraph_repeats"], scores["sentence_repeats"] = units.paragraph_repeats, units.sentence_repeats
         if reason is None and ((self.paragraph_repeats and units.paragraph_repeats >= self.paragraph_repeats)
                                or (self.sentence_repeats and units.sentence_repeats >= self.sentence_repeats)):
@@ -251,5 +271,7 @@ class RepetitionFilter:
         return Verdict(reason, detail or "", scores)
 
 
-def _clip(text: str, width: int = 80) -> str:
+def _clip(text: str | bytes, width: int = 80) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
     return text if len(text) <= width else text[: width - 3] + "..."
