@@ -7,26 +7,42 @@ import json
 import sys
 
 
+def _lora_shape(lora: str | None) -> tuple[int, float]:
+    """(rank, alpha) recorded with a run (tzc_run.json) or an export (adapter_config.json)."""
+    import os
+
+    for name, keys in (("tzc_run.json", ("lora_rank", "lora_alpha")), ("adapter_config.json", ("rank", "alpha"))):
+        path = os.path.join(lora, name) if lora else ""
+        if lora and os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                recorded = json.load(handle)
+            return int(recorded[keys[0]]), float(recorded[keys[1]])
+    return 64, 64.0
+
+
 def sample_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tzc-train sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Greedy completions of prompts with a trained run's adapters, and "
                                                  "the share that is well formed (<reasoning> then <answer>).")
     parser.add_argument("--data", required=True, help="the build the run trained on (tokenizer, system prompt)")
-    parser.add_argument("--lora", help="a run's --out (its latest adapters); none: the base model")
+    parser.add_argument("--lora", help="a run's --out (its latest adapters) or a `tzc-train export`'s adapters/; "
+                                       "none: the base model")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
     parser.add_argument("--weights", help="Gemma 2 2B-IT weights (HF safetensors dir or Kaggle Flax checkpoint)")
     parser.add_argument("--tokenizer", help="the build's tokenizer when it is not found automatically")
     parser.add_argument("--prompts", required=True, help="a .jsonl file with 'prompt' fields, or one prompt per line")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--lora-rank", type=int, default=64)
-    parser.add_argument("--lora-alpha", type=float, default=64.0)
+    parser.add_argument("--lora-rank", type=int, help="default: the run's (64 when unknown)")
+    parser.add_argument("--lora-alpha", type=float, help="default: the run's (64 when unknown)")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4")
     args = parser.parse_args(argv)
+    rank, alpha = _lora_shape(args.lora)
+    args.lora_rank = args.lora_rank or rank
+    args.lora_alpha = args.lora_alpha or alpha
     import tzc_data
     from tzc_data.look import build_tokenizer
     from tzc_train.sample import sample
-    from tzc_train.train import TrainConfig, base_model, make_mesh, with_lora
-    from tunix.sft import checkpoint_manager
+    from tzc_train.train import TrainConfig, base_model, make_mesh, restore_adapters, with_lora
 
     try:
         manifest = tzc_data.read_manifest(args.data)
@@ -43,10 +59,7 @@ def sample_main(argv: list[str]) -> int:
             model = base
             if args.lora:
                 model = with_lora(base, config, mesh)
-                step, _ = checkpoint_manager.CheckpointManager(root_directory=args.lora).maybe_restore(
-                    model, None, restore_only_lora_params=True)
-                if not step:
-                    raise ValueError(f"--lora {args.lora}: no checkpoint there")
+                restore_adapters(model, args.lora, "--lora")
             samples = sample(model, model_config, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
     except (ValueError, OSError, KeyError) as err:
         print(f"tzc-train sample: error: {err}", file=sys.stderr)
@@ -59,19 +72,44 @@ def sample_main(argv: list[str]) -> int:
     return 0
 
 
+def export_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tzc-train export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write a run's latest adapters (OUT/adapters: safetensors + adapter_config.json, for --init-lora "
+                    "and `sample --lora`) and the adapters merged into the base weights (OUT/merged: a Hugging Face "
+                    "layout Gemma 2 checkpoint that tunix's safetensors loader and --weights read).")
+    parser.add_argument("--run", required=True, help="a tzc-train --out directory")
+    parser.add_argument("--out", required=True, help="where adapters/ and merged/ go")
+    parser.add_argument("--weights", help="the base weights, when they moved since the run (default: the run's)")
+    parser.add_argument("--no-merged", dest="merged", action="store_false", help="export the adapters only")
+    args = parser.parse_args(argv)
+    from tzc_train.train import export_run
+
+    try:
+        written = export_run(args.run, args.out, weights=args.weights, merged=args.merged)
+    except (ValueError, OSError) as err:
+        print(f"tzc-train export: error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(written))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sample"]:
         return sample_main(argv[1:])
+    if argv[:1] == ["export"]:
+        return export_main(argv[1:])
     parser = argparse.ArgumentParser(prog="tzc-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh. "
-                                                 "`tzc-train sample --help` for greedy samples and the format check.")
+                                                 "`tzc-train sample --help` for greedy samples and the format check, "
+                                                 "`tzc-train export --help` for adapters and merged weights.")
     parser.add_argument("--data", required=True, help="a tzc build (its train split; eval split when present)")
     parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state) and TensorBoard logs")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
                         help="tiny: a random Gemma 2-architecture model for tests and trying the tool")
     parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint")
-    parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out")
+    parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out (or its export)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out at its last checkpoint")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")

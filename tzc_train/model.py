@@ -24,7 +24,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from tunix.models import dummy_model_creator
 from tunix.models.gemma import model as gemma_lib
+from tunix.rl import reshard
 
 
 def tiny_config(vocab_size: int) -> gemma_lib.ModelConfig:
@@ -34,6 +36,17 @@ def tiny_config(vocab_size: int) -> gemma_lib.ModelConfig:
     """
     return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), num_layers=2, num_embed=vocab_size,
                                embed_dim=64, hidden_dim=128, num_heads=8, head_dim=16, num_kv_heads=4)
+
+
+def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh) -> gemma_lib.Gemma:
+    """A tiny Gemma 2 with deterministic random weights (seed 0), placed on ``mesh``.
+
+    Created unsharded, then placed: tunix 0.1.7's ``dummy_model_creator``, given a mesh, draws a
+    fresh key for every device's shard, so replicated parameters (the norm scales) differed from
+    device to device, and no checkpoint or export could reproduce the model's outputs.
+    """
+    model = dummy_model_creator.create_dummy_model(gemma_lib.Gemma, tiny_config(vocab_size), mesh=None, scale=0.02)
+    return reshard.reshard_model_to_mesh(model, mesh)
 
 
 def check_seq_len(seq_len: int, config: gemma_lib.ModelConfig) -> None:

@@ -12,6 +12,8 @@ original entry's "unrestricted mode").
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import sys
@@ -25,13 +27,13 @@ import numpy as np
 import optax
 import qwix
 from flax import nnx
-from tunix.models import dummy_model_creator
 from tunix.models.gemma import model as gemma_lib
 from tunix.rl import reshard
 from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
-from tzc_train.model import check_seq_len, packed_inputs, packed_loss, tiny_config
+from tzc_train.export import is_exported_adapters, load_adapters
+from tzc_train.model import check_seq_len, packed_inputs, packed_loss, tiny_config, tiny_model
 
 LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
 
@@ -86,20 +88,36 @@ def make_mesh(shape: tuple[int, int] | None) -> jax.sharding.Mesh:
 def base_model(config: TrainConfig, vocab_size: int, mesh: jax.sharding.Mesh
                ) -> tuple[nnx.Module, gemma_lib.ModelConfig]:
     """The base model and its config: a tiny random Gemma 2, or Gemma 2 2B-IT in bfloat16."""
-    if config.model == "tiny":
-        model_config = tiny_config(vocab_size)
-        return dummy_model_creator.create_dummy_model(gemma_lib.Gemma, model_config, mesh=mesh, scale=0.02), \
-            model_config
-    model_config = gemma_lib.ModelConfig.gemma2_2b_it()
-    if os.path.isdir(config.weights) and any(n.endswith(".safetensors") for n in os.listdir(config.weights)):
+    model_config = tiny_config(vocab_size) if config.model == "tiny" else gemma_lib.ModelConfig.gemma2_2b_it()
+    weights = config.weights
+    if weights is None:  # only the tiny model may come without weights (validated in TrainConfig)
+        return tiny_model(vocab_size, mesh), model_config
+    if os.path.isdir(weights) and any(n.endswith(".safetensors") for n in os.listdir(weights)):
         from tunix.models.gemma import params_safetensors
 
-        return params_safetensors.create_model_from_safe_tensors(config.weights, model_config, mesh,
-                                                                dtype=jnp.bfloat16), model_config
+        dtype = jnp.float32 if config.model == "tiny" else jnp.bfloat16
+        model = params_safetensors.create_model_from_safe_tensors(weights, model_config, mesh, dtype=dtype)
+        return model, dataclasses.replace(model_config, num_embed=model.embedder.input_embedding.shape[0])
+    model = kaggle_model(weights, model_config)
+    return reshard.reshard_model_to_mesh(model, mesh), model_config
+
+
+def kaggle_model(path: str, model_config: gemma_lib.ModelConfig) -> gemma_lib.Gemma:
+    """A Kaggle (Flax/orbax) Gemma 2 checkpoint as a tunix model of ``model_config``.
+
+    tunix's ``Gemma.from_params`` does the same but picks the config from a version string, so it
+    cannot load a checkpoint of any other size; this uses tunix's own key mapping with our config.
+    """
     from tunix.models.gemma import params as gemma_params
 
-    params = gemma_params.load_and_format_params(config.weights)
-    return gemma_lib.Gemma.from_params(params, version="2-2b-it"), model_config
+    try:
+        params = gemma_params.load_and_format_params(os.path.abspath(path))
+    except (FileNotFoundError, ValueError) as err:
+        raise ValueError(f"--weights {path}: not a Kaggle Flax checkpoint or a safetensors directory ({err})") from None
+    return gemma_lib.module_from_linen_variables(
+        module_factory=lambda: gemma_lib.Gemma(model_config, rngs=nnx.Rngs(params=0)),
+        variables=params["transformer"], map_key_fn=gemma_lib._map_linen_var_names,
+        assign_val_fn=gemma_lib._assign_linen_params_to_nnx_state)
 
 
 def with_lora(base: nnx.Module, config: TrainConfig, mesh: jax.sharding.Mesh) -> nnx.Module:
@@ -109,6 +127,43 @@ def with_lora(base: nnx.Module, config: TrainConfig, mesh: jax.sharding.Mesh) ->
     adapters = nnx.state(model, nnx.LoRAParam)
     nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), adapters))
     return reshard.reshard_model_to_mesh(model, mesh)
+
+
+RUN_CONFIG = "tzc_run.json"
+
+
+def restore_adapters(model: nnx.Module, path: str, option: str) -> None:
+    """Adapters from a run's ``--out`` (its latest orbax checkpoint) or a ``tzc-train export``."""
+    if is_exported_adapters(path):
+        load_adapters(model, path)
+        return
+    restored, _ = checkpoint_manager.CheckpointManager(root_directory=path).maybe_restore(
+        model, None, restore_only_lora_params=True)
+    if not restored:
+        raise ValueError(f"{option} {path}: no checkpoint there (and no exported adapters)")
+
+
+def write_run_config(config: TrainConfig) -> None:
+    """The run's options, beside its checkpoints: ``export`` and ``sample`` rebuild the same model."""
+    os.makedirs(config.out, exist_ok=True)
+    path = os.path.join(config.out, RUN_CONFIG)
+    if not os.path.exists(path):
+        fields = dataclasses.asdict(config)
+        for name in ("data", "out", "weights", "init_lora"):  # usable from any working directory
+            fields[name] = os.path.abspath(fields[name]) if fields[name] else None
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(fields, handle, indent=2)
+
+
+def read_run_config(run: str) -> TrainConfig:
+    path = os.path.join(run, RUN_CONFIG)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            fields = json.load(handle)
+    except OSError as err:
+        raise ValueError(f"{run} is not a tzc-train run directory (no {RUN_CONFIG}: {err.strerror})") from None
+    fields["mesh"] = tuple(fields["mesh"]) if fields.get("mesh") else None
+    return TrainConfig(**fields)
 
 
 class ConsoleLine(hooks.TrainingHooks):
@@ -153,10 +208,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         check_seq_len(seq_len, model_config)
         model = with_lora(base, config, mesh)
         if config.init_lora:
-            restored, _ = checkpoint_manager.CheckpointManager(root_directory=config.init_lora).maybe_restore(
-                model, None, restore_only_lora_params=True)
-            if not restored:
-                raise ValueError(f"--init-lora {config.init_lora}: no checkpoint there")
+            restore_adapters(model, config.init_lora, "--init-lora")
+        write_run_config(config)
 
         warmup = min(config.warmup_steps, steps - 1)
         schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, max(steps, warmup + 1))
@@ -185,6 +238,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)), "model": model}
 
 
+def export_run(run: str, out: str, *, weights: str | None = None, merged: bool = True) -> dict[str, Any]:
+    """Write ``out/adapters`` and (unless ``merged=False``) ``out/merged`` for a run's latest
+    checkpoint; see ``tzc_train/export.py``. ``weights`` overrides the base weights the run used."""
+    from tzc_train import export
+
+    config = read_run_config(run)
+    if weights:
+        config = dataclasses.replace(config, weights=weights)
+    targets = [os.path.join(out, export.ADAPTERS)] + ([os.path.join(out, export.MERGED)] if merged else [])
+    taken = [t for t in targets if os.path.exists(t) and os.listdir(t)]
+    if taken:
+        raise ValueError(f"{taken[0]} already exists and is not empty; choose another --out")
+    manifest = tzc_data.read_manifest(config.data)
+    devices = len(jax.devices())
+    mesh = make_mesh(config.mesh if config.mesh and config.mesh[0] * config.mesh[1] == devices else None)
+    with mesh:
+        base, model_config = base_model(config, manifest["tokenizer"]["vocab_size"], mesh)
+        model = with_lora(base, config, mesh)
+        restore_adapters(model, run, "--run")
+        written = {"adapters": export.save_adapters(model, targets[0], rank=config.lora_rank, alpha=config.lora_alpha,
+                                                    targets=config.lora_targets, base=config.model, run=os.path.abspath(run))}
+        if merged:
+            written["merged"] = export.save_merged(model, targets[1], model_config, rank=config.lora_rank,
+                                                   alpha=config.lora_alpha)
+    return written
+
+
 def lora_state(model: nnx.Module) -> dict[str, np.ndarray]:
     """The adapters as numpy arrays by path (what a run trains and saves)."""
     flat = nnx.state(model, nnx.LoRAParam).flat_state()
@@ -197,4 +277,5 @@ def base_state(model: nnx.Module) -> dict[str, np.ndarray]:
             for path, value in flat if not isinstance(value, nnx.LoRAParam)}
 
 
-__all__ = ["TrainConfig", "base_state", "lora_state", "make_mesh", "train"]
+__all__ = ["TrainConfig", "base_state", "export_run", "lora_state", "make_mesh", "read_run_config", "restore_adapters",
+           "train"]

@@ -5,10 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tunix.models import dummy_model_creator
-from tunix.models.gemma import model as gemma_lib
-
-from tzc_train.model import attention_mask, check_seq_len, packed_inputs, packed_loss, tiny_config
+from tzc_train.model import attention_mask, check_seq_len, packed_inputs, packed_loss, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +17,7 @@ def mesh():
 @pytest.fixture(scope="module")
 def model(mesh):
     with mesh:
-        return dummy_model_creator.create_dummy_model(gemma_lib.Gemma, tiny_config(1024), mesh=mesh, scale=0.02)
+        return tiny_model(1024, mesh)
 
 
 def _row(examples, length, prompt_lengths):
@@ -71,3 +68,17 @@ def test_rows_longer_than_the_sliding_window_are_refused():
     check_seq_len(config.sliding_window_size, config)
     with pytest.raises(ValueError, match="sliding window"):
         check_seq_len(config.sliding_window_size + 1, config)
+
+
+def test_every_replica_of_every_tiny_parameter_agrees(model):
+    """tunix's dummy creator, given a mesh, drew each device's shard with its own key: replicated
+    norm scales then differed between devices, and a checkpoint (which keeps one replica) could not
+    reproduce the model. Every replica must hold the same values."""
+    from flax import nnx
+
+    for path, variable in nnx.state(model, nnx.Param).flat_state():
+        array = variable.get_value()
+        first: dict[str, np.ndarray] = {}
+        for shard in array.addressable_shards:
+            data = np.asarray(shard.data)
+            np.testing.assert_array_equal(first.setdefault(str(shard.index), data), data, err_msg=str(path))

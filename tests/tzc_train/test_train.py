@@ -124,3 +124,127 @@ def test_sample_command_reports_format_validation(short_build, full_run, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("\nprompt: What is ") == 3
     assert re.search(r"Format Validation: \d/3", done.stdout)
+
+
+@pytest.fixture(scope="module")
+def exported(full_run, tmp_path_factory):
+    """`tzc-train export` of the trained run, through the CLI."""
+    run_dir, _ = full_run
+    out = tmp_path_factory.mktemp("export") / "session1"
+    done = subprocess.run([sys.executable, "-m", "tzc_train.cli", "export", "--run", str(run_dir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(json.loads(done.stdout.strip().splitlines()[-1])) == {"adapters", "merged"}
+    return out
+
+
+def _logits(model, vocab):
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(7)
+    tokens = jnp.asarray(rng.integers(3, vocab, (2, 40)), dtype=jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(40), (2, 40))
+    mask = jnp.broadcast_to(jnp.tril(jnp.ones((40, 40), dtype=bool)), (2, 40, 40))
+    return np.asarray(model(tokens, positions, None, mask)[0])
+
+
+def test_merged_export_loads_in_tunix_and_gives_the_trained_models_logits(full_run, exported, short_build):
+    """The merged weights, read back by tunix's own safetensors loader into a plain Gemma 2 (no LoRA),
+    give the logits of the trained LoRA model; the base weights alone would not."""
+    import jax.numpy as jnp
+    from tunix.models.gemma import params_safetensors
+
+    from tzc_train.model import tiny_config
+
+    _, result = full_run
+    vocab = json.loads((short_build / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    mesh = make_mesh(None)
+    with mesh:
+        trained = _logits(result["model"], vocab)
+        plain = params_safetensors.create_model_from_safe_tensors(str(exported / "merged"), tiny_config(vocab), mesh,
+                                                                  dtype=jnp.float32)
+        assert not any("lora" in "/".join(map(str, p)) for p, _ in __import__("flax").nnx.state(plain).flat_state())
+        np.testing.assert_allclose(_logits(plain, vocab), trained, atol=2e-5)
+        base, _ = base_model(_config("x", "y"), vocab, mesh)
+        assert np.abs(_logits(base, vocab) - trained).max() > 1e-3  # the adapters matter: the test can fail
+    config = json.loads((exported / "merged" / "config.json").read_text())
+    assert config["architectures"] == ["Gemma2ForCausalLM"] and config["vocab_size"] == vocab
+
+
+def test_exported_adapters_load_again_with_init_lora(short_build, full_run, exported, tmp_path):
+    _, result = full_run
+    adapter_config = json.loads((exported / "adapters" / "adapter_config.json").read_text())
+    assert adapter_config["rank"] == 8 and adapter_config["alpha"] == 8.0
+    follow = train(_config(short_build, tmp_path / "from-export", init_lora=str(exported / "adapters"), steps=1,
+                           lr=1e-12))
+    expected = lora_state(result["model"])
+    for name, value in lora_state(follow["model"]).items():
+        np.testing.assert_allclose(value, expected[name], atol=1e-6, err_msg=name)
+    with pytest.raises(ValueError, match="lora-rank|rank/targets"):
+        train(_config(short_build, tmp_path / "wrong-rank", init_lora=str(exported / "adapters"), lora_rank=4, steps=1))
+
+
+def test_sampling_the_merged_weights_equals_sampling_the_run(short_build, full_run, exported):
+    """Greedy completions from `--weights EXPORT/merged` (plain Gemma) and from the run's adapters."""
+    from tzc_data.look import build_tokenizer
+    from tzc_train.sample import sample
+
+    _, result = full_run
+    manifest = json.loads((short_build / "manifest.json").read_text())
+    tokenizer = build_tokenizer(manifest, None)
+    prompts = [f"What is {i} mod 17?" for i in (3, 50)]
+    mesh = make_mesh(None)
+    with mesh:
+        merged, model_config = base_model(_config("x", "y", weights=str(exported / "merged")),
+                                          manifest["tokenizer"]["vocab_size"], mesh)
+        from_export = sample(merged, model_config, tokenizer, prompts, max_new_tokens=10)
+        from_run = sample(result["model"], model_config, tokenizer, prompts, max_new_tokens=10)
+    assert [s.completion for s in from_export] == [s.completion for s in from_run]
+
+
+def test_export_refuses_a_directory_that_is_not_a_run(tmp_path):
+    from tzc_train.cli import main
+
+    assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+
+
+def _kaggle_layout(params, num_layers):
+    """A Kaggle Flax Gemma 2 checkpoint's tree (flat '/' keys, as the Kaggle files hold it):
+    ``gating_einsum`` stacks gate and up as [2, embed, hidden], ``linear`` is [hidden, embed]."""
+    flat = {"transformer/embedder": {"input_embedding": params["embedder/input_embedding"]},
+            "transformer/final_norm": {"scale": params["final_norm/scale"]}}
+    for i in range(num_layers):
+        ours, theirs = f"layers/{i}", f"transformer/layer_{i}"
+        for name in ("q_einsum", "kv_einsum", "attn_vec_einsum"):
+            flat[f"{theirs}/attn/{name}"] = {"w": params[f"{ours}/attn/{name}/w"]}
+        flat[f"{theirs}/mlp/gating_einsum"] = {"w": np.stack([params[f"{ours}/mlp/gate_proj/kernel"],
+                                                              params[f"{ours}/mlp/up_proj/kernel"]])}
+        flat[f"{theirs}/mlp/linear"] = {"w": params[f"{ours}/mlp/down_proj/kernel"]}
+        for name, kaggle in (("pre_attention_norm", "pre_attention_norm"), ("post_attn_norm", "post_attention_norm"),
+                             ("pre_ffw_norm", "pre_ffw_norm"), ("post_ffw_norm", "post_ffw_norm")):
+            flat[f"{theirs}/{kaggle}"] = {"scale": params[f"{ours}/{name}/scale"]}
+    return flat
+
+
+def test_a_kaggle_flax_checkpoint_loads_as_the_base_model(tmp_path):
+    """--weights with a Kaggle-layout orbax checkpoint (written here at tiny size: no real weights are
+    reachable) gives the model whose parameters were written, on the mesh."""
+    import orbax.checkpoint as ocp
+
+    from tzc_train.model import tiny_config
+
+    mesh = make_mesh(None)
+    with mesh:
+        tiny, _ = base_model(_config("x", "y"), 600, mesh)
+    params = train_module.base_state(tiny)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(tmp_path / "kaggle", _kaggle_layout(params, tiny_config(600).num_layers))
+    checkpointer.wait_until_finished()
+    with mesh:
+        loaded, _ = base_model(_config("x", "y", weights=str(tmp_path / "kaggle")), 600, mesh)
+    got = train_module.base_state(loaded)
+    assert set(got) == set(params)
+    for name, value in params.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    with pytest.raises(ValueError, match="not a Kaggle Flax checkpoint"), mesh:
+        base_model(_config("x", "y", weights=str(tmp_path / "missing")), 600, mesh)

@@ -1,0 +1,179 @@
+"""Export a run: its adapters alone, and the adapters merged into the base weights.
+
+    OUT/adapters/adapters.safetensors   float32 LoRA factors by module path (``layers/0/attn/q_einsum/w_lora_a``…)
+    OUT/adapters/adapter_config.json    rank, alpha, target regex, base model, the run it came from
+    OUT/merged/model.safetensors        a plain Gemma 2 checkpoint in Hugging Face's layout and names
+    OUT/merged/config.json              Hugging Face ``Gemma2ForCausalLM`` config
+
+Both load again with tunix: ``--init-lora OUT/adapters`` (or ``tzc-train sample --lora``) puts the
+adapters back on a qwix LoRA model, and ``--weights OUT/merged`` is read by tunix's own
+``params_safetensors`` loader, the one that reads Google's HF checkpoints. The tests check that the
+merged model, loaded that way, gives the logits of the LoRA model.
+
+Merging: qwix computes ``y = x·W + (x·A)·B · alpha/rank``; so ``W' = W + alpha/rank · A⊗B``,
+contracted over the rank, with the axes put back in the order of ``W``. Each Gemma projection has
+its own layout, so the contraction is spelled out per module in ``_MERGE`` (never guessed from
+shapes, which coincide at some sizes). The sum is done in float32 and cast to the base's dtype.
+
+Hugging Face layout (the inverse of tunix's loader): ``q_proj`` is ``[heads·head_dim, embed]``,
+``k_proj``/``v_proj`` ``[kv_heads·head_dim, embed]``, ``o_proj`` ``[embed, heads·head_dim]``, MLP
+weights are ``[out, in]``; norms and the embedding are stored as they are (both sides keep Gemma's
+``1 + scale`` offset and scale the embedding at run time).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+from tunix.models.gemma import model as gemma_lib
+
+ADAPTERS, MERGED = "adapters", "merged"
+ADAPTER_FILE, ADAPTER_CONFIG = "adapters.safetensors", "adapter_config.json"
+
+# Last path component of the weight -> einsum from (A, B) to the weight's own axis order.
+_MERGE = {
+    "q_einsum": "dr,rnh->ndh",         # w [heads, embed, head_dim]
+    "kv_einsum": "dr,rckh->ckdh",      # w [2, kv_heads, embed, head_dim]
+    "qkv_einsum": "dr,rcnh->cndh",     # w [3, heads, embed, head_dim] (fused when heads == kv_heads)
+    "attn_vec_einsum": "nhr,rd->nhd",  # w [heads, head_dim, embed]
+    "gate_proj": "ir,ro->io", "up_proj": "ir,ro->io", "down_proj": "ir,ro->io",  # kernel [in, out]
+}
+
+
+def _path(parts: tuple) -> str:
+    return "/".join(map(str, parts))
+
+
+def adapter_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
+    """The LoRA factors of ``model`` as float32 numpy arrays, by path."""
+    return {_path(path): np.asarray(value.get_value(), dtype=np.float32)
+            for path, value in nnx.state(model, nnx.LoRAParam).flat_state()}
+
+
+def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float, targets: str,
+                  base: str, run: str | None = None) -> str:
+    os.makedirs(directory, exist_ok=True)
+    save_file(adapter_arrays(model), os.path.join(directory, ADAPTER_FILE))
+    with open(os.path.join(directory, ADAPTER_CONFIG), "w", encoding="utf-8") as handle:
+        json.dump({"format": "tzc-lora-1", "rank": rank, "alpha": alpha, "targets": targets, "base_model": base,
+                   "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
+                  handle, indent=2)
+    return directory
+
+
+def is_exported_adapters(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def load_adapters(model: nnx.Module, directory: str) -> dict[str, Any]:
+    """Put exported adapters back on a LoRA model built with the same rank and targets; returns
+    their config. Refuses, naming the path, any adapter that is missing or has another shape."""
+    with open(os.path.join(directory, ADAPTER_CONFIG), encoding="utf-8") as handle:
+        config = json.load(handle)
+    arrays = load_file(os.path.join(directory, ADAPTER_FILE))
+    state = nnx.state(model, nnx.LoRAParam)
+    flat = dict(state.flat_state())
+    expected = {_path(p) for p in flat}
+    if set(arrays) != expected:
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise ValueError(f"{directory}: adapters do not match this model (rank/targets?): missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}")
+    for path, variable in flat.items():
+        value = arrays[_path(path)]
+        current = variable.get_value()
+        if value.shape != current.shape:
+            raise ValueError(f"{directory}: adapter {_path(path)} has shape {value.shape}, the model wants "
+                             f"{current.shape} (was it trained with another --lora-rank?)")
+        variable.set_value(np.asarray(value, dtype=current.dtype))
+    nnx.update(model, state)
+    return config
+
+
+def merged_params(model: nnx.Module, *, rank: int, alpha: float) -> dict[str, np.ndarray]:
+    """The base weights of a LoRA model with its adapters added: ``{path: array}`` in the base's dtype."""
+    params = {_path(path): value.get_value() for path, value in nnx.state(model, nnx.Param).flat_state()}
+    adapters = {path: np.asarray(value, dtype=np.float32) for path, value in params.items()
+                if path.endswith(("_lora_a", "_lora_b"))}
+    merged: dict[str, np.ndarray] = {}
+    for path, value in params.items():
+        if path in adapters:
+            continue
+        base = np.asarray(value)
+        if f"{path}_lora_a" in adapters:
+            module = path.split("/")[-2]
+            if module not in _MERGE:
+                raise ValueError(f"cannot merge adapters on {path}: no contraction known for {module!r}")
+            delta = np.einsum(_MERGE[module], adapters[f"{path}_lora_a"], adapters[f"{path}_lora_b"])
+            base = (base.astype(np.float32) + (alpha / rank) * delta).astype(base.dtype)
+        merged[path] = base
+    return merged
+
+
+def hf_state_dict(params: dict[str, np.ndarray], config: gemma_lib.ModelConfig) -> dict[str, np.ndarray]:
+    """tunix Gemma 2 parameters -> Hugging Face names and layouts (see the module docstring)."""
+    d, n, k, h = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim
+    out = {"model.embed_tokens.weight": params["embedder/input_embedding"],
+           "model.norm.weight": params["final_norm/scale"]}
+    norms = {"pre_attention_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
+             "pre_ffw_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+
+    def proj(w: np.ndarray, heads: int) -> np.ndarray:  # [heads, embed, head_dim] -> [heads*head_dim, embed]
+        return np.ascontiguousarray(w.transpose(0, 2, 1).reshape(heads * h, d))
+
+    for layer in range(config.num_layers):
+        src, dst = f"layers/{layer}", f"model.layers.{layer}"
+        if f"{src}/attn/qkv_einsum/w" in params:
+            q, key, value = params[f"{src}/attn/qkv_einsum/w"]
+        else:
+            q = params[f"{src}/attn/q_einsum/w"]
+            key, value = params[f"{src}/attn/kv_einsum/w"]
+        out[f"{dst}.self_attn.q_proj.weight"] = proj(q, n)
+        out[f"{dst}.self_attn.k_proj.weight"] = proj(key, k)
+        out[f"{dst}.self_attn.v_proj.weight"] = proj(value, k)
+        out[f"{dst}.self_attn.o_proj.weight"] = np.ascontiguousarray(
+            params[f"{src}/attn/attn_vec_einsum/w"].reshape(n * h, d).T)
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            out[f"{dst}.mlp.{name}.weight"] = np.ascontiguousarray(params[f"{src}/mlp/{name}/kernel"].T)
+        for ours, theirs in norms.items():
+            out[f"{dst}.{theirs}.weight"] = params[f"{src}/{ours}/scale"]
+    used = {"embedder/input_embedding", "final_norm/scale"} | {
+        p for p in params if re.match(r"layers/\d+/(attn|mlp|pre_|post_)", p)}
+    if set(params) - used:
+        raise ValueError(f"parameters with no Hugging Face name: {sorted(set(params) - used)[:5]}")
+    return out
+
+
+def hf_config(config: gemma_lib.ModelConfig, vocab_size: int, dtype: str) -> dict[str, Any]:
+    return {
+        "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "vocab_size": vocab_size,
+        "hidden_size": config.embed_dim, "intermediate_size": config.hidden_dim,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
+        "query_pre_attn_scalar": config.head_dim, "sliding_window": config.sliding_window_size,
+        "attn_logit_softcapping": config.attn_logits_soft_cap, "final_logit_softcapping": config.final_logit_softcap,
+        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "max_position_embeddings": 8192, "tie_word_embeddings": True, "torch_dtype": dtype,
+        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+    }
+
+
+def save_merged(model: nnx.Module, directory: str, config: gemma_lib.ModelConfig, *, rank: int,
+                alpha: float) -> str:
+    params = merged_params(model, rank=rank, alpha=alpha)
+    state = hf_state_dict(params, config)
+    dtype = str(state["model.embed_tokens.weight"].dtype)
+    os.makedirs(directory, exist_ok=True)
+    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as handle:
+        json.dump(hf_config(config, state["model.embed_tokens.weight"].shape[0], dtype), handle, indent=2)
+    return directory
+
+
+__all__ = ["hf_state_dict", "is_exported_adapters", "load_adapters", "merged_params", "save_adapters",
+           "save_merged"]
