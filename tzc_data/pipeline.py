@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from tqdm import tqdm
 
 from tzc_data import __version__
@@ -219,12 +220,20 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     if checkpoint is None:
         shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(os.path.join(staging, STATS_DIR), exist_ok=True)
+    # Arrow's mimalloc pool kept the memory of every stats part and of the final merge: peak RSS
+    # grew by about 1 KB per row (50,000 rows: 324 MiB, against 267 MiB with the system allocator).
+    # tzc_data/__init__.py picks the system pool when it loads before Arrow; this covers the rest
+    # of the build when Arrow was loaded first. A few tables at a time: the system pool costs nothing.
+    arrow_pool = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
     try:
         manifest = _build_into(staging, config, source, tokenizer, excluded, near, identity, checkpoint, progress)
         _publish(staging, out)
     except (GuardrailError, ConfigError):
         shutil.rmtree(staging, ignore_errors=True)  # finished, or never started: nothing to resume
         raise
+    finally:
+        pa.set_memory_pool(arrow_pool)
     elapsed = time.perf_counter() - started
     manifest["run"] = {
         "seconds": round(elapsed, 2),
