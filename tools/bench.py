@@ -6,11 +6,13 @@
 1. end to end vs the limit: build throughput against SentencePiece encoding the very same rendered
    texts and nothing else;
 2. peer: HF ``datasets.map`` tokenization (the same SentencePiece model) + TRL ``pack_dataset(bfd)``
-   on the same kept examples, against tzc's build: time, fill, truncation;
+   on the same kept examples, against tzc's build of those same rows from a local Parquet file
+   (with every filter, and with the quality filters off: the peer filters nothing): time, fill,
+   truncation;
 3. packing fill at 2048 / 4096 / 8192 beside the original one-example-per-row layout;
 4. memory: peak RSS of builds of ``--rows`` and ``--big`` rows, each in its own process;
 5. seek: time to the first record at row 0 and at row 1,000,000 of a multi-file local Parquet source;
-6. workers: the build has no ``--workers`` yet (one process; SentencePiece already uses both cores);
+6. workers: ``--workers 1`` and ``2`` (processes for the per-row stages);
 7. loader: packed rows/s through ``tzc_data.load`` / ``batches``.
 """
 
@@ -21,6 +23,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,17 +49,23 @@ from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
 PYTHON = sys.executable
 
 
-def run_build(rows: int, out: str, *extra: str) -> dict:
-    """A build in its own process (so its peak RSS is its own); returns the manifest's run section."""
-    command = [PYTHON, "-m", "tzc_data.cli", "build", "--source", "synthetic", "--range", f"0:{rows}",
+def run_build(rows: int, out: str, *extra: str, source: str = "synthetic") -> dict:
+    """A build in its own process (so its peak RSS is its own); returns its summary line's figures and
+    its CPU time (user + system, this process's children: the build and its workers)."""
+    command = [PYTHON, "-m", "tzc_data.cli", "build", "--source", source, "--range", f"0:{rows}",
                "--out", out, "--overwrite", "--no-progress", *extra]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode:
         raise RuntimeError(done.stderr)
-    match = re.search(r"([\d.]+) s, ([\d,]+) rows/s, ([\d,]+) tokens/s, peak RSS ([\d,]+) MiB", done.stdout)
-    seconds, rows_s, tokens_s, rss = match.groups()
-    return {"seconds": float(seconds), "rows_per_s": float(rows_s.replace(",", "")),
-            "tokens_per_s": float(tokens_s.replace(",", "")), "rss_mib": float(rss.replace(",", ""))}
+    match = re.search(r"([\d.]+) s, ([\d,]+) rows/s, ([\d,]+) tokens/s, peak RSS ([\d,]+) MiB "
+                      r"\(dedup indexes ([\d.,]+) MiB\)(?:, \d+ workers at most ([\d,]+) MiB each)?", done.stdout)
+    seconds, rows_s, tokens_s, rss, index, worker_rss = match.groups()
+    number = lambda text: float(text.replace(",", "")) if text else None  # noqa: E731
+    return {"seconds": float(seconds), "rows_per_s": number(rows_s), "tokens_per_s": number(tokens_s),
+            "rss_mib": number(rss), "index_mib": number(index), "worker_rss_mib": number(worker_rss),
+            "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
 def kept_texts(build: str) -> list[str]:
@@ -73,12 +82,25 @@ def kept_texts(build: str) -> list[str]:
     return texts
 
 
-def tokenize_only(texts: list[str], tokenizer: Tokenizer) -> tuple[float, list[int]]:
-    started = time.perf_counter()
+def tokenize_only(texts: list[str], tokenizer: Tokenizer, threads: int = -1) -> tuple[float, float, list[int]]:
+    """(wall s, CPU s, token counts): SentencePiece on ``texts`` in batches of 64, nothing else.
+    ``threads=-1`` is SentencePiece's default for a batch: every core."""
+    started, cpu = time.perf_counter(), time.process_time()
     lengths = []
     for start in range(0, len(texts), 64):
-        lengths += map(len, tokenizer.sp.encode(texts[start:start + 64]))
-    return time.perf_counter() - started, lengths
+        lengths += map(len, tokenizer.sp.encode(texts[start:start + 64], num_threads=threads))
+    return time.perf_counter() - started, time.process_time() - cpu, lengths
+
+
+def kept_rows_parquet(build: str, path: str) -> str:
+    """The kept rows of a synthetic build as a local Parquet source (prompt, response)."""
+    import polars as pl
+
+    kept = pl.read_parquet(Path(build) / "stats" / "records.parquet").filter(pl.col("status") == "kept")["row"]
+    seed = tzc_data.read_manifest(build)["source"]["seed"]
+    rows = [generate(seed, row) for row in kept.to_list()]
+    pq.write_table(pa.table({"prompt": [r.prompt for r in rows], "response": [r.response for r in rows]}), path)
+    return path
 
 
 def peer(texts: list[str], model: str, seq_len: int) -> dict:
@@ -143,29 +165,49 @@ def main() -> None:
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         build = f"{tmp}/build"
+        bare_options = ("--no-loop-filter", "--no-language-filter", "--no-near-dup")
         full = run_build(args.rows, build)
-        bare = run_build(args.rows, f"{tmp}/bare", "--no-loop-filter", "--no-language-filter", "--no-near-dup")
+        bare = run_build(args.rows, f"{tmp}/bare", *bare_options)
         texts = kept_texts(build)
-        seconds, lengths = tokenize_only(texts, tokenizer)
+        seconds, cpu, lengths = tokenize_only(texts, tokenizer)
+        one_thread, one_cpu, _ = tokenize_only(texts, tokenizer, threads=1)
+
+        def share(run: dict) -> str:
+            return f"{seconds / run['seconds']:.0%}"
+
         emit(f"## 1. End to end vs the tokenizer ({args.rows:,} synthetic rows, {len(texts):,} kept)", "",
-             "| run | seconds | rows/s | share of tokenize-only speed |", "| --- | --- | --- | --- |",
-             f"| tokenize only: SentencePiece on the {len(texts):,} rendered kept texts, batches of 64 | "
-             f"{seconds:.2f} | {args.rows / seconds:,.0f} | 100% |",
-             f"| `tzc-data build`, every filter | {full['seconds']:.2f} | {full['rows_per_s']:,.0f} | "
-             f"{seconds / full['seconds']:.0%} |",
-             f"| `tzc-data build`, no quality filters | {bare['seconds']:.2f} | {bare['rows_per_s']:,.0f} | "
-             f"{seconds / bare['seconds']:.0%} |", "",
-             "Build times include start-up (tokenizer load), the synthetic generator, stats, shards and manifest.", "")
+             "| run | seconds | CPU s | rows/s | share of tokenize-only speed |", "| --- | --- | --- | --- | --- |",
+             f"| tokenize only: SentencePiece on the {len(texts):,} rendered kept texts, batches of 64 (its default: "
+             f"every core) | {seconds:.2f} | {cpu:.2f} | {args.rows / seconds:,.0f} | 100% |",
+             f"| `tzc-data build`, every filter | {full['seconds']:.2f} | {full['cpu']:.2f} | "
+             f"{full['rows_per_s']:,.0f} | {share(full)} |",
+             f"| `tzc-data build`, no quality filters | {bare['seconds']:.2f} | {bare['cpu']:.2f} | "
+             f"{bare['rows_per_s']:,.0f} | {share(bare)} |",
+             f"| for scale: SentencePiece on one thread (`num_threads=1`), same texts | {one_thread:.2f} | "
+             f"{one_cpu:.2f} | {args.rows / one_thread:,.0f} | {seconds / one_thread:.0%} |", "",
+             "Build times include start-up (tokenizer load), the synthetic generator, stats, shards and manifest. "
+             "CPU s is user + system time of the process (and its threads). SentencePiece's batch encode spreads "
+             "over every core, so the tokenize-only line uses the whole machine; the build has to fit its Python "
+             "stages (generator, filters, dedup, stats, packing: the CPU beyond the tokenizer's) in the same cores.",
+             "")
         try:
+            source = kept_rows_parquet(build, f"{tmp}/kept.parquet")
+            same_full = run_build(len(texts), f"{tmp}/same", source=source)
+            same_bare = run_build(len(texts), f"{tmp}/same-bare", *bare_options, source=source)
             theirs = peer(texts, model, seq_len)
-            ours_lengths = [n for n in lengths if n <= seq_len]
-            bins = best_fit_decreasing(ours_lengths, seq_len)
-            emit("## 2. Peer: HF datasets.map + TRL pack_dataset(bfd), same kept texts and tokenizer", "",
-                 "| tool | seconds | packed rows | fill | tokens truncated |", "| --- | --- | --- | --- | --- |",
-                 f"| datasets.map + trl.pack_dataset(bfd) (tokenize + pack only) | {theirs['seconds']:.2f} | "
-                 f"{theirs['rows']:,} | {theirs['fill']:.2%} | {theirs['truncated_tokens']:,} |",
-                 f"| tzc-data build (read, filter, tokenize, pack, write) | {full['seconds']:.2f} | {len(bins):,} | "
-                 f"{fill(ours_lengths, bins, seq_len):.2%} | 0 |", "")
+            same_manifest = tzc_data.read_manifest(f"{tmp}/same-bare")
+            emit("## 2. Peer: HF datasets.map + TRL pack_dataset(bfd), same rows and tokenizer", "",
+                 f"All three read the {len(texts):,} kept rows of section 1 (tzc from a local Parquet file of them).", "",
+                 "| tool | seconds | CPU s | packed rows | fill | tokens truncated |",
+                 "| --- | --- | --- | --- | --- | --- |",
+                 f"| datasets.map + trl.pack_dataset(bfd) (tokenize + pack, in memory) | {theirs['seconds']:.2f} | "
+                 f"- | {theirs['rows']:,} | {theirs['fill']:.2%} | {theirs['truncated_tokens']:,} |",
+                 f"| tzc-data build, quality filters off (read, exact dedup, tokenize, pack, write, stats) | "
+                 f"{same_bare['seconds']:.2f} | {same_bare['cpu']:.2f} | {same_manifest['packing']['rows']:,} | "
+                 f"{same_manifest['packing']['fill']:.2%} | 0 |",
+                 f"| tzc-data build, every filter | {same_full['seconds']:.2f} | {same_full['cpu']:.2f} | "
+                 f"{tzc_data.read_manifest(f'{tmp}/same')['packing']['rows']:,} | "
+                 f"{tzc_data.read_manifest(f'{tmp}/same')['packing']['fill']:.2%} | 0 |", "")
         except ImportError as err:
             emit("## 2. Peer", "", f"not measured: {err} (`make bench` installs the bench extra)", "")
         emit("## 3. Packing fill on the kept lengths", "",
@@ -179,16 +221,32 @@ def main() -> None:
                  f"of examples cut) | {fill(fits, bins, length):.2%} | "
                  f"{sum(fits) / (rows_lower_bound(fits, length) * length):.2%} |")
         big = run_build(args.big, f"{tmp}/big")
-        emit("", f"## 4. Memory (each build in its own process)", "", "| rows | peak RSS | rows/s |",
-             "| --- | --- | --- |", f"| {args.rows:,} | {full['rss_mib']:,.0f} MiB | {full['rows_per_s']:,.0f} |",
-             f"| {args.big:,} | {big['rss_mib']:,.0f} MiB | {big['rows_per_s']:,.0f} |", "",
-             f"Ratio {big['rss_mib'] / full['rss_mib']:.2f}x; growth "
-             f"{(big['rss_mib'] - full['rss_mib']) * 2**20 / (args.big - args.rows):,.0f} bytes per extra row.", "")
+        rest = [run["rss_mib"] - run["index_mib"] for run in (full, big)]
+        emit("", "## 4. Memory (each build in its own process)", "",
+             "| rows | peak RSS | of which dedup indexes (exact + near-dup) | the rest | rows/s |",
+             "| --- | --- | --- | --- | --- |",
+             *[f"| {rows:,} | {run['rss_mib']:,.0f} MiB | {run['index_mib']:,.1f} MiB | {other:,.0f} MiB | "
+               f"{run['rows_per_s']:,.0f} |" for rows, run, other in ((args.rows, full, rest[0]), (args.big, big, rest[1]))],
+             "",
+             f"Ratio {big['rss_mib'] / full['rss_mib']:.2f}x in all; {rest[1] / rest[0]:.2f}x without the dedup indexes "
+             f"(target: 1.2x plus the indexes). Growth per extra row: "
+             f"{(big['rss_mib'] - full['rss_mib']) * 2**20 / (args.big - args.rows):,.0f} bytes, of which the indexes "
+             f"{(big['index_mib'] - full['index_mib']) * 2**20 / (args.big - args.rows):,.0f} bytes "
+             "(16 LSH band keys in an open-addressing table, a 128-byte sketch, and the exact index's dict entry).",
+             "")
         timings = seek(tmp)
         emit("## 5. Seek: time to the first record, 12 local Parquet files of 100,000 rows", "",
              "| start row | seconds |", "| --- | --- |", *[f"| {s:,} | {t:.3f} |" for s, t in timings], "")
-        emit("## 6. Workers", "", "Not measured: `tzc-data build` has no `--workers` yet. SentencePiece already "
-             "encodes on both vCPUs from a worker thread while the Python stages run.", "")
+        workers = [(n, full if n == 1 else run_build(args.rows, f"{tmp}/workers{n}", "--workers", str(n)))
+                   for n in (1, 2)]
+        emit("## 6. Workers (`--workers N`: processes for the per-row stages)", "",
+             "| workers | seconds | CPU s | rows/s | peak RSS, main process | peak RSS, each worker |",
+             "| --- | --- | --- | --- | --- | --- |",
+             *[f"| {n} | {run['seconds']:.2f} | {run['cpu']:.2f} | {run['rows_per_s']:,.0f} | {run['rss_mib']:,.0f} MiB | "
+               (f"{run['worker_rss_mib']:,.0f} MiB |" if run["worker_rss_mib"] else "- |") for n, run in workers], "",
+             f"This machine has {os.cpu_count()} vCPUs, and one process already keeps them busy (SentencePiece on "
+             "every core, the Python stages beside it), so a second process has no idle core to use. The output is "
+             "byte-identical for any N (tested).", "")
         loader = subprocess.run([PYTHON, str(ROOT / "tools" / "bench_loader.py"), build], capture_output=True,
                                 text=True, check=True).stdout
         emit("## 7. Loader", "", loader.split("\n\n", 1)[1].strip(), "")

@@ -78,6 +78,8 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--resume", action="store_true",
                    help="continue an interrupted build of the same inputs and options from its last checkpoint")
     g.add_argument("--checkpoint-every", type=int, default=8192, metavar="ROWS", help="rows between checkpoints")
+    g.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="processes for the per-row stages (read, filters, tokenize); the output is the same for any N")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_build)
@@ -99,6 +101,7 @@ def _run_build(args: argparse.Namespace) -> int:
         min_english_score=args.min_english_score, keep_rejected=args.keep_rejected,
         min_kept_ratio=args.min_kept_ratio, rows_per_shard=args.rows_per_shard, compression=args.compression,
         exclude=tuple(args.exclude), eval_fraction=args.eval_fraction, checkpoint_every=args.checkpoint_every,
+        workers=args.workers,
         resume=args.resume, overwrite=args.overwrite)
     manifest = build(config, progress=args.progress)
     print(summary(manifest, args.out))
@@ -130,7 +133,10 @@ def summary(manifest: dict[str, Any], out: str) -> str:
               f"{len(manifest['shards'])} shard(s)"]
     if run:
         lines.append(f"  {run['seconds']:.1f} s, {run['rows_per_second']:,.0f} rows/s, "
-                     f"{run['tokens_per_second']:,.0f} tokens/s, peak RSS {run['peak_rss_mib']:,.0f} MiB")
+                     f"{run['tokens_per_second']:,.0f} tokens/s, peak RSS {run['peak_rss_mib']:,.0f} MiB "
+                     f"(dedup indexes {run['dedup_index_mib']:,.1f} MiB)"
+                     + (f", {run['workers']} workers at most {run['worker_peak_rss_mib']:,.0f} MiB each"
+                        if run.get("workers") else ""))
     return "\n".join(lines)
 
 

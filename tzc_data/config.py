@@ -64,6 +64,7 @@ class BuildConfig:
     exclude: tuple[str, ...] = ()  # earlier builds whose prompts this one must not share
     eval_fraction: float = 0.0
     checkpoint_every: int = 8192  # rows between checkpoints (a --resume restarts from the last one)
+    workers: int = 1  # processes for the per-row stages; the output does not depend on it
     resume: bool = False
     overwrite: bool = False
 
@@ -94,6 +95,8 @@ class BuildConfig:
             raise ConfigError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: must be >= 1")
+        if not 1 <= self.workers <= 256:
+            raise ConfigError(f"--workers {self.workers}: must be between 1 and 256")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"--compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}")
         try:
@@ -115,10 +118,10 @@ class BuildConfig:
         return f"group_size:1,{self.compression}"
 
     def recorded(self) -> dict[str, Any]:
-        """The fields that determine the output (not where it goes, how often to checkpoint, nor
-        whether to overwrite or resume)."""
+        """The fields that determine the output (not where it goes, how often to checkpoint, how
+        many worker processes, nor whether to overwrite or resume)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite", "resume", "checkpoint_every"):
+        for name in ("out", "overwrite", "resume", "checkpoint_every", "workers"):
             fields.pop(name)
         fields["exclude"] = list(self.exclude)
         fields["max_tokens"] = self.token_limit

@@ -153,6 +153,10 @@ class NearDupIndex:
         if self._journal is not None:  # the RECORD layout, packed by hand
             self._journal.write(keys.astype("<u8").tobytes() + sketch.tobytes() + row.to_bytes(8, "little", signed=True))
 
+    def nbytes(self) -> int:
+        """Memory held: band table, sketches and rows."""
+        return self._keys.nbytes + self._values.nbytes + len(self.sketches) + self.rows.itemsize * len(self.rows)
+
     def lookup_many(self, keys: np.ndarray) -> np.ndarray:
         """For keys of shape (m, 16): the ordinal stored under each key, or -1 (one vectorised probe)."""
         slots = self._slots(keys.reshape(-1))

@@ -24,6 +24,7 @@ import resource
 import shutil
 import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -43,6 +44,7 @@ from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_boun
 from tzc_data.read import Source, open_source, read, source_identity
 from tzc_data.record import KEPT, REASONS, Example
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
+from tzc_data.workers import ordered_chunks
 from tzc_data.write import (MANIFEST, REJECTED_DIR, SHARD_DIR, STATS_DIR, RecordStats, RejectedRows, read_hashes,
                             record_layout, write_hashes, write_manifest, write_pack_stats, write_shards)
 
@@ -63,23 +65,55 @@ def build_filters(config: BuildConfig) -> list[Filter]:
     return filters
 
 
-def stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenizer,
-           quality: list[Filter], index: ExactIndex, excluded: dict[bytes, str],
-           near: NearDupIndex | None = None) -> Iterator[Example]:
-    """Compose the per-example stages (everything before the spool)."""
+def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenizer, quality: list[Filter],
+               excluded: dict[bytes, str]) -> Iterator[Example]:
+    """The per-row stages: each looks at one example at a time (``--workers`` runs them in processes)."""
     examples = hash_prompts(examples)
     examples = drop_excluded(examples, excluded)
     examples = split_examples(examples)
     examples = apply_filters(examples, quality)
     examples = format_examples(examples)
     examples = tokenize(examples, tokenizer)
-    examples = apply_filters(examples, [LengthFilter(config.token_limit, config.min_answer_tokens,
-                                                     config.min_reasoning_tokens)])
+    return apply_filters(examples, [LengthFilter(config.token_limit, config.min_answer_tokens,
+                                                 config.min_reasoning_tokens)])
+
+
+def dedup_stages(examples: Iterable[Example], config: BuildConfig, index: ExactIndex,
+                 near: NearDupIndex | None = None) -> Iterator[Example]:
+    """The stages that depend on every row before (first kept occurrence wins): in order, in one process."""
     if config.dedup:
         examples = drop_duplicates(examples, index)
     if near is not None:
         examples = drop_near_duplicates(examples, near)
     return examples
+
+
+_WORKER: dict[str, Any] = {}  # a worker process's source, tokenizer and filters (``--workers``)
+
+
+def _worker_setup(source: Source, config: BuildConfig, tokenizer_path: str, excluded: dict[bytes, str]) -> None:
+    _WORKER.update(source=source, config=config, excluded=excluded, quality=build_filters(config),
+                   tokenizer=load_tokenizer(tokenizer_path, system=config.system))
+
+
+def _worker_rows(start: int, stop: int) -> list[Example]:
+    """Rows ``[start, stop)`` through :func:`row_stages`; tokens as ``array('i')``, cheap to pickle."""
+    w = _WORKER
+    done = list(row_stages(read(w["source"], start, stop), w["config"], w["tokenizer"], w["quality"], w["excluded"]))
+    for example in done:
+        if example.tokens is not None:
+            example.tokens = array("i", example.tokens)
+    return done
+
+
+def _per_row(source: Source, start: int, config: BuildConfig, tokenizer: Tokenizer, quality: list[Filter],
+             excluded: dict[bytes, str]) -> Iterator[Example]:
+    if start >= config.stop:
+        return iter(())
+    if config.workers == 1:
+        return row_stages(read(source, start, config.stop), config, tokenizer, quality, excluded)
+    return ordered_chunks(_worker_rows, start, config.stop, workers=config.workers, setup=_worker_setup,
+                          setup_args=(source, config, tokenizer.path, excluded))
 
 
 def _check_output(out: str, overwrite: bool) -> None:
@@ -227,7 +261,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     arrow_pool = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
     try:
-        manifest = _build_into(staging, config, source, tokenizer, excluded, near, identity, checkpoint, progress)
+        manifest, index_bytes = _build_into(staging, config, source, tokenizer, excluded, near, identity, checkpoint,
+                                            progress)
         _publish(staging, out)
     except (GuardrailError, ConfigError):
         shutil.rmtree(staging, ignore_errors=True)  # finished, or never started: nothing to resume
@@ -241,13 +276,17 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
         "rows_per_second": round(manifest["counts"]["read"] / elapsed, 1),
         "tokens_per_second": round(manifest["packing"]["tokens"] / elapsed, 1),
         "peak_rss_mib": round(peak_rss_kib() / 1024, 1),
+        "dedup_index_mib": round(index_bytes / 2**20, 1),  # exact + near-dup indexes: they grow with the range
     }
+    if config.workers > 1:  # each worker process's own peak, on top of this process's
+        manifest["run"]["workers"] = config.workers
+        manifest["run"]["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     return manifest
 
 
 def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
                 excluded: dict[bytes, str], near: NearDupIndex | None, identity: dict[str, Any],
-                checkpoint: dict[str, Any] | None, progress: bool | None) -> dict[str, Any]:
+                checkpoint: dict[str, Any] | None, progress: bool | None) -> tuple[dict[str, Any], int]:
     quality = build_filters(config)
     score_names = [name for f in quality for name in f.score_names] + (["near_dup_jaccard"] if near else [])
     near_journal = os.path.join(staging, ".near_dup.journal")
@@ -279,8 +318,8 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     # Without a terminal (CI logs, nohup) a line every 30 s still shows that a long build is alive.
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
-    examples = read(source, next_row, config.stop) if next_row < config.stop else iter(())
-    examples = stages(examples, config, tokenizer, quality, index, excluded, near)
+    examples = _per_row(source, next_row, config, tokenizer, quality, excluded)
+    examples = dedup_stages(examples, config, index, near)
     for n, example in enumerate(examples, next_row - config.start + 1):
         counts[example.status] += 1
         chunk_done = stats.add(example)
@@ -304,6 +343,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     save(config.stop)
     read_rows = sum(counts.values())
     _guardrail(counts, read_rows, config)
+    index_bytes = index.nbytes() + (near.nbytes() if near is not None else 0)
 
     seq_len = config.seq_len
     where = np.zeros((len(spool), 4), dtype=np.int32)  # split, shard, pack, segment of each kept example
@@ -371,4 +411,4 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         },
     }
     write_manifest(staging, manifest)
-    return manifest
+    return manifest, index_bytes

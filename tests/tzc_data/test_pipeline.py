@@ -111,10 +111,14 @@ def test_shards_read_through_grain_and_match_their_manifest_hashes(synthetic_bui
         assert hashlib.sha256((synthetic_build / name).read_bytes()).hexdigest() == entry["sha256"]
 
 
-def test_same_inputs_give_byte_identical_outputs(synthetic_build, tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_same_inputs_give_byte_identical_outputs(synthetic_build, tmp_path, workers):
+    """Again in one process, and with the per-row stages in two worker processes (``--workers 2``,
+    chunks of 256 rows in flight out of order): every file is the same, byte for byte."""
     again = tmp_path / "again"
     assert main(["build", "--source", "synthetic", "--range", f"{RANGE[0]}:{RANGE[1]}", "--out", str(again),
-                 "--tokenizer", str(gemma2_tokenizer_path()), "--rows-per-shard", "100", "--no-progress"]) == 0
+                 "--tokenizer", str(gemma2_tokenizer_path()), "--rows-per-shard", "100", "--no-progress",
+                 "--workers", str(workers)]) == 0
     files = sorted(p.relative_to(synthetic_build) for p in synthetic_build.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     for name in files:
