@@ -243,7 +243,7 @@ def main() -> None:
              "| workers | seconds | CPU s | rows/s | peak RSS, main process | peak RSS, each worker |",
              "| --- | --- | --- | --- | --- | --- |",
              *[f"| {n} | {run['seconds']:.2f} | {run['cpu']:.2f} | {run['rows_per_s']:,.0f} | {run['rss_mib']:,.0f} MiB | "
-               (f"{run['worker_rss_mib']:,.0f} MiB |" if run["worker_rss_mib"] else "- |") for n, run in workers], "",
+               + (f"{run['worker_rss_mib']:,.0f} MiB |" if run["worker_rss_mib"] else "- |") for n, run in workers], "",
              f"This machine has {os.cpu_count()} vCPUs, and one process already keeps them busy (SentencePiece on "
              "every core, the Python stages beside it), so a second process has no idle core to use. The output is "
              "byte-identical for any N (tested).", "")

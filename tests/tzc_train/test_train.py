@@ -31,7 +31,7 @@ def short_build(tmp_path_factory, tiny_model_path):
 
 
 def _config(build, out, **overrides):
-    settings = dict(data=str(build), out=str(out), model="tiny", steps=16, batch_size=4, lr=1e-2, lora_rank=8,
+    settings = dict(data=str(build), out=str(out), model="tiny", steps=24, batch_size=4, lr=1e-2, lora_rank=8,
                     lora_alpha=8.0, warmup_steps=2, save_every=8, eval_every=8)
     return TrainConfig(**{**settings, **overrides})
 
@@ -46,7 +46,7 @@ def test_loss_falls_and_only_adapters_change(full_run, short_build):
     _, result = full_run
     vocab = json.loads((short_build / "manifest.json").read_text())["tokenizer"]["vocab_size"]
     losses = result["losses"]
-    assert len(losses) == 16 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2
+    assert len(losses) == 24 and np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.2
     mesh = make_mesh(None)
     with mesh:
         fresh, _ = base_model(_config("x", "y"), vocab, mesh)  # deterministic random weights
@@ -63,7 +63,7 @@ def test_resume_after_a_crash_gives_the_same_adapters(short_build, full_run, tmp
 
     def crash(self, ctx, step, loss):
         original(self, ctx, step, loss)
-        if step == 11:  # after the checkpoint at step 8
+        if step == 19:  # after the checkpoint at step 16
             raise KeyboardInterrupt
 
     monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", crash)
@@ -73,7 +73,7 @@ def test_resume_after_a_crash_gives_the_same_adapters(short_build, full_run, tmp
     with pytest.raises(ValueError, match="--resume"):
         train(_config(short_build, out))
     resumed = train(_config(short_build, out, resume=True))
-    assert len(resumed["losses"]) == 8  # steps 9..16
+    assert len(resumed["losses"]) == 8  # steps 17..24
     expected = lora_state(full_run[1]["model"])
     for name, value in lora_state(resumed["model"]).items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
