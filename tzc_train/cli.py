@@ -74,14 +74,15 @@ def sample_main(argv: list[str]) -> int:
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="tzc-train export", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        prog="tzc-train export",
         description="Write a run's latest adapters (OUT/adapters: safetensors + adapter_config.json, for --init-lora "
                     "and `sample --lora`) and the adapters merged into the base weights (OUT/merged: a Hugging Face "
                     "layout Gemma 2 checkpoint that tunix's safetensors loader and --weights read).")
     parser.add_argument("--run", required=True, help="a tzc-train --out directory")
     parser.add_argument("--out", required=True, help="where adapters/ and merged/ go")
-    parser.add_argument("--weights", help="the base weights, when they moved since the run (default: the run's)")
-    parser.add_argument("--no-merged", dest="merged", action="store_false", help="export the adapters only")
+    parser.add_argument("--weights", help="the base weights, when they moved since the run (otherwise the run's)")
+    parser.add_argument("--no-merged", dest="merged", action="store_false",
+                        help="export the adapters only (without it: adapters and merged weights)")
     args = parser.parse_args(argv)
     from tzc_train.train import export_run
 
