@@ -14,7 +14,11 @@ open the source) and then ``work(lo, hi)`` per chunk.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -24,6 +28,8 @@ from typing import Any
 from tzc_data.errors import TzcError
 from tzc_data.record import Example
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
 
 def ordered_chunks(work: Callable[[int, int], list[Example]], start: int, stop: int, *, workers: int,
                    setup: Callable[..., None], setup_args: tuple[Any, ...], chunk_rows: int = 256,
@@ -31,7 +37,8 @@ def ordered_chunks(work: Callable[[int, int], list[Example]], start: int, stop: 
     """Every example of ``work(lo, hi)`` over ``[start, stop)`` in chunks of ``chunk_rows``, in order."""
     context = multiprocessing.get_context("spawn")
     bounds = ((lo, min(lo + chunk_rows, stop)) for lo in range(start, stop, chunk_rows))
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=setup, initargs=setup_args) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                             initargs=(os.getpid(), setup, setup_args)) as pool:
         pending: deque[tuple[int, Future]] = deque()
         for lo, hi in bounds:
             pending.append((lo, pool.submit(work, lo, hi)))
@@ -39,6 +46,20 @@ def ordered_chunks(work: Callable[[int, int], list[Example]], start: int, stop: 
                 yield from _result(*pending.popleft())
         while pending:
             yield from _result(*pending.popleft())
+
+
+def _start_worker(parent: int, setup: Callable[..., None], setup_args: tuple[Any, ...]) -> None:
+    """Die with the parent: a build killed with SIGKILL (or the OOM killer) cannot shut its pool
+    down, and its workers would otherwise wait on their queue for ever (seen: they outlived it)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the worker only lingers
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    setup(*setup_args)
 
 
 def _result(lo: int, future: Future) -> list[Example]:

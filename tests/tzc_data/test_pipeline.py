@@ -287,3 +287,45 @@ def test_exclude_also_drops_near_duplicates_of_the_excluded_build(tmp_path):
     stats = pl.read_parquet(second / "stats" / "records.parquet")
     near = stats.filter(pl.col("detail").str.contains("Jaccard"))
     assert near.height >= 18 and set(near["status"]) == {"in_excluded_split"}
+
+
+def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_path):
+    """SIGKILL gives a build no chance to stop its worker processes: they must go with it (they
+    used to wait on their queue for ever), and ``--resume --workers 2`` must end with the bytes of
+    an uninterrupted one-process build."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--source", "synthetic", "--range", "0:3000", "--tokenizer", str(gemma2_tokenizer_path()),
+            "--checkpoint-every", "250", "--no-progress"]
+    reference = tmp_path / "ref"
+    assert main(["build", "--out", str(reference), *args]) == 0
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    process = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args,
+                                "--workers", "2"])
+    deadline = time.time() + 60
+    while process.poll() is None and not (staging / ".checkpoint.json").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the build ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    def workers_alive() -> list[str]:
+        alive = []
+        for status in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                command = status.read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if "multiprocessing.spawn import spawn_main" in command:
+                alive.append(command)
+        return alive
+
+    deadline = time.time() + 10
+    while workers_alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not workers_alive()
+    assert main(["build", "--out", str(out), *args, "--resume", "--workers", "2"]) == 0
+    assert _files(out) == _files(reference)
