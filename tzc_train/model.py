@@ -9,7 +9,8 @@ example packed after another equal its logits alone, within float error.
 The loss is integer-label cross entropy (a one-hot over Gemma's 256k vocabulary would be
 ``[B, L, 256000]`` floats) on the tokens whose ``loss_mask`` is 1 (the model turn), and never on a
 token predicted from the previous example: a target counts only when it and the token before it
-are in the same segment.
+are in the same segment. It projects the final hidden states on the vocabulary a slice of
+positions at a time, so the whole logits never exist (:func:`packed_loss`).
 
 Pitfall (tunix 0.1.7): Gemma 2's sliding-window mask compares query *positions* with key *indices*;
 with per-example positions it is wrong once a packed row is longer than the window. Rows longer
@@ -24,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 from tunix.models import dummy_model_creator
 from tunix.models.gemma import model as gemma_lib
 from tunix.rl import reshard
@@ -74,10 +76,49 @@ def packed_inputs(batch: dict[str, Any]) -> dict[str, jax.Array]:
             "attention_mask": attention_mask(segments), "target_mask": target_mask}
 
 
+LOSS_CHUNK = 512  # positions per slice of the vocabulary projection in the loss
+
+
 def packed_loss(model: Any, input_tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array,
                 target_mask: jax.Array) -> jax.Array:
-    """Mean cross entropy over the target tokens of a batch of packed rows."""
-    logits, _ = model(input_tokens, positions, None, attention_mask)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), input_tokens[:, 1:])
-    weights = target_mask.astype(jnp.float32)
-    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    """Mean cross entropy over the target tokens of a batch of packed rows.
+
+    The logits are never held whole: ``[B, L, 256000]`` floats are 4 GB per 4096-token row. The
+    model's final hidden states (sown by tunix's ``output_hidden_states``) are projected on the
+    tied embedding ``LOSS_CHUNK`` positions at a time, each slice rematerialised in the backward
+    pass, so the loss needs ``[B, LOSS_CHUNK, vocab]`` at a time. The logits the model returns are
+    unused, and XLA drops their computation. Same softcap and same result as the full logits
+    (tested to 1e-5).
+    """
+    model(input_tokens, positions, None, attention_mask, output_hidden_states=True)
+    (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
+    return chunked_cross_entropy(hidden[:, :-1], model.embedder.input_embedding.get_value(), input_tokens[:, 1:],
+                                 target_mask.astype(jnp.float32), softcap=model.final_logits_softcap)
+
+
+def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, labels: jax.Array, weights: jax.Array, *,
+                          softcap: float | None, chunk: int = LOSS_CHUNK) -> jax.Array:
+    """Weighted mean of integer-label cross entropy of ``softcap(hidden @ embedding.T)``, by slices
+    of ``chunk`` positions (the last slice padded with zero weight)."""
+    batch, length, width = hidden.shape
+    pad = -length % chunk
+    if pad:
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        labels, weights = jnp.pad(labels, ((0, 0), (0, pad))), jnp.pad(weights, ((0, 0), (0, pad)))
+    slices = (length + pad) // chunk
+
+    @jax.checkpoint
+    def one_slice(h: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
+        logits = jnp.dot(h, embedding.T).astype(jnp.float32)
+        if softcap is not None:
+            logits = jnp.tanh(logits / softcap) * softcap
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)
+
+    def step(total: jax.Array, xs: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, None]:
+        return total + one_slice(*xs), None
+
+    def by_slice(x: jax.Array) -> jax.Array:  # [B, slices*chunk, ...] -> [slices, B, chunk, ...]
+        return jnp.swapaxes(x.reshape(batch, slices, chunk, *x.shape[2:]), 0, 1)
+
+    total, _ = jax.lax.scan(step, jnp.zeros((), jnp.float32), (by_slice(hidden), by_slice(labels), by_slice(weights)))
+    return total / jnp.maximum(jnp.sum(weights), 1.0)

@@ -56,6 +56,40 @@ def test_loss_is_the_token_weighted_mean_of_the_examples_alone(model, mesh):
     assert abs(float(both) - (float(la) * weights[0] + float(lb) * weights[1]) / sum(weights)) < 1e-5
 
 
+def test_loss_by_slices_equals_the_loss_on_the_whole_logits(model, mesh):
+    """packed_loss never builds [B, L, vocab]; its value is the full-logits loss (through the model),
+    and its gradients those of the full computation (on random hidden states)."""
+    import jax.numpy as jnp
+    import optax
+
+    from tzc_train.model import chunked_cross_entropy
+
+    inputs = packed_inputs(_row([np.arange(5, 600), np.arange(700, 1000)], 1000, [40, 25]))  # > one 512 slice
+    with mesh:
+        logits, _ = model(inputs["input_tokens"], inputs["positions"], None, inputs["attention_mask"])
+        full = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32),
+                                                               inputs["input_tokens"][:, 1:])
+        weights = inputs["target_mask"].astype(jnp.float32)
+        expected = jnp.sum(full * weights) / jnp.sum(weights)
+        assert abs(float(packed_loss(model, **inputs)) - float(expected)) < 1e-5
+
+    rng = np.random.default_rng(3)
+    hidden, embedding = jnp.asarray(rng.normal(size=(2, 30, 16)), jnp.float32), jnp.asarray(rng.normal(size=(50, 16)))
+    labels, mask = jnp.asarray(rng.integers(0, 50, (2, 30))), jnp.asarray(rng.random((2, 30)) < 0.6, jnp.float32)
+
+    def whole(h, e):
+        z = jnp.tanh((h @ e.T) / 30.0) * 30.0
+        return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(z, labels) * mask) / jnp.sum(mask)
+
+    def sliced(h, e):  # 30 positions in slices of 7: the last one padded
+        return chunked_cross_entropy(h, e, labels, mask, softcap=30.0, chunk=7)
+
+    np.testing.assert_allclose(float(sliced(hidden, embedding)), float(whole(hidden, embedding)), rtol=1e-6)
+    for got, want in zip(jax.grad(sliced, argnums=(0, 1))(hidden, embedding),
+                         jax.grad(whole, argnums=(0, 1))(hidden, embedding)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
 def test_no_target_is_predicted_across_a_boundary_or_from_padding():
     row = _row([np.arange(5, 10), np.arange(20, 26)], 16, [0, 0])  # loss on every token, even the first
     targets = np.asarray(packed_inputs(row)["target_mask"])[0]
