@@ -43,7 +43,7 @@ import tzc_data  # noqa: E402
 from tzc_data import format as fmt  # noqa: E402
 from tzc_data.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
 from tzc_data.read import local_source, read  # noqa: E402
-from tzc_data.synthetic import generate  # noqa: E402
+from tzc_data.synthetic import SyntheticRow, generate  # noqa: E402
 from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
 
 PYTHON = sys.executable
@@ -68,18 +68,18 @@ def run_build(rows: int, out: str, *extra: str, source: str = "synthetic") -> di
             "cpu": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime}
 
 
-def kept_texts(build: str) -> list[str]:
-    """The rendered text of every kept example of a synthetic build, in row order."""
+def kept_rows(build: str) -> list[SyntheticRow]:
+    """The source rows of every kept example of a synthetic build, in row order."""
     import polars as pl
 
     kept = pl.read_parquet(Path(build) / "stats" / "records.parquet").filter(pl.col("status") == "kept")["row"]
-    manifest = tzc_data.read_manifest(build)
-    texts = []
-    for row in kept.to_list():
-        source = generate(manifest["source"]["seed"], row)
-        reasoning, answer = fmt.split_response(source.response)
-        texts.append(fmt.render(source.prompt, reasoning, answer, system=manifest["config"]["system"]))
-    return texts
+    seed = tzc_data.read_manifest(build)["source"]["seed"]
+    return [generate(seed, row) for row in kept.to_list()]
+
+
+def rendered(rows: list[SyntheticRow], system: str) -> list[str]:
+    """Each row in the Gemma template, as the build renders it (the tokenize-only input)."""
+    return [fmt.render(row.prompt, *fmt.split_response(row.response), system=system) for row in rows]
 
 
 def tokenize_only(texts: list[str], tokenizer: Tokenizer, threads: int = -1) -> tuple[float, float, list[int]]:
@@ -92,13 +92,8 @@ def tokenize_only(texts: list[str], tokenizer: Tokenizer, threads: int = -1) -> 
     return time.perf_counter() - started, time.process_time() - cpu, lengths
 
 
-def kept_rows_parquet(build: str, path: str) -> str:
-    """The kept rows of a synthetic build as a local Parquet source (prompt, response)."""
-    import polars as pl
-
-    kept = pl.read_parquet(Path(build) / "stats" / "records.parquet").filter(pl.col("status") == "kept")["row"]
-    seed = tzc_data.read_manifest(build)["source"]["seed"]
-    rows = [generate(seed, row) for row in kept.to_list()]
+def rows_parquet(rows: list[SyntheticRow], path: str) -> str:
+    """Rows as a local Parquet source (prompt, response)."""
     pq.write_table(pa.table({"prompt": [r.prompt for r in rows], "response": [r.response for r in rows]}), path)
     return path
 
@@ -168,7 +163,8 @@ def main() -> None:
         bare_options = ("--no-loop-filter", "--no-language-filter", "--no-near-dup")
         full = run_build(args.rows, build)
         bare = run_build(args.rows, f"{tmp}/bare", *bare_options)
-        texts = kept_texts(build)
+        kept = kept_rows(build)
+        texts = rendered(kept, tzc_data.read_manifest(build)["config"]["system"])
         seconds, cpu, lengths = tokenize_only(texts, tokenizer)
         one_thread, one_cpu, _ = tokenize_only(texts, tokenizer, threads=1)
 
@@ -191,7 +187,7 @@ def main() -> None:
              "stages (generator, filters, dedup, stats, packing: the CPU beyond the tokenizer's) in the same cores.",
              "")
         try:
-            source = kept_rows_parquet(build, f"{tmp}/kept.parquet")
+            source = rows_parquet(kept, f"{tmp}/kept.parquet")
             same_full = run_build(len(texts), f"{tmp}/same", source=source)
             same_bare = run_build(len(texts), f"{tmp}/same-bare", *bare_options, source=source)
             theirs = peer(texts, model, seq_len)

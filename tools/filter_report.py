@@ -24,7 +24,7 @@ from tzc_data.config import BuildConfig  # noqa: E402
 from tzc_data.dedupe import normalise  # noqa: E402
 from tzc_data.filters import EnglishFilter, RepetitionFilter  # noqa: E402
 from tzc_data.format import FormatError, split_response  # noqa: E402
-from tzc_data.minhash import NearDupIndex, drop_near_duplicates, exact_jaccard, fingerprint  # noqa: E402
+from tzc_data.minhash import NearDupIndex, drop_near_duplicates, exact_jaccard  # noqa: E402
 from tzc_data.pipeline import build  # noqa: E402
 from tzc_data.record import Example  # noqa: E402
 from tzc_data.synthetic import _prompt, generate  # noqa: E402
@@ -100,15 +100,8 @@ def near_dup(rows: int) -> list[str]:
     planted = sum(row.defect == "near_duplicate" for row in generated)
     found = sum(row.defect == "near_duplicate" and e.status == "near_duplicate" for row, e in zip(generated, out))
     distinct = [_prompt(23, i) for i in range(rows // 2)]
-    index = NearDupIndex(0.8)
-    false = 0
-    for i, prompt in enumerate(distinct):
-        keys, sketch = fingerprint(prompt)
-        twin = index.find(keys, sketch)
-        if twin is None:
-            index.add(keys, sketch, i)
-        else:
-            false += exact_jaccard(prompt, distinct[twin[0]]) < 0.8
+    merged = drop_near_duplicates([Example(row=i, prompt=p) for i, p in enumerate(distinct)], NearDupIndex(0.8))
+    false = sum(e.twin is not None and exact_jaccard(e.prompt, distinct[e.twin]) < 0.8 for e in merged)
     return ["| near-duplicate set | prompts | result |", "| --- | --- | --- |",
             f"| planted near-duplicates (one edit) | {planted} | recall {found / planted:.1%} |",
             f"| distinct prompts (a merge is false when exact Jaccard < 0.8) | {len(distinct)} | "

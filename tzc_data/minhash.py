@@ -35,7 +35,7 @@ NUM_PERM = 128
 BANDS = 16
 ROWS = NUM_PERM // BANDS
 SEED = 20261125
-_REHASH_SLICE = 1 << 15
+_PLACE_SLICE = 1 << 15
 RECORD = np.dtype([("bands", "<u8", (BANDS,)), ("sketch", "u1", (NUM_PERM,)), ("row", "<i8")])
 
 
@@ -126,8 +126,7 @@ class NearDupIndex:
     def load(self, path: str, label: str | None = None) -> int:
         """Add every record of a ``near_dup.bin`` file or journal; returns how many."""
         records = np.fromfile(path, dtype=RECORD)
-        for record in records:
-            self._insert(record["bands"], record["sketch"], int(record["row"]), label)
+        self._insert(records["bands"], records["sketch"], records["row"].tolist(), label)
         return len(records)
 
     def attach_journal(self, path: str, *, resume_at: int | None = None) -> None:
@@ -141,17 +140,16 @@ class NearDupIndex:
 
     def find(self, keys: np.ndarray, sketch: np.ndarray) -> tuple[int, float, str | None] | None:
         """(row, estimated Jaccard, build label) of the first indexed twin, or None."""
-        for ordinal in self._lookup_all(keys):
-            other = np.frombuffer(self.sketches, dtype=np.uint8, count=NUM_PERM, offset=NUM_PERM * ordinal)
-            jaccard = estimate_jaccard(sketch, other)
+        for ordinal in dict.fromkeys(self.lookup_many(keys[None])[0].tolist()):  # unique, in band order
+            if ordinal < 0:
+                continue
+            jaccard = estimate_jaccard(sketch, self.sketch(ordinal))
             if jaccard >= self.threshold:
                 return self.rows[ordinal], jaccard, self.label(ordinal)
         return None
 
     def add(self, keys: np.ndarray, sketch: np.ndarray, row: int) -> None:
-        self._insert(keys, sketch, row, None)
-        if self._journal is not None:  # the RECORD layout, packed by hand
-            self._journal.write(keys.astype("<u8").tobytes() + sketch.tobytes() + row.to_bytes(8, "little", signed=True))
+        self.add_many(keys[None], sketch[None], [row])
 
     def nbytes(self) -> int:
         """Memory held: band table, sketches and rows."""
@@ -169,13 +167,7 @@ class NearDupIndex:
 
     def add_many(self, keys: np.ndarray, sketches: np.ndarray, rows: list[int]) -> None:
         """:meth:`add` for m prompts at once, in order (a key already present keeps its earlier prompt)."""
-        first = len(self.rows)
-        self.rows.extend(rows)
-        self.sketches += sketches.tobytes()
-        flat = keys.reshape(-1)
-        if 10 * (self._used + len(flat)) > 7 * len(self._keys):
-            self._grow(len(flat))
-        self._place(flat, np.repeat(np.arange(first, first + len(rows), dtype=np.int32), keys.shape[1]))
+        self._insert(keys, sketches, rows, None)
         if self._journal is not None:
             records = np.empty(len(rows), dtype=RECORD)
             records["bands"], records["sketch"], records["row"] = keys, sketches, rows
@@ -198,7 +190,7 @@ class NearDupIndex:
         if self._journal is not None and not self._journal.closed:
             self._journal.close()
 
-    # -- open addressing, vectorised over a prompt's 16 keys: key 0 marks an empty slot ------
+    # -- open addressing, vectorised over many keys at once: key 0 marks an empty slot ---------
 
     def _slots(self, keys: np.ndarray) -> np.ndarray:
         """For each key, its slot: where it is stored, or the empty slot where it would go."""
@@ -213,24 +205,35 @@ class NearDupIndex:
             pending = (stored != 0) & (stored != keys)
         return slots
 
-    def _insert(self, keys: np.ndarray, sketch: np.ndarray, row: int, label: str | None) -> None:
-        ordinal = len(self.rows)
-        self.rows.append(row)
+    def _insert(self, keys: np.ndarray, sketches: np.ndarray, rows: list[int], label: str | None) -> None:
+        """Index m prompts in order: keys (m, 16), sketches (m, 128), their rows; ``label`` names
+        the excluded build they come from (None: this build's own)."""
+        first = len(self.rows)
         if label is not None:
-            if self._excluded and self._excluded[-1][0] < ordinal:
+            if first > self.excluded_count:
                 raise ValueError("excluded builds must be loaded before this build's prompts")
+            end = first + len(rows)
             if self._excluded and self._excluded[-1][1] == label:
-                self._excluded[-1] = (ordinal + 1, label)
+                self._excluded[-1] = (end, label)
             else:
-                self._excluded.append((ordinal + 1, label))
-        self.sketches += sketch.tobytes()
-        if 10 * (self._used + len(keys)) > 7 * len(self._keys):  # at most 70% full
-            self._grow()
-        self._place(keys, np.full(len(keys), ordinal, dtype=np.int32))
+                self._excluded.append((end, label))
+        self.rows.extend(rows)
+        self.sketches += sketches.tobytes()
+        flat = keys.reshape(-1)
+        if 10 * (self._used + len(flat)) > 7 * len(self._keys):  # at most 70% full
+            self._grow(len(flat))
+        self._place(flat, np.repeat(np.arange(first, first + len(rows), dtype=np.int32), BANDS))
 
     def _place(self, keys: np.ndarray, values: np.ndarray) -> None:
-        """Store keys not yet present (an existing key keeps its first, earlier prompt), in rounds:
-        each round places, for every empty target slot, the first key that wants it."""
+        """Store keys not yet present (an existing key keeps its first, earlier prompt), in slices
+        of ``_PLACE_SLICE``: a million keys at once made ~100 MB of probe temporaries, once the
+        build's peak memory."""
+        for start in range(0, len(keys), _PLACE_SLICE):
+            self._place_slice(keys[start:start + _PLACE_SLICE], values[start:start + _PLACE_SLICE])
+
+    def _place_slice(self, keys: np.ndarray, values: np.ndarray) -> None:
+        """:meth:`_place`, in rounds: each round places, for every empty target slot, the first key
+        that wants it."""
         while len(keys):
             slots = self._slots(keys)
             new = self._keys[slots] == 0
@@ -247,12 +250,7 @@ class NearDupIndex:
             later[first] = False
             keys, values = keys[later], values[later]
 
-    def _lookup_all(self, keys: np.ndarray) -> list[int]:
-        slots = self._slots(keys)
-        found = self._keys[slots] != 0
-        return list(dict.fromkeys(self._values[slots][found].tolist()))  # unique, in band order
-
-    def _grow(self, adding: int = BANDS) -> None:
+    def _grow(self, adding: int) -> None:
         keys, values = self._keys, self._values
         size = 2 * len(keys)
         while 10 * (self._used + adding) > 7 * size:
@@ -260,13 +258,8 @@ class NearDupIndex:
         self._keys = np.zeros(size, dtype=np.uint64)
         self._values = np.zeros(size, dtype=np.int32)
         self._used = 0
-        # In slices: placing a million keys at once made ~100 MB of probe temporaries, the build's
-        # peak memory. The old keys are distinct, so the new table maps the same keys to the same
-        # prompts whatever the order they are placed in.
-        for start in range(0, len(keys), _REHASH_SLICE):
-            part = keys[start:start + _REHASH_SLICE]
-            occupied = np.flatnonzero(part)
-            self._place(part[occupied], values[start:start + _REHASH_SLICE][occupied])
+        occupied = np.flatnonzero(keys)  # distinct keys: the new table maps them as the old one did
+        self._place(keys[occupied], values[occupied])
 
 
 def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, batch: int = 256) -> Iterator[Example]:

@@ -7,19 +7,6 @@ import json
 import sys
 
 
-def _lora_shape(lora: str | None) -> tuple[int, float]:
-    """(rank, alpha) recorded with a run (tzc_run.json) or an export (adapter_config.json)."""
-    import os
-
-    for name, keys in (("tzc_run.json", ("lora_rank", "lora_alpha")), ("adapter_config.json", ("rank", "alpha"))):
-        path = os.path.join(lora, name) if lora else ""
-        if lora and os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                recorded = json.load(handle)
-            return int(recorded[keys[0]]), float(recorded[keys[1]])
-    return 64, 64.0
-
-
 def sample_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tzc-train sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Greedy completions of prompts with a trained run's adapters, and "
@@ -36,13 +23,14 @@ def sample_main(argv: list[str]) -> int:
     parser.add_argument("--lora-alpha", type=float, help="default: the run's (64 when unknown)")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4")
     args = parser.parse_args(argv)
-    rank, alpha = _lora_shape(args.lora)
-    args.lora_rank = args.lora_rank or rank
-    args.lora_alpha = args.lora_alpha or alpha
     import tzc_data
     from tzc_data.look import build_tokenizer
     from tzc_train.sample import sample
-    from tzc_train.train import TrainConfig, base_model, make_mesh, restore_adapters, with_lora
+    from tzc_train.train import TrainConfig, base_model, make_mesh, recorded_lora, restore_adapters, with_lora
+
+    rank, alpha = (recorded_lora(args.lora) if args.lora else None) or (64, 64.0)
+    args.lora_rank = args.lora_rank or rank
+    args.lora_alpha = args.lora_alpha or alpha
 
     try:
         manifest = tzc_data.read_manifest(args.data)

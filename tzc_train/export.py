@@ -50,10 +50,15 @@ def _path(parts: tuple) -> str:
     return "/".join(map(str, parts))
 
 
+def param_arrays(model: nnx.Module, kind: Any = nnx.Param) -> dict[str, np.ndarray]:
+    """The parameters of ``model`` that ``kind`` (an nnx filter) selects, as numpy arrays by path
+    (``layers/0/attn/q_einsum/w``)."""
+    return {_path(path): np.asarray(value.get_value()) for path, value in nnx.state(model, kind).flat_state()}
+
+
 def adapter_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
     """The LoRA factors of ``model`` as float32 numpy arrays, by path."""
-    return {_path(path): np.asarray(value.get_value(), dtype=np.float32)
-            for path, value in nnx.state(model, nnx.LoRAParam).flat_state()}
+    return {path: value.astype(np.float32, copy=False) for path, value in param_arrays(model, nnx.LoRAParam).items()}
 
 
 def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float, targets: str,
@@ -71,11 +76,16 @@ def is_exported_adapters(path: str) -> bool:
     return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
+def adapter_config(directory: str) -> dict[str, Any]:
+    """``adapter_config.json`` of exported adapters: rank, alpha, targets, base model, run."""
+    with open(os.path.join(directory, ADAPTER_CONFIG), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
 def load_adapters(model: nnx.Module, directory: str) -> dict[str, Any]:
     """Put exported adapters back on a LoRA model built with the same rank and targets; returns
     their config. Refuses, naming the path, any adapter that is missing or has another shape."""
-    with open(os.path.join(directory, ADAPTER_CONFIG), encoding="utf-8") as handle:
-        config = json.load(handle)
+    config = adapter_config(directory)
     arrays = load_file(os.path.join(directory, ADAPTER_FILE))
     state = nnx.state(model, nnx.LoRAParam)
     flat = dict(state.flat_state())
@@ -97,14 +107,9 @@ def load_adapters(model: nnx.Module, directory: str) -> dict[str, Any]:
 
 def merged_params(model: nnx.Module, *, rank: int, alpha: float) -> dict[str, np.ndarray]:
     """The base weights of a LoRA model with its adapters added: ``{path: array}`` in the base's dtype."""
-    params = {_path(path): value.get_value() for path, value in nnx.state(model, nnx.Param).flat_state()}
-    adapters = {path: np.asarray(value, dtype=np.float32) for path, value in params.items()
-                if path.endswith(("_lora_a", "_lora_b"))}
+    adapters = adapter_arrays(model)
     merged: dict[str, np.ndarray] = {}
-    for path, value in params.items():
-        if path in adapters:
-            continue
-        base = np.asarray(value)
+    for path, base in param_arrays(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))).items():
         if f"{path}_lora_a" in adapters:
             module = path.split("/")[-2]
             if module not in _MERGE:
@@ -175,5 +180,5 @@ def save_merged(model: nnx.Module, directory: str, config: gemma_lib.ModelConfig
     return directory
 
 
-__all__ = ["hf_state_dict", "is_exported_adapters", "load_adapters", "merged_params", "save_adapters",
-           "save_merged"]
+__all__ = ["adapter_arrays", "adapter_config", "hf_state_dict", "is_exported_adapters", "load_adapters",
+           "merged_params", "param_arrays", "save_adapters", "save_merged"]

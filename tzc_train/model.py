@@ -100,7 +100,7 @@ def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, labels: jax.A
                           softcap: float | None, chunk: int = LOSS_CHUNK) -> jax.Array:
     """Weighted mean of integer-label cross entropy of ``softcap(hidden @ embedding.T)``, by slices
     of ``chunk`` positions (the last slice padded with zero weight)."""
-    batch, length, width = hidden.shape
+    batch, length = hidden.shape[:2]
     pad = -length % chunk
     if pad:
         hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))

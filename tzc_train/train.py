@@ -32,7 +32,7 @@ from tunix.rl import reshard
 from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
-from tzc_train.export import is_exported_adapters, load_adapters
+from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
 from tzc_train.model import check_seq_len, packed_inputs, packed_loss, tiny_config, tiny_model
 
 LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
@@ -141,6 +141,17 @@ def restore_adapters(model: nnx.Module, path: str, option: str) -> None:
         model, None, restore_only_lora_params=True)
     if not restored:
         raise ValueError(f"{option} {path}: no checkpoint there (and no exported adapters)")
+
+
+def recorded_lora(path: str) -> tuple[int, float] | None:
+    """(rank, alpha) that a run's ``--out`` or an export's ``adapters/`` records, or None."""
+    if is_exported_adapters(path):
+        recorded = adapter_config(path)
+        return int(recorded["rank"]), float(recorded["alpha"])
+    if os.path.isfile(os.path.join(path, RUN_CONFIG)):
+        config = read_run_config(path)
+        return config.lora_rank, config.lora_alpha
+    return None
 
 
 def write_run_config(config: TrainConfig) -> None:
@@ -278,15 +289,13 @@ def export_run(run: str, out: str, *, weights: str | None = None, merged: bool =
 
 def lora_state(model: nnx.Module) -> dict[str, np.ndarray]:
     """The adapters as numpy arrays by path (what a run trains and saves)."""
-    flat = nnx.state(model, nnx.LoRAParam).flat_state()
-    return {"/".join(map(str, path)): np.asarray(value.get_value()) for path, value in flat}
+    return param_arrays(model, nnx.LoRAParam)
 
 
 def base_state(model: nnx.Module) -> dict[str, np.ndarray]:
-    flat = nnx.state(model, nnx.Param).flat_state()
-    return {"/".join(map(str, path)): np.asarray(value.get_value())
-            for path, value in flat if not isinstance(value, nnx.LoRAParam)}
+    """The base weights (every parameter but the adapters) as numpy arrays by path."""
+    return param_arrays(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
 
 
-__all__ = ["TrainConfig", "base_state", "export_run", "lora_state", "make_mesh", "read_run_config", "restore_adapters",
-           "train"]
+__all__ = ["TrainConfig", "base_state", "export_run", "lora_state", "make_mesh", "read_run_config", "recorded_lora",
+           "restore_adapters", "train"]
