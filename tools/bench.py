@@ -45,6 +45,7 @@ from tzc_data.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E
 from tzc_data.read import local_source, read  # noqa: E402
 from tzc_data.synthetic import SyntheticRow, generate  # noqa: E402
 from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
+from tzc_data.wordcache import WordCache  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -90,6 +91,19 @@ def tokenize_only(texts: list[str], tokenizer: Tokenizer, threads: int = -1) -> 
     for start in range(0, len(texts), 64):
         lengths += map(len, tokenizer.sp.encode(texts[start:start + 64], num_threads=threads))
     return time.perf_counter() - started, time.process_time() - cpu, lengths
+
+
+def tokenize_cached(texts: list[str], tokenizer: Tokenizer, expected: list[int]) -> tuple[float, float, float]:
+    """(wall s, CPU s, word hit rate): the build's word cache (tzc_data.wordcache) on ``texts``, cold,
+    one thread; its token counts must equal SentencePiece's (``expected``). The rendered texts hold the
+    template's markup, so no id is refused here (the build encodes content alone and refuses them)."""
+    cache = WordCache(tokenizer.sp.encode, ())
+    started, cpu = time.perf_counter(), time.process_time()
+    lengths = [len(cache.encode(text)) // 4 for text in texts]
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    if lengths != expected:
+        raise RuntimeError("the word cache's token counts differ from SentencePiece's")
+    return seconds, cpu, 1 - cache.misses / cache.lookups
 
 
 def rows_parquet(rows: list[SyntheticRow], path: str) -> str:
@@ -167,6 +181,7 @@ def main() -> None:
         texts = rendered(kept, tzc_data.read_manifest(build)["config"]["system"])
         seconds, cpu, lengths = tokenize_only(texts, tokenizer)
         one_thread, one_cpu, _ = tokenize_only(texts, tokenizer, threads=1)
+        cached, cached_cpu, hit_rate = tokenize_cached(texts, tokenizer, lengths)
 
         def share(run: dict) -> str:
             return f"{seconds / run['seconds']:.0%}"
@@ -180,11 +195,16 @@ def main() -> None:
              f"| `tzc-data build`, no quality filters | {bare['seconds']:.2f} | {bare['cpu']:.2f} | "
              f"{bare['rows_per_s']:,.0f} | {share(bare)} |",
              f"| for scale: SentencePiece on one thread (`num_threads=1`), same texts | {one_thread:.2f} | "
-             f"{one_cpu:.2f} | {args.rows / one_thread:,.0f} | {seconds / one_thread:.0%} |", "",
+             f"{one_cpu:.2f} | {args.rows / one_thread:,.0f} | {seconds / one_thread:.0%} |",
+             f"| for scale: tzc's word cache alone (the build's encoder: same ids, checked), same texts, one "
+             f"thread, cold; {hit_rate:.1%} of words hit | {cached:.2f} | {cached_cpu:.2f} | {args.rows / cached:,.0f} | "
+             f"{seconds / cached:.0%} |", "",
              "Build times include start-up (tokenizer load), the synthetic generator, stats, shards and manifest. "
              "CPU s is user + system time of the process (and its threads). SentencePiece's batch encode spreads "
-             "over every core, so the tokenize-only line uses the whole machine; the build has to fit its Python "
-             "stages (generator, filters, dedup, stats, packing: the CPU beyond the tokenizer's) in the same cores.",
+             "over every core, so the tokenize-only line uses the whole machine. The build encodes content through "
+             "a word cache (`tzc_data/wordcache.py`: each space-delimited word encoded once, exact for Gemma 2's "
+             "BPE, proven per model and tested against SentencePiece), on its one Python thread. The synthetic "
+             "source has a small vocabulary, so its hit rate is higher than real traces' (the README gives both).",
              "")
         try:
             source = rows_parquet(kept, f"{tmp}/kept.parquet")

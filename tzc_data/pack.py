@@ -30,6 +30,7 @@ int32, shape ``[4, seq_len]``, the four rows being ``tokens``, ``segment_ids`` (
 from __future__ import annotations
 
 import os
+import struct
 from array import array
 from collections.abc import Iterator, Sequence
 
@@ -77,6 +78,7 @@ def fill(lengths: Sequence[int], bins: Sequence[Sequence[int]], capacity: int) -
 
 
 JOURNAL = np.dtype([("row", "<i8"), ("length", "<i4"), ("prompt_length", "<i4"), ("split", "u1"), ("hash", "S16")])
+_JOURNAL_RECORD = struct.Struct("<qiiB16s")  # one JOURNAL record, packed without numpy
 
 
 class Spool:
@@ -120,10 +122,9 @@ class Spool:
         self._offset += length
 
     def add(self, row: int, tokens: Sequence[int], prompt_length: int, split: int = 0, digest: bytes = bytes(16)) -> None:
-        data = array("i", tokens)
-        self._tokens.write(data.tobytes())
-        record = np.array([(row, len(data), prompt_length, split, digest)], dtype=JOURNAL)
-        self._journal.write(record.tobytes())
+        data = tokens if isinstance(tokens, array) and tokens.typecode == "i" else array("i", tokens)
+        self._tokens.write(data)
+        self._journal.write(_JOURNAL_RECORD.pack(row, len(data), prompt_length, split, digest))
         self._remember(row, len(data), prompt_length, split, digest)
 
     def sync(self) -> tuple[int, int]:

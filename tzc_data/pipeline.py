@@ -24,7 +24,6 @@ import resource
 import shutil
 import sys
 import time
-from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -97,13 +96,9 @@ def _worker_setup(source: Source, config: BuildConfig, tokenizer_path: str, excl
 
 
 def _worker_rows(start: int, stop: int) -> list[Example]:
-    """Rows ``[start, stop)`` through :func:`row_stages`; tokens as ``array('i')``, cheap to pickle."""
+    """Rows ``[start, stop)`` through :func:`row_stages` (tokens are ``array('i')``, cheap to pickle)."""
     w = _WORKER
-    done = list(row_stages(read(w["source"], start, stop), w["config"], w["tokenizer"], w["quality"], w["excluded"]))
-    for example in done:
-        if example.tokens is not None:
-            example.tokens = array("i", example.tokens)
-    return done
+    return list(row_stages(read(w["source"], start, stop), w["config"], w["tokenizer"], w["quality"], w["excluded"]))
 
 
 def _per_row(source: Source, start: int, config: BuildConfig, tokenizer: Tokenizer, quality: list[Filter],

@@ -8,6 +8,7 @@ order, and the accounting (rows read == kept + dropped) holds by construction.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass, field
 
 KEPT = "kept"
@@ -54,7 +55,7 @@ class Example:
     normalised: str = ""  # the prompt as dedup compares it (dedupe.normalise)
     prompt_hash: bytes = b""
     twin: int | None = None
-    tokens: list[int] | None = None
+    tokens: array | None = None  # int32 ids of the templated example (tokenize.Tokenizer.assemble)
     prompt_tokens: int = 0
     answer_tokens: int = 0
     reasoning_tokens: int = 0

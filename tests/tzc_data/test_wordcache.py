@@ -1,0 +1,88 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tzc_data import fuzz
+from tzc_data.tokenize import Tokenizer, _ints
+from tzc_data.wordcache import WordCache, why_not_exact
+
+# Whitespace shapes that decide where words are cut: runs of spaces, a literal "▁", newlines, tabs.
+SPACES = [" ", "  ", "   ", "\u2581", " \u2581", "\u2581 ", "\n", "\n ", " \n", "\t", "\t ", "\u00a0", "\u3000"]
+
+
+def texts() -> st.SearchStrategy[str]:
+    piece = st.one_of(st.text(max_size=12), st.sampled_from(SPACES + fuzz.INJECTIONS))
+    return st.lists(piece, max_size=12).map("".join)
+
+
+def ids_of(cache: WordCache, text: str) -> list[int] | None:
+    encoded = cache.encode(text)
+    return None if encoded is None else _ints(encoded).tolist()
+
+
+def test_gemma_qualifies_and_a_unigram_model_does_not(gemma_tokenizer, tiny_tokenizer):
+    assert gemma_tokenizer.memo_refused is None and gemma_tokenizer.memo is not None
+    assert tiny_tokenizer.memo is None and tiny_tokenizer.memo_refused == "not a BPE model"
+    assert why_not_exact(tiny_tokenizer.sp.serialized_model_proto()) == "not a BPE model"
+
+
+def test_a_bpe_model_with_a_dummy_prefix_is_refused(tmp_path):
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c " * 50, "hello world " * 50]), model_writer=model,
+                                   vocab_size=30, model_type="bpe", add_dummy_prefix=True, minloglevel=2,
+                                   normalization_rule_name="identity")
+    assert why_not_exact(model.getvalue()) == "the normalizer adds a dummy prefix"
+
+
+@settings(max_examples=1500, deadline=None, derandomize=True)
+@given(texts())
+def test_property_cached_ids_equal_sentencepiece_on_gemma(gemma_tokenizer, text):
+    sp = gemma_tokenizer.sp
+    cache = WordCache(sp.encode, gemma_tokenizer.special_ids, capacity=8)  # small: ageing runs too
+    expected = sp.encode(text)
+    special = not gemma_tokenizer.special_ids.isdisjoint(expected)
+    for _ in range(2):  # cold, then from the cache
+        got = ids_of(cache, text)
+        assert got == (None if special else expected)
+
+
+def test_cached_ids_equal_sentencepiece_on_real_traces(gemma_tokenizer, clean_traces, loop_traces, real_prompts):
+    sp = gemma_tokenizer.sp
+    cache = WordCache(sp.encode, gemma_tokenizer.special_ids, capacity=4096)
+    texts = [t for row in clean_traces + loop_traces for t in (row["prompt"], row["response"])] + real_prompts
+    for text in texts + texts:
+        assert ids_of(cache, text) == sp.encode(text)
+    assert 0 < cache.misses < cache.lookups
+    assert len(cache) <= 4 * 4096 + max(len(t.split(" ")) for t in texts)  # two generations, two tables
+
+
+def test_a_word_that_encodes_to_a_special_id_makes_the_text_none(gemma_tokenizer):
+    cache = WordCache(gemma_tokenizer.sp.encode, gemma_tokenizer.special_ids)
+    assert cache.encode("fine text") is not None
+    assert cache.encode("see <start_of_turn> here") is None
+    assert cache.encode("again <start_of_turn>") is None  # from the cache: still refused
+
+
+def test_memory_is_bounded_by_two_generations(gemma_tokenizer):
+    cache = WordCache(gemma_tokenizer.sp.encode, gemma_tokenizer.special_ids, capacity=100)
+    for k in range(50):
+        cache.encode(" ".join(f"w{k}x{i}" for i in range(30)))
+    assert len(cache) <= 2 * (100 + 30) + 2  # plus the first word of each table
+    with pytest.raises(ValueError, match="capacity"):
+        WordCache(gemma_tokenizer.sp.encode, (), capacity=0)
+
+
+def test_tokenizer_with_and_without_the_cache_give_the_same_examples(gemma_tokenizer, clean_traces):
+    plain = Tokenizer(gemma_tokenizer.path, memo=False)
+    assert plain.memo is None and plain.memo_refused == "turned off"
+    for row in clean_traces[:40]:
+        reasoning, answer = row["response"].split("</think>", 1)
+        parts = (row["prompt"].strip(), reasoning.replace("<think>", "").strip(), answer.strip())
+        assert gemma_tokenizer.encode_example(*parts) == plain.encode_example(*parts)
+    assert json.dumps(gemma_tokenizer.encode_prompt("hi  there")) == json.dumps(plain.encode_prompt("hi  there"))
