@@ -260,8 +260,8 @@ def main() -> None:
              "| --- | --- | --- | --- | --- | --- |",
              *[f"| {n} | {run['seconds']:.2f} | {run['cpu']:.2f} | {run['rows_per_s']:,.0f} | {run['rss_mib']:,.0f} MiB | "
                + (f"{run['worker_rss_mib']:,.0f} MiB |" if run["worker_rss_mib"] else "- |") for n, run in workers], "",
-             f"This machine has {os.cpu_count()} vCPUs, and one process already keeps them busy (SentencePiece on "
-             "every core, the Python stages beside it), so a second process has no idle core to use. The output is "
+             f"This machine has {os.cpu_count()} vCPUs. With the word cache one process runs on one core (the "
+             "encoder no longer spreads over both), so a second process has a core to use. The output is "
              "byte-identical for any N (tested).", "")
         loader = subprocess.run([PYTHON, str(ROOT / "tools" / "bench_loader.py"), build], capture_output=True,
                                 text=True, check=True).stdout
