@@ -36,7 +36,7 @@ import sentencepiece as spm
 from tzc_data import format as fmt
 from tzc_data.errors import TokenizerError
 from tzc_data.record import Example
-from tzc_data.wordcache import WordCache, why_not_exact
+from tzc_data.wordcache import WordCache, checked_int32, why_not_exact
 
 GEMMA2_SHA256 = "61a7b147390c64585d6c3543dd6fc636906c9af3865a5548f27f31aee1d4c8e2"
 GEMMA2_WHEEL = "maxtext==0.2.5"
@@ -129,8 +129,8 @@ class Tokenizer:
         self.reasoning_open = enc(fmt.REASONING_OPEN)
         self.between = enc(fmt.BETWEEN)
         self.tail = [*enc(fmt.ANSWER_CLOSE), self.end_of_turn, *enc("\n"), self.eos]
-        self._markup = [_int32(ids) for ids in ([*self.user_head, *self.system_ids], self.model_head,
-                                                 self.reasoning_open, self.between, self.tail)]
+        self._markup = [array("i", ids).tobytes() for ids in (
+            [*self.user_head, *self.system_ids], self.model_head, self.reasoning_open, self.between, self.tail)]
 
     @cached_property
     def sha256(self) -> str:
@@ -140,16 +140,23 @@ class Tokenizer:
         """Ids of one piece of content as int32 bytes, or None when they hold a special id."""
         if self.memo is not None:
             return self.memo.encode(text)
-        ids = self.sp.encode(text)
-        return None if self.special_in(ids) else _int32(ids)
+        return checked_int32(self.sp.encode(text), self.special_ids)
+
+    def unsafe_because(self, text: str) -> str | None:
+        """Why content ``text`` may not be encoded (the special token it encodes to), or None."""
+        return self.special_in(self.sp.encode(text))
+
+    def _content(self, text: str) -> bytes:
+        """:meth:`encode_content`, raising ``FormatError`` (``control_in_content``) instead of None."""
+        encoded = self.encode_content(text)
+        if encoded is None:
+            raise fmt.FormatError("control_in_content", f"{self.unsafe_because(text)} near {text[:40]!r}")
+        return encoded
 
     def content_ids(self, text: str) -> list[int]:
         """Ids of one piece of content; raises ``FormatError`` (``control_in_content``) naming the
         special token it would encode to."""
-        encoded = self.encode_content(text)
-        if encoded is None:
-            raise fmt.FormatError("control_in_content", f"{self.special_in(self.sp.encode(text))} near {text[:40]!r}")
-        return _ints(encoded).tolist()
+        return _ints(self._content(text)).tolist()
 
     def special_in(self, ids: Iterable[int]) -> str | None:
         """Why ``ids`` (the encoding of content) is unsafe, or None: the first special token in it."""
@@ -169,8 +176,7 @@ class Tokenizer:
 
     def encode_example(self, prompt: str, reasoning: str, answer: str) -> tuple[list[int], int]:
         """Encode one (already formatted and trimmed) example; raises ``FormatError``."""
-        parts = [_int32(self.content_ids(text)) for text in (prompt, reasoning, answer)]
-        ids, prompt_length = self.assemble(*parts)
+        ids, prompt_length = self.assemble(*map(self._content, (prompt, reasoning, answer)))
         return ids.tolist(), prompt_length
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -192,10 +198,6 @@ class Tokenizer:
 
 
 _ITEM = array("i").itemsize
-
-
-def _int32(ids: Iterable[int]) -> bytes:
-    return array("i", ids).tobytes()
 
 
 def _ints(encoded: bytes) -> array:
@@ -265,7 +267,7 @@ def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
 def _encode(batch: list[Example], tokenizer: Tokenizer) -> list[bytes | None]:
     texts = [t for e in batch if e.kept for t in (e.prompt, e.reasoning, e.answer)]
     encoded = tokenizer.sp.encode(texts) if texts else []
-    return [None if not tokenizer.special_ids.isdisjoint(ids) else _int32(ids) for ids in encoded]
+    return [checked_int32(ids, tokenizer.special_ids) for ids in encoded]
 
 
 def _attach_batch(batch: list[Example], encoded: Future, tokenizer: Tokenizer) -> list[Example]:
@@ -281,7 +283,7 @@ def _attach(example: Example, parts: list[bytes | None], tokenizer: Tokenizer) -
         name, text = next((name, text) for name, text, part in zip(
             ("prompt", "reasoning", "answer"), (example.prompt, example.reasoning, example.answer), parts)
             if part is None)
-        example.drop("control_in_content", f"{name}: {tokenizer.special_in(tokenizer.sp.encode(text))}")
+        example.drop("control_in_content", f"{name}: {tokenizer.unsafe_because(text)}")
         return
     example.tokens, example.prompt_tokens = tokenizer.assemble(*parts)
     example.reasoning_tokens, example.answer_tokens = len(parts[1]) // _ITEM, len(parts[2]) // _ITEM

@@ -74,6 +74,12 @@ def why_not_exact(model_proto: bytes) -> str | None:
     return None
 
 
+def checked_int32(ids: list[int], special_ids: frozenset[int]) -> Encoded:
+    """``ids`` as int32 bytes, or None when one of them is special: the one rule every encoding
+    path of the build applies to content."""
+    return array("i", ids).tobytes() if special_ids.isdisjoint(ids) else None
+
+
 class _Generation(dict):
     """word -> encoding; a miss looks in the previous generation, then encodes."""
 
@@ -113,8 +119,7 @@ class WordCache:
 
     def _encode_literal(self, word: str) -> Encoded:
         self.misses += 1
-        ids = self.encode_ids(word)
-        return array("i", ids).tobytes() if self.special_ids.isdisjoint(ids) else None
+        return checked_int32(self.encode_ids(word), self.special_ids)
 
     def _encode_spaced(self, word: str) -> Encoded:
         return self._encode_literal(" " + word)
