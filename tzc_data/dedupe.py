@@ -2,26 +2,25 @@
 
 First *kept* occurrence wins: the pipeline runs this stage after every other check (see
 ``pipeline.py``), so a row dropped for a looping trace or a length does not shadow a later,
-clean row with the same prompt. The index holds the 16-byte hash and the kept row per prompt.
+clean row with the same prompt. The index holds the 16-byte hash and the kept row per prompt
+(about 40 bytes a prompt: see :class:`ExactIndex`).
 """
 
 from __future__ import annotations
 
-import re
-import sys
 import unicodedata
+from array import array
 from collections.abc import Iterable, Iterator
 
 import xxhash
 
 from tzc_data.record import Example
 
-_SPACE = re.compile(r"\s+")
-
 
 def normalise(text: str) -> str:
-    """The form two prompts must share to count as the same: NFKC, casefold, single spaces."""
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """The form two prompts must share to count as the same: NFKC, casefold, single spaces (runs
+    of Unicode whitespace, ``str.isspace``, collapsed and trimmed by ``split``/``join``)."""
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def prompt_hash(text: str) -> bytes:
@@ -30,23 +29,67 @@ def prompt_hash(text: str) -> bytes:
 
 
 class ExactIndex:
-    """Kept prompt hashes -> the row that was kept."""
+    """Kept prompt hashes -> the row that was kept, in about 40 bytes a prompt.
+
+    Why not a dict: a ``dict[bytes, int]`` costs about 140 bytes a prompt (a bytes object, an int
+    object and the entry), and this index lives for the whole build. Here the hashes sit in one
+    ``bytearray`` (16 bytes each, in the order they were kept), their rows in an ``array("q")``,
+    and an open-addressing table of ordinals (``array("i")``, -1 = empty, at most half full) is
+    indexed by the low bits of each hash (xxh3 bits are uniform) and probed linearly, comparing
+    the whole 16 bytes. No Python object is held per prompt. A lookup is a few bytecodes more
+    than a dict's (about 1 µs): nothing next to the rest of a row's work.
+    """
 
     def __init__(self) -> None:
-        self._rows: dict[bytes, int] = {}
+        self._hashes = bytearray()
+        self._rows = array("q")
+        self._table = array("i", [-1]) * 1024
+        self._mask = len(self._table) - 1
 
     def __len__(self) -> int:
         return len(self._rows)
 
+    def _slot(self, digest: bytes) -> tuple[int, int]:
+        """(slot, ordinal): the slot that holds ``digest`` and its ordinal, or the empty slot where
+        it would go and -1."""
+        if len(digest) != 16:
+            raise ValueError(f"a prompt hash is 16 bytes, not {len(digest)}")
+        table, hashes, mask = self._table, self._hashes, self._mask
+        slot = int.from_bytes(digest[:8], "little") & mask
+        while True:
+            ordinal = table[slot]
+            if ordinal < 0 or hashes[16 * ordinal:16 * ordinal + 16] == digest:
+                return slot, ordinal
+            slot = (slot + 1) & mask
+
     def twin(self, digest: bytes) -> int | None:
-        return self._rows.get(digest)
+        ordinal = self._slot(digest)[1]
+        return None if ordinal < 0 else self._rows[ordinal]
 
     def add(self, digest: bytes, row: int) -> None:
-        self._rows.setdefault(digest, row)
+        """Index ``digest`` as kept at ``row``; a digest already present keeps its first row."""
+        slot, ordinal = self._slot(digest)
+        if ordinal >= 0:
+            return
+        self._table[slot] = len(self._rows)
+        self._hashes += digest
+        self._rows.append(row)
+        if 2 * len(self._rows) > len(self._table):
+            self._grow()
+
+    def _grow(self) -> None:
+        self._table = array("i", [-1]) * (2 * len(self._table))
+        self._mask = len(self._table) - 1
+        table, mask, hashes = self._table, self._mask, self._hashes
+        for ordinal in range(len(self._rows)):
+            slot = int.from_bytes(hashes[16 * ordinal:16 * ordinal + 8], "little") & mask
+            while table[slot] >= 0:
+                slot = (slot + 1) & mask
+            table[slot] = ordinal
 
     def nbytes(self) -> int:
-        """Memory held: the dict, its 16-byte keys and its row numbers (about 140 bytes a prompt)."""
-        return sys.getsizeof(self._rows) + sum(sys.getsizeof(k) + sys.getsizeof(v) for k, v in self._rows.items())
+        """Memory held: hashes, rows and the table (24 bytes a prompt plus 8 to 16 of table)."""
+        return len(self._hashes) + self._rows.itemsize * len(self._rows) + self._table.itemsize * len(self._table)
 
 
 def hash_prompts(examples: Iterable[Example]) -> Iterator[Example]:

@@ -101,13 +101,17 @@ class NearDupIndex:
 
     def __init__(self, threshold: float = 0.8):
         self.threshold = threshold
+        self._journal = None
+        self._clear()
+
+    def _clear(self) -> None:
+        """An empty index."""
         self._keys = np.zeros(1024, dtype=np.uint64)
         self._values = np.zeros(1024, dtype=np.int32)
         self._used = 0
         self.sketches = bytearray()
         self.rows = array("q")  # source row of each indexed prompt, by ordinal
         self._excluded: list[tuple[int, str]] = []  # (first ordinal after it, build): loaded first
-        self._journal = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -187,8 +191,11 @@ class NearDupIndex:
         return bisect.bisect_left(own, before_row) * RECORD.itemsize
 
     def close(self) -> None:
+        """Close the journal and let go of the tables: a closed index holds nothing and finds
+        nothing. The build closes it before packing, whose memory would otherwise come on top."""
         if self._journal is not None and not self._journal.closed:
             self._journal.close()
+        self._clear()
 
     # -- open addressing, vectorised over many keys at once: key 0 marks an empty slot ---------
 

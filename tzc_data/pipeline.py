@@ -339,39 +339,41 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     read_rows = sum(counts.values())
     _guardrail(counts, read_rows, config)
     index_bytes = index.nbytes() + (near.nbytes() if near is not None else 0)
+    near_entry = None
+    if near is not None:
+        near_entry = {"file": NEAR_DUP, "count": len(near) - near.excluded_count,
+                      "threshold": config.near_dup_threshold,
+                      "algorithm": "MinHash (rensa, 128 permutations, seed 20261125) of word 3-shingles of the "
+                                   "normalised prompt; 16 LSH bands of 8 as 8-byte keys; 128-byte sketch"}
+        near.close()  # the dedup indexes are done with: their memory goes before packing's comes
+    del index, examples
 
     seq_len = config.seq_len
     where = np.zeros((len(spool), 4), dtype=np.int32)  # split, shard, pack, segment of each kept example
     packs_by_split: dict[str, dict[str, np.ndarray]] = {}
     shards: list[dict[str, Any]] = []
+    bound = 0
     for code, name in enumerate(config.split_names):
         items = spool.items(code)
-        bins = [[items[i] for i in members] for members in
-                best_fit_decreasing([spool.lengths[k] for k in items], seq_len)]
+        lengths = spool.lengths_of(items)
+        bins = [items[members].tolist() for members in best_fit_decreasing(lengths, seq_len)]
+        bound += rows_lower_bound(lengths, seq_len)
         where[items, 0] = code
         packs_by_split[name] = placement(bins, spool, seq_len, config.rows_per_shard, where[:, 1:])
         shards += write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, seq_len), len(bins),
                                config.rows_per_shard, config.array_record_options, name)
     hashes = write_hashes(staging, spool.hashes)
-    near_entry = None
-    if near is not None:
-        near.close()
+    if near_entry is not None:  # renamed only now: a build killed while packing resumes from the journal
         os.replace(near_journal, os.path.join(staging, NEAR_DUP))
-        near_entry = {"file": NEAR_DUP, "count": len(near) - near.excluded_count,
-                      "sha256": sha256_file(os.path.join(staging, NEAR_DUP)), "threshold": config.near_dup_threshold,
-                      "algorithm": "MinHash (rensa, 128 permutations, seed 20261125) of word 3-shingles of the "
-                                   "normalised prompt; 16 LSH bands of 8 as 8-byte keys; 128-byte sketch"}
-    lengths = list(spool.lengths)
+        near_entry["sha256"] = sha256_file(os.path.join(staging, NEAR_DUP))
+    token_total, example_total = int(np.frombuffer(spool.lengths, dtype=np.int32).sum(dtype=np.int64)), len(spool)
     spool.remove()
     records_path = stats.finish(where, config.split_names)
     packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs_by_split)
     rejected_paths = [rejected.finish()] if rejected else []
     os.remove(os.path.join(staging, CHECKPOINT))
 
-    token_total = int(sum(lengths))
     pack_rows = sum(len(p["shard"]) for p in packs_by_split.values())
-    bound = sum(rows_lower_bound([spool.lengths[k] for k in spool.items(code)], seq_len)
-                for code in range(len(config.split_names)))
     manifest = {
         "tzc_version": __version__,
         "format_version": FORMAT_VERSION,
@@ -384,7 +386,7 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
                    "by_status": dict(sorted(counts.items()))},
         "packing": {
             "algorithm": "best-fit-decreasing per split, offline over spooled examples",
-            "seq_len": seq_len, "rows": pack_rows, "examples": len(lengths), "tokens": token_total,
+            "seq_len": seq_len, "rows": pack_rows, "examples": example_total, "tokens": token_total,
             "loss_tokens": int(sum(p["loss_tokens"].sum() for p in packs_by_split.values())),
             "fill": round(token_total / (pack_rows * seq_len), 6) if pack_rows else 0.0,
             # No packing that keeps examples whole can use fewer rows than this, or fill more than this.

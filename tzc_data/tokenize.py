@@ -119,7 +119,7 @@ class Tokenizer:
             i for i, piece in enumerate(pieces) if piece[:1] in ("<", "[") and (
                 piece in _SPECIAL_PIECES or _UNUSED.fullmatch(piece) or sp.is_control(i))
         ) | {i for i in (self.bos, self.eos, self.pad) if i >= 0}
-        self.memo_refused = why_not_exact(sp.serialized_model_proto()) if memo else "turned off"
+        self.memo_refused = why_not_exact(sp.serialized_model_proto(), pieces) if memo else "turned off"
         self.memo = WordCache(sp.encode, self.special_ids) if self.memo_refused is None else None
         enc = sp.encode  # markup: fixed strings, encoded once per build
         self.system = system = fmt.check_system(system)

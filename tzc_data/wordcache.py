@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import re
 from array import array
-from collections.abc import Callable, Collection
-from itertools import islice
+from collections.abc import Callable, Collection, Sequence
+from itertools import islice, repeat
 
 # Words of a text that has a double space or a literal "▁": a run of spaces and what follows it.
 _WORD = re.compile(r"[ \u2581]*[^ \u2581]+|[ \u2581]+")
@@ -46,9 +46,10 @@ _BPE = 2  # sentencepiece_model.proto: TrainerSpec.ModelType.BPE
 Encoded = bytes | None  # int32 ids, or None when the ids hold a special token
 
 
-def why_not_exact(model_proto: bytes) -> str | None:
+def why_not_exact(model_proto: bytes, pieces: Sequence[str] | None = None) -> str | None:
     """None when word-memoised encoding equals whole-text encoding for this SentencePiece model
-    (the conditions in the module docstring), else the first condition that fails."""
+    (the conditions in the module docstring), else the first condition that fails. ``pieces``, the
+    model's pieces by id, saves reading them out of the proto when the caller has them already."""
     from sentencepiece import sentencepiece_model_pb2
 
     model = sentencepiece_model_pb2.ModelProto()
@@ -64,13 +65,14 @@ def why_not_exact(model_proto: bytes) -> str | None:
         return "the normalizer removes extra whitespace"
     if not norm.escape_whitespaces or model.trainer_spec.treat_whitespace_as_suffix:
         return "spaces are not escaped as a prefix '▁'"
-    for piece in model.pieces:
-        text = piece.piece
-        at = text.find(_SPACE, 1)
-        while at > 0:
-            if text[at - 1] != _SPACE:
-                return f"piece {text!r} holds '▁' after another character"
-            at = text.find(_SPACE, at + 1)
+    if pieces is None:
+        pieces = [piece.piece for piece in model.pieces]
+    # A piece may only hold '▁' in its leading run: strip that run, and no '▁' may remain. One
+    # search over the joined rest (256,000 pieces: ~20 ms) before a loop that names the culprit.
+    rests = list(map(str.lstrip, pieces, repeat(_SPACE)))
+    if _SPACE in "".join(rests):
+        bad = next(piece for piece, rest in zip(pieces, rests) if _SPACE in rest)
+        return f"piece {bad!r} holds '▁' after another character"
     return None
 
 

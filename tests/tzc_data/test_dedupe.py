@@ -1,3 +1,7 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tzc_data.dedupe import ExactIndex, drop_duplicates, hash_prompts, normalise, prompt_hash
 from tzc_data.record import Example
 
@@ -17,3 +21,25 @@ def test_first_kept_occurrence_wins_and_names_its_twin():
     assert [(e.row, e.status, e.twin) for e in out] == [
         (9, "loop", None), (10, "kept", None), (11, "duplicate", 10), (12, "kept", None)]
     assert "row 10" in out[2].detail
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=2, max_size=2), st.binary(min_size=1, max_size=1),
+                          st.integers(0, 2**40)), max_size=3000))
+def test_property_exact_index_is_a_first_wins_map(ops):
+    """Like ``dict.setdefault``: the first row of a hash wins. Hashes are built to collide in their
+    low bytes (the table's slot) and to fill it past several growths."""
+    index, model = ExactIndex(), {}
+    for low, high, row in ops:
+        digest = low + bytes(13) + high  # slot from the first 8 bytes: many equal, distinct hashes
+        assert index.twin(digest) == model.get(digest)
+        index.add(digest, row)
+        model.setdefault(digest, row)
+    assert len(index) == len(model)
+    assert all(index.twin(digest) == row for digest, row in model.items())
+    assert index.twin(bytes(16)) == model.get(bytes(16))
+
+
+def test_exact_index_refuses_a_hash_of_the_wrong_size():
+    with pytest.raises(ValueError, match="16 bytes, not 8"):
+        ExactIndex().add(bytes(8), 1)

@@ -40,6 +40,26 @@ def test_a_bpe_model_with_a_dummy_prefix_is_refused(tmp_path):
     assert why_not_exact(model.getvalue()) == "the normalizer adds a dummy prefix"
 
 
+def test_a_piece_that_spans_a_space_is_named(gemma_tokenizer):
+    """A symbol holding '▁' after another character would be cut in two by the cache's words."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(["a b c " * 50, "or so " * 50]), model_writer=model,
+                                   vocab_size=11, model_type="bpe", add_dummy_prefix=False, minloglevel=2,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   user_defined_symbols=["or\u2581so"])
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    pieces = sp.id_to_piece(list(range(sp.get_piece_size())))
+    expected = "piece 'or\u2581so' holds '▁' after another character"
+    assert why_not_exact(model.getvalue()) == expected
+    assert why_not_exact(model.getvalue(), pieces) == expected  # pieces given by the caller: the same verdict
+    gemma_pieces = gemma_tokenizer.sp.id_to_piece(list(range(gemma_tokenizer.sp.get_piece_size())))
+    assert why_not_exact(gemma_tokenizer.sp.serialized_model_proto(), gemma_pieces) is None
+
+
 @settings(max_examples=1500, deadline=None, derandomize=True)
 @given(texts())
 def test_property_cached_ids_equal_sentencepiece_on_gemma(gemma_tokenizer, text):
