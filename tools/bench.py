@@ -262,7 +262,10 @@ def main() -> None:
              f"(target: 1.2x plus the indexes). Growth per extra row: "
              f"{(big['rss_mib'] - full['rss_mib']) * 2**20 / (args.big - args.rows):,.0f} bytes, of which the indexes "
              f"{(big['index_mib'] - full['index_mib']) * 2**20 / (args.big - args.rows):,.0f} bytes "
-             "(16 LSH band keys in an open-addressing table, a 128-byte sketch, and the exact index's dict entry).",
+             "(near-dup: 16 LSH band keys in an open-addressing table at most 70% full and a 128-byte sketch; exact: the "
+             "16-byte hash, the row and a table slot). Both indexes are freed before packing. Peak RSS includes the "
+             "pages of shared libraries that are resident, and that share moves with the page cache (the same build "
+             "measured 205 and 245 MiB at different times of one day), so only builds of one run compare.",
              "")
         timings = seek(tmp)
         emit("## 5. Seek: time to the first record, 12 local Parquet files of 100,000 rows", "",

@@ -72,7 +72,8 @@ def validate(row: int, obj: Any) -> Example:
         if not isinstance(value, str):
             return _malformed(row, f"field {name!r} is {type(value).__name__}, not a string")
         try:
-            value.encode("utf-8")
+            if not value.isascii():  # O(1) for a str; ASCII holds no surrogate, so skip the copy
+                value.encode("utf-8")
         except UnicodeEncodeError as err:
             return _malformed(row, f"field {name!r} holds a lone surrogate at character {err.start}")
         values.append(value)

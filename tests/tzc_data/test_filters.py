@@ -116,6 +116,45 @@ def test_property_a_repeated_tail_is_found_with_its_period(head, unit, repeats, 
     assert found.span >= (repeats - 1) * len(unit) - 1
 
 
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(["ab", "a", "b", "abc", " ", "ba", "c"]), max_size=80).map("".join))
+def test_property_a_tail_span_is_periodic_and_maximal(text):
+    """The span has the period it reports, and one more character would break it."""
+    found = repeating_tail(text)
+    text = text.rstrip()
+    if found is None:
+        return
+    n, p, span = len(text), found.period, found.span
+    assert text[n - span:n - p] == text[n - span + p:n]
+    assert span == n or text[n - span - 1] != text[n - span - 1 + p]
+    assert found.unit == text[n - p:] and found.repeats == span / p
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from([b"", b"x", b"yy", b"zzz", b"x" * 5, b"w" * 6]), min_size=1, max_size=40),
+       st.integers(0, 7))
+def test_property_the_most_repeated_unit_is_the_first_most_frequent_long_one(parts, least):
+    text = b"\n\n".join(parts)
+    long = [part for part in text.split(b"\n\n") if len(part) >= least]
+    top = max((long.count(part) for part in long), default=0)
+    expected = next((part for part in long if long.count(part) == top), b"")
+    units = repeated_units(text, min_paragraph=least, min_sentence=10**6)
+    assert units.paragraph_repeats == top
+    assert top < 2 or units.unit == expected
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "ccc", "dd", "e", "ff"]), max_size=60), st.integers(1, 4))
+def test_property_top_ngram_share_equals_its_definition(words, n):
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    if len(words) <= n:
+        assert top_ngram_share(words, n) == 0.0
+        return
+    top = max(grams.count(g) for g in grams)
+    chars = max(sum(map(len, g)) for g in grams if grams.count(g) == top)
+    assert top_ngram_share(words, n) == min(1.0, top * chars / sum(map(len, words)))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.sampled_from(["a", "bb", "ccc", "dd", "e", "ff"]), min_size=0, max_size=200))
 def test_property_ngram_shares_are_shares(words):

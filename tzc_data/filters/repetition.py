@@ -79,8 +79,9 @@ def repeating_tail(text: str | bytes, *, probe: int = 32, candidates: int = 8) -
       2. each earlier occurrence of the probe (nearest first, up to ``candidates``) proposes a
          period ``p``: the distance between that occurrence and the end;
       3. for each ``p``, walk back from the end one block of ``p`` characters at a time while the
-         block equals the block after it, then character by character: that is the span of the
-         tail that has period ``p``;
+         block equals the block after it, then find the longest partial block that still does by
+         bisection (if k characters match, so do fewer): that is the span of the tail that has
+         period ``p``;
       4. keep the period whose repetition covers the most text beyond its first copy
          (``span - p``): a multiple of the true period, or a far-away coincidence, covers less.
          A unit cut off mid-way at the very end (the generation limit) still has period ``p``.
@@ -102,8 +103,14 @@ def repeating_tail(text: str | bytes, *, probe: int = 32, candidates: int = 8) -
         j = n - period
         while j - period >= 0 and text[j - period:j] == text[j:j + period]:
             j -= period
-        while j > 0 and text[j - 1] == text[j - 1 + period]:
-            j -= 1
+        low, high = 0, min(j, period)  # then the longest partial block, by bisection (matches are monotone)
+        while low < high:
+            mid = (low + high + 1) // 2
+            if text[j - mid:j] == text[j - mid + period:j + period]:
+                low = mid
+            else:
+                high = mid - 1
+        j -= low
         span = n - j
         found = Repeat(period, span / period, span, text[n - period:])
         if best is None or found.copied > best.copied:
