@@ -26,7 +26,6 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from itertools import compress
 from typing import NamedTuple
 
 import numpy as np
@@ -139,16 +138,16 @@ def repeated_units(text: str | bytes, *, min_paragraph: int = 100, min_sentence:
 
 
 def _most_repeated(parts: list, least: int) -> tuple:
-    """(unit, occurrences) of the most frequent part at least ``least`` long; (empty, 0) if none.
-    Among equally frequent parts the first to occur wins. Every pass runs in C (``compress``,
-    ``map``, ``Counter``): a trace has about a hundred sentences, and a Python loop over them
-    cost as much as the rest of the signal."""
-    long = list(compress(parts, map(least.__le__, map(len, parts))))
-    if not long:
-        return parts[0][:0], 0
-    counts = Counter(long)  # insertion order: first occurrence first
-    top = max(counts.values())
-    return next(compress(counts, map(top.__eq__, counts.values()))), top
+    """(unit, occurrences) of the most frequent part at least ``least`` long; (empty, 0) if none."""
+    counts = Counter(parts)  # counted at C speed
+    empty = parts[0][:0]
+    if len(counts) == len(parts):  # the usual case: nothing repeats
+        return next(((part, 1) for part in parts if len(part) >= least), (empty, 0))
+    best, top = empty, 0
+    for part, count in counts.items():
+        if count > top and len(part) >= least:
+            best, top = part, count
+    return best, top
 
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)
@@ -195,18 +194,12 @@ def dup_ngram_share(words: list[str], n: int = 10) -> float:
 def top_ngram_share(words: list, n: int = 3) -> float:
     """Share of characters taken by the copies of the most frequent word ``n``-gram (at most 1).
     Among equally frequent n-grams the longest counts (hash order would differ between processes).
-    A ``Counter`` of word tuples: faster than numpy for the few hundred words it is given. When no
-    n-gram repeats (the usual case) every one is a candidate, and the longest is the largest sum
-    of ``n`` consecutive word lengths, taken without building a tuple per n-gram twice."""
+    A ``Counter`` of word tuples: faster than numpy for the few hundred words it is given."""
     if len(words) <= n:
         return 0.0
     counts = Counter(zip(*(words[k:] for k in range(n))))
     top = max(counts.values())
-    if top == 1:
-        lengths = list(map(len, words))
-        chars = max(map(sum, zip(*(lengths[k:] for k in range(n)))))
-    else:
-        chars = max(sum(map(len, gram)) for gram in compress(counts, map(top.__eq__, counts.values())))
+    chars = max(sum(map(len, gram)) for gram, count in counts.items() if count == top)
     return min(1.0, top * chars / sum(map(len, words)))
 
 
