@@ -179,15 +179,21 @@ def main() -> None:
         # Section 1 runs --repeat times, interleaved (build, build without quality filters,
         # tokenize-only), and each line reports its best run: these shared machines' speed drifts by
         # 10-20% from minute to minute, and interleaving exposes every line to the same drift.
-        fulls, bares, tokenize_runs = [], [], []
+        # The same rows as a local Parquet file too: what a build of the hub's parquet pays to read
+        # them, instead of the synthetic generator's Python.
+        every_row = rows_parquet([generate(0, i) for i in range(args.rows)], f"{tmp}/rows.parquet")
+        fulls, bares, parquets, tokenize_runs = [], [], [], []
         for attempt in range(args.repeat):
             fulls.append(run_build(args.rows, build))
             bares.append(run_build(args.rows, f"{tmp}/bare", *bare_options))
+            parquets.append(run_build(args.rows, f"{tmp}/from-parquet", source=every_row))
             if attempt == 0:
                 kept = kept_rows(build)
                 texts = rendered(kept, tzc_data.read_manifest(build)["config"]["system"])
             tokenize_runs.append(tokenize_only(texts, tokenizer))
-        full, bare = (min(runs, key=lambda run: run["seconds"]) for runs in (fulls, bares))
+        full, bare, from_parquet = (min(runs, key=lambda run: run["seconds"]) for runs in (fulls, bares, parquets))
+        if tzc_data.read_manifest(f"{tmp}/from-parquet")["counts"] != tzc_data.read_manifest(build)["counts"]:
+            raise RuntimeError("the build from Parquet kept other rows than the synthetic build")
         seconds, cpu, lengths = min(tokenize_runs)
         one_thread, one_cpu, _ = tokenize_only(texts, tokenizer, threads=1)
         cached, cached_cpu, hit_rate = tokenize_cached(texts, tokenizer, lengths)
@@ -207,6 +213,9 @@ def main() -> None:
              f"{full['cpu']:.2f} | {full['rows_per_s']:,.0f} | {share(full)} |",
              f"| `tzc-data build`, no quality filters | {bare['seconds']:.2f} ({spread([r['seconds'] for r in bares])}) | "
              f"{bare['cpu']:.2f} | {bare['rows_per_s']:,.0f} | {share(bare)} |",
+             f"| `tzc-data build`, every filter, the same {args.rows:,} rows from a local Parquet file (no generator) | "
+             f"{from_parquet['seconds']:.2f} ({spread([r['seconds'] for r in parquets])}) | {from_parquet['cpu']:.2f} | "
+             f"{from_parquet['rows_per_s']:,.0f} | {share(from_parquet)} |",
              f"| for scale: SentencePiece on one thread (`num_threads=1`), same texts | {one_thread:.2f} | "
              f"{one_cpu:.2f} | {args.rows / one_thread:,.0f} | {seconds / one_thread:.0%} |",
              f"| for scale: tzc's word cache alone (the build's encoder: same ids, checked), same texts, one "
