@@ -36,8 +36,8 @@ class ExactIndex:
     ``bytearray`` (16 bytes each, in the order they were kept), their rows in an ``array("q")``,
     and an open-addressing table of ordinals (``array("i")``, -1 = empty, at most half full) is
     indexed by the low bits of each hash (xxh3 bits are uniform) and probed linearly, comparing
-    the whole 16 bytes. No Python object is held per prompt. A lookup is a few bytecodes more
-    than a dict's (about 1 µs): nothing next to the rest of a row's work.
+    the whole 16 bytes. No Python object is held per prompt. Checking and adding a prompt costs
+    about 2 µs against a dict's 0.2 (measured): nothing next to the rest of a row's work.
     """
 
     def __init__(self) -> None:

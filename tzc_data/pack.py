@@ -46,7 +46,7 @@ def best_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int) -> l
     """Bins of item indices, each summing to at most ``capacity`` (see the module docstring).
 
     The order of step 1 is one stable numpy sort (8 bytes an item), not a sort keyed by Python
-    tuples (about 100 bytes an item, the end of a build's peak memory at 100k rows)."""
+    tuples (about 100 bytes an item, part of the packing phase that set the build's peak memory)."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     outside = (lengths > capacity) | (lengths <= 0)
     if outside.any():

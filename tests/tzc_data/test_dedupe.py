@@ -43,3 +43,12 @@ def test_property_exact_index_is_a_first_wins_map(ops):
 def test_exact_index_refuses_a_hash_of_the_wrong_size():
     with pytest.raises(ValueError, match="16 bytes, not 8"):
         ExactIndex().add(bytes(8), 1)
+
+
+def test_exact_index_holds_no_python_object_per_prompt():
+    """About 40 bytes a prompt (16 of hash, 8 of row, a table at most half full): a dict took 140."""
+    index = ExactIndex()
+    for row in range(20_000):
+        index.add(prompt_hash(f"prompt {row}"), row)
+    assert len(index) == 20_000
+    assert index.nbytes() / len(index) <= 48

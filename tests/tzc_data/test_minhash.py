@@ -61,6 +61,7 @@ def test_journal_resume_restores_the_same_index(tmp_path):
     at = index.sync()
     index.add(*fingerprint(prompts[30]), 30)  # after the checkpoint: must be forgotten
     index.close()
+    assert len(index) == 0 and index.nbytes() < 20_000  # closed: the build packs without the tables
     resumed = NearDupIndex(0.8)
     resumed.attach_journal(str(tmp_path / "j"), resume_at=at)
     assert list(resumed.rows) == list(range(30))
