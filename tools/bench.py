@@ -176,11 +176,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build = f"{tmp}/build"
         bare_options = ("--no-loop-filter", "--no-language-filter", "--no-near-dup")
-        # Section 1 runs --repeat times, interleaved (build, build without quality filters,
-        # tokenize-only), and each line reports its best run: these shared machines' speed drifts by
-        # 10-20% from minute to minute, and interleaving exposes every line to the same drift.
-        # The same rows as a local Parquet file too: what a build of the hub's parquet pays to read
-        # them, instead of the synthetic generator's Python.
+        # Section 1 runs --repeat times, interleaved (build, build without quality filters, build of
+        # the same rows from Parquet, tokenize-only), and each line reports its best run: these shared
+        # machines drift by 10-20% from minute to minute, and interleaving exposes every line to the
+        # same drift. The Parquet build reads the rows as a hub build would, without the synthetic
+        # generator's Python.
         every_row = rows_parquet([generate(0, i) for i in range(args.rows)], f"{tmp}/rows.parquet")
         fulls, bares, parquets, tokenize_runs = [], [], [], []
         for attempt in range(args.repeat):
