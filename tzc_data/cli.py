@@ -16,13 +16,23 @@ from tzc_data.errors import TzcError
 from tzc_data.record import KEPT, REASONS
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where they say nothing: flags (``--no-dedup`` is not
+    "default: True"), and options without a default or with one their help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _build_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build", help="read a row range, clean, tokenize, pack and write shards",
         description="Read rows [START, STOP) of a source, drop bad rows with a reason, format them in the "
                     "Gemma 2 chat template, tokenize, pack into fixed-length rows and write ArrayRecord "
                     "shards, Parquet stats and a manifest.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelp)
     g = p.add_argument_group("source")
     g.add_argument("--source", default="hf",
                    help="'hf' (glaiveai/reasoning-v1-20m on the hub), 'synthetic', or a local file, directory "
@@ -146,7 +156,7 @@ def _fuzz_parser(sub: argparse._SubParsersAction) -> None:
         description="Run the formatting properties (render/parse round trip, response split, and with a "
                     "tokenizer: no control token inside content, tokens decode to the rendered text) on N "
                     "generated inputs each; print the smallest counterexample found.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelp)
     p.add_argument("--examples", type=int, default=1000, help="inputs per property")
     p.add_argument("--system", default=None, help="fix the system prompt (default: fuzz it too)")
     p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model (default: Gemma 2, fetched once)")
@@ -276,6 +286,18 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _joined_ranges(argv: list[str]) -> list[str]:
+    """``--range -5:10`` as ``--range=-5:10``: argparse takes a value that starts with '-' for an
+    option and says "expected one argument"; joined, the range check names what is wrong."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--range" and arg.startswith("-") and ":" in arg:
+            joined[-1] = f"--range={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
@@ -286,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     _verify_parser(sub)
     _explain_parser(sub)
     _look_parsers(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_ranges(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except TzcError as err:

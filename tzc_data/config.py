@@ -7,6 +7,7 @@ so a build can be repeated from its manifest alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from tzc_data import format as fmt
 from tzc_data.errors import ConfigError
 
 COMPRESSIONS = ("zstd:1", "zstd:3", "uncompressed")
+MAX_SEQ_LEN = 131_072  # the longest context of current open models; a row of it is 2 MiB
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -69,10 +71,17 @@ class BuildConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        if not self.out or not self.out.strip():
+            raise ConfigError("--out is empty (an unset shell variable?): give the output directory")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{field.name.replace('_', '-')} {value}: must be a finite number")
         if self.start < 0 or self.stop <= self.start:
             raise ConfigError(f"--range {self.start}:{self.stop}: need 0 <= START < STOP")
-        if self.seq_len < 64:
-            raise ConfigError(f"--seq-len {self.seq_len}: must be at least 64 tokens")
+        if not 64 <= self.seq_len <= MAX_SEQ_LEN:
+            raise ConfigError(f"--seq-len {self.seq_len}: must be between 64 and {MAX_SEQ_LEN:,} tokens "
+                              f"(a packed row is 16 bytes a token)")
         if self.max_tokens is not None and not 16 <= self.max_tokens <= self.seq_len:
             raise ConfigError(f"--max-tokens {self.max_tokens}: must be between 16 and --seq-len ({self.seq_len}); "
                               "an example longer than a row cannot be packed without splitting it")

@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from tzc_data.errors import OutputError
+from tzc_data.files import MANIFEST, atomic_path, check_output_file
 from tzc_data.pack import decode_row
-from tzc_data.write import MANIFEST
 
 
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
@@ -131,9 +131,10 @@ def export_parquet(directory: str | os.PathLike, out: str | os.PathLike, split: 
 
     from tzc_data.pack import FIELDS
 
+    out = check_output_file(os.fspath(out))
     rows = load(directory, split)
     schema = pa.schema([(name, pa.list_(pa.int32())) for name in FIELDS])
-    with pq.ParquetWriter(str(out), schema) as writer:
+    with atomic_path(out) as temporary, pq.ParquetWriter(temporary, schema) as writer:
         for start in range(0, len(rows), rows_per_group):
             group = [rows[i] for i in range(start, min(start + rows_per_group, len(rows)))]
             columns = {name: pa.array([row[name] for row in group], type=pa.list_(pa.int32())) for name in FIELDS}

@@ -29,6 +29,7 @@ import numpy as np
 import rensa
 
 from tzc_data.dedupe import normalise
+from tzc_data.files import truncate_to_checkpoint
 from tzc_data.record import Example
 
 NUM_PERM = 128
@@ -138,7 +139,7 @@ class NearDupIndex:
         if resume_at is None:
             open(path, "wb").close()
         else:
-            os.truncate(path, resume_at)
+            truncate_to_checkpoint(path, resume_at, record_size=RECORD.itemsize)
             self.load(path)
         self._journal = open(path, "ab")
 

@@ -37,6 +37,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from sortedcontainers import SortedList
 
+from tzc_data.errors import OutputError
+from tzc_data.files import truncate_to_checkpoint
+
 FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 DTYPE = np.dtype("<i4")
 _ID_BITS = 32
@@ -104,12 +107,15 @@ class Spool:
             open(self.tokens_path, "wb").close()
             open(self.journal_path, "wb").close()
         else:
-            os.truncate(self.tokens_path, resume_at[0])
-            os.truncate(self.journal_path, resume_at[1])
+            truncate_to_checkpoint(self.tokens_path, resume_at[0])
+            truncate_to_checkpoint(self.journal_path, resume_at[1], record_size=JOURNAL.itemsize)
             journal = np.fromfile(self.journal_path, dtype=JOURNAL)
             for record in journal:
                 self._remember(int(record["row"]), int(record["length"]), int(record["prompt_length"]),
                                int(record["split"]), bytes(record["hash"]).ljust(16, b"\0"))
+            if self._offset * array("i").itemsize != resume_at[0]:
+                raise OutputError(f"cannot resume: the journal {self.journal_path} accounts for {self._offset} tokens, "
+                                  f"{self.tokens_path} holds {resume_at[0] // 4}; run without --resume to start over")
         self._tokens = open(self.tokens_path, "ab")
         self._journal = open(self.journal_path, "ab")
 

@@ -13,6 +13,7 @@ import os
 import numpy as np
 import polars as pl
 
+from tzc_data.files import atomic_open, check_output_file
 from tzc_data.load import read_manifest
 from tzc_data.look import format_table, summarise
 from tzc_data.write import STATS_DIR
@@ -120,8 +121,12 @@ of {manifest['packing']['seq_len']:,} tokens, fill {manifest['packing']['fill']:
 
 
 def write_report(directory: str, out: str) -> str:
-    with open(out, "w", encoding="utf-8") as handle:
-        handle.write(render_report(directory))
+    """Render, then write ``out`` through a temporary name: the build is read in full before
+    anything is written, and ``out`` may not be inside a build."""
+    out = check_output_file(out)
+    page = render_report(directory)
+    with atomic_open(out, encoding="utf-8") as handle:
+        handle.write(page)
     return out
 
 

@@ -13,6 +13,7 @@ names, sorted JSON keys, so two builds of the same inputs are byte-identical.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -23,13 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from tzc_data.errors import OutputError
+from tzc_data.files import MANIFEST, atomic_open, atomic_path
 from tzc_data.pack import DTYPE, FIELDS
 from tzc_data.record import Example
 from tzc_data.tokenize import sha256_file
 
 SHARD_DIR = "shards"
 STATS_DIR = "stats"
-MANIFEST = "manifest.json"
 _STATS_BATCH = 8192
 
 RECORD_COLUMNS = [
@@ -61,6 +63,9 @@ class Parts:
         self.count = resume_parts or 0
         for stale in self.paths(start=self.count):  # written after the checkpoint we resume from
             os.remove(stale)
+        if len(self.paths()) != self.count:
+            raise OutputError(f"cannot resume: {directory} holds {len(self.paths())} {stem} part files, its "
+                              f"checkpoint {self.count}; run without --resume to start over")
         self.columns: dict[str, list] = {name: [] for name in schema.names}
 
     def paths(self, start: int = 0) -> list[str]:
@@ -75,7 +80,8 @@ class Parts:
     def flush(self) -> None:
         if self.buffered:
             path = os.path.join(self.directory, f".{self.stem}.part-{self.count:06d}.parquet")
-            pq.write_table(pa.table(self.columns, schema=self.schema), path)
+            with atomic_path(path) as temporary:
+                pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
             self.count += 1
             self.columns = {name: [] for name in self.schema.names}
 
@@ -133,7 +139,7 @@ class RecordStats:
         path = os.path.join(self.directory, "records.parquet")
         schema = pa.schema(list(self.parts.schema) + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
         kept_so_far = 0
-        with pq.ParquetWriter(path, schema) as writer:
+        with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
             for batch in self.parts.merged():
                 kept = (batch.column("status").to_numpy(zero_copy_only=False) == "kept")
                 ordinals = kept_so_far + np.cumsum(kept) - 1
@@ -143,7 +149,6 @@ class RecordStats:
                 columns = list(batch.columns) + [pa.array(names, pa.string(), mask=~kept)]
                 columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in (1, 2, 3)]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        self.parts.remove()
         return path
 
 
@@ -173,10 +178,9 @@ class RejectedRows:
 
     def finish(self) -> str:
         path = os.path.join(self.directory, "rejected.parquet")
-        with pq.ParquetWriter(path, self.parts.schema) as writer:
+        with atomic_path(path) as temporary, pq.ParquetWriter(temporary, self.parts.schema) as writer:
             for table in self.parts.merged():
                 writer.write_table(table)
-        self.parts.remove()
         return path
 
 
@@ -202,29 +206,25 @@ def shard_name(index: int, count: int, split: str = "train") -> str:
 
 def write_shards(directory: str, rows: Iterable[np.ndarray], count: int, rows_per_shard: int,
                  options: str, split: str = "train") -> list[dict[str, Any]]:
-    """Write ``count`` packed rows of ``split`` into ArrayRecord shards; returns their manifest entries."""
+    """Write ``count`` packed rows of ``split`` into ArrayRecord shards of ``rows_per_shard`` rows,
+    each under a temporary name until it is closed; returns their manifest entries."""
     os.makedirs(directory, exist_ok=True)
     shard_count = max(1, -(-count // rows_per_shard))
+    rows = iter(rows)
     shards: list[dict[str, Any]] = []
-    writer = None
-    for index, row in enumerate(rows):
-        if index % rows_per_shard == 0:
-            if writer is not None:
-                shards[-1].update(_close(writer, directory, shards[-1]["file"]))
-            name = shard_name(len(shards), shard_count, split)
-            writer = ArrayRecordWriter(os.path.join(directory, name), options)
-            shards.append({"file": f"{SHARD_DIR}/{name}", "split": split, "records": 0})
-        writer.write(row.tobytes())
-        shards[-1]["records"] += 1
-    if writer is not None:
-        shards[-1].update(_close(writer, directory, shards[-1]["file"]))
+    for index in range(shard_count if count else 0):
+        name = shard_name(index, shard_count, split)
+        path = os.path.join(directory, name)
+        records = 0
+        with atomic_path(path) as temporary:
+            writer = ArrayRecordWriter(temporary, options)
+            for row in itertools.islice(rows, rows_per_shard):
+                writer.write(row.tobytes())
+                records += 1
+            writer.close()
+        shards.append({"file": f"{SHARD_DIR}/{name}", "split": split, "records": records,
+                       "sha256": sha256_file(path), "bytes": os.path.getsize(path)})
     return shards
-
-
-def _close(writer: ArrayRecordWriter, directory: str, relative: str) -> dict[str, Any]:
-    writer.close()
-    path = os.path.join(directory, os.path.basename(relative))
-    return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndarray]]) -> str:
@@ -237,7 +237,8 @@ def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndar
                                                               "fill")}
         columns["rows"] = pa.ListArray.from_arrays(pa.array(packs["rows_offsets"]), pa.array(packs["rows"]))
         tables.append(pa.table(columns))
-    pq.write_table(pa.concat_tables(tables), path)
+    with atomic_path(path) as temporary:
+        pq.write_table(pa.concat_tables(tables), temporary)
     return path
 
 
@@ -250,7 +251,8 @@ def write_hashes(directory: str, hashes: bytes | bytearray) -> dict[str, Any]:
     and ``verify`` compare between builds. Returns the manifest entry."""
     unique = np.unique(np.frombuffer(bytes(hashes), dtype=HASH_DTYPE))
     path = os.path.join(directory, HASHES)
-    unique.tofile(path)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
+    with atomic_path(path) as temporary:
+        unique.tofile(temporary)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
     return {"file": HASHES, "count": int(len(unique)), "sha256": sha256_file(path),
             "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt; sorted, unique, 16 bytes each"}
 
@@ -268,7 +270,7 @@ def read_hashes(directory: str, entry: dict[str, Any]) -> np.ndarray:
 
 def write_manifest(directory: str, manifest: dict[str, Any]) -> str:
     path = os.path.join(directory, MANIFEST)
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_open(path, encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
     return path

@@ -264,6 +264,7 @@ def test_resume_after_sigkill_at_several_points_is_byte_identical(tmp_path):
 def test_resume_refuses_a_checkpoint_made_with_other_options(tmp_path, capsys):
     staging = tmp_path / ".run.tzc-partial"
     staging.mkdir()
+    (staging / ".tzc-staging.json").write_text(json.dumps({"pid": 1, "out": "run"}))  # one of ours
     (staging / ".checkpoint.json").write_text(json.dumps({"identity": {"config": "other"}, "next_row": 5}))
     assert _build(tmp_path / "run", "0:50", "--resume") == 2
     assert "run without --resume to start over" in capsys.readouterr().err
@@ -329,3 +330,96 @@ def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_
     assert not workers_alive()
     assert main(["build", "--out", str(out), *args, "--resume", "--workers", "2"]) == 0
     assert _files(out) == _files(reference)
+
+
+# -- never destroy, one writer, resumable at every moment (issue 13) ---------------------------------------
+
+_MUTATIONS = {"os.rename", "os.remove", "os.truncate", "os.mkdir", "os.rmdir", "shutil.rmtree", "shutil.copyfile"}
+
+
+def _mutation(event: str, args: tuple, root: str) -> str | None:
+    """``"event path"`` when an audit event changes a file under ``root`` (the build's own writes
+    in Python; Arrow's and ArrayRecord's C++ writes reach their final names by ``os.replace``)."""
+    if event == "open":
+        path, mode, flags = args
+        if not (mode and any(c in mode for c in "wax+")) and not (mode is None and flags & (os.O_WRONLY | os.O_RDWR)):
+            return None
+    elif event not in _MUTATIONS:
+        return None
+    else:
+        path = args[1] if event in ("os.rename", "shutil.copyfile") else args[0]
+    path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+    return f"{event} {os.path.relpath(path, root)}" if path.startswith(root) else None
+
+
+def _in_child(run, kill_at: int | None = None, record: Path | None = None) -> int:
+    """Run ``run()`` in a forked child whose audit hook SIGKILLs it just before its ``kill_at``-th
+    file-system change under the build's folder (or records them all to ``record``); returns the
+    child's wait status."""
+    import signal
+    import sys
+
+    pid = os.fork()
+    if pid:
+        return os.waitpid(pid, 0)[1]
+    seen: list[str] = []
+    root = str(record.parent if record else Path.cwd())
+
+    def hook(event, args):
+        change = _mutation(event, args, root)
+        if change is None or "pytest" in change.split()[-1]:
+            return
+        seen.append(change)
+        if kill_at is not None and len(seen) == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        sys.addaudithook(hook)
+        code = run()
+        if record is not None:
+            record.write_text(json.dumps(seen))
+        os._exit(code)
+    except BaseException:
+        os._exit(3)
+
+
+def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_path, monkeypatch, tiny_model_path):
+    """Kill the build (SIGKILL) just before each file-system change it makes, in order, from the
+    first staging file to the removal of the build it replaces; each time, the same command with
+    --resume gives the uninterrupted build's bytes, and the replaced build survives until then."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--source", "synthetic", "--range", "0:120", "--tokenizer", tiny_model_path, "--seq-len", "8192",
+            "--checkpoint-every", "50", "--rows-per-shard", "16", "--eval-fraction", "0.2", "--keep-rejected",
+            "--min-kept-ratio", "0", "--no-progress", "--overwrite"]
+    assert main(["build", "--out", "ref", *args]) == 0
+    reference = _files(tmp_path / "ref")
+    previous = ["build", "--out", "run", *args, "--seed", "1"]
+    assert main(previous) == 0
+    old = _files(tmp_path / "run")
+    log = tmp_path / "events.json"
+    assert _in_child(lambda: main(["build", "--out", "run", *args]), record=log) == 0
+    events = json.loads(log.read_text())
+    assert any("records.part" in e for e in events) and "os.rename run" in events
+    kills = _first_and_last_of_each_kind(events)
+    assert len(kills) >= 30
+    for k in kills:
+        if _files(tmp_path / "run") != old:
+            assert main(previous) == 0
+        status = _in_child(lambda: main(["build", "--out", "run", *args]), kill_at=k)
+        assert os.WIFSIGNALED(status), f"the build was not killed at {events[k - 1]}"
+        now = _files(tmp_path / "run") if (tmp_path / "run").exists() else None
+        assert now is None or now in (old, reference), f"killed at {events[k - 1]}: the old build was damaged"
+        assert main(["build", "--out", "run", *args, "--resume"]) == 0, f"no resume after a kill at {events[k - 1]}"
+        assert _files(tmp_path / "run") == reference, f"killed at {events[k - 1]}: resume gave other bytes"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["events.json", "ref", "run"]
+
+
+def _first_and_last_of_each_kind(events: list[str]) -> list[int]:
+    """1-based positions of the first and the last change of each kind (the same event on a
+    file of the same name but for its numbers: every part file, shard and removal kind)."""
+    import re
+
+    where: dict[str, list[int]] = {}
+    for k, event in enumerate(events, 1):
+        where.setdefault(re.sub(r"\d+", "#", event), []).append(k)
+    return sorted({k for ks in where.values() for k in (ks[0], ks[-1])})
