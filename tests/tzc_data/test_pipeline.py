@@ -171,6 +171,10 @@ def test_jsonl_with_malformed_lines_builds_and_accounts_for_them(tmp_path, tiny_
     (["--range", "0:10", "--source", "/nonexistent/*.jsonl"], "not a file, a directory, or a glob"),
     (["--range", "0:10", "--tokenizer", "/nonexistent.model", "--source", "synthetic"], "does not exist"),
     (["--range", "0:10", "--system", "a <end_of_turn> b"], "--system"),
+    (["--range", "-5:10"], "--range -5:10: need 0 <= START < STOP"),
+    (["--range", "0:10", "--seq-len", "100000000"], "--seq-len 100000000: must be between 64 and 131,072"),
+    (["--range", "0:10", "--loop-min-repeats", "inf"], "--loop-min-repeats inf: must be a finite number"),
+    (["--range", "0:10", "--near-dup-threshold", "nan"], "--near-dup-threshold nan"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     assert main(["build", "--out", str(tmp_path / "x"), *args]) == 2
@@ -352,10 +356,10 @@ def _mutation(event: str, args: tuple, root: str) -> str | None:
     return f"{event} {os.path.relpath(path, root)}" if path.startswith(root) else None
 
 
-def _in_child(run, kill_at: int | None = None, record: Path | None = None) -> int:
+def _in_child(run, root: Path, kill_at: int | None = None, record: Path | None = None) -> int:
     """Run ``run()`` in a forked child whose audit hook SIGKILLs it just before its ``kill_at``-th
-    file-system change under the build's folder (or records them all to ``record``); returns the
-    child's wait status."""
+    file-system change under ``root`` (or records them all to ``record``); returns the child's
+    wait status."""
     import signal
     import sys
 
@@ -363,7 +367,7 @@ def _in_child(run, kill_at: int | None = None, record: Path | None = None) -> in
     if pid:
         return os.waitpid(pid, 0)[1]
     seen: list[str] = []
-    root = str(record.parent if record else Path.cwd())
+    root = str(root)
 
     def hook(event, args):
         change = _mutation(event, args, root)
@@ -397,15 +401,16 @@ def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_pat
     assert main(previous) == 0
     old = _files(tmp_path / "run")
     log = tmp_path / "events.json"
-    assert _in_child(lambda: main(["build", "--out", "run", *args]), record=log) == 0
+    assert _in_child(lambda: main(["build", "--out", "run", *args]), tmp_path, record=log) == 0
     events = json.loads(log.read_text())
     assert any("records.part" in e for e in events) and "os.rename run" in events
     kills = _first_and_last_of_each_kind(events)
     assert len(kills) >= 30
+    print(f"{len(kills)} kill points of {len(events)} file-system changes")
     for k in kills:
         if _files(tmp_path / "run") != old:
             assert main(previous) == 0
-        status = _in_child(lambda: main(["build", "--out", "run", *args]), kill_at=k)
+        status = _in_child(lambda: main(["build", "--out", "run", *args]), tmp_path, kill_at=k)
         assert os.WIFSIGNALED(status), f"the build was not killed at {events[k - 1]}"
         now = _files(tmp_path / "run") if (tmp_path / "run").exists() else None
         assert now is None or now in (old, reference), f"killed at {events[k - 1]}: the old build was damaged"
@@ -423,3 +428,138 @@ def _first_and_last_of_each_kind(events: list[str]) -> list[int]:
     for k, event in enumerate(events, 1):
         where.setdefault(re.sub(r"\d+", "#", event), []).append(k)
     return sorted({k for ks in where.values() for k in (ks[0], ks[-1])})
+
+
+def test_an_empty_out_is_refused_and_touches_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _build("", "0:20") == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_overwrite_never_empties_a_folder_that_is_not_a_build(tmp_path, capsys):
+    home = tmp_path / "home"
+    for name in ("thesis.txt", "photos/cat.jpg", ".ssh/id_ed25519"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("mine")
+    (home / "manifest.json").write_text('{"tzc_version": "0.1.0", "format_version": 1}')
+    before = _files(home)
+    assert _build(home, "0:20", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "is not a tzc build (it holds '.ssh'" in err and "--overwrite" not in err.split("error:")[1]
+    assert _files(home) == before and sorted(os.listdir(tmp_path)) == ["home"]
+
+
+def test_a_symlink_out_and_a_leftover_that_is_not_a_build_are_refused(tmp_path, capsys):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    assert _build(tmp_path / "link", "0:20") == 2
+    assert "is a symlink" in capsys.readouterr().err
+    (tmp_path / ".run.tzc-partial.old").mkdir()
+    (tmp_path / ".run.tzc-partial.old" / "mine.txt").write_text("mine")
+    assert _build(tmp_path / "run", "0:20") == 2
+    assert "is left from an earlier replacement and is not a tzc build" in capsys.readouterr().err
+    assert (tmp_path / ".run.tzc-partial.old" / "mine.txt").read_text() == "mine"
+
+
+def test_report_and_export_never_write_over_a_build(synthetic_build, capsys):
+    before = _files(synthetic_build)
+    shard = json.loads((synthetic_build / "manifest.json").read_text())["shards"][0]["file"]
+    assert main(["report", str(synthetic_build), "-o", str(synthetic_build / "manifest.json")]) == 2
+    assert main(["export", str(synthetic_build), "-o", str(synthetic_build / shard)]) == 2
+    assert capsys.readouterr().err.count("is inside the tzc build") == 2
+    assert _files(synthetic_build) == before
+
+
+def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    first = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--source", "synthetic", "--range",
+                              "0:2000", "--out", str(out), "--tokenizer", str(gemma2_tokenizer_path()),
+                              "--no-progress"], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (staging / ".checkpoint.json").exists() and not (staging / "stats").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert _build(out, "0:2000", "--seed", "1") == 2
+    assert f"another build (pid {first.pid}) is writing --out {out}" in capsys.readouterr().err
+    assert first.wait(timeout=120) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 0
+
+
+def test_resume_refuses_a_spool_that_lost_its_tail(tmp_path, capsys):
+    args = ["--checkpoint-every", "100", "--no-near-dup"]
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    def run():
+        return _build(out, "0:400", *args)
+
+    # killed just before its third checkpoint: the second one stands
+    assert _in_child(run, tmp_path, record=tmp_path / "events.json") == 0
+    events = json.loads((tmp_path / "events.json").read_text())
+    import shutil
+    shutil.rmtree(out)
+    third = [k for k, e in enumerate(events, 1) if e.endswith(".run.tzc-partial/.checkpoint.json")][2]
+    assert os.WIFSIGNALED(_in_child(run, tmp_path, kill_at=third))
+    tokens = staging / ".spool.tokens"
+    os.truncate(tokens, tokens.stat().st_size // 2)
+    assert _build(out, "0:400", *args, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and ".spool.tokens" in err and "run without --resume" in err
+    assert staging.exists() and not out.exists()
+    assert _build(out, "0:400", *args) == 0  # starting over works
+
+
+def _tmpfs(path: Path, size: str) -> None:
+    import subprocess
+
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+
+
+def test_disk_full_is_one_line_and_the_build_resumes_once_there_is_room(tmp_path, capsys):
+    import subprocess
+
+    args = ["--checkpoint-every", "100", "--rows-per-shard", "64"]
+    assert _build(tmp_path / "ref", "0:600", *args) == 0
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "2m")
+    try:
+        assert _build(disk / "run", "0:600", *args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no space left on the device" in err and "--resume" in err
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert _build(disk / "run", "0:600", *args, "--resume") == 0
+        assert _files(disk / "run") == _files(tmp_path / "ref")
+        assert sorted(os.listdir(disk)) == ["run"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_read_only_out_is_one_line_naming_the_path(tmp_path, capsys):
+    import subprocess
+
+    disk = tmp_path / "ro"
+    _tmpfs(disk, "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert _build(disk / "run", "0:20") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{disk}/.run.tzc-partial: Read-only file system" in err
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    assert _build(tmp_path / "f" / "run", "0:20") == 2
+    assert f"{tmp_path}/f is not a directory" in capsys.readouterr().err
+
+
+def test_build_help_shows_no_default_for_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: True)" not in text and "(default: False)" not in text and "(default: 4096)" in text
