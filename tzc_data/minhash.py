@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import rensa
 
-from tzc_data.dedupe import normalise
+from tzc_data.dedupe import ExactIndex, is_duplicate, normalise
 from tzc_data.files import truncate_to_checkpoint
 from tzc_data.record import Example
 
@@ -270,9 +270,15 @@ class NearDupIndex:
         self._place(keys[occupied], values[occupied])
 
 
-def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, batch: int = 256) -> Iterator[Example]:
+def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, exact: ExactIndex | None = None,
+                         batch: int = 256) -> Iterator[Example]:
     """Stage: drop a kept example whose prompt nearly equals one kept before (or in an excluded
     build); checks and registers in one step, so it must come after every other check.
+
+    With ``exact`` (exact dedup on), each example is first checked against the exact index, and
+    only a prompt kept by both checks enters either index: a row is a duplicate only of an
+    earlier *kept* row. (Two stages in a row would register a prompt as kept before near dedup
+    dropped it: A, A' (one word changed), A' gave row 2 a twin, row 1, that was not kept.)
 
     Works on ``batch`` examples at a time, with the result of one-by-one processing: the batch's
     band keys are looked up in the index in one vectorised probe, and a small dict holds the keys
@@ -284,15 +290,15 @@ def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, ba
     for example in examples:
         pending.append(example)
         if len(pending) == batch:
-            _near_batch(pending, index)
+            _near_batch(pending, index, exact)
             yield from pending
             pending = []
     if pending:
-        _near_batch(pending, index)
+        _near_batch(pending, index, exact)
         yield from pending
 
 
-def _near_batch(examples: list[Example], index: NearDupIndex) -> None:
+def _near_batch(examples: list[Example], index: NearDupIndex, exact: ExactIndex | None) -> None:
     live = [e for e in examples if e.kept]
     if not live:
         return
@@ -304,6 +310,8 @@ def _near_batch(examples: list[Example], index: NearDupIndex) -> None:
     local: dict[int, int] = {}  # band key -> ordinal of a prompt kept earlier in this batch
     kept: list[int] = []  # positions in `live` of the prompts this batch adds to the index
     for j, example in enumerate(live):
+        if exact is not None and is_duplicate(example, exact):
+            continue
         twin = None
         candidates = dict.fromkeys(o if o >= 0 else local.get(k, -1) for o, k in zip(stored[j], key_lists[j]))
         for ordinal in candidates:
@@ -315,6 +323,8 @@ def _near_batch(examples: list[Example], index: NearDupIndex) -> None:
                 twin = ordinal, jaccard
                 break
         if twin is None:
+            if exact is not None:
+                exact.add(example.prompt_hash, example.row)
             ordinal = base + len(kept)
             kept.append(j)
             for o, k in zip(stored[j], key_lists[j]):

@@ -81,11 +81,13 @@ def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Toke
 
 def dedup_stages(examples: Iterable[Example], config: BuildConfig, index: ExactIndex,
                  near: NearDupIndex | None = None) -> Iterator[Example]:
-    """The stages that depend on every row before (first kept occurrence wins): in order, in one process."""
-    if config.dedup:
-        examples = drop_duplicates(examples, index)
+    """The stages that depend on every row before (first kept occurrence wins): in order, in one
+    process. With near dedup on, one stage runs both checks (a prompt enters the exact index only
+    once near dedup has kept it too)."""
     if near is not None:
-        examples = drop_near_duplicates(examples, near)
+        return drop_near_duplicates(examples, near, exact=index if config.dedup else None)
+    if config.dedup:
+        return drop_duplicates(examples, index)
     return examples
 
 

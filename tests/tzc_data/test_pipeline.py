@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import grain
@@ -338,53 +339,82 @@ def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_
 
 # -- never destroy, one writer, resumable at every moment (issue 13) ---------------------------------------
 
-_MUTATIONS = {"os.rename", "os.remove", "os.truncate", "os.mkdir", "os.rmdir", "shutil.rmtree", "shutil.copyfile"}
+# A build killed at an exact moment: a child forked, for each run, from a server process that
+# imported tzc and ran nothing (forking pytest itself, whose earlier tests left Arrow, Grain and
+# tokenizer threads behind, crashed children). The child's audit hook SIGKILLs it just before its
+# K-th file-system change under the server's folder, or records every change.
+_KILL_SERVER = r"""
+import json, os, signal, sys
+import tzc_data.cli, tzc_data.pipeline
 
+CHANGES = {"os.rename", "os.remove", "os.truncate", "os.mkdir", "os.rmdir", "shutil.rmtree", "shutil.copyfile"}
+ROOT = os.getcwd()
 
-def _mutation(event: str, args: tuple, root: str) -> str | None:
-    """``"event path"`` when an audit event changes a file under ``root`` (the build's own writes
-    in Python; Arrow's and ArrayRecord's C++ writes reach their final names by ``os.replace``)."""
+def change(event, args):
     if event == "open":
         path, mode, flags = args
         if not (mode and any(c in mode for c in "wax+")) and not (mode is None and flags & (os.O_WRONLY | os.O_RDWR)):
             return None
-    elif event not in _MUTATIONS:
-        return None
-    else:
+    elif event in CHANGES:
         path = args[1] if event in ("os.rename", "shutil.copyfile") else args[0]
+    else:
+        return None
     path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
-    return f"{event} {os.path.relpath(path, root)}" if path.startswith(root) else None
+    return f"{event} {os.path.relpath(path, ROOT)}" if path.startswith(ROOT) else None
 
-
-def _in_child(run, root: Path, kill_at: int | None = None, record: Path | None = None) -> int:
-    """Run ``run()`` in a forked child whose audit hook SIGKILLs it just before its ``kill_at``-th
-    file-system change under ``root`` (or records them all to ``record``); returns the child's
-    wait status."""
-    import signal
-    import sys
-
+for line in sys.stdin:
+    request = json.loads(line)
     pid = os.fork()
-    if pid:
-        return os.waitpid(pid, 0)[1]
-    seen: list[str] = []
-    root = str(root)
-
-    def hook(event, args):
-        change = _mutation(event, args, root)
-        if change is None or "pytest" in change.split()[-1]:
-            return
-        seen.append(change)
-        if kill_at is not None and len(seen) == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    try:
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # this pipe carries the server's answers only
+        seen = []
+        def hook(event, args):
+            found = change(event, args)
+            if found is not None:
+                seen.append(found)
+                if len(seen) == request["kill_at"]:
+                    os.kill(os.getpid(), signal.SIGKILL)
         sys.addaudithook(hook)
-        code = run()
-        if record is not None:
-            record.write_text(json.dumps(seen))
+        code = tzc_data.cli.main(request["argv"])
+        with open(request["record"], "w") as handle:
+            json.dump(seen, handle)
         os._exit(code)
-    except BaseException:
-        os._exit(3)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+class _Killer:
+    """Runs ``tzc-data ARGV`` in a child of the server above: :meth:`events` lists the changes an
+    uninterrupted run makes, :meth:`kill` SIGKILLs a run just before its K-th change."""
+
+    def __init__(self, root: Path):
+        import subprocess
+        import sys
+
+        self.root = root
+        self.server = subprocess.Popen([sys.executable, "-c", _KILL_SERVER], cwd=root, text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _run(self, argv: list[str], kill_at: int) -> int:
+        record = self.root / "events.json"
+        self.server.stdin.write(json.dumps({"argv": argv, "kill_at": kill_at, "record": str(record)}) + "\n")
+        self.server.stdin.flush()
+        return int(self.server.stdout.readline())
+
+    def events(self, argv: list[str]) -> list[str]:
+        assert self._run(argv, 0) == 0
+        record = self.root / "events.json"
+        events = json.loads(record.read_text())
+        record.unlink()
+        return events
+
+    def kill(self, argv: list[str], k: int) -> None:
+        status = self._run(argv, k)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, f"the build was not killed at change {k}"
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=30)
 
 
 def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_path, monkeypatch, tiny_model_path):
@@ -400,23 +430,25 @@ def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_pat
     previous = ["build", "--out", "run", *args, "--seed", "1"]
     assert main(previous) == 0
     old = _files(tmp_path / "run")
-    log = tmp_path / "events.json"
-    assert _in_child(lambda: main(["build", "--out", "run", *args]), tmp_path, record=log) == 0
-    events = json.loads(log.read_text())
-    assert any("records.part" in e for e in events) and "os.rename run" in events
-    kills = _first_and_last_of_each_kind(events)
-    assert len(kills) >= 30
-    print(f"{len(kills)} kill points of {len(events)} file-system changes")
-    for k in kills:
-        if _files(tmp_path / "run") != old:
-            assert main(previous) == 0
-        status = _in_child(lambda: main(["build", "--out", "run", *args]), tmp_path, kill_at=k)
-        assert os.WIFSIGNALED(status), f"the build was not killed at {events[k - 1]}"
-        now = _files(tmp_path / "run") if (tmp_path / "run").exists() else None
-        assert now is None or now in (old, reference), f"killed at {events[k - 1]}: the old build was damaged"
-        assert main(["build", "--out", "run", *args, "--resume"]) == 0, f"no resume after a kill at {events[k - 1]}"
-        assert _files(tmp_path / "run") == reference, f"killed at {events[k - 1]}: resume gave other bytes"
-        assert sorted(p.name for p in tmp_path.iterdir()) == ["events.json", "ref", "run"]
+    killer = _Killer(tmp_path)
+    try:
+        command = ["build", "--out", "run", *args]
+        events = killer.events(command)
+        assert any("records.part" in e for e in events) and "os.rename run" in events
+        kills = _first_and_last_of_each_kind(events)
+        assert len(kills) >= 30
+        print(f"{len(kills)} kill points of {len(events)} file-system changes")
+        for k in kills:
+            if _files(tmp_path / "run") != old:
+                assert main(previous) == 0
+            killer.kill(command, k)
+            now = _files(tmp_path / "run") if (tmp_path / "run").exists() else None
+            assert now is None or now in (old, reference), f"killed at {events[k - 1]}: the old build was damaged"
+            assert main([*command, "--resume"]) == 0, f"no resume after a kill at {events[k - 1]}"
+            assert _files(tmp_path / "run") == reference, f"killed at {events[k - 1]}: resume gave other bytes"
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
+    finally:
+        killer.close()
 
 
 def _first_and_last_of_each_kind(events: list[str]) -> list[int]:
@@ -493,16 +525,15 @@ def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path, 
 def test_resume_refuses_a_spool_that_lost_its_tail(tmp_path, capsys):
     args = ["--checkpoint-every", "100", "--no-near-dup"]
     out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
-    def run():
-        return _build(out, "0:400", *args)
-
-    # killed just before its third checkpoint: the second one stands
-    assert _in_child(run, tmp_path, record=tmp_path / "events.json") == 0
-    events = json.loads((tmp_path / "events.json").read_text())
-    import shutil
-    shutil.rmtree(out)
-    third = [k for k, e in enumerate(events, 1) if e.endswith(".run.tzc-partial/.checkpoint.json")][2]
-    assert os.WIFSIGNALED(_in_child(run, tmp_path, kill_at=third))
+    command = ["build", "--source", "synthetic", "--range", "0:400", "--out", str(out), "--tokenizer",
+               str(gemma2_tokenizer_path()), "--no-progress", *args]
+    killer = _Killer(tmp_path)
+    try:  # killed just before its third checkpoint: the second one stands
+        events = killer.events(command)
+        shutil.rmtree(out)
+        killer.kill(command, [k for k, e in enumerate(events, 1) if e == "os.rename .run.tzc-partial/.checkpoint.json"][2])
+    finally:
+        killer.close()
     tokens = staging / ".spool.tokens"
     os.truncate(tokens, tokens.stat().st_size // 2)
     assert _build(out, "0:400", *args, "--resume") == 2
@@ -563,3 +594,33 @@ def test_build_help_shows_no_default_for_flags(capsys):
         main(["build", "--help"])
     text = capsys.readouterr().out
     assert "(default: True)" not in text and "(default: False)" not in text and "(default: 4096)" in text
+
+
+def test_first_kept_wins_across_exact_and_near_dedup_and_survives_a_resume(tmp_path, clean_traces):
+    """Rows A, A' (one word changed), A': row 2's twin is row 0, the kept one, in an uninterrupted
+    build and in one killed at the checkpoint between rows 1 and 2 and resumed."""
+    import random
+
+    from tzc_data.synthetic import _near_variant, _prompt
+
+    a = _prompt(5, 0)
+    a_prime = _near_variant(a, random.Random(1))
+    prompts = [a, a_prime, a_prime] + [_prompt(5, k) for k in range(1, 6)]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"prompt": p, "response": clean_traces[i]["response"]}) + "\n"
+                              for i, p in enumerate(prompts)))
+    args = ["--source", str(source), "--checkpoint-every", "2", "--min-kept-ratio", "0"]
+    assert _build(tmp_path / "ref", f"0:{len(prompts)}", *args) == 0
+    stats = pl.read_parquet(tmp_path / "ref" / "stats" / "records.parquet").head(3)
+    assert stats.select("status", "twin").rows() == [("kept", None), ("near_duplicate", 0), ("near_duplicate", 0)]
+    command = ["build", "--range", f"0:{len(prompts)}", "--out", str(tmp_path / "run"), "--tokenizer",
+               str(gemma2_tokenizer_path()), "--no-progress", *args]
+    killer = _Killer(tmp_path)
+    try:  # killed just before its second checkpoint: the first one, after row 1, stands
+        events = killer.events(command)
+        shutil.rmtree(tmp_path / "run")
+        killer.kill(command, [k for k, e in enumerate(events, 1) if e == "os.rename .run.tzc-partial/.checkpoint.json"][1])
+    finally:
+        killer.close()
+    assert _build(tmp_path / "run", f"0:{len(prompts)}", *args, "--resume") == 0
+    assert _files(tmp_path / "run") == _files(tmp_path / "ref")
