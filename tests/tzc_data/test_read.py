@@ -310,6 +310,10 @@ def test_parquet_with_corrupt_pages_and_an_intact_footer_quarantines_that_row_gr
                                                                        "decoded: ") and "\n" not in e.detail
             else:
                 assert e.kept and e.prompt == rows[e.row].prompt
+    # Worker chunks see the same rows and the same details as one pass (the build's bytes depend on it).
+    whole = [(e.row, e.status, e.detail) for e in read(source, 0, 300)]
+    chunked = [(e.row, e.status, e.detail) for lo in range(0, 300, 7) for e in read(source, lo, min(lo + 7, 300))]
+    assert chunked == whole
 
 
 def test_a_row_group_shorter_than_its_footer_says_is_accounted_for(tmp_path, monkeypatch):
@@ -497,3 +501,34 @@ def test_explain_refuses_a_source_changed_since_the_build(tmp_path, capsys, tiny
     shown = capsys.readouterr().out
     assert "goats" not in shown and "sheep" not in shown
     assert "(texts unavailable: the source is not the one this build read: rows.jsonl has sha256 " in shown
+
+
+def test_a_build_of_a_hostile_folder_accounts_for_every_row(tmp_path, tiny_model_path):
+    from tzc_data.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    good = [json.dumps({"prompt": generate(6, i).prompt, "response": generate(6, i).response[:700] + "</think>ok"})
+            for i in range(20)]
+    _jsonl(src / "a.jsonl", [b"\xef\xbb\xbf" + good[0].encode(), *(g.encode() for g in good[1:8]),
+                             b'{"prompt": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+                             b'{"prompt": "p", "response": "r", "n": ' + b"1" * 5000 + b"}"])
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"] * 3), pa.array(["b"] * 3), pa.array(["c"] * 3)],
+                                        names=["prompt", "prompt", "response"]), src / "b.parquet")
+    rows = [json.loads(g) for g in good[8:]]
+    pq.write_table(pa.table({"prompt": [r["prompt"] for r in rows], "response": [r["response"] for r in rows]}),
+                   src / "c.parquet", row_group_size=4, compression="zstd")
+    _corrupt_group(src / "c.parquet", 1, step=13)
+    out = tmp_path / "out"
+    assert main(["build", "--source", str(src), "--range", "0:25", "--out", str(out), "--tokenizer", tiny_model_path,
+                 "--seq-len", "2048", "--no-progress", "--min-kept-ratio", "0"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    counts = manifest["counts"]
+    assert counts["read"] == 25 == counts["kept"] + counts["dropped"] == sum(counts["by_status"].values())
+    assert counts["by_status"]["malformed"] == 2 + 3 + 4  # a.jsonl lines 9-10, b.parquet, c.parquet group 1
+    assert [f["rows"] for f in manifest["source"]["files"]] == [10, 3, 12]
+    import polars as pl
+
+    details = pl.read_parquet(out / "stats" / "records.parquet").filter(pl.col("status") == "malformed")["detail"]
+    assert [d.split(":")[0] for d in details] == ["a.jsonl line 9", "a.jsonl line 10"] + ["b.parquet has 2 columns "
+                                                 "named 'prompt'"] * 3 + ["c.parquet row group 1"] * 4
