@@ -167,8 +167,8 @@ class FileSetSource(Source):
             if total >= stop:
                 return
         raise SourceError(
-            f"range {start:,}:{stop:,} goes past the end of the source: it holds only {total:,} rows "
-            f"({len(self.paths)} files), so rows {max(total, start):,}..{stop - 1:,} do not exist"
+            f"range {start:,}:{stop:,} goes past the end of the source: it holds only {_count(total, 'row')} "
+            f"({_count(len(self.paths), 'file')}), so {_missing(max(total, start), stop)}"
         )
 
     def _rows_of(self, path: str) -> int:
@@ -195,8 +195,8 @@ class FileSetSource(Source):
             first_row = end if known is None else first_row + known
         if first_row < stop:
             raise SourceError(
-                f"range ends at row {stop:,} but the source holds only {first_row:,} rows "
-                f"({len(self.paths)} files); rows {max(first_row, start):,}..{stop - 1:,} do not exist"
+                f"range ends at row {stop:,} but the source holds only {_count(first_row, 'row')} "
+                f"({_count(len(self.paths), 'file')}); {_missing(max(first_row, start), stop)}"
             )
 
     def _parquet(self, path: str, first_row: int, start: int, stop: int):
@@ -291,6 +291,14 @@ def _validate_in(where: str, row: int, prompt: Any, response: Any) -> Example:
     if not example.kept:
         example.detail = f"{where}: {example.detail}"
     return example
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _missing(first: int, stop: int) -> str:
+    return f"row {first:,} does not exist" if stop - first == 1 else f"rows {first:,}..{stop - 1:,} do not exist"
 
 
 def _one_line(err: BaseException) -> str:
@@ -413,7 +421,7 @@ def survey(path: str) -> tuple[dict[str, Any], int]:
     """
     size = _regular_file_size(path)
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb", buffering=1 << 20)
     except OSError as err:
         raise SourceError(f"cannot open {path}: {err.strerror or err}") from err
     with handle:
@@ -502,7 +510,7 @@ def changed_since(recorded: dict[str, Any], current: dict[str, Any]) -> str | No
         gone = [p for p in old_paths if p not in new_paths]
         added = [p for p in new_paths if p not in old_paths]
         what = f"{gone[0]} is gone" if gone else f"{added[0]} was added" if added else "its files are in another order"
-        return f"{what} ({len(new_paths)} files now, {len(old_paths)} when built)"
+        return f"{what} ({_count(len(new_paths), 'file')} now, {len(old_paths):,} when built)"
     for before, now in zip(old, new):
         keys = [k for k in ("bytes", "rows", "footer_sha256", "sha256") if k in now]
         if not any(k in before for k in ("footer_sha256", "sha256")):

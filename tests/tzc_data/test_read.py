@@ -35,6 +35,16 @@ class RecordingFile(io.FileIO):
         return n
 
 
+def recording_opener(log: list):
+    """An ``opener`` for FileSetSource whose files append each byte range read to ``log``."""
+    def opener(path):
+        handle = RecordingFile(path, "rb")
+        handle.log = log
+        return handle
+
+    return opener
+
+
 @pytest.fixture(scope="module")
 def hub_tree(tmp_path_factory):
     """A directory laid out like the hub: data/{split}-0000k-of-0000n.parquet, several row groups each."""
@@ -65,12 +75,7 @@ def _group_ranges(path):
 
 def test_hub_layout_reads_only_footers_and_covering_row_groups(hub_tree):
     log = []
-
-    def opener(path):
-        handle = RecordingFile(path, "rb")
-        handle.log = log
-        return handle
-
+    opener = recording_opener(log)
     fs = fsspec.filesystem("file")
     source = parquet_tree_source(fs, str(hub_tree), split="train", description={"kind": "test"}, opener=opener)
     assert [os.path.basename(p) for p in source.paths] == [f"train-{k:05d}-of-00003.parquet" for k in range(3)]
@@ -268,7 +273,7 @@ def test_property_every_jsonl_line_is_one_example_whatever_its_bytes(tmp_path_fa
     for example, (number, _) in zip(got, rows):
         assert example.kept or example.detail.startswith(f"{path.name} line {number}: "), example.detail
         assert "\n" not in example.detail
-    with pytest.raises(SourceError, match=f"holds only {len(rows)} rows"):
+    with pytest.raises(SourceError, match=f"holds only {len(rows)} rows? .*, so row {len(rows)} does not exist$"):
         source.check_range(0, len(rows) + 1)
 
 
@@ -404,12 +409,7 @@ def test_a_truncated_gzip_is_a_clear_error_when_the_source_is_opened(tmp_path):
 
 def test_a_range_past_the_end_is_refused_reading_only_footers(hub_tree):
     log = []
-
-    def opener(path):
-        handle = RecordingFile(path, "rb")
-        handle.log = log
-        return handle
-
+    opener = recording_opener(log)
     source = parquet_tree_source(fsspec.filesystem("file"), str(hub_tree), split="train", description={},
                                  opener=opener)
     with pytest.raises(SourceError, match=r"range 700:800 goes past the end of the source: it holds only 720 rows "
@@ -439,7 +439,8 @@ def test_a_build_past_the_end_fails_before_reading_and_says_how_many_rows(tmp_pa
                  str(tmp_path / "out"), "--tokenizer", tiny_model_path, "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("tzc-data: error: range 10:50 goes past the end of the source: it holds only 30 rows")
+    assert err == ("tzc-data: error: range 10:50 goes past the end of the source: it holds only 30 rows (1 file), "
+                   "so rows 30..49 do not exist\n")
     assert not (tmp_path / "out").exists() and not (tmp_path / ".out.tzc-partial").exists()
 
 
@@ -475,7 +476,7 @@ def test_the_description_fingerprints_each_file_and_survives_a_copy(tmp_path):
     assert changed_since(before, after).startswith("a.jsonl has sha256 ")
     assert source_identity(before) == source_identity(after)  # still the same row space for --exclude / verify
     os.remove(tmp_path / "copy" / "b.parquet")
-    assert changed_since(before, local_source(str(tmp_path / "copy")).describe()) == "b.parquet is gone (1 files now, 2 when built)"
+    assert changed_since(before, local_source(str(tmp_path / "copy")).describe()) == "b.parquet is gone (1 file now, 2 when built)"
     old = {**before, "files": [{"path": f["path"], "bytes": f["bytes"]} for f in before["files"]]}
     assert "recorded no fingerprint" in changed_since(old, before)
     assert changed_since(SyntheticSource(3).describe(), SyntheticSource(3).describe()) is None
