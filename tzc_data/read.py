@@ -361,12 +361,13 @@ def parquet_tree_source(fs: fsspec.AbstractFileSystem, root: str, *, split: str,
 
 
 def local_source(spec: str) -> FileSetSource:
-    """A file, a directory (searched recursively) or a glob of .parquet/.jsonl/.jsonl.gz files.
+    """A file, a directory (searched recursively, symlinked folders too) or a glob of
+    .parquet/.jsonl/.jsonl.gz files.
 
     Every file is surveyed here (:func:`survey`): what the manifest records of it, and its row count.
     """
     if os.path.isdir(spec):
-        paths = [os.path.join(d, f) for d, _, names in os.walk(spec, onerror=_walk_error) for f in names]
+        paths = _walk(spec)
     elif os.path.isfile(spec):
         paths = [spec]
     else:
@@ -389,6 +390,23 @@ def local_source(spec: str) -> FileSetSource:
         rows.append(count)
     return FileSetSource(fs=fsspec.filesystem("file"), paths=tuple(os.path.abspath(p) for p in paths),
                          description={"kind": "local", "spec": spec, "files": files}, file_rows=tuple(rows))
+
+
+def _walk(root: str) -> list[str]:
+    """Every file under ``root``, symlinked folders followed; a folder reached twice (a link to a
+    parent, two links to one folder) is read once, under its first path in sorted order, so a loop
+    ends and no file's rows are read twice."""
+    seen: set[tuple[int, int]] = set()
+    paths = []
+    for folder, folders, names in os.walk(root, followlinks=True, onerror=_walk_error):
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((status.st_dev, status.st_ino))
+        folders.sort()  # in place: os.walk descends in this order
+        paths += (os.path.join(folder, name) for name in names)
+    return paths
 
 
 def _walk_error(err: OSError) -> None:

@@ -533,3 +533,17 @@ def test_a_build_of_a_hostile_folder_accounts_for_every_row(tmp_path, tiny_model
     details = pl.read_parquet(out / "stats" / "records.parquet").filter(pl.col("status") == "malformed")["detail"]
     assert [d.split(":")[0] for d in details] == ["a.jsonl line 9", "a.jsonl line 10"] + ["b.parquet has 2 columns "
                                                  "named 'prompt'"] * 3 + ["c.parquet row group 1"] * 4
+
+
+def test_symlinked_folders_are_followed_once_and_a_folder_loop_ends(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "b.jsonl").write_text(json.dumps(GOOD) + "\n")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_text(json.dumps(GOOD) + "\n")
+    os.symlink(elsewhere, src / "part2")  # data kept on another disk: its rows belong to the source
+    os.symlink(elsewhere, src / "part3")  # the same folder again: read once
+    os.symlink(src, src / "loop")  # a link to a parent: the walk still ends
+    files = [f["path"] for f in local_source(str(src)).describe()["files"]]
+    assert files == ["a.jsonl", os.path.join("part2", "b.jsonl")]
