@@ -14,10 +14,10 @@ from typing import Any
 
 import polars as pl
 
-from tzc_data.errors import TzcError
+from tzc_data.errors import SourceError, TzcError
 from tzc_data.filters.repetition import lowered, repeating_tail
 from tzc_data.load import read_manifest
-from tzc_data.read import Source, local_source, open_source, read
+from tzc_data.read import Source, changed_since, local_source, open_source, read
 from tzc_data.record import REASONS
 from tzc_data.write import REJECTED_DIR, STATS_DIR
 
@@ -42,12 +42,19 @@ def highlight(text: str, needle: str, colour: bool, *, limit: int = 12) -> str:
 
 
 def _source(manifest: dict[str, Any]) -> Source:
+    """The build's source opened again, or SourceError when it is not the one the build read
+    (a file edited, replaced, added or gone since): its rows would be other rows."""
     described = manifest["source"]
     if described["kind"] == "synthetic":
-        return open_source("synthetic", seed=described["seed"])
-    if described["kind"] == "local":
-        return local_source(described["spec"])
-    return open_source("hf", revision=described.get("commit"))
+        source = open_source("synthetic", seed=described["seed"])
+    elif described["kind"] == "local":
+        source = local_source(described["spec"])
+    else:
+        source = open_source("hf", revision=described.get("commit"))
+    changed = changed_since(described, source.describe())
+    if changed:
+        raise SourceError(f"the source is not the one this build read: {changed}")
+    return source
 
 
 def _row_text(source: Source | None, row: int) -> dict[str, str]:

@@ -71,7 +71,7 @@ def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Toke
     """The per-row stages: each looks at one example at a time (``--workers`` runs them in processes)."""
     examples = hash_prompts(examples)
     examples = drop_excluded(examples, excluded)
-    examples = split_examples(examples)
+    examples = split_examples(examples, keep_response=config.keep_rejected)
     examples = apply_filters(examples, quality)
     examples = format_examples(examples)
     examples = tokenize(examples, tokenizer)
@@ -282,6 +282,7 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     _check_output(out, config.overwrite)
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
+    source.check_range(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
     staging = staging_path(out)
     identity = _identity(config, source, tokenizer)

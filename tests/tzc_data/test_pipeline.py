@@ -159,7 +159,8 @@ def test_jsonl_with_malformed_lines_builds_and_accounts_for_them(tmp_path, tiny_
                  "--seq-len", "2048", "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["by_status"]["malformed"] == 2 and manifest["counts"]["read"] == 40
-    assert manifest["source"]["files"] == [{"path": "rows.jsonl", "bytes": os.path.getsize(src)}]
+    assert manifest["source"]["files"] == [{"path": "rows.jsonl", "bytes": os.path.getsize(src), "rows": 40,
+                                            "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}]
     stats = pl.read_parquet(out / "stats" / "records.parquet")
     bad = stats.filter(pl.col("status") == "malformed")
     assert bad["row"].to_list() == [3, 7] and "line 4" in bad["detail"][0]
