@@ -1,33 +1,43 @@
 """Repetition signals for R1-style traces: each linear in the text, none a backtracking regex.
 
-Degenerate traces repeat in several ways, and each signal here catches one of them:
+A loop is *degenerate* repetition: the same unit re-emitted with little new text between its
+copies, or a cycle of a few units, growing to the end of the reasoning or the answer. Real R1
+also repeats itself, at length and legitimately: it re-reads the question, restates a step a
+dozen times in 50k characters, quotes data and options from the prompt. So every count here is
+judged against the trace (its length, the share the copies cover, what comes between them), and
+text the prompt holds is not counted. Each signal catches one way of looping:
 
-* ``repeating_tail``: the end of the text is one unit repeated many times: a phrase, a sentence, a
+* ``repeating_tail``: the end of the text is one unit repeated exactly: a phrase, a sentence, a
   1k-character paragraph, or two paragraphs in alternation. It runs on the text in lower case
   with digits removed, so a unit whose counters or numbers change from copy to copy ("Attempt 9:
   ... 12", "Attempt 10: ... 13") repeats exactly.
-* ``repeated_units``: the same paragraph, or the same long sentence, many times anywhere in the
-  text (open-instruct's "same paragraph N times").
+* ``cycling_tail``: the end is a few lines re-emitted over and over in varying order, with short
+  fillers between ("Alternatively, the answer is X." / "Hmm." / "Thus, the final answer is X.").
+* ``copy_run``: one line restated again and again after a short new remark each time.
+* ``covering_unit`` / ``repeated_units``: the same paragraph or long sentence anywhere in the text,
+  judged by the share of the text its copies cover (open-instruct's "same paragraph N times").
 * ``dup_ngram_share`` / ``top_ngram_share``: Gopher-style shares: characters inside word 10-grams that occur more than once,
   and the share of the most frequent word 3-gram. Reasoning legitimately repeats "Wait, but" and
   "Let me", so the thresholds are set for reasoning text, not web text.
 * ``compression_ratio``: zlib-compressed size over raw size, a cheap global signal.
 
-The signals run on :func:`folded` UTF-8 bytes (lower case, no digits): bytes split, count and
-compare faster than ``str``, and a loop is as visible in bytes as in characters.
-Every function takes a text and returns numbers; :class:`RepetitionFilter` turns them into one
-verdict with a reason per signal and stores every score for the stats. The tail is checked on
-the reasoning and on the answer; the other signals on both together, and the share-based ones on
-the last few thousand characters, where degenerate traces end up (which also bounds their cost).
+The signals run on UTF-8 bytes: :func:`folded` (lower case, no digits) for the tail, the units
+and the shares, :func:`cased` (lower case, digits kept) for the cycle and the run, whose copies
+must match in their numbers too (a list of cases is not a loop). Bytes split, count and compare
+faster than ``str``, and a loop is as visible in bytes as in characters. Every function takes a
+text and returns numbers; :class:`RepetitionFilter` turns them into one verdict with a reason
+per signal and stores every score for the stats. The loop signals are checked on the reasoning
+and on the answer (the cycle and the run on the last 8,000 characters of each, where a loop grows);
+the others on both together, and the share-based ones on the last few thousand characters, where
+degenerate traces end up (which also bounds their cost).
 """
-
 from __future__ import annotations
 
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from itertools import accumulate
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import NamedTuple
 
 import numpy as np
