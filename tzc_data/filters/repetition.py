@@ -285,11 +285,16 @@ def cycling_tail(text: bytes, *, repeats: float = 3.0, share: float = 0.5, least
     text between the checks, so its ends stay near one copy a line. Pass :func:`cased` bytes;
     cost: a set of each end's lines at C speed, and a count of the lines of those that qualify.
     """
-    return _cycle(lines(text), repeats, share, least, prompt_lines, window)
+    stripped = lines(text)
+    return _cycle(stripped, Counter(stripped), repeats, share, least, prompt_lines, window)
 
 
-def _cycle(stripped: list[bytes], repeats: float, share: float, least: int, prompt_lines: frozenset,
-           window: int) -> Cycle | None:
+def _cycle(stripped: list[bytes], counts: Counter, repeats: float, share: float, least: int,
+           prompt_lines: frozenset, window: int) -> Cycle | None:
+    """:func:`cycling_tail` on the lines and their counts (shared with :func:`_run`)."""
+    if not any(len(line) >= least and line not in prompt_lines
+               for line in [line for line, count in counts.items() if count >= repeats]):
+        return None  # copies per line average ``repeats`` only where some line has that many
     parts = [line for line in stripped[-4 * window:] if len(line) >= least and line not in prompt_lines][-window:]
     best: Cycle | None = None
     for size in _SIZES:
@@ -327,12 +332,14 @@ def copy_run(text: bytes, *, least: int = 30, gap: float = 2.0, slack: int = 100
     first one to reach it wins. Pass :func:`cased` bytes (numbers must match); cost: a count of
     the lines at C speed, then one step per copy of the lines that occur ``min_copies`` times.
     """
-    return _run(*_split(text), least, gap, slack, min_copies, quoter(prompt))
+    raw, stripped = _split(text)
+    return _run(raw, stripped, Counter(stripped), least, gap, slack, min_copies, quoter(prompt))
 
 
-def _run(raw: list[bytes], stripped: list[bytes], least: int, gap: float, slack: int, min_copies: int,
-         is_quoted: Callable[[bytes], bool]) -> Run | None:
-    counts = Counter(stripped)  # at C speed: only a line with min_copies copies can form such a run
+def _run(raw: list[bytes], stripped: list[bytes], counts: Counter, least: int, gap: float, slack: int,
+         min_copies: int, is_quoted: Callable[[bytes], bool]) -> Run | None:
+    """:func:`copy_run` on the split text and the lines' counts (shared with :func:`_cycle`)."""
+    # only a line with min_copies copies can form such a run
     candidates = {line for line, count in counts.items() if count >= min_copies and len(line) >= least}
     if not candidates:
         return None
@@ -502,13 +509,14 @@ class RepetitionFilter:
                 reason, detail = "loop", f"{part} ends with {_clip(tail.unit)!r} x{tail.repeats:.1f} ({tail.span:,} chars)"
             body = cased(getattr(example, part))
             raw, stripped = _split(body[-self.loop_window:])  # a loop that grows to the end fills the end
-            found = _cycle(stripped, self.cycle_repeats or 3.0, self.cycle_share, 12, prompt_lines, 256)
+            counts = Counter(stripped)  # at C speed
+            found = _cycle(stripped, counts, self.cycle_repeats or 3.0, self.cycle_share, 12, prompt_lines, 256)
             if found and (cycle is None or found.lines > cycle.lines):
                 cycle = found
             if found and reason is None and self.cycle_repeats and found.span >= self.tail_chars:
                 reason, detail = "loop", f"{part} ends cycling through {found.lines} lines, {found.repeats:.1f} " \
                                          f"copies each ({found.span:,} chars), most often {_clip(found.unit)!r}"
-            line_run = _run(raw, stripped, 30, 2.0, 100, self.run_copies or 2, run_quoted)
+            line_run = _run(raw, stripped, counts, 30, 2.0, 100, self.run_copies or 2, run_quoted)
             if line_run and (run is None or line_run.copies > run.copies):
                 run = line_run
             if line_run and reason is None and self.run_copies and line_run.copies >= self.run_copies \
