@@ -118,11 +118,13 @@ def repetition(rows: int) -> list[str]:
     """Per signal (each alone, the others off) and overall: recall on every looping set, false drops
     on every clean set, precision on the real sets (loops as if closed against the real clean)."""
     loops, clean = labelled_sets(rows)
-    checks = [*((name, _alone(fields)) for name, (_, fields) in SIGNALS.items()), ("all (the build)", RepetitionFilter())]
+    checks = [*((name, _alone(fields)) for name, (_, fields) in SIGNALS.items()),
+              ("all (the build)", RepetitionFilter())]
     hits = {signal: None if check is None else {name: sum(check(e).reason is not None for e in examples)
                                                 for name, examples in (loops | clean).items()}
             for signal, check in checks}
-    lines = ["| set | traces | " + " | ".join(signal for signal, _ in checks) + " |", "| --- " * (len(checks) + 2) + "|"]
+    lines = ["| set | traces | " + " | ".join(signal for signal, _ in checks) + " |",
+             "| --- " * (len(checks) + 2) + "|"]
     for kind, sets in (("recall", loops), ("false drops", clean)):
         for name, examples in sets.items():
             cells = ["n/a" if hits[s] is None else f"{hits[s][name] / len(examples):.1%}"
@@ -255,7 +257,8 @@ def cost_long(runs: int) -> list[str]:
     return [f"| build of the {len(traces)} real long traces (best of {runs}) | wall s | CPU s |", "| --- | --- | --- |",
             f"| no filters (no language, repetition) | {off_wall:.2f} | {off_cpu:.2f} |",
             f"| every filter | {on_wall:.2f} | {on_cpu:.2f} |",
-            f"| difference: the filters' share of the build | {1 - off_wall / on_wall:.0%} | {1 - off_cpu / on_cpu:.0%} |",
+            f"| difference: the filters' share of the build | {1 - off_wall / on_wall:.0%} | "
+            f"{1 - off_cpu / on_cpu:.0%} |",
             f"| language + repetition filters timed alone on the {len(examples)} complete traces | | "
             f"{alone:.2f} ({alone / on_cpu:.0%} of the build) |"]
 
@@ -266,7 +269,8 @@ def main() -> None:
     parser.add_argument("--cost-rows", type=int, default=5000)
     parser.add_argument("--cost-runs", type=int, default=3, help="interleaved builds of the real long traces")
     args = parser.parse_args()
-    for title, lines in [("Repetition signals: recall on looping sets, false drops on clean sets", repetition(args.rows)),
+    for title, lines in [("Repetition signals: recall on looping sets, false drops on clean sets",
+                          repetition(args.rows)),
                          ("Every real trace through the build's split and repetition filter", real_outcomes()),
                          ("English detector", language(args.rows)), ("Near-duplicate prompts", near_dup(args.rows)),
                          ("Cost of the filters on real long traces", cost_long(args.cost_runs)),

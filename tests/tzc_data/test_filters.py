@@ -419,7 +419,8 @@ def test_the_build_options_reach_the_filter_and_bad_ones_name_themselves():
     config = BuildConfig(out="x", start=0, stop=1, loop_min_cycle_repeats=4, loop_min_run=0, min_repeated_share=0.2)
     check = next(f for f in build_filters(config) if isinstance(f, RepetitionFilter))
     assert (check.cycle_repeats, check.run_copies, check.repeated_share) == (4, 0, 0.2)
-    for bad, option in ((dict(loop_min_run=1), "--loop-min-run"), (dict(loop_min_cycle_repeats=1.5), "--loop-min-cycle"),
+    for bad, option in ((dict(loop_min_run=1), "--loop-min-run"),
+                        (dict(loop_min_cycle_repeats=1.5), "--loop-min-cycle"),
                         (dict(min_repeated_share=1.5), "--min-repeated-share")):
         with pytest.raises(ConfigError, match=option):
             BuildConfig(out="x", start=0, stop=1, **bad)
