@@ -324,7 +324,7 @@ def test_property_dup_ngram_share_equals_its_definition(words, n):
     assert dup_ngram_share(words, n) == pytest.approx(expected)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(st.sampled_from([b"xx", b"yyy", b"z" * 5, b"w" * 6, b"v" * 8]), min_size=1, max_size=40),
        st.integers(0, 7), st.integers(2, 5))
 def test_property_the_covering_unit_is_the_widest_repeated_one(parts, least, min_copies):
