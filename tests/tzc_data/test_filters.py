@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tzc_data.filters import (EnglishFilter, LengthFilter, RepetitionFilter, apply_filters, compression_ratio,
                               copy_run, covering_unit, cycling_tail, dup_ngram_share, english_score, quoted,
-                              repeated_units, repeating_tail, top_ngram_share)
+                              repeated_units, repeating_tail, skeleton, top_ngram_share)
 from tzc_data.filters.repetition import cased, folded, lines
 from tzc_data.format import FormatError, split_response
 from tzc_data.record import Example
@@ -118,7 +118,7 @@ def test_long_truncated_real_traces_are_dropped():
 
 def test_a_restated_step_is_judged_by_its_share_of_the_trace(long_clean):
     """The same 12 copies that real R1 spreads over 45k characters make a loop in 2k characters."""
-    trace = next(t for t in long_clean if "light rope a at both ends" in skeleton_of(t["response"]))
+    trace = next(t for t in long_clean if "light rope a at both ends" in skeleton(t["response"]))
     reasoning, answer = split_response(trace["response"])
     both = folded(reasoning) + b"\n\n" + folded(answer)
     step = covering_unit(both, b". ", least=50, min_copies=8)
@@ -129,10 +129,6 @@ def test_a_restated_step_is_judged_by_its_share_of_the_trace(long_clean):
     short = " ".join(f"{line} {step.unit.decode().capitalize().rstrip('.')}." for line in filler)
     assert len(short) < 2500
     assert only(sentence_repeats=8)(_example(short)).reason == "repeated_paragraphs"
-
-
-def skeleton_of(text):
-    return " ".join(text.lower().split())
 
 
 DNA = "ATGCGTACGTTAGCCGATCGATCGGCTAAGCTTGCAATGCCGTA"
@@ -380,6 +376,7 @@ def test_property_a_run_reports_copies_that_are_close_and_in_its_span(copies, ga
 
 
 def test_signal_functions_on_known_texts():
+    assert lines(b" a. b? c! d\ne.f") == [b"a.", b"b?", b"c!", b"d", b"e.f"]
     assert repeated_units("x" * 120 + "\n\n" + "y" * 120 + "\n\n" + "x" * 120).paragraph_repeats == 2
     assert dup_ngram_share(("one two three four five six seven eight nine ten eleven " * 2).split()) == 1.0
     assert dup_ngram_share("each word here is different from all the others in this short line".split()) == 0.0
