@@ -57,10 +57,16 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--loop-min-repeats", type=float, default=3.0,
                    help="loop: repeats of a unit at the end of the reasoning or answer (0 = off)")
     g.add_argument("--loop-min-chars", type=int, default=200, help="loop: characters the repeating tail must cover")
+    g.add_argument("--loop-min-cycle-repeats", type=float, default=3.0,
+                   help="loop: copies per line of a few lines cycling at the end (0 = off)")
+    g.add_argument("--loop-min-run", type=int, default=4,
+                   help="loop: copies of one line re-emitted with little new text between, near the end (0 = off)")
     g.add_argument("--max-paragraph-repeats", type=int, default=3,
                    help="repeated_paragraphs: copies of one paragraph (>= 100 chars) anywhere (0 = off)")
     g.add_argument("--max-sentence-repeats", type=int, default=8,
                    help="repeated_paragraphs: copies of one sentence (>= 50 chars) anywhere (0 = off)")
+    g.add_argument("--min-repeated-share", type=float, default=0.08,
+                   help="repeated_paragraphs: share of the text those copies must cover (0 = the count alone)")
     g.add_argument("--max-ngram-dup-share", type=float, default=0.9,
                    help="ngram_repetition: share of characters in repeated word 10-grams (0 = off)")
     g.add_argument("--max-ngram-top-share", type=float, default=0.4,
@@ -105,7 +111,9 @@ def _run_build(args: argparse.Namespace) -> int:
         min_answer_tokens=args.min_answer_tokens, min_reasoning_tokens=args.min_reasoning_tokens, dedup=args.dedup,
         near_dup=args.near_dup, near_dup_threshold=args.near_dup_threshold,
         loop_filter=args.loop_filter, loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
+        loop_min_cycle_repeats=args.loop_min_cycle_repeats, loop_min_run=args.loop_min_run,
         max_paragraph_repeats=args.max_paragraph_repeats, max_sentence_repeats=args.max_sentence_repeats,
+        min_repeated_share=args.min_repeated_share,
         max_ngram_dup_share=args.max_ngram_dup_share, max_ngram_top_share=args.max_ngram_top_share,
         min_compression_ratio=args.min_compression_ratio, language_filter=args.language_filter,
         min_english_score=args.min_english_score, keep_rejected=args.keep_rejected,

@@ -52,8 +52,11 @@ class BuildConfig:
     loop_filter: bool = True  # all repetition signals; each threshold below also switches off at 0
     loop_min_repeats: float = 3.0
     loop_min_chars: int = 200
+    loop_min_cycle_repeats: float = 3.0
+    loop_min_run: int = 4
     max_paragraph_repeats: int = 3
     max_sentence_repeats: int = 8
+    min_repeated_share: float = 0.08
     max_ngram_dup_share: float = 0.9
     max_ngram_top_share: float = 0.4
     min_compression_ratio: float = 0.12
@@ -91,9 +94,13 @@ class BuildConfig:
             raise ConfigError(f"--min-kept-ratio {self.min_kept_ratio}: must be between 0 and 1")
         if not (self.loop_min_repeats == 0 or self.loop_min_repeats >= 2) or self.loop_min_chars < 1:
             raise ConfigError("--loop-min-repeats must be 0 (off) or >= 2, and --loop-min-chars >= 1")
+        if not (self.loop_min_cycle_repeats == 0 or self.loop_min_cycle_repeats >= 2) or \
+                not (self.loop_min_run == 0 or self.loop_min_run >= 2):
+            raise ConfigError("--loop-min-cycle-repeats and --loop-min-run must be 0 (off) or >= 2")
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise ConfigError(f"--near-dup-threshold {self.near_dup_threshold}: must be in (0, 1]")
-        for name in ("max_ngram_dup_share", "max_ngram_top_share", "min_compression_ratio", "min_english_score"):
+        for name in ("max_ngram_dup_share", "max_ngram_top_share", "min_compression_ratio", "min_english_score",
+                     "min_repeated_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
         if self.max_paragraph_repeats < 0 or self.max_sentence_repeats < 0:

@@ -60,7 +60,9 @@ def build_filters(config: BuildConfig) -> list[Filter]:
     if config.loop_filter:
         filters.append(RepetitionFilter(
             tail_repeats=config.loop_min_repeats, tail_chars=config.loop_min_chars,
+            cycle_repeats=config.loop_min_cycle_repeats, run_copies=config.loop_min_run,
             paragraph_repeats=config.max_paragraph_repeats, sentence_repeats=config.max_sentence_repeats,
+            repeated_share=config.min_repeated_share,
             ngram_dup_share=config.max_ngram_dup_share, ngram_top_share=config.max_ngram_top_share,
             min_compression=config.min_compression_ratio))
     return filters
