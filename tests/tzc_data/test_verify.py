@@ -93,7 +93,7 @@ def test_stats_and_hash_file_must_agree_with_the_manifest(builds, tmp_path):
     (build / "manifest.json").write_text(json.dumps(manifest))
     problems = verify([str(build)])
     assert any("prompt hashes" in p and "sha256" in p for p in problems)
-    assert any("stats count" in p for p in problems)
+    assert any("records.parquet counts by status" in p for p in problems)
 
 
 def test_shared_prompts_and_overlapping_ranges_fail_with_examples(builds, capsys):
@@ -111,3 +111,179 @@ def test_shared_prompts_and_overlapping_ranges_fail_with_examples(builds, capsys
 
 def test_a_directory_that_is_not_a_finished_build_fails(tmp_path):
     assert verify([str(tmp_path)]) == [f"{tmp_path}: {tmp_path} is not a finished tzc build: no manifest.json"]
+
+
+# ---------------------------------------------------------------------------------------------
+# One list of shards, inside the build
+
+
+def _manifest(build):
+    return json.loads((build / "manifest.json").read_text())
+
+
+def _save(build, manifest):
+    (build / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _read_records(path):
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    reader = ArrayRecordReader(str(path))
+    records = reader.read_all()
+    reader.close()
+    return records
+
+
+def _write_records(path, records):
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for record in records:
+        writer.write(record)
+    writer.close()
+
+
+def _reseal(build, manifest):
+    """Make the manifest agree with the files as they now are: what a careful forger does, so that
+    only the cross-checks between layers can catch the change."""
+    from tzc_data.tokenize import sha256_file
+
+    for entry in manifest["shards"]:
+        path = build / entry["file"]
+        if path.is_file():
+            entry["sha256"], entry["records"] = sha256_file(path), len(_read_records(path))
+    manifest["splits"] = {s: [e["file"] for e in manifest["shards"] if e["split"] == s] for s in manifest["splits"]}
+    for split, numbers in manifest["packing"]["by_split"].items():
+        numbers["rows"] = sum(e["records"] for e in manifest["shards"] if e["split"] == split)
+    manifest["packing"]["rows"] = sum(e["records"] for e in manifest["shards"])
+    for name, entry in manifest["stats"].items():
+        entry["sha256"] = sha256_file(build / name)
+    _save(build, manifest)
+
+
+def _refused_by_loaders(build, match):
+    import tzc_data
+    from tzc_data.errors import OutputError
+
+    with pytest.raises(OutputError, match=match):
+        tzc_data.load(build)
+    with pytest.raises(OutputError, match=match):
+        tzc_data.batches(build, 1, seed=0)
+
+
+def test_splits_must_be_the_shards_list_each_shard_once(builds, tmp_path):
+    build = _copy(builds[0], tmp_path)
+    manifest = _manifest(build)
+    manifest["splits"]["train"].append(manifest["splits"]["train"][0])  # the loaders would read it twice
+    _save(build, manifest)
+    problems = verify([str(build)])
+    assert len(problems) == 1 and problems[0].startswith(f"{build} manifest.json: splits['train'] is [")
+    _refused_by_loaders(build, "splits\\['train'\\]")
+    manifest["splits"]["train"].pop()
+    manifest["shards"].append(dict(manifest["shards"][0]))  # verify would check it twice
+    _save(build, manifest)
+    assert any("is listed twice" in p for p in verify([str(build)]))
+    _refused_by_loaders(build, "listed twice")
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_a_shard_of_another_build_is_refused(builds, tmp_path, how):
+    """The manifest's sha256 and counts match the foreign shard: only the path rule can refuse it."""
+    build, other = _copy(builds[0], tmp_path), _copy(builds[1], tmp_path)
+    manifest = _manifest(build)
+    entry = manifest["shards"][0]
+    foreign = sorted((other / "shards").iterdir())[0]
+    if how == "dotdot":
+        entry["file"] = f"../{other.name}/shards/{foreign.name}"
+    elif how == "absolute":
+        entry["file"] = str(foreign)
+    else:
+        (build / entry["file"]).unlink()
+        (build / entry["file"]).symlink_to(foreign)
+    manifest["splits"]["train"][0] = entry["file"]
+    _reseal(build, manifest)
+    problems = verify([str(build)])
+    assert problems and problems[0].startswith(f"{build} manifest.json: shards[0]: ")
+    assert ("leads outside the build" if how == "symlink" else "inside") in problems[0]
+    _refused_by_loaders(build, "shards\\[0\\]")
+
+
+# ---------------------------------------------------------------------------------------------
+# Consistent tampering: the manifest is resealed, the cross-checks still fail, naming shard and row
+
+
+def _shards(build):
+    return [build / e["file"] for e in _manifest(build)["shards"]]
+
+
+def test_a_deleted_shard_fails_even_with_the_manifest_updated(builds, tmp_path):
+    build = _copy(builds[0], tmp_path)
+    manifest = _manifest(build)
+    gone = manifest["shards"].pop(1)
+    (build / gone["file"]).unlink()
+    _reseal(build, manifest)
+    problems = verify([str(build)])
+    assert any("stats/packs.parquet" in p and "in no shard" in p for p in problems), problems
+
+
+def test_swapped_shards_fail_naming_shard_and_row(builds, tmp_path):
+    build = _copy(builds[0], tmp_path)
+    first, second = _shards(build)[:2]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b), second.write_bytes(a)
+    _reseal(build, _manifest(build))
+    problems = verify([str(build)])
+    assert any(p.startswith(f"{build} shard shards/{first.name} row 0:") for p in problems), problems
+    assert any("another prompt" in p for p in problems)
+
+
+def test_an_appended_record_fails_naming_shard_and_row(builds, tmp_path):
+    build = _copy(builds[0], tmp_path)
+    path = _shards(build)[1]
+    records = _read_records(path)
+    _write_records(path, records + [records[0]])
+    _reseal(build, _manifest(build))
+    problems = verify([str(build)])
+    assert any(f"shards/{path.name} row {len(records)}" in p for p in problems), problems
+
+
+def test_a_duplicated_record_fails_naming_shard_and_row(builds, tmp_path):
+    build = _copy(builds[0], tmp_path)
+    path = _shards(build)[0]
+    records = _read_records(path)
+    records[5] = records[4]
+    _write_records(path, records)
+    _reseal(build, _manifest(build))
+    problems = verify([str(build)])
+    assert problems and all(f"shards/{path.name} row 5" in p for p in problems), problems
+
+
+def test_a_record_blanked_to_padding_fails_naming_shard_and_row(builds, tmp_path):
+    build = _copy(builds[0], tmp_path)
+    path = _shards(build)[0]
+    records = _read_records(path)
+    records[2] = bytes(len(records[2]))
+    _write_records(path, records)
+    _reseal(build, _manifest(build))
+    problems = verify([str(build)])
+    assert problems[0].startswith(f"{build} shard shards/{path.name} row 2: holds 0 segments, 0 tokens, 0 loss "
+                                  "tokens; stats/packs.parquet row 2 says ")
+    assert any(f"(placed in shards/{path.name} row 2 segment 1): " in p and "the shard holds 0" in p for p in problems)
+
+
+def test_stats_rows_moved_or_recounted_fail_naming_the_row(builds, tmp_path):
+    import polars as pl
+
+    build = _copy(builds[0], tmp_path)
+    records = pl.read_parquet(build / "stats" / "records.parquet")
+    kept = records.filter(pl.col("status") == "kept")["row"].to_list()
+    changed = records.with_columns(
+        tokens=pl.when(pl.col("row") == kept[0]).then(pl.col("tokens") + 1).otherwise(pl.col("tokens")),
+        segment=pl.when(pl.col("row") == kept[1]).then(pl.col("segment") + 5).otherwise(pl.col("segment")))
+    changed.write_parquet(build / "stats" / "records.parquet")
+    _reseal(build, _manifest(build))
+    problems = verify([str(build)])
+    assert any(p.startswith(f"{build} stats/records.parquet row {kept[0]} (placed in ") and "tokens, the shard holds"
+               in p for p in problems), problems
+    assert any(p.startswith(f"{build} stats/records.parquet row {kept[1]}: placed in segment") for p in problems)
+    assert any("no kept row of stats/records.parquet placed there" in p for p in problems)
