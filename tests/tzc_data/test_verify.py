@@ -287,3 +287,173 @@ def test_stats_rows_moved_or_recounted_fail_naming_the_row(builds, tmp_path):
                in p for p in problems), problems
     assert any(p.startswith(f"{build} stats/records.parquet row {kept[1]}: placed in segment") for p in problems)
     assert any("no kept row of stats/records.parquet placed there" in p for p in problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token ids: the template's control ids where it puts them, text that parses
+
+
+def _edit_segment(build, edit, shard=0, row=3):
+    """Apply ``edit(tokens, loss_mask)`` to segment 1 of one packed row (numpy views), and reseal."""
+    import numpy as np
+
+    path = _shards(build)[shard]
+    records = _read_records(path)
+    packed = np.frombuffer(records[row], "<i4").reshape(4, -1).copy()
+    where = packed[1] == 1
+    tokens, mask = packed[0][where], packed[3][where]
+    edit(tokens, mask)
+    packed[0][where], packed[3][where] = tokens, mask
+    records[row] = packed.tobytes()
+    _write_records(path, records)
+    _reseal(build, _manifest(build))
+    return f"{build} shard shards/{path.name} row {row} segment 1: "
+
+
+def test_token_ids_must_be_the_templates(builds, tmp_path, gemma_tokenizer):
+    tok = gemma_tokenizer
+    head = len(tok.user_head) + len(tok.system_ids)
+
+    def special_in_prompt(tokens, mask):
+        tokens[head + 1] = tok.start_of_turn
+
+    def no_bos(tokens, mask):
+        tokens[0] = tok.sp.encode("The")[0]
+
+    def answer_closed_early(tokens, mask):  # plain ids, but the text no longer parses
+        close = tok.sp.encode("</answer>")
+        end = len(tokens) - len(tok.tail)
+        tokens[end - len(close):end] = close
+
+    def loss_on_the_prompt(tokens, mask):
+        mask[head] = 1
+
+    def another_prompt(tokens, mask):  # well formed; only the stats' prompt hash can tell
+        tokens[head] = tok.sp.encode("Zebra")[0]
+
+    cases = [(special_in_prompt, "holds the special ids [<bos> at 0, <start_of_turn> at 1, <start_of_turn> at "),
+             (no_bos, "does not start with <bos>"),
+             (answer_closed_early, "decodes to text that format.parse refuses (unparseable: unexpected text after"),
+             (loss_on_the_prompt, "the loss mask is not exactly the model turn")]
+    for n, (edit, message) in enumerate(cases):
+        build = _copy(builds[0], tmp_path / str(n))
+        where = _edit_segment(build, edit)
+        problems = verify([str(build)])
+        assert any(p.startswith(where + message) for p in problems), (edit.__name__, problems)
+    build = _copy(builds[0], tmp_path / "prompt")
+    _edit_segment(build, another_prompt)
+    problems = verify([str(build)])
+    assert len(problems) == 1 and "(placed in shards/train-00000-of-00004.array_record row 3 segment 1): the shard's " \
+                                  "text there has another prompt" in problems[0], problems
+
+
+def test_a_tokenizer_not_found_is_a_problem_and_can_be_given(tmp_path, tiny_model_path, capsys):
+    model = tmp_path / "tok.model"
+    shutil.copy(tiny_model_path, model)
+    build = tmp_path / "b"
+    assert main(["build", "--source", "synthetic", "--range", "0:60", "--out", str(build), "--seq-len", "8192",
+                 "--tokenizer", str(model), "--no-progress"]) == 0
+    assert verify([str(build)]) == []
+    moved = model.rename(tmp_path / "elsewhere.model")
+    problems = verify([str(build)])
+    assert problems == [f"{build}: cannot find the build's tokenizer tok.model (sha256 "
+                        f"{_manifest(build)['tokenizer']['sha256'][:12]}...) (not at {model}); pass --tokenizer PATH; "
+                        "token ids and texts were not checked"]
+    capsys.readouterr()
+    assert main(["verify", str(build)]) == 1
+    assert main(["verify", str(build), "--tokenizer", str(moved)]) == 0
+    assert "ok (1 build(s))" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaged files and malformed manifests: one line per problem, exit 1, no traceback
+
+
+def _flip(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _damage_records(build, how):
+    path = build / "stats" / "records.parquet"
+    if how == "flipped":
+        _flip(path)
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("how, reseal, expected", [
+    ("flipped", False, "stats/records.parquet: sha256 "),
+    # Parquet has no checksum here: the flipped byte (in the tokens column) reads, and only the shards disagree.
+    ("flipped", True, "stats/records.parquet row "),
+    ("truncated", True, "stats/records.parquet: cannot be read as Parquet ("),
+    ("deleted", False, "stats/records.parquet: missing"),
+])
+def test_a_damaged_records_file_is_one_line(builds, tmp_path, capsys, how, reseal, expected):
+    build = _copy(builds[0], tmp_path)
+    _damage_records(build, how)
+    if reseal:
+        manifest = _manifest(build)
+        manifest["stats"]["stats/records.parquet"]["sha256"] = __import__("tzc_data.tokenize").tokenize.sha256_file(
+            build / "stats" / "records.parquet")
+        _save(build, manifest)
+    capsys.readouterr()
+    assert main(["verify", str(build)]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{build} {expected}") and all(line.startswith(str(build)) for line in lines)
+    assert len(lines) == 1 or how == "flipped"  # a changed file that still reads is cross-checked: rows named
+    assert "Traceback" not in err and err.strip() == f"tzc-data verify: {len(lines)} problem(s)"
+
+
+def _structure(build, how):
+    manifest = _manifest(build)
+    if how == "empty object":
+        manifest = {}
+    elif how == "array":
+        manifest = []
+    elif how == "no shards":
+        del manifest["shards"]
+    elif how == "near_dup null":
+        manifest["near_dup"] = None
+    elif how == "not JSON":
+        (build / "manifest.json").write_text('{"shards": [')
+        return
+    _save(build, manifest)
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("empty object", ["no 'format_version'", "no 'source'", "no 'range'", "no 'config'", "no 'tokenizer'",
+                      "no 'counts'", "no 'packing'", "no 'splits'", "no 'shards'", "no 'hashes'", "no 'near_dup'",
+                      "no 'stats'"]),
+    ("array", ["the manifest is a JSON array, not an object"]),
+    ("no shards", ["no 'shards'"]),
+    ("near_dup null", ["near_dup is null, but the build's config has near-dup on: its signatures are not recorded"]),
+])
+def test_a_malformed_manifest_is_one_line_per_problem(builds, tmp_path, capsys, how, expected):
+    build = _copy(builds[0], tmp_path)
+    _structure(build, how)
+    capsys.readouterr()
+    assert main(["verify", str(build)]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{build} manifest.json: {line}" for line in expected]
+    assert "Traceback" not in err
+
+
+def test_a_manifest_that_is_not_json_and_a_shard_that_is_a_directory(builds, tmp_path, capsys):
+    build = _copy(builds[0], tmp_path / "json")
+    _structure(build, "not JSON")
+    assert verify([str(build)]) == [f"{build}: {build}/manifest.json is not valid JSON: Expecting value: line 1 "
+                                    "column 13 (char 12)"]
+    build = _copy(builds[0], tmp_path / "dir")
+    shard = _shards(build)[2]
+    shard.unlink()
+    shard.mkdir()
+    capsys.readouterr()
+    assert main(["verify", str(build)]) == 1
+    out, err = capsys.readouterr()
+    assert f"{build} shard shards/{shard.name}: is a directory, not a file" in out.splitlines()
+    assert "Traceback" not in err
