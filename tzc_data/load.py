@@ -322,11 +322,6 @@ def shard_paths(directory: str | os.PathLike, split: str = "train",
     return paths
 
 
-def split_rows(directory: str | os.PathLike, split: str = "train") -> int:
-    """Packed rows of ``split`` as the manifest counts them."""
-    return sum(entry["records"] for entry in shard_entries(read_manifest(directory), split))
-
-
 def _decode_batch(records: list[bytes], seq_len: int) -> dict[str, Any]:
     import numpy as np
 

@@ -25,8 +25,8 @@ LENGTH_COLUMNS = ("prompt_chars", "reasoning_chars", "answer_chars", "tokens", "
 def summarise(directory: str) -> dict[str, Any]:
     """One build's numbers: counts by status, length percentiles of kept rows, packing."""
     manifest = read_manifest(directory)
-    records = read_stats(directory, RECORDS, manifest=manifest)
-    packs = read_stats(directory, PACKS, manifest=manifest)
+    records = read_stats(directory, RECORDS, ["status", *LENGTH_COLUMNS], manifest=manifest)
+    packs = read_stats(directory, PACKS, ["split", "segments", "tokens", "loss_tokens", "fill"], manifest=manifest)
     total = records.height
     by_status = {status: count for status, count in records.group_by("status").len().sort(
         ["len", "status"], descending=[True, False]).iter_rows()}
@@ -160,7 +160,7 @@ def inspect_row(directory: str, row: int, *, split: str = "train", tokenizer: st
     if not 0 <= row < len(rows):
         raise TzcError(f"--row {row}: split {split!r} of {directory} has packed rows 0..{len(rows) - 1}")
     packed = rows[row]
-    packs = read_stats(directory, PACKS, manifest=manifest).filter(pl.col("split") == split)
+    packs = read_stats(directory, PACKS, ["split", "rows"], manifest=manifest).filter(pl.col("split") == split)
     if packs.height != len(rows):
         raise TzcError(f"{directory}: {PACKS} lists {packs.height} packed rows of {split!r}, its shards hold "
                        f"{len(rows)} (tzc-data verify {directory})")

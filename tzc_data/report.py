@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 from tzc_data.load import PACKS, RECORDS, read_manifest, read_stats
-from tzc_data.look import format_table, summarise
+from tzc_data.look import LENGTH_COLUMNS, format_table, summarise
 
 WIDTH, HEIGHT, PAD = 560, 220, 40
 PALETTE = {"kept": "#2e7d32"}
@@ -74,8 +74,8 @@ def bar_chart(labels: list[str], values: list[float], title: str, colours: list[
 
 def render_report(directory: str) -> str:
     manifest = read_manifest(directory)
-    records = read_stats(directory, RECORDS, manifest=manifest)
-    packs = read_stats(directory, PACKS, manifest=manifest)
+    records = read_stats(directory, RECORDS, ["status", *LENGTH_COLUMNS], manifest=manifest)
+    packs = read_stats(directory, PACKS, ["segments", "fill"], manifest=manifest)
     kept = records.filter(pl.col("status") == "kept")
     status = records.group_by("status").len().sort(["len", "status"], descending=[True, False])
     segments = packs.group_by("segments").len().sort("segments")
