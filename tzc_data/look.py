@@ -144,9 +144,11 @@ def _tokenizer(path: str, manifest: dict[str, Any], memo: bool) -> Tokenizer:
 def build_tokenizer(manifest: dict[str, Any], path: str | None) -> Tokenizer:
     """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 one."""
     expected = manifest["tokenizer"]["sha256"]
-    if path and (not os.path.isfile(path) or sha256_file(path) != expected):
+    if path and not os.path.isfile(path):
+        raise TzcError(f"--tokenizer {path} is not a file")
+    if path and sha256_file(path) != expected:
         raise TzcError(f"--tokenizer {path} is not the tokenizer of this build (sha256 {expected[:12]}...)")
-    return find_tokenizer(manifest, [path] if path else [])
+    return find_tokenizer(manifest, [path] if path else [], memo=True)
 
 
 def inspect_row(directory: str, row: int, *, split: str = "train", tokenizer: str | None = None,

@@ -18,7 +18,7 @@ layer to every other:
 
 Each problem is one line naming the build and the file, shard, row or segment, so a failing verify
 says where to look. Shards are streamed in chunks; what is held per build is a few numbers per
-packed row and per kept example (about 40 bytes each), never the tokens.
+packed row and per kept example (a few dozen bytes each), never the tokens.
 """
 
 from __future__ import annotations
