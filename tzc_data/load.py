@@ -36,6 +36,7 @@ _SCHEMA: dict[str, Any] = {
     "near_dup": (dict, None),
     "stats": dict,
 }
+_MINIMUM = {"seq_len": 1}  # every other integer of the schema is a count, an index or a version: >= 0
 _SHARD = {"file": str, "split": str, "records": int, "sha256": str}
 _NEAR_DUP = {"file": str, "sha256": str, "threshold": _NUMBER, "count": int}
 _FILE = {"sha256": str}
@@ -98,6 +99,8 @@ def check_manifest(directory: str | os.PathLike, manifest: Any) -> list[str]:
         problems += _check_schema(entry, _BY_SPLIT, f"packing.by_split[{name!r}]")
     if problems:
         return problems
+    if manifest["range"]["start"] > manifest["range"]["stop"]:
+        problems.append(f"range {manifest['range']['start']}:{manifest['range']['stop']} ends before it starts")
     if manifest["config"]["near_dup"] and manifest["near_dup"] is None:
         problems.append("near_dup is null, but the build's config has near-dup on: its signatures are not recorded")
     files = [(f"shards[{k}]", e["file"]) for k, e in enumerate(manifest["shards"])]
@@ -123,10 +126,8 @@ def _check_schema(value: Any, schema: dict[str, Any], where: str) -> list[str]:
             problems += _check_schema(value[key], expected, name)
         elif not _is(value[key], expected):
             problems.append(f"{name!r} is a JSON {_kind(value[key])}, not {_describe(expected)}")
-        elif key in ("records", "count", "seq_len", "rows", "read", "kept", "dropped") and value[key] < (
-                key == "seq_len"):
-            problems.append(f"{name!r} is {value[key]}, not a {'positive' if key == 'seq_len' else 'non-negative'} "
-                            "integer")
+        elif expected is int and value[key] < _MINIMUM.get(key, 0):
+            problems.append(f"{name!r} is {value[key]}, less than {_MINIMUM.get(key, 0)}")
     return problems
 
 

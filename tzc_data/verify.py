@@ -45,11 +45,12 @@ from tzc_data.minhash import RECORD as NEAR_RECORD
 from tzc_data.minhash import NearDupIndex
 from tzc_data.pack import check_row, decode_row
 from tzc_data.read import source_identity
+from tzc_data.record import REASONS
 from tzc_data.tokenize import Tokenizer, sha256_file
 from tzc_data.write import MANIFEST, read_hashes
 
 _PER_SHARD = 20  # problems listed per shard (and per stats file) before the rest are counted
-_READ_CHUNK = 256  # records read from a shard at a time
+_READ_CHUNK = 64  # records read from a shard at a time
 _STATS_BATCH = 65536  # rows of records.parquet read at a time
 
 
@@ -228,7 +229,7 @@ def read_packs(build: str, layout: Layout) -> tuple[Packs | None, list[str]]:
     if not os.path.isfile(path):
         return None, []  # check_files said why
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
         missing = [c for c in _PACK_COLUMNS if c not in table.column_names]
         if missing:
             return None, [f"{where}: no column {', '.join(missing)}"]
@@ -391,7 +392,9 @@ class Template:
         self.model_head = np.array(t.model_head, dtype=np.int64)
         self.reasoning_open = np.array(t.reasoning_open, dtype=np.int64)
         self.tail = np.array(t.tail, dtype=np.int64)
-        self.special = np.array(sorted(t.special_ids), dtype=np.int64)
+        self.vocab = t.sp.get_piece_size()
+        self.is_special = np.zeros(self.vocab, dtype=bool)
+        self.is_special[sorted(t.special_ids)] = True
         self.order = [t.bos, t.start_of_turn, t.end_of_turn, t.start_of_turn, t.end_of_turn, t.eos]
         self.close_eot = len(self.tail) - list(reversed(t.tail)).index(t.end_of_turn) - 1  # eot's place in tail
 
@@ -401,7 +404,11 @@ class Template:
     def check(self, ids: np.ndarray, mask: np.ndarray) -> tuple[list[str], bytes | None]:
         """Problems of one segment, and the hash of its decoded prompt (None when it is not an example)."""
         n = len(ids)
-        at = np.flatnonzero(np.isin(ids, self.special))
+        outside = (ids < 0) | (ids >= self.vocab)
+        if outside.any():
+            k = int(np.argmax(outside))
+            return [f"token {k} is id {int(ids[k])}, outside the tokenizer's {self.vocab} ids"], None
+        at = np.flatnonzero(self.is_special[ids])
         found = ids[at].tolist()
         if not n or ids[0] != self.order[0]:
             return [f"does not start with <bos> (starts with {self.pieces(ids[:1])})"], None
@@ -518,6 +525,13 @@ def _check_batch(where: str, batch: pa.RecordBatch, next_row: int, manifest: dic
     totals.height += n
     totals.by_status.update(status.tolist())
     kept = status == "kept"
+    unknown = sorted(set(totals.by_status) - set(REASONS) - {"kept"})
+    if unknown and not any("status" in p and "no drop reason" in p for p in found):
+        found.append(f"{where}: status {unknown[0]!r} is no drop reason tzc knows (near row {int(rows[0])})")
+    dropped_placed = col["shard"].filter(pa.array(~kept)).null_count != int((~kept).sum())
+    if dropped_placed:
+        first = int(rows[np.flatnonzero(~kept & ~np.asarray(col["shard"].is_null()))[0]])
+        found.append(f"{where} row {first}: dropped ({status[rows == first][0]}), but placed in a shard")
     if not kept.any():
         return next_row + n
     placed = ("split", "shard", "pack", "segment", "tokens", "loss_tokens", "prompt_hash")
@@ -658,7 +672,7 @@ def check_counts(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
         if unknown:
             problems.append(f"{build}: {RECORDS} places kept rows in splits {sorted(unknown)} the manifest does "
                             "not have")
-        differ("the kept rows have unique prompts:", records.unique_hashes, manifest["hashes"]["count"])
+        differ(f"{RECORDS} kept rows have distinct prompts:", records.unique_hashes, manifest["hashes"]["count"])
     return problems
 
 
