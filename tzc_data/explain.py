@@ -7,6 +7,7 @@ the hub needs the network). For a duplicate, the kept twin's prompt is read from
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from typing import Any
@@ -71,7 +72,7 @@ def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = No
              + (f" - {REASONS[reason][0]}; controlled by {REASONS[reason][1]}" if reason in REASONS else "")]
     rejected_name = f"{REJECTED_DIR}/rejected.parquet"
     texts = {}
-    if rejected_name in manifest["stats"]:
+    if rejected_name in manifest["stats"] and os.path.lexists(os.path.join(directory, rejected_name)):
         rejected = read_stats(directory, rejected_name, manifest=manifest).filter(
             pl.col("row").is_in(picked["row"].implode()))
         texts = {r["row"]: r for r in rejected.iter_rows(named=True)}
