@@ -97,6 +97,9 @@ def check_manifest(directory: str | os.PathLike, manifest: Any) -> list[str]:
         problems += _check_schema(entry, _FILE, f"stats[{name!r}]")
     for name, entry in manifest["packing"]["by_split"].items():
         problems += _check_schema(entry, _BY_SPLIT, f"packing.by_split[{name!r}]")
+    for name, count in manifest["counts"]["by_status"].items():
+        if not _is(count, int) or count < 0:
+            problems.append(f"'counts.by_status[{name!r}]' is {json.dumps(count)[:40]}, not a count")
     if problems:
         return problems
     if manifest["range"]["start"] > manifest["range"]["stop"]:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -47,7 +48,7 @@ from tzc_data.pack import check_row, decode_row
 from tzc_data.read import source_identity
 from tzc_data.record import REASONS
 from tzc_data.tokenize import Tokenizer, sha256_file
-from tzc_data.write import MANIFEST, read_hashes
+from tzc_data.write import MANIFEST, read_hashes, record_layout
 
 _PER_SHARD = 20  # problems listed per shard (and per stats file) before the rest are counted
 _READ_CHUNK = 64  # records read from a shard at a time
@@ -95,6 +96,9 @@ def check_build(build: str, manifest: dict[str, Any], tokenizers: Sequence[str] 
         template = Template(_tokenizer(manifest, tokenizers, cache if cache is not None else {}))
     except TzcError as err:
         problems.append(f"{build}: {err}; token ids and texts were not checked")
+    if template is not None and template.vocab != manifest["tokenizer"]["vocab_size"]:
+        problems.append(f"{build} {MANIFEST}: tokenizer.vocab_size is {manifest['tokenizer']['vocab_size']}, the "
+                        f"build's tokenizer has {template.vocab} ids")
     layout = Layout(manifest)
     packs, found = read_packs(build, layout)
     problems += found
@@ -128,21 +132,25 @@ def check_files(build: str, manifest: dict[str, Any]) -> list[str]:
     for name in (RECORDS, PACKS):
         if name not in manifest["stats"]:
             problems.append(f"{build} {MANIFEST}: 'stats' does not record {name}")
-    files = [(name, entry["sha256"]) for name, entry in manifest["stats"].items()]
+    files = [(name, entry["sha256"], entry.get("bytes")) for name, entry in manifest["stats"].items()]
     if manifest["near_dup"]:
-        files.append((manifest["near_dup"]["file"], manifest["near_dup"]["sha256"]))
-    for name, expected in files:
-        problem = _file_problem(os.path.join(build, name), expected)
+        files.append((manifest["near_dup"]["file"], manifest["near_dup"]["sha256"], None))
+    for name, expected, size in files:
+        problem = _file_problem(os.path.join(build, name), expected, size)
         if problem:
             problems.append(f"{build} {name}: {problem}")
     return problems
 
 
-def _file_problem(path: str, expected: str) -> str | None:
+def _file_problem(path: str, expected: str, size: Any = None) -> str | None:
+    """Why the file at ``path`` is not the one the manifest records (its sha256, and its size
+    when the manifest records one), or None."""
     if not os.path.lexists(path):
         return "missing"
     if not os.path.isfile(path):
         return "is a directory, not a file" if os.path.isdir(path) else "is not a regular file"
+    if size is not None and size != os.path.getsize(path):
+        return f"{os.path.getsize(path)} bytes, the manifest says {json.dumps(size)[:40]}"
     try:
         digest = sha256_file(path)
     except OSError as err:
@@ -246,9 +254,12 @@ def read_packs(build: str, layout: Layout) -> tuple[Packs | None, list[str]]:
         return None, [f"{where}: cannot be read as Parquet ({_line(err)})"]
     codes = {s: k for k, s in enumerate(layout.splits)}
     split = np.array([codes.get(s, -1) for s in split_names], dtype=np.int64)
-    expected = layout.expected_keys()
     got = (split, columns["shard"].astype(np.int64), columns["index"].astype(np.int64))
-    if len(split) != layout.rows or any(not np.array_equal(a, b) for a, b in zip(got, expected)):
+    miscounted = _miscounted(where, layout, got)
+    if miscounted:  # before expected_keys: the manifest's counts may be anything
+        return None, miscounted
+    expected = layout.expected_keys()
+    if any(not np.array_equal(a, b) for a, b in zip(got, expected)):
         return None, [_first_misplaced(where, layout, got, expected)]
     packs = Packs(columns["segments"].astype(np.int64), columns["tokens"].astype(np.int64),
                   columns["loss_tokens"].astype(np.int64), columns["fill"].astype(np.float64), rows, offsets)
@@ -257,6 +268,31 @@ def read_packs(build: str, layout: Layout) -> tuple[Packs | None, list[str]]:
         return None, [f"{where} row {int(bad[0])}: {int(packs.segments[bad[0]])} segments, but it lists "
                       f"{int(np.diff(offsets)[bad[0]])} source rows"]
     return packs, []
+
+
+def _miscounted(where: str, layout: Layout, got: tuple) -> list[str]:
+    """Packed rows per shard in packs.parquet against the manifest's record counts."""
+    keys, counts = np.unique(np.stack(got[:2]), axis=1, return_counts=True) if len(got[0]) else (
+        np.zeros((2, 0), np.int64), np.zeros(0, np.int64))
+    listed = {(int(c), int(s)): int(n) for (c, s), n in zip(keys.T.tolist(), counts.tolist())}
+    problems = []
+    for code, split in enumerate(layout.splits):
+        for ordinal, k in enumerate(layout.by_split[split]):
+            held, says = listed.pop((code, ordinal), 0), layout.entries[k]["records"]
+            name = layout.entries[k]["file"]
+            if held < says:
+                problems.append(f"{where}: lists {held} packed rows of shard {name}, the manifest counts {says}: "
+                                f"{name} row {held}{f'..{says - 1}' if says - held > 1 else ''} is in no row of "
+                                f"{PACKS}")
+            elif held > says:
+                problems.append(f"{where}: lists {held} packed rows of shard {name}, the manifest counts {says}: "
+                                f"{name} row {says}{f'..{held - 1}' if held - says > 1 else ''} is missing")
+    for (code, shard), held in sorted(listed.items()):
+        split = layout.splits[code] if code >= 0 else "(a split the manifest does not have)"
+        problems.append(f"{where}: lists {held} packed rows of {split} shard {shard}, which is in no shard of "
+                        "the manifest")
+    return problems[:_PER_SHARD] + ([f"{where}: and {len(problems) - _PER_SHARD} more"]
+                                    if len(problems) > _PER_SHARD else [])
 
 
 def _first_misplaced(where: str, layout: Layout, got: tuple, expected: tuple) -> str:
@@ -302,7 +338,7 @@ def check_shards(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
     for k, entry in enumerate(layout.entries):
         where = f"{build} shard {entry['file']}"
         path = os.path.join(build, entry["file"])
-        problem = _file_problem(path, entry["sha256"])
+        problem = _file_problem(path, entry["sha256"], entry.get("bytes"))
         if problem:
             problems.append(f"{where}: {problem}")
             if not os.path.isfile(path):
@@ -646,6 +682,9 @@ def check_counts(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
     differ("by_status adds up to", sum(counts["by_status"].values()), counts["read"])
     differ("by_status counts kept:", counts["by_status"].get("kept", 0), counts["kept"])
     differ("config.seq_len is", config["seq_len"], packing["seq_len"])
+    if manifest.get("record_layout") != json.loads(json.dumps(record_layout(config["seq_len"]))):
+        problems.append(f"{build} {MANIFEST}: record_layout does not describe rows of seq_len {config['seq_len']} "
+                        "as this tzc writes them")
     differ("the shards hold packed rows:", layout.rows, packing["rows"])
     for split in layout.splits:
         rows = sum(layout.entries[k]["records"] for k in layout.by_split[split])

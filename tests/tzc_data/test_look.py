@@ -99,7 +99,7 @@ def _damage(build, how):
         records.write_bytes(records.read_bytes()[:1000])
     elif how == "records truncated, sha256 updated":
         records.write_bytes(records.read_bytes()[:1000])
-        manifest["stats"]["stats/records.parquet"]["sha256"] = sha256_file(records)
+        manifest["stats"]["stats/records.parquet"].update(sha256=sha256_file(records), bytes=records.stat().st_size)
     elif how == "records deleted":
         records.unlink()
     elif how == "packs flipped":
