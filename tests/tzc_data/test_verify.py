@@ -456,3 +456,54 @@ def test_a_manifest_that_is_not_json_and_a_shard_that_is_a_directory(builds, tmp
     out, err = capsys.readouterr()
     assert f"{build} shard shards/{shard.name}: is a directory, not a file" in out.splitlines()
     assert "Traceback" not in err
+
+
+def _key_paths(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _key_paths(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:2]):
+            yield from _key_paths(item, path + (index,))
+
+
+def test_any_field_deleted_or_of_another_type_is_a_one_line_refusal_or_checked(builds, tmp_path):
+    """Every path of a real manifest, deleted or set to null, a string, a negative or a huge number:
+    read_manifest raises OutputError or returns; nothing else escapes."""
+    import copy
+
+    from tzc_data.errors import OutputError
+    from tzc_data.load import read_manifest
+
+    build = _copy(builds[0], tmp_path)
+    base = _manifest(build)
+    refused = 0
+    for path in list(_key_paths(base))[1:]:
+        for value in ("DELETE", None, "x", -1, 10**12):
+            doc = copy.deepcopy(base)
+            parent = doc
+            for key in path[:-1]:
+                parent = parent[key]
+            if value == "DELETE":
+                if isinstance(parent, list):
+                    continue
+                del parent[path[-1]]
+            else:
+                parent[path[-1]] = value
+            _save(build, doc)
+            try:
+                read_manifest(build)
+            except OutputError as err:
+                assert "\n" not in str(err)
+                refused += 1
+    assert refused > 250  # most fields are read by some reader; the others (config details) are only shown
+    for path, value, message in ((("counts", "by_status", "kept"), "x", "'counts.by_status['kept']' is \"x\""),
+                                 (("shards", 0, "records"), 10**12, "lists 40 packed rows of shard")):
+        doc = copy.deepcopy(base)
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = value
+        _save(build, doc)
+        assert any(message in p for p in verify([str(build)]))
