@@ -1,4 +1,5 @@
-"""Read a finished build back: the manifest, and the packed rows as a Grain ``MapDataset``.
+"""Read a finished build back: the manifest (checked: :func:`read_manifest`), its stats, and the
+packed rows as a Grain ``MapDataset``, read from the manifest's ``shards`` entries, the list verify checks.
 
 Grain is imported lazily: the build itself does not need it.
 """

@@ -536,9 +536,29 @@ def check_records(build: str, manifest: dict[str, Any], layout: Layout, packs: P
     return totals, problems
 
 
+@dataclass
+class _Kept:
+    """The kept rows of one batch of records.parquet, column by column."""
+
+    row: np.ndarray
+    split: np.ndarray  # of str
+    shard: np.ndarray
+    pack: np.ndarray
+    segment: np.ndarray
+    tokens: np.ndarray
+    loss: np.ndarray
+    hashes: np.ndarray  # uint8 [n, 16]
+
+    def where(self, k: int, layout: Layout) -> str:
+        return (f"placed in {layout.name(self.split[k], int(self.shard[k]))} row {int(self.pack[k])} segment "
+                f"{int(self.segment[k])}")
+
+
 def _check_batch(where: str, batch: pa.RecordBatch, next_row: int, manifest: dict[str, Any], layout: Layout,
                  packs: Packs | None, segments: Segments | None, claimed: np.ndarray, totals: RecordTotals,
                  kept_hashes: list[np.ndarray], split_names: tuple[str, ...], found: list[str]) -> int:
+    """One batch of records.parquet: rows in order, known statuses, only kept rows placed; then
+    the kept rows (:func:`_kept_rows`, :func:`_check_placement`). Returns the next row expected."""
     n = batch.num_rows
     col = {name: batch.column(name) for name in _RECORD_COLUMNS}
     rows = col["row"].to_numpy(zero_copy_only=False)
@@ -552,64 +572,66 @@ def _check_batch(where: str, batch: pa.RecordBatch, next_row: int, manifest: dic
     totals.by_status.update(status.tolist())
     kept = status == "kept"
     unknown = sorted(set(totals.by_status) - set(REASONS) - {"kept"})
-    if unknown and not any("status" in p and "no drop reason" in p for p in found):
+    if unknown and not any("is no drop reason tzc knows" in p for p in found):
         found.append(f"{where}: status {unknown[0]!r} is no drop reason tzc knows (near row {int(rows[0])})")
-    dropped_placed = col["shard"].filter(pa.array(~kept)).null_count != int((~kept).sum())
-    if dropped_placed:
-        first = int(rows[np.flatnonzero(~kept & ~np.asarray(col["shard"].is_null()))[0]])
-        found.append(f"{where} row {first}: dropped ({status[rows == first][0]}), but placed in a shard")
-    if not kept.any():
+    placed = ~kept & ~np.asarray(col["shard"].is_null())
+    if placed.any():
+        first = int(np.flatnonzero(placed)[0])
+        found.append(f"{where} row {int(rows[first])}: dropped ({status[first]}), but placed in a shard")
+    found_kept = _kept_rows(where, col, rows, kept, found) if kept.any() else None
+    if found_kept is None:
         return next_row + n
-    placed = ("split", "shard", "pack", "segment", "tokens", "loss_tokens", "prompt_hash")
-    nulls = [name for name in placed if col[name].filter(pa.array(kept)).null_count]
-    if nulls:
-        first = int(rows[np.flatnonzero(kept)[0]])
-        found.append(f"{where}: kept rows with no {', '.join(nulls)} (e.g. near row {first})")
-        return next_row + n
-    index = np.flatnonzero(kept)
-    krow = rows[index]
-    ksplit = np.array(col["split"].take(pa.array(index)).to_pylist(), dtype=object)
-    kshard, kpack, kseg, ktok, kloss = (col[c].take(pa.array(index)).to_numpy().astype(np.int64)
-                                        for c in ("shard", "pack", "segment", "tokens", "loss_tokens"))
-    digests = col["prompt_hash"].take(pa.array(index)).to_pylist()
-    try:
-        raw = np.frombuffer(b"".join(bytes.fromhex(d) for d in digests), dtype=np.uint8).reshape(-1, 16)
-    except ValueError:
-        found.append(f"{where}: a kept row's prompt_hash is not 32 hex digits (near row {int(krow[0])})")
-        return next_row + n
-    kept_hashes.append(raw)
-    totals.tokens += int(ktok.sum())
-    totals.loss_tokens += int(kloss.sum())
-    for k, row in enumerate(krow.tolist()):
-        split = ksplit[k]
+    kept_hashes.append(found_kept.hashes)
+    totals.tokens += int(found_kept.tokens.sum())
+    totals.loss_tokens += int(found_kept.loss.sum())
+    for k, row in enumerate(found_kept.row.tolist()):
+        split = found_kept.split[k]
         totals.by_split[split] += 1
-        totals.tokens_by_split[split] += int(ktok[k])
-        assigned = split_names[split_of(raw[k].tobytes(), manifest["config"]["eval_fraction"])]
+        totals.tokens_by_split[split] += int(found_kept.tokens[k])
+        assigned = split_names[split_of(found_kept.hashes[k].tobytes(), manifest["config"]["eval_fraction"])]
         if split != assigned:
             found.append(f"{where} row {row}: in split {split!r}, but its prompt hash assigns it to {assigned!r}")
-    if packs is None:
-        return next_row + n
-    _check_placement(where, layout, packs, segments, claimed, krow, ksplit, kshard, kpack, kseg, ktok, kloss, raw,
-                     found)
+    if packs is not None:
+        _check_placement(where, layout, packs, segments, claimed, found_kept, found)
     return next_row + n
 
 
+def _kept_rows(where: str, col: dict[str, pa.Array], rows: np.ndarray, kept: np.ndarray,
+               found: list[str]) -> _Kept | None:
+    """The kept rows' columns, or None (with the problem) when they lack a placement or a hash."""
+    placed = ("split", "shard", "pack", "segment", "tokens", "loss_tokens", "prompt_hash")
+    nulls = [name for name in placed if col[name].filter(pa.array(kept)).null_count]
+    if nulls:
+        found.append(f"{where}: kept rows with no {', '.join(nulls)} (e.g. near row {int(rows[kept][0])})")
+        return None
+    index = pa.array(np.flatnonzero(kept))
+    numbers = [col[c].take(index).to_numpy().astype(np.int64) for c in ("shard", "pack", "segment", "tokens",
+                                                                          "loss_tokens")]
+    try:
+        digests = b"".join(bytes.fromhex(d) for d in col["prompt_hash"].take(index).to_pylist())
+        hashes = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16)
+    except ValueError:
+        found.append(f"{where}: a kept row's prompt_hash is not 32 hex digits (near row {int(rows[kept][0])})")
+        return None
+    return _Kept(rows[kept], np.array(col["split"].take(index).to_pylist(), dtype=object), *numbers, hashes)
+
+
 def _check_placement(where: str, layout: Layout, packs: Packs, segments: Segments, claimed: np.ndarray,
-                     krow, ksplit, kshard, kpack, kseg, ktok, kloss, raw, found: list[str]) -> None:
+                     kept: _Kept, found: list[str]) -> None:
     """Each kept row's (split, shard, pack, segment) names a segment of packs.parquet listing that
     row, whose shard tokens, loss tokens and decoded prompt are the row's."""
-    flat = np.full(len(krow), -1, dtype=np.int64)
-    for k in range(len(krow)):
-        entries = layout.by_split.get(ksplit[k], [])
-        shard, pack, seg = int(kshard[k]), int(kpack[k]), int(kseg[k])
+    flat = np.full(len(kept.row), -1, dtype=np.int64)
+    for k in range(len(kept.row)):
+        entries = layout.by_split.get(kept.split[k], [])
+        shard, pack, seg = int(kept.shard[k]), int(kept.pack[k]), int(kept.segment[k])
         if not 0 <= shard < len(entries) or not 0 <= pack < layout.entries[entries[shard]]["records"]:
-            found.append(f"{where} row {int(krow[k])}: placed in {layout.name(ksplit[k], shard)} row {pack}, "
+            found.append(f"{where} row {int(kept.row[k])}: placed in {layout.name(kept.split[k], shard)} row {pack}, "
                          "which no shard of the manifest holds")
             continue
         p = layout.start[entries[shard]] + pack
         if not 1 <= seg <= int(packs.segments[p]):
-            found.append(f"{where} row {int(krow[k])}: placed in segment {seg} of {layout.name(ksplit[k], shard)} "
-                         f"row {pack}, which has {int(packs.segments[p])}")
+            found.append(f"{where} row {int(kept.row[k])}: placed in segment {seg} of "
+                         f"{layout.name(kept.split[k], shard)} row {pack}, which has {int(packs.segments[p])}")
             continue
         flat[k] = int(packs.offsets[p]) + seg - 1
     ok = flat >= 0
@@ -618,19 +640,17 @@ def _check_placement(where: str, layout: Layout, packs: Packs, segments: Segment
     listed = packs.rows[at]
     tokens, loss, hashed = segments.tokens[at], segments.loss[at], segments.hashed[at]
     checks = [  # (disagrees, what to say), row by row
-        (hashed & np.any(segments.hashes[at] != raw[ok], axis=1), lambda i: "the shard's text there has another "
-                                                                           "prompt (its hash differs)"),
-        (listed != krow[ok], lambda i: f"{PACKS} lists source row {int(listed[i])} there"),
-        ((tokens >= 0) & (tokens != ktok[ok]), lambda i: f"{int(ktok[k_ok[i]])} tokens, the shard holds "
-                                                         f"{int(tokens[i])}"),
-        ((loss >= 0) & (loss != kloss[ok]), lambda i: f"{int(kloss[k_ok[i]])} loss tokens, the shard holds "
-                                                      f"{int(loss[i])}"),
+        (hashed & np.any(segments.hashes[at] != kept.hashes[ok], axis=1),
+         lambda i: "the shard's text there has another prompt (its hash differs)"),
+        (listed != kept.row[ok], lambda i: f"{PACKS} lists source row {int(listed[i])} there"),
+        ((tokens >= 0) & (tokens != kept.tokens[ok]),
+         lambda i: f"{int(kept.tokens[k_ok[i]])} tokens, the shard holds {int(tokens[i])}"),
+        ((loss >= 0) & (loss != kept.loss[ok]),
+         lambda i: f"{int(kept.loss[k_ok[i]])} loss tokens, the shard holds {int(loss[i])}"),
     ]
     for i in np.flatnonzero(np.any([bad for bad, _ in checks], axis=0))[:_PER_SHARD].tolist():
-        k = int(k_ok[i])
         said = "; ".join(message(i) for bad, message in checks if bad[i])
-        found.append(f"{where} row {int(krow[k])} (placed in {layout.name(ksplit[k], int(kshard[k]))} row "
-                     f"{int(kpack[k])} segment {int(kseg[k])}): {said}")
+        found.append(f"{where} row {int(kept.row[k_ok[i]])} ({kept.where(int(k_ok[i]), layout)}): {said}")
 
 
 def _unclaimed(build: str, layout: Layout, packs: Packs, claimed: np.ndarray) -> list[str]:
