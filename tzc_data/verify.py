@@ -374,10 +374,12 @@ def _check_record(where: str, record: bytes, seq_len: int, packs: Packs | None, 
         row = decode_row(record, seq_len)
     except ValueError as err:
         return [f"{where}: {err}"]
+    seg, mask = row["segment_ids"], row["loss_mask"]
     problems = [f"{where}: {problem}" for problem in check_row(row)]
+    if seg.min(initial=0) < 0:  # check_row takes any id <= 0 for padding
+        problems.append(f"{where}: segment id {int(seg.min())} is negative (padding is 0)")
     if problems:
         return problems
-    seg, mask = row["segment_ids"], row["loss_mask"]
     count = int(seg.max(initial=0))
     lengths = np.bincount(seg, minlength=count + 1)[1:]
     loss = np.bincount(seg, weights=mask, minlength=count + 1)[1:].astype(np.int64)

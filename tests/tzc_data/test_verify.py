@@ -82,6 +82,16 @@ def test_a_broken_row_is_named_with_its_index(builds, tmp_path):
     problems = verify([str(build)])
     assert problems[0] == f"{build} shard {entry['file']} row 3: segment ids are not contiguous from 1"
     assert all(p.startswith(f"{build} shard {entry['file']} row 3: ") for p in problems)
+    row[1, 0], row[1, -1] = 1, -1  # padding with a negative segment id: check_row takes it for padding
+    records[3] = row.tobytes()
+    writer = ArrayRecordWriter(str(path), "group_size:1")
+    for record in records:
+        writer.write(record)
+    writer.close()
+    entry["sha256"] = sha256_file(path)
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify([str(build)])
+    assert f"{build} shard {entry['file']} row 3: segment id -1 is negative (padding is 0)" in problems
 
 
 def test_stats_and_hash_file_must_agree_with_the_manifest(builds, tmp_path):
