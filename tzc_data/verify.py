@@ -48,7 +48,7 @@ from tzc_data.pack import check_row, decode_row
 from tzc_data.read import source_identity
 from tzc_data.record import REASONS
 from tzc_data.tokenize import Tokenizer, sha256_file
-from tzc_data.write import MANIFEST, read_hashes, record_layout
+from tzc_data.write import MANIFEST, PLACEMENT_COLUMNS, RECORD_COLUMNS, read_hashes, record_layout
 
 _PER_SHARD = 20  # problems listed per shard (and per stats file) before the rest are counted
 _READ_CHUNK = 64  # records read from a shard at a time
@@ -228,6 +228,19 @@ class Packs:
 
 
 _PACK_COLUMNS = ("split", "shard", "index", "segments", "tokens", "loss_tokens", "fill", "rows")
+_PACK_TYPES = {"split": pa.string(), "shard": pa.int32(), "index": pa.int32(), "segments": pa.int32(),
+               "tokens": pa.int32(), "loss_tokens": pa.int32(), "fill": pa.float64(), "rows": pa.list_(pa.int64())}
+_RECORD_TYPES = dict(RECORD_COLUMNS + PLACEMENT_COLUMNS)
+
+
+def _schema_problems(where: str, schema: pa.Schema, expected: dict[str, pa.DataType]) -> list[str]:
+    """Columns missing, or of another type than the writer's (``write.py``)."""
+    missing = [name for name in expected if name not in schema.names]
+    problems = [f"{where}: no column {', '.join(missing)}"] if missing else []
+    for name, kind in expected.items():
+        if name in schema.names and not schema.field(name).type.equals(kind):
+            problems.append(f"{where}: column {name} is {schema.field(name).type}, not {kind}")
+    return problems
 
 
 def read_packs(build: str, layout: Layout) -> tuple[Packs | None, list[str]]:
@@ -238,9 +251,9 @@ def read_packs(build: str, layout: Layout) -> tuple[Packs | None, list[str]]:
         return None, []  # check_files said why
     try:
         table = pq.ParquetFile(path).read()
-        missing = [c for c in _PACK_COLUMNS if c not in table.column_names]
-        if missing:
-            return None, [f"{where}: no column {', '.join(missing)}"]
+        wrong = _schema_problems(where, table.schema, _PACK_TYPES)
+        if wrong:
+            return None, wrong
         nulls = [c for c in _PACK_COLUMNS if table.column(c).null_count]
         if nulls:
             return None, [f"{where}: nulls in {', '.join(nulls)}"]
@@ -513,9 +526,9 @@ def check_records(build: str, manifest: dict[str, Any], layout: Layout, packs: P
     split_names = ("train", "eval") if manifest["config"]["eval_fraction"] > 0 else ("train",)
     try:
         parquet = pq.ParquetFile(path)
-        missing = [c for c in _RECORD_COLUMNS if c not in parquet.schema_arrow.names]
-        if missing:
-            return None, [f"{where}: no column {', '.join(missing)}"]
+        wrong = _schema_problems(where, parquet.schema_arrow, _RECORD_TYPES)
+        if wrong:
+            return None, wrong
         next_row = manifest["range"]["start"]
         for batch in parquet.iter_batches(batch_size=_STATS_BATCH, columns=list(_RECORD_COLUMNS)):
             next_row = _check_batch(where, batch, next_row, manifest, layout, packs, segments, claimed, totals,
