@@ -517,3 +517,16 @@ def test_any_field_deleted_or_of_another_type_is_a_one_line_refusal_or_checked(b
         parent[path[-1]] = value
         _save(build, doc)
         assert any(message in p for p in verify([str(build)]))
+
+
+def test_a_stats_column_of_another_type_is_named(builds, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    build = _copy(builds[0], tmp_path)
+    path = build / "stats" / "packs.parquet"
+    table = pq.read_table(path)
+    rows = table.column_names.index("rows")
+    pq.write_table(table.set_column(rows, "rows", pa.array([str(r) for r in table["rows"].to_pylist()])), path)
+    _reseal(build, _manifest(build))
+    assert f"{build} stats/packs.parquet: column rows is string, not list<item: int64>" in verify([str(build)])
