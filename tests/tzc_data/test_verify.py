@@ -59,39 +59,29 @@ def test_a_truncated_shard_is_caught(builds, tmp_path):
 def test_a_broken_row_is_named_with_its_index(builds, tmp_path):
     """Rewrite one record with a bad segment id, and its sha256 in the manifest, to pass the hash check."""
     import numpy as np
-    from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
     from tzc_data.tokenize import sha256_file
 
     build = _copy(builds[0], tmp_path)
-    manifest = json.loads((build / "manifest.json").read_text())
+    manifest = _manifest(build)
     entry = manifest["shards"][0]
     path = build / entry["file"]
-    reader = ArrayRecordReader(str(path))
-    records = reader.read_all()
-    reader.close()
+    records = _read_records(path)
     row = np.frombuffer(records[3], "<i4").reshape(4, -1).copy()
+
+    def rewrite():
+        records[3] = row.tobytes()
+        _write_records(path, records)
+        entry["sha256"] = sha256_file(path)
+        _save(build, manifest)
+        return verify([str(build)])
+
     row[1, 0] = 7  # segment ids no longer start at 1
-    records[3] = row.tobytes()
-    writer = ArrayRecordWriter(str(path), "group_size:1")
-    for record in records:
-        writer.write(record)
-    writer.close()
-    entry["sha256"] = sha256_file(path)
-    (build / "manifest.json").write_text(json.dumps(manifest))
-    problems = verify([str(build)])
+    problems = rewrite()
     assert problems[0] == f"{build} shard {entry['file']} row 3: segment ids are not contiguous from 1"
     assert all(p.startswith(f"{build} shard {entry['file']} row 3: ") for p in problems)
     row[1, 0], row[1, -1] = 1, -1  # padding with a negative segment id: check_row takes it for padding
-    records[3] = row.tobytes()
-    writer = ArrayRecordWriter(str(path), "group_size:1")
-    for record in records:
-        writer.write(record)
-    writer.close()
-    entry["sha256"] = sha256_file(path)
-    (build / "manifest.json").write_text(json.dumps(manifest))
-    problems = verify([str(build)])
-    assert f"{build} shard {entry['file']} row 3: segment id -1 is negative (padding is 0)" in problems
+    assert f"{build} shard {entry['file']} row 3: segment id -1 is negative (padding is 0)" in rewrite()
 
 
 def test_stats_and_hash_file_must_agree_with_the_manifest(builds, tmp_path):
