@@ -194,18 +194,22 @@ def _run_fuzz(args: argparse.Namespace) -> int:
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify", help="check builds: hashes, row invariants, counts, and that builds share nothing",
-        description="Exit 0 only when every build is intact (shard sha256 and record counts, every packed row's "
-                    "invariants, the prompt-hash file, kept counts against the stats) and, across the builds "
-                    "given, row ranges of the same source are disjoint and no prompt hash is shared. Otherwise "
-                    "print one line per problem and exit 1.")
+        description="Exit 0 only when every build is intact and says what the loaders will read: the manifest's "
+                    "shards are files inside the build with their sha256 and record counts; every packed row is "
+                    "well formed, agrees with stats/packs.parquet and is the template's token ids around text "
+                    "that parses; every kept row of stats/records.parquet is in exactly one segment, with its "
+                    "tokens and prompt; the counts add up. Across the builds given, row ranges of the same "
+                    "source are disjoint and no prompt is shared. Otherwise print one line per problem and exit 1.")
     p.add_argument("builds", nargs="+", metavar="DIR")
+    p.add_argument("--tokenizer", action="append", default=[], metavar="PATH",
+                   help="a build's tokenizer, when not found where the build recorded it (repeatable)")
     p.set_defaults(run=_run_verify)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
     from tzc_data.verify import verify
 
-    problems = verify(args.builds)
+    problems = verify(args.builds, args.tokenizer)
     for problem in problems:
         print(problem)
     if problems:
