@@ -234,6 +234,8 @@ def _explain_parser(sub: argparse._SubParsersAction) -> None:
 def _run_explain(args: argparse.Namespace) -> int:
     from tzc_data.explain import explain
 
+    if args.n < 1:
+        raise TzcError(f"-n {args.n}: must be at least 1")
     print(explain(args.build, args.reason, args.n, colour=args.colour))
     return 0
 
@@ -325,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except TzcError as err:
         print(f"tzc-data: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # writing an output the checks allowed: read-only, disk full, /proc
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"tzc-data: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; the same command with --resume continues from the last checkpoint" if args.command == "build" else ""

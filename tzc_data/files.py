@@ -29,6 +29,8 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import xxhash
+
 from tzc_data.errors import OutputError
 
 MANIFEST = "manifest.json"
@@ -86,26 +88,65 @@ def _read_marker_manifest(path: str) -> str | None:
     return None
 
 
+def _listed_sizes(path: str) -> dict[str, int | None]:
+    """The files a manifest says its build holds, with their recorded sizes where it records one."""
+    with open(os.path.join(path, MANIFEST), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    listed: dict[str, int | None] = {MANIFEST: None}
+    for entry in manifest.get("shards") or []:
+        listed[entry["file"]] = entry.get("bytes")
+    for name, entry in (manifest.get("stats") or {}).items():
+        listed[name] = entry.get("bytes")
+    for key in ("hashes", "near_dup"):
+        if isinstance(manifest.get(key), dict):
+            listed[manifest[key]["file"]] = None
+    return listed
+
+
 def not_a_build(path: str) -> str | None:
     """None when ``path`` is provably a finished tzc build (see the module docstring), else the
-    reason it is not, for an error message."""
+    reason it is not, for an error message: a tzc manifest, and every file in the folder one
+    that a build writes and that the manifest lists (with its recorded size)."""
     if os.path.islink(path) or not os.path.isdir(path):
         return "it is not a directory"
     why = _read_marker_manifest(path)
     if why:
         return why
+    try:
+        listed = _listed_sizes(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {MANIFEST} does not list its files"
+    for relative in _entries(path):
+        if relative.startswith("!"):
+            return relative[1:]
+        if relative not in listed:
+            return f"it holds {relative!r}, which its {MANIFEST} does not list"
+        size = listed[relative]
+        if size is not None and os.path.getsize(os.path.join(path, relative)) != size:
+            return f"its {relative} is not the size its {MANIFEST} records"
+    return None
+
+
+def _entries(path: str) -> Iterator[str]:
+    """The build files under ``path`` as relative paths, or ``"!reason"`` for the first entry that
+    a build does not write."""
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
+        if name == STAGING_MARKER:  # a finished staging folder still has it until it is renamed
+            continue
         if name in _BUILD_FILES and os.path.isfile(full) and not os.path.islink(full):
+            yield name
             continue
         pattern = _BUILD_FOLDERS.get(name)
         if pattern is None or os.path.islink(full) or not os.path.isdir(full):
-            return f"it holds {name!r}, which a build does not write"
+            yield f"!it holds {name!r}, which a build does not write"
+            return
         for inner in sorted(os.listdir(full)):
             item = os.path.join(full, inner)
             if not pattern.fullmatch(inner) or os.path.islink(item) or not os.path.isfile(item):
-                return f"it holds {name}/{inner!r}, which a build does not write"
-    return None
+                yield f"!it holds {name}/{inner!r}, which a build does not write"
+                return
+            yield f"{name}/{inner}"
 
 
 def remove_build(path: str) -> None:
@@ -191,7 +232,7 @@ def check_output_file(path: str, option: str = "-o") -> str:
     build no longer provably one). Raises OutputError naming ``option``."""
     if not path or not path.strip():
         raise OutputError(f"{option} is empty")
-    full = os.path.abspath(path)
+    full = os.path.realpath(path)  # a symlinked folder must not lead into a build
     if os.path.isdir(full):
         raise OutputError(f"{option} {path} is a directory; give a file name")
     folder = os.path.dirname(full)
@@ -229,13 +270,50 @@ def remove_marker(staging: str) -> None:
         os.remove(marker)
 
 
-def truncate_to_checkpoint(path: str, size: int, record_size: int = 1) -> None:
-    """Cut an append-only file back to the size a checkpoint recorded. A file that is *shorter*
-    than that lost data after the checkpoint was taken (a broken disk, a truncation): refuse it,
-    rather than let ``truncate`` pad it with zeros that would read back as tokens."""
+class PrefixDigest:
+    """The xxh3-128 digest of a growing append-only file's first ``size`` bytes, for checkpoints.
+
+    :meth:`advance` reads only the bytes added since the last call (just written, so in the page
+    cache): a build that checkpoints N times reads its spool back once in all, not N times. A
+    resumed build checks the prefix against the recorded digest before it trusts a byte of it."""
+
+    def __init__(self, path: str):
+        self.path, self.size, self._hash = path, 0, xxhash.xxh3_128()
+
+    def advance(self, size: int) -> str:
+        if size < self.size:
+            raise ValueError(f"{self.path}: a checkpoint cannot move back from {self.size} to {size} bytes")
+        with open(self.path, "rb") as handle:
+            handle.seek(self.size)
+            while self.size < size:
+                chunk = handle.read(min(1 << 22, size - self.size))
+                if not chunk:
+                    raise OSError(errno.EIO, f"{self.path} ended at {self.size:,} of {size:,} bytes", self.path)
+                self._hash.update(chunk)
+                self.size += len(chunk)
+        return self._hash.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """xxh3-128 of a whole (closed, small) file: what a checkpoint records of each part file."""
+    digest = PrefixDigest(path)
+    return digest.advance(os.path.getsize(path))
+
+
+def truncate_to_checkpoint(path: str, size: int, digest: str | None = None, record_size: int = 1) -> PrefixDigest:
+    """Cut an append-only file back to the size a checkpoint recorded, after checking that its
+    bytes up to there are the ones the checkpoint saw (``digest``); returns the file's
+    :class:`PrefixDigest`, ready to go on. A file that is shorter than the checkpoint (a broken
+    disk, a truncation) or whose bytes changed is refused: ``truncate`` would pad it with zeros
+    that read back as tokens, and changed bytes would be packed as they are."""
     have = os.path.getsize(path) if os.path.isfile(path) else None
     if have is None or have < size or size % record_size:
         found = "is missing" if have is None else f"holds {have:,} bytes"
         raise OutputError(f"cannot resume: {path} {found}, its checkpoint recorded {size:,}; the staging "
                           "folder is damaged: run without --resume to start over")
+    prefix = PrefixDigest(path)
+    if digest is not None and prefix.advance(size) != digest:
+        raise OutputError(f"cannot resume: the first {size:,} bytes of {path} are not the ones its checkpoint "
+                          "recorded; the staging folder is damaged: run without --resume to start over")
     os.truncate(path, size)
+    return prefix

@@ -29,7 +29,7 @@ import numpy as np
 import rensa
 
 from tzc_data.dedupe import ExactIndex, is_duplicate, normalise
-from tzc_data.files import truncate_to_checkpoint
+from tzc_data.files import PrefixDigest, truncate_to_checkpoint
 from tzc_data.record import Example
 
 NUM_PERM = 128
@@ -103,6 +103,7 @@ class NearDupIndex:
     def __init__(self, threshold: float = 0.8):
         self.threshold = threshold
         self._journal = None
+        self._journal_digest: PrefixDigest | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -134,14 +135,20 @@ class NearDupIndex:
         self._insert(records["bands"], records["sketch"], records["row"].tolist(), label)
         return len(records)
 
-    def attach_journal(self, path: str, *, resume_at: int | None = None) -> None:
-        """Append this build's kept prompts to ``path``; on resume, truncate it and reload it."""
+    def attach_journal(self, path: str, *, resume_at: int | None = None, digest: str | None = None) -> None:
+        """Append this build's kept prompts to ``path``; on resume, check its first ``resume_at``
+        bytes against ``digest`` (see :meth:`journal_digest`), truncate it there and reload it."""
         if resume_at is None:
             open(path, "wb").close()
+            self._journal_digest = PrefixDigest(path)
         else:
-            truncate_to_checkpoint(path, resume_at, record_size=RECORD.itemsize)
+            self._journal_digest = truncate_to_checkpoint(path, resume_at, digest, record_size=RECORD.itemsize)
             self.load(path)
         self._journal = open(path, "ab")
+
+    def journal_digest(self, size: int) -> str:
+        """The digest of the journal's first ``size`` bytes (a size :meth:`sync` returned)."""
+        return self._journal_digest.advance(size)
 
     def find(self, keys: np.ndarray, sketch: np.ndarray) -> tuple[int, float, str | None] | None:
         """(row, estimated Jaccard, build label) of the first indexed twin, or None."""

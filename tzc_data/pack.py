@@ -38,7 +38,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from tzc_data.errors import OutputError
-from tzc_data.files import truncate_to_checkpoint
+from tzc_data.files import PrefixDigest, truncate_to_checkpoint
 
 FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 DTYPE = np.dtype("<i4")
@@ -96,7 +96,7 @@ class Spool:
     split, prompt hash: 33 bytes per kept example on disk, 25 in memory).
     """
 
-    def __init__(self, directory: str, *, resume_at: tuple[int, int] | None = None):
+    def __init__(self, directory: str, *, resume_at: tuple[int, int, str, str] | None = None):
         self.tokens_path = os.path.join(directory, ".spool.tokens")
         self.journal_path = os.path.join(directory, ".spool.journal")
         self.rows, self.offsets = array("q"), array("q")
@@ -106,9 +106,11 @@ class Spool:
         if resume_at is None:
             open(self.tokens_path, "wb").close()
             open(self.journal_path, "wb").close()
+            self._digests = (PrefixDigest(self.tokens_path), PrefixDigest(self.journal_path))
         else:
-            truncate_to_checkpoint(self.tokens_path, resume_at[0])
-            truncate_to_checkpoint(self.journal_path, resume_at[1], record_size=JOURNAL.itemsize)
+            self._digests = (truncate_to_checkpoint(self.tokens_path, resume_at[0], resume_at[2]),
+                             truncate_to_checkpoint(self.journal_path, resume_at[1], resume_at[3],
+                                                    record_size=JOURNAL.itemsize))
             journal = np.fromfile(self.journal_path, dtype=JOURNAL)
             for record in journal:
                 self._remember(int(record["row"]), int(record["length"]), int(record["prompt_length"]),
@@ -137,12 +139,14 @@ class Spool:
         self._journal.write(_JOURNAL_RECORD.pack(row, len(data), prompt_length, split, digest))
         self._remember(row, len(data), prompt_length, split, digest)
 
-    def sync(self) -> tuple[int, int]:
-        """Flush both files to disk; returns their sizes, which is all a checkpoint needs."""
+    def sync(self) -> tuple[int, int, str, str]:
+        """Flush both files to disk; returns what a checkpoint records: their sizes and the
+        digests of their contents (a resume refuses a spool whose bytes changed)."""
         for handle in (self._tokens, self._journal):
             handle.flush()
             os.fsync(handle.fileno())
-        return self._tokens.tell(), self._journal.tell()
+        sizes = self._tokens.tell(), self._journal.tell()
+        return (*sizes, *(digest.advance(size) for digest, size in zip(self._digests, sizes)))
 
     def close(self) -> None:
         for handle in (self._tokens, self._journal):

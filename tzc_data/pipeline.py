@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 from tqdm import tqdm
 
 from tzc_data import __version__, files
@@ -132,6 +133,8 @@ def _check_output(out: str, overwrite: bool) -> None:
     if os.path.lexists(parent) and not os.path.isdir(parent):
         raise OutputError(f"--out {out}: {parent} is not a directory")
     old = staging_path(out) + ".old"
+    if os.path.islink(old):
+        raise OutputError(f"{old} is a symlink where tzc keeps a build it replaces; move it away")
     if os.path.lexists(old) and files.not_a_build(old) and not (os.path.isdir(old) and not os.listdir(old)):
         raise OutputError(f"{old} is left from an earlier replacement and is not a tzc build "
                           f"({files.not_a_build(old)}); move it away")
@@ -169,11 +172,19 @@ def _remove_replaced(staging: str) -> str:
 def _publish(staging: str, out: str, overwrite: bool) -> None:
     """Rename the finished staging directory to ``out``. A build already there (``--overwrite``)
     is first renamed aside and removed only after the new one is in place, file by file."""
+    stray = files.not_a_build(staging)
+    if stray and os.path.isfile(os.path.join(staging, MANIFEST)):
+        raise OutputError(f"the finished build in {staging} is not publishable: {stray}; move that away and run "
+                          "the same command with --resume")
     old = _remove_replaced(staging)
     if os.path.isdir(out) and not os.path.islink(out) and os.listdir(out):
         if not overwrite:
             raise OutputError(f"--out {out} now holds a build (written while this one ran); pass --overwrite "
                               "and --resume to replace it")
+        why = files.not_a_build(out)
+        if why:
+            raise OutputError(f"--out {out} is no longer a tzc build ({why}: written while this build ran); "
+                              f"nothing was replaced: move it away and run the same command with --resume")
         files.remove_marker(staging)
         os.rename(out, old)
         os.rename(staging, out)
@@ -234,27 +245,39 @@ def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict
     return {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
 
 
-def _read_checkpoint(staging: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+def _read_checkpoint(staging: str, identity: dict[str, Any], start: int) -> dict[str, Any] | None:
+    """The staging directory's checkpoint, checked: its own digest (a checkpoint edited by hand is
+    refused), its fields, that it is of these inputs and options, and that its counts add up."""
     path = os.path.join(staging, CHECKPOINT)
     if not os.path.exists(path):
         return None
+    damaged = OutputError(f"the checkpoint {path} is damaged; run without --resume to start over")
     try:
         with open(path, encoding="utf-8") as handle:
             checkpoint = json.load(handle)
+        body = {k: v for k, v in checkpoint.items() if k != "digest"}
+        if checkpoint.get("digest") != _checkpoint_digest(body):
+            raise damaged
         made = checkpoint["identity"]
-    except (ValueError, KeyError, TypeError):
-        raise OutputError(f"the checkpoint {path} is damaged; run without --resume to start over") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
     if made != json.loads(json.dumps(identity)):
         raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options; "
                           "run without --resume to start over")
+    if sum(checkpoint["counts"].values()) != checkpoint["next_row"] - start:
+        raise damaged
     return checkpoint
+
+
+def _checkpoint_digest(body: dict[str, Any]) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode())
 
 
 def _write_checkpoint(staging: str, checkpoint: dict[str, Any]) -> None:
     """Atomically: a reader sees the previous checkpoint or this one, never half of one."""
     path = os.path.join(staging, CHECKPOINT)
     with files.atomic_open(path, encoding="utf-8") as handle:
-        json.dump(checkpoint, handle, sort_keys=True)
+        json.dump({**checkpoint, "digest": _checkpoint_digest(checkpoint)}, handle, sort_keys=True)
 
 
 def peak_rss_kib() -> int:
@@ -281,18 +304,22 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     directory stays resumable.
     """
     out = os.path.abspath(config.out)
-    _check_output(out, config.overwrite)
+    staging = staging_path(out)
+    finished = config.resume and not os.path.lexists(staging) and files.not_a_build(out) is None
+    if not finished:  # a resumed build that had already been published is checked below
+        _check_output(out, config.overwrite)
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
     source.check_range(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
-    staging = staging_path(out)
     identity = _identity(config, source, tokenizer)
-    if config.resume and not os.path.lexists(staging) and _finished_as(out, identity, other_ok=True):
-        manifest = read_manifest(out)  # a resumed build that had already been published
+    if finished and _finished_as(out, identity, other_ok=True):
+        manifest = read_manifest(out)  # killed after it was renamed into place: nothing left to do
         _remove_replaced(staging)
         manifest["run"] = _run_figures(started, manifest, None, 0)
         return manifest
+    if finished:
+        _check_output(out, config.overwrite)
     near = NearDupIndex(config.near_dup_threshold) if config.near_dup else None
     excluded = load_excluded(config, source, near)
     try:
@@ -316,7 +343,7 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
     checkpoint = None
     index_bytes = 0
     if manifest is None:
-        checkpoint = _read_checkpoint(staging, identity) if config.resume else None
+        checkpoint = _read_checkpoint(staging, identity, config.start) if config.resume else None
         if checkpoint is None:
             files.clear_staging(staging)
         # Arrow's mimalloc pool kept the memory of every stats part and of the final merge: peak RSS
@@ -390,7 +417,8 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     score_names = [name for f in quality for name in f.score_names] + (["near_dup_jaccard"] if near else [])
     near_journal = os.path.join(staging, ".near_dup.journal")
     if near is not None:
-        near.attach_journal(near_journal, resume_at=checkpoint["near_dup"] if checkpoint else None)
+        near.attach_journal(near_journal, resume_at=checkpoint["near_dup"][0] if checkpoint else None,
+                            digest=checkpoint["near_dup"][1] if checkpoint else None)
     stats = RecordStats(os.path.join(staging, STATS_DIR), score_names, chunk_rows=config.checkpoint_every,
                         resume_parts=checkpoint["parts"] if checkpoint else None)
     rejected = RejectedRows(os.path.join(staging, REJECTED_DIR), score_names,
@@ -406,10 +434,11 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     def save(next_row: int) -> None:
         if rejected:
             rejected.parts.flush()
+        near_size = near.sync(next_row) if near else 0
         _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
-                                    "parts": stats.parts.count, "spool": list(spool.sync()),
-                                    "rejected_parts": rejected.parts.count if rejected else 0,
-                                    "near_dup": near.sync(next_row) if near else 0})
+                                    "parts": stats.parts.digests, "spool": list(spool.sync()),
+                                    "rejected_parts": rejected.parts.digests if rejected else [],
+                                    "near_dup": [near_size, near.journal_digest(near_size) if near else None]})
 
     total = config.stop - config.start
     bar = tqdm(total=total, initial=next_row - config.start, unit="row", file=sys.stderr, mininterval=0.5,

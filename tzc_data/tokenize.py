@@ -104,7 +104,8 @@ class Tokenizer:
     def __init__(self, path: str | os.PathLike, *, system: str = fmt.DEFAULT_SYSTEM, memo: bool = True):
         self.path = str(path)
         if not os.path.isfile(self.path):
-            raise TokenizerError(f"tokenizer {self.path} does not exist")
+            what = "is a directory, not a SentencePiece model file" if os.path.isdir(self.path) else "does not exist"
+            raise TokenizerError(f"tokenizer {self.path} {what}")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=self.path)
         except Exception as err:

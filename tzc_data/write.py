@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from tzc_data.errors import OutputError
-from tzc_data.files import MANIFEST, atomic_open, atomic_path
+from tzc_data.files import MANIFEST, atomic_open, atomic_path, file_digest
 from tzc_data.pack import DTYPE, FIELDS
 from tzc_data.record import Example
 from tzc_data.tokenize import sha256_file
@@ -57,21 +58,30 @@ class Parts:
     that a resumed build can trust, and :meth:`merged` reads them back in fixed-size tables so the
     final file does not depend on where the parts were cut."""
 
-    def __init__(self, directory: str, stem: str, schema: pa.Schema, *, resume_parts: int | None = None):
+    def __init__(self, directory: str, stem: str, schema: pa.Schema, *, resume_parts: list[str] | None = None):
+        """``resume_parts``: the digests a checkpoint recorded of the parts written before it;
+        those parts must be there, unchanged, and any part written after it is removed."""
         os.makedirs(directory, exist_ok=True)
         self.directory, self.stem, self.schema = directory, stem, schema
-        self.count = resume_parts or 0
+        self.digests: list[str] = list(resume_parts or [])
+        self.count = len(self.digests)
         for stale in self.paths(start=self.count):  # written after the checkpoint we resume from
             os.remove(stale)
-        if len(self.paths()) != self.count:
-            raise OutputError(f"cannot resume: {directory} holds {len(self.paths())} {stem} part files, its "
-                              f"checkpoint {self.count}; run without --resume to start over")
+        found = self.paths()
+        if [os.path.basename(p) for p in found] != [self._name(k) for k in range(self.count)] or \
+                [file_digest(p) for p in found] != self.digests:
+            raise OutputError(f"cannot resume: the {stem} part files in {directory} are not the {self.count} its "
+                              "checkpoint recorded; the staging folder is damaged: run without --resume to start over")
         self.columns: dict[str, list] = {name: [] for name in schema.names}
 
+    def _name(self, index: int) -> str:
+        return f".{self.stem}.part-{index:06d}.parquet"
+
     def paths(self, start: int = 0) -> list[str]:
-        prefix = f".{self.stem}.part-"
-        names = sorted(n for n in os.listdir(self.directory) if n.startswith(prefix))
-        return [os.path.join(self.directory, n) for n in names if int(n[len(prefix):len(prefix) + 6]) >= start]
+        """The part files, in order (from the ``start``-th)."""
+        pattern = re.compile(rf"\.{re.escape(self.stem)}\.part-(\d{{6}})\.parquet")
+        found = sorted((int(m.group(1)), n) for n in os.listdir(self.directory) if (m := pattern.fullmatch(n)))
+        return [os.path.join(self.directory, n) for k, n in found if k >= start]
 
     @property
     def buffered(self) -> int:
@@ -79,9 +89,10 @@ class Parts:
 
     def flush(self) -> None:
         if self.buffered:
-            path = os.path.join(self.directory, f".{self.stem}.part-{self.count:06d}.parquet")
+            path = os.path.join(self.directory, self._name(self.count))
             with atomic_path(path) as temporary:
                 pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
+            self.digests.append(file_digest(path))
             self.count += 1
             self.columns = {name: [] for name in self.schema.names}
 
@@ -100,7 +111,7 @@ class RecordStats:
     pack, segment)."""
 
     def __init__(self, directory: str, score_names: Sequence[str], *, chunk_rows: int = _STATS_BATCH,
-                 resume_parts: int | None = None):
+                 resume_parts: list[str] | None = None):
         self.directory = directory
         self.score_names = list(score_names)
         self.chunk_rows = chunk_rows
@@ -160,7 +171,7 @@ class RejectedRows:
     reason, detail and scores, for audits and ``tzc-data explain``. Parts are cut at the same
     checkpoints as the stats."""
 
-    def __init__(self, directory: str, score_names: Sequence[str], *, resume_parts: int | None = None):
+    def __init__(self, directory: str, score_names: Sequence[str], *, resume_parts: list[str] | None = None):
         self.directory = directory
         self.score_names = list(score_names)
         schema = pa.schema([("row", pa.int64()), ("status", pa.string()), ("detail", pa.string()),

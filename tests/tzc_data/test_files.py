@@ -15,7 +15,10 @@ def _fake_build(path, *, extra=None):
     (path / "shards" / "train-00000-of-00001.array_record").write_bytes(b"x")
     (path / "stats" / "records.parquet").write_bytes(b"x")
     (path / "prompt_hashes.bin").write_bytes(b"")
-    (path / "manifest.json").write_text(json.dumps({"tzc_version": "0.1.0", "format_version": 1}))
+    (path / "manifest.json").write_text(json.dumps({
+        "tzc_version": "0.1.0", "format_version": 1, "hashes": {"file": "prompt_hashes.bin"},
+        "shards": [{"file": "shards/train-00000-of-00001.array_record", "bytes": 1}],
+        "stats": {"stats/records.parquet": {"bytes": 1}}}))
     if extra:
         (path / extra).parent.mkdir(parents=True, exist_ok=True)
         (path / extra).write_text("mine")
@@ -51,6 +54,18 @@ def test_a_stray_or_foreign_manifest_does_not_make_a_build(tmp_path, manifest, w
     if manifest is not None:
         (folder / "manifest.json").write_text(manifest)
     assert why in files.not_a_build(str(folder))
+
+
+def test_a_build_holds_only_what_its_manifest_lists_at_the_recorded_sizes(tmp_path):
+    build = _fake_build(tmp_path / "b")
+    (build / "stats" / "packs.parquet").write_text("mine")  # a build's name, but not listed
+    assert "'stats/packs.parquet', which its manifest.json does not list" in files.not_a_build(str(build))
+    os.remove(build / "stats" / "packs.parquet")
+    (build / "stats" / "records.parquet").write_text("MY DATA")  # listed, but not what the build wrote
+    assert "stats/records.parquet is not the size" in files.not_a_build(str(build))
+    with pytest.raises(OutputError):
+        files.remove_build(str(build))
+    assert (build / "stats" / "records.parquet").read_text() == "MY DATA"
 
 
 def test_symlinks_inside_or_as_the_build_are_not_followed(tmp_path):

@@ -625,3 +625,126 @@ def test_first_kept_wins_across_exact_and_near_dedup_and_survives_a_resume(tmp_p
         killer.close()
     assert _build(tmp_path / "run", f"0:{len(prompts)}", *args, "--resume") == 0
     assert _files(tmp_path / "run") == _files(tmp_path / "ref")
+
+
+def _killed_staging(tmp_path: Path, args: list[str], before: str, nth: int = 0) -> Path:
+    """A build into ``tmp_path/run`` killed just before the ``nth`` change named ``before``."""
+    command = ["build", "--source", "synthetic", "--out", str(tmp_path / "run"), "--tokenizer",
+               str(gemma2_tokenizer_path()), "--no-progress", *args]
+    killer = _Killer(tmp_path)
+    try:
+        events = killer.events(command)
+        shutil.rmtree(tmp_path / "run")
+        killer.kill(command, [k for k, e in enumerate(events, 1) if e == before][nth])
+    finally:
+        killer.close()
+    return tmp_path / ".run.tzc-partial"
+
+
+CHECKPOINT_RENAME = "os.rename .run.tzc-partial/.checkpoint.json"
+
+
+@pytest.mark.parametrize("damage", ["spool byte", "journal byte", "near-dup journal byte", "parts swapped",
+                                    "part truncated", "part missing", "checkpoint edited", "checkpoint field"])
+def test_resume_refuses_a_staging_folder_whose_contents_changed(tmp_path, capsys, damage):
+    """Not only missing or short files: any byte changed before the checkpoint is refused, with
+    one line, and the folder is left as it was."""
+    args = ["--range", "0:400", "--checkpoint-every", "100"]
+    staging = _killed_staging(tmp_path, args, CHECKPOINT_RENAME, 3)
+
+    def flip(path: Path, at: int) -> None:
+        data = bytearray(path.read_bytes())
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    parts = sorted((staging / "stats").glob(".records.part-*"))
+    checkpoint = json.loads((staging / ".checkpoint.json").read_text())
+    if damage == "spool byte":
+        flip(staging / ".spool.tokens", 4000)
+    elif damage == "journal byte":
+        flip(staging / ".spool.journal", 10)
+    elif damage == "near-dup journal byte":
+        flip(staging / ".near_dup.journal", 300)
+    elif damage == "parts swapped":
+        first, second = parts[0].read_bytes(), parts[1].read_bytes()
+        parts[0].write_bytes(second)
+        parts[1].write_bytes(first)
+    elif damage == "part truncated":
+        os.truncate(parts[1], 100)
+    elif damage == "part missing":
+        (staging / "stats" / ".records.part-abc").write_text("x")  # not a part name: ignored
+        os.remove(parts[0])
+    elif damage == "checkpoint edited":
+        checkpoint["next_row"] += 100
+        (staging / ".checkpoint.json").write_text(json.dumps(checkpoint))
+    else:
+        del checkpoint["spool"]
+        (staging / ".checkpoint.json").write_text(json.dumps(checkpoint))
+    before = set(_files(staging))
+    assert _build(tmp_path / "run", "0:400", *args[2:], "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tzc-data: error:") and err.count("\n") == 1 and "run without --resume" in err, err
+    after = set(_files(staging))  # at most a part written after the checkpoint is gone
+    assert after <= before and {".checkpoint.json", ".spool.tokens"} <= after and not (tmp_path / "run").exists()
+    assert _build(tmp_path / "run", "0:400", *args[2:], "--resume") == 2  # and it keeps refusing
+    assert capsys.readouterr().err == err
+
+
+def test_resume_of_a_published_build_is_a_no_op(tmp_path, capsys):
+    assert _build(tmp_path / "run", "0:40") == 0
+    before = _files(tmp_path / "run")
+    assert _build(tmp_path / "run", "0:40", "--resume") == 0
+    assert _files(tmp_path / "run") == before
+    assert _build(tmp_path / "run", "0:40", "--seed", "1", "--resume") == 2  # another build: --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_a_file_put_into_a_finished_staging_folder_is_not_published(tmp_path, capsys):
+    staging = _killed_staging(tmp_path, ["--range", "0:100"], "os.remove .run.tzc-partial/.tzc-staging.json")
+    (staging / "notes.txt").write_text("mine")
+    assert _build(tmp_path / "run", "0:100", "--resume") == 2
+    assert "is not publishable: it holds 'notes.txt'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and (staging / "notes.txt").read_text() == "mine"
+    (staging / "notes.txt").unlink()
+    assert _build(tmp_path / "run", "0:100", "--resume") == 0
+
+
+def test_a_build_replaced_while_a_new_one_runs_is_not_renamed_aside(tmp_path, synthetic_build):
+    """--overwrite checked --out when it started; if --out stopped being a build meanwhile (a user
+    wrote into it), publishing refuses before renaming anything."""
+    from tzc_data import files
+    from tzc_data.errors import OutputError
+    from tzc_data.pipeline import _publish
+
+    staging, out = tmp_path / ".run.tzc-partial", tmp_path / "run"
+    shutil.copytree(synthetic_build, staging)
+    (staging / files.STAGING_MARKER).write_text("{}")
+    shutil.copytree(synthetic_build, out)
+    (out / "thesis.txt").write_text("mine")
+    with pytest.raises(OutputError, match="is no longer a tzc build"):
+        _publish(str(staging), str(out), overwrite=True)
+    assert (out / "thesis.txt").read_text() == "mine" and (staging / "manifest.json").exists()
+    assert sorted(os.listdir(tmp_path)) == [".run.tzc-partial", "run"]
+
+
+def test_a_symlink_where_the_replaced_build_goes_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    os.symlink(tmp_path / "empty", tmp_path / ".run.tzc-partial.old")
+    assert _build(tmp_path / "run", "0:20") == 2
+    assert "is a symlink where tzc keeps a build it replaces" in capsys.readouterr().err
+
+
+def test_outputs_through_a_symlinked_folder_or_to_an_unwritable_place_are_one_line(synthetic_build, tmp_path, capsys):
+    os.symlink(synthetic_build / "stats", tmp_path / "statslink")
+    before = _files(synthetic_build)
+    assert main(["report", str(synthetic_build), "-o", str(tmp_path / "statslink" / "records.parquet")]) == 2
+    assert "is inside the tzc build" in capsys.readouterr().err
+    assert main(["report", str(synthetic_build), "-o", "/proc/report.html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tzc-data: error:") and err.count("\n") == 1
+    assert main(["explain", str(synthetic_build), "--reason", "loop", "-n", "-5"]) == 2
+    assert "-n -5: must be at least 1" in capsys.readouterr().err
+    assert main(["build", "--source", "synthetic", "--range", "0:10", "--out", str(tmp_path / "x"),
+                 "--tokenizer", str(tmp_path)]) == 2
+    assert "is a directory, not a SentencePiece model file" in capsys.readouterr().err
+    assert _files(synthetic_build) == before
