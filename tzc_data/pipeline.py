@@ -305,20 +305,20 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     """
     out = os.path.abspath(config.out)
     staging = staging_path(out)
-    finished = config.resume and not os.path.lexists(staging) and files.not_a_build(out) is None
-    if not finished:  # a resumed build that had already been published is checked below
+    published = config.resume and not os.path.lexists(staging) and files.not_a_build(out) is None
+    if not published:  # checked before the source and tokenizer load, to fail fast
         _check_output(out, config.overwrite)
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
     source.check_range(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
     identity = _identity(config, source, tokenizer)
-    if finished and _finished_as(out, identity, other_ok=True):
-        manifest = read_manifest(out)  # killed after it was renamed into place: nothing left to do
-        _remove_replaced(staging)
-        manifest["run"] = _run_figures(started, manifest, None, 0)
-        return manifest
-    if finished:
+    if published:
+        if _finished_as(out, identity, other_ok=True):  # killed after its rename into place: done
+            manifest = read_manifest(out)
+            _remove_replaced(staging)
+            manifest["run"] = _run_figures(started, manifest, None, 0)
+            return manifest
         _check_output(out, config.overwrite)
     near = NearDupIndex(config.near_dup_threshold) if config.near_dup else None
     excluded = load_excluded(config, source, near)
