@@ -116,14 +116,25 @@ def not_a_build(path: str) -> str | None:
         listed = _listed_sizes(path)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return f"its {MANIFEST} does not list its files"
+    stray = stray_entry(path, listed)
+    if stray:
+        return stray
+    for relative, size in listed.items():
+        full = os.path.join(path, relative)
+        if size is not None and os.path.isfile(full) and os.path.getsize(full) != size:
+            return f"its {relative} is not the size its {MANIFEST} records"
+    return None
+
+
+def stray_entry(path: str, listed: dict[str, int | None] | None = None) -> str | None:
+    """Why the build folder ``path`` holds something besides its build (a file a build does not
+    write, or one its manifest does not list), or None. ``verify`` reports it too."""
+    listed = _listed_sizes(path) if listed is None else listed
     for relative in _entries(path):
         if relative.startswith("!"):
             return relative[1:]
         if relative not in listed:
             return f"it holds {relative!r}, which its {MANIFEST} does not list"
-        size = listed[relative]
-        if size is not None and os.path.getsize(os.path.join(path, relative)) != size:
-            return f"its {relative} is not the size its {MANIFEST} records"
     return None
 
 

@@ -40,6 +40,7 @@ from array_record.python.array_record_module import ArrayRecordReader
 from tzc_data import format as fmt
 from tzc_data.dedupe import prompt_hash, split_of
 from tzc_data.errors import TzcError
+from tzc_data.files import stray_entry
 from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json
 from tzc_data.look import find_tokenizer
 from tzc_data.minhash import RECORD as NEAR_RECORD
@@ -139,6 +140,9 @@ def check_files(build: str, manifest: dict[str, Any]) -> list[str]:
         problem = _file_problem(os.path.join(build, name), expected, size)
         if problem:
             problems.append(f"{build} {name}: {problem}")
+    stray = stray_entry(build)
+    if stray:  # a loader would not read it, but --overwrite could no longer prove the folder a build
+        problems.append(f"{build}: {stray}")
     return problems
 
 

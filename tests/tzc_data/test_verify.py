@@ -520,3 +520,13 @@ def test_a_stats_column_of_another_type_is_named(builds, tmp_path):
     pq.write_table(table.set_column(rows, "rows", pa.array([str(r) for r in table["rows"].to_pylist()])), path)
     _reseal(build, _manifest(build))
     assert f"{build} stats/packs.parquet: column rows is string, not list<item: int64>" in verify([str(build)])
+
+
+def test_files_a_build_does_not_list_are_problems(builds, tmp_path):
+    """A stray file is read by no loader, but it makes the folder no longer provably a build (so
+    --overwrite would refuse it): verify says so."""
+    for stray in ("README", "shards/evil.txt", "stats/packs2.parquet"):
+        build = _copy(builds[0], tmp_path / stray.replace("/", "_"))
+        (build / stray).write_text("x")
+        problems = verify([str(build)])
+        assert len(problems) == 1 and "which" in problems[0] and stray.split("/")[-1] in problems[0], problems
