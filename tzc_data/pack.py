@@ -153,11 +153,6 @@ class Spool:
             if not handle.closed:
                 handle.close()
 
-    def remove(self) -> None:
-        self.close()
-        for path in (self.tokens_path, self.journal_path):
-            os.remove(path)
-
     def items(self, split: int) -> np.ndarray:
         """Spool indices of the examples assigned to ``split``, in arrival order."""
         return np.flatnonzero(np.frombuffer(self.splits, dtype=np.uint8) == split)

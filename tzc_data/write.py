@@ -100,10 +100,6 @@ class Parts:
         self.flush()
         yield from _rebatch((b for p in self.paths() for b in pq.ParquetFile(p).iter_batches()), size)
 
-    def remove(self) -> None:
-        for path in self.paths():
-            os.remove(path)
-
 
 class RecordStats:
     """``stats/records.parquet``, streamed through :class:`Parts` (``chunk_rows`` rows each, a
