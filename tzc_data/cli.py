@@ -11,7 +11,7 @@ from typing import Any
 
 from tzc_data import __version__
 from tzc_data import format as fmt
-from tzc_data.config import COMPRESSIONS, BuildConfig, parse_range
+from tzc_data.config import COMPRESSIONS, ENGINES, BuildConfig, parse_range
 from tzc_data.errors import TzcError
 from tzc_data.record import KEPT, REASONS
 
@@ -92,10 +92,14 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
     g.add_argument("--resume", action="store_true",
-                   help="continue an interrupted build of the same inputs and options from its last checkpoint")
-    g.add_argument("--checkpoint-every", type=int, default=8192, metavar="ROWS", help="rows between checkpoints")
+                   help="continue an interrupted build of the same inputs and options: the units it finished "
+                        "are kept, the others run")
+    g.add_argument("--engine", choices=ENGINES, default=None,
+                   help="what runs the per-row stages of the units (row groups, blocks of lines): local (this "
+                        "process) or processes (--workers N); the output is the same bytes for every engine "
+                        "(default: processes when --workers > 1, else local)")
     g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="processes for the per-row stages (read, filters, tokenize); the output is the same for any N")
+                   help="worker processes for --engine processes; the output is the same for any N")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_build)
@@ -118,8 +122,8 @@ def _run_build(args: argparse.Namespace) -> int:
         min_compression_ratio=args.min_compression_ratio, language_filter=args.language_filter,
         min_english_score=args.min_english_score, keep_rejected=args.keep_rejected,
         min_kept_ratio=args.min_kept_ratio, rows_per_shard=args.rows_per_shard, compression=args.compression,
-        exclude=tuple(args.exclude), eval_fraction=args.eval_fraction, checkpoint_every=args.checkpoint_every,
-        workers=args.workers,
+        exclude=tuple(args.exclude), eval_fraction=args.eval_fraction,
+        engine=args.engine or ("processes" if args.workers > 1 else "local"), workers=args.workers,
         resume=args.resume, overwrite=args.overwrite)
     manifest = build(config, progress=args.progress)
     print(summary(manifest, args.out))

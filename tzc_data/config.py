@@ -16,6 +16,7 @@ from tzc_data.errors import ConfigError
 
 COMPRESSIONS = ("zstd:1", "zstd:3", "uncompressed")
 MAX_SEQ_LEN = 131_072  # the longest context of current open models; a row of it is 2 MiB
+ENGINES = ("local", "processes")  # tzc_data.executors implements each
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -68,8 +69,8 @@ class BuildConfig:
     compression: str = "zstd:1"
     exclude: tuple[str, ...] = ()  # earlier builds whose prompts this one must not share
     eval_fraction: float = 0.0
-    checkpoint_every: int = 8192  # rows between checkpoints (a --resume restarts from the last one)
-    workers: int = 1  # processes for the per-row stages; the output does not depend on it
+    engine: str = "local"  # what runs the units' per-row stages: "local" or "processes"
+    workers: int = 1  # processes for the per-row stages (engine "processes"); the output does not depend on it
     resume: bool = False
     overwrite: bool = False
 
@@ -109,10 +110,12 @@ class BuildConfig:
             raise ConfigError(f"--rows-per-shard {self.rows_per_shard}: must be >= 1")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ConfigError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"--checkpoint-every {self.checkpoint_every}: must be >= 1")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if not 1 <= self.workers <= 256:
             raise ConfigError(f"--workers {self.workers}: must be between 1 and 256")
+        if self.workers > 1 and self.engine == "local":
+            raise ConfigError(f"--workers {self.workers} needs --engine processes (--engine local is one process)")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"--compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}")
         try:
@@ -134,10 +137,10 @@ class BuildConfig:
         return f"group_size:1,{self.compression}"
 
     def recorded(self) -> dict[str, Any]:
-        """The fields that determine the output (not where it goes, how often to checkpoint, how
+        """The fields that determine the output (not where it goes, which engine, how
         many worker processes, nor whether to overwrite or resume)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite", "resume", "checkpoint_every", "workers"):
+        for name in ("out", "overwrite", "resume", "engine", "workers"):
             fields.pop(name)
         fields["exclude"] = list(self.exclude)
         fields["max_tokens"] = self.token_limit

@@ -35,6 +35,7 @@ from tzc_data.errors import OutputError
 
 MANIFEST = "manifest.json"
 STAGING_MARKER = ".tzc-staging.json"
+UNITS_DIR = ".units"  # a build's units (tzc_data.units): scratch, gone once the manifest is written
 
 # Every entry a finished build may hold: top-level names, and for each folder the names inside it.
 _BUILD_FILES = frozenset({MANIFEST, "prompt_hashes.bin", "near_dup.bin"})
@@ -260,8 +261,8 @@ def check_output_file(path: str, option: str = "-o") -> str:
 
 
 def remove_scratch(staging: str) -> None:
-    """Remove what a staging directory holds besides the build itself (spool, journals, part
-    files, checkpoint, temporaries: every hidden name), keeping the marker. Run once the
+    """Remove what a staging directory holds besides the build itself (the units' files, and
+    temporaries: every hidden name), keeping the marker. Run once the
     manifest is written, so every moment before it can still resume."""
     if not is_staging(staging):
         raise OutputError(f"{staging} is not a tzc staging directory; refusing to clean it")
@@ -272,6 +273,11 @@ def remove_scratch(staging: str) -> None:
             full = os.path.join(folder, name)
             if name.startswith(".") and name != STAGING_MARKER and not os.path.isdir(full):
                 os.remove(full)
+    units = os.path.join(staging, UNITS_DIR)
+    if os.path.isdir(units) and not os.path.islink(units):
+        for name in os.listdir(units):  # the units' files, done-markers, plan and temporaries
+            os.remove(os.path.join(units, name))
+        os.rmdir(units)
 
 
 def remove_marker(staging: str) -> None:

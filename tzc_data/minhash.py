@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import rensa
 
-from tzc_data.dedupe import ExactIndex, is_duplicate, normalise
+from tzc_data.dedupe import ExactIndex, normalise
 from tzc_data.files import PrefixDigest, truncate_to_checkpoint
 from tzc_data.record import Example
 
@@ -311,15 +311,58 @@ def _near_batch(examples: list[Example], index: NearDupIndex, exact: ExactIndex 
         return
     signatures = np.stack([signature(e.prompt, e.normalised or None) for e in live])
     keys, sketches = band_keys(signatures), (signatures & 0xFF).astype(np.uint8)
+    decided = decide_batch([e.row for e in live], [e.prompt_hash for e in live], keys, sketches, index, exact)
+    for example, outcome in zip(live, decided):
+        if outcome is not None:
+            apply_outcome(example, *outcome)
+
+
+DUPLICATE, NEAR_DUPLICATE, NEAR_EXCLUDED = 1, 2, 3  # outcome codes; 0 is kept
+
+
+def apply_outcome(example: Example, code: int, twin: int, jaccard: float, build: str | None) -> None:
+    """Drop ``example`` as :func:`decide_batch` decided (``code`` one of the three above)."""
+    example.status, example.detail = outcome_reason(code, twin, jaccard, build)
+    if code != NEAR_EXCLUDED:
+        example.twin = twin
+    if code != DUPLICATE:
+        example.scores["near_dup_jaccard"] = round(jaccard, 3)
+
+
+def outcome_reason(code: int, twin: int, jaccard: float, build: str | None) -> tuple[str, str]:
+    """(status, detail) of a dedup outcome: the one wording for the stage and the build's pass."""
+    if code == DUPLICATE:
+        return "duplicate", f"same normalised prompt as row {twin}"
+    if code == NEAR_DUPLICATE:
+        return "near_duplicate", f"prompt ~{jaccard:.2f} Jaccard to row {twin}"
+    return "in_excluded_split", f"prompt ~{jaccard:.2f} Jaccard to row {twin} of excluded build {build}"
+
+
+def decide_batch(rows: list[int], hashes: list[bytes], keys: np.ndarray | None, sketches: np.ndarray | None,
+                 index: NearDupIndex | None, exact: ExactIndex | None) -> list[tuple[int, int, float, str | None] | None]:
+    """First kept wins for a batch of rows that passed every per-row stage, in row order: for each,
+    None when it is kept (it then enters the indexes), else (outcome code, twin row, estimated
+    Jaccard, excluded build or None). ``keys``/``sketches`` are None when near dedup is off.
+
+    The batch's band keys are looked up in the index in one vectorised probe, and a small dict
+    holds the keys of the batch's own kept prompts, so that a prompt also finds a twin earlier in
+    its batch. Per band, the index's prompt (older) comes before the batch's, as in the table
+    itself (the first prompt with a key keeps it): the result is that of one row at a time.
+    """
+    if index is None:
+        return [_exact_outcome(row, digest, exact) for row, digest in zip(rows, hashes)]
     stored = index.lookup_many(keys).tolist()
     key_lists = keys.tolist()
     base = len(index)
     local: dict[int, int] = {}  # band key -> ordinal of a prompt kept earlier in this batch
-    kept: list[int] = []  # positions in `live` of the prompts this batch adds to the index
-    for j, example in enumerate(live):
-        if exact is not None and is_duplicate(example, exact):
+    kept: list[int] = []  # positions in the batch of the prompts this batch adds to the index
+    decided: list[tuple[int, int, float, str | None] | None] = []
+    for j, (row, digest) in enumerate(zip(rows, hashes)):
+        twin = exact.twin(digest) if exact is not None else None
+        if twin is not None:
+            decided.append((DUPLICATE, twin, 1.0, None))
             continue
-        twin = None
+        found = None
         candidates = dict.fromkeys(o if o >= 0 else local.get(k, -1) for o, k in zip(stored[j], key_lists[j]))
         for ordinal in candidates:
             if ordinal < 0:
@@ -327,26 +370,34 @@ def _near_batch(examples: list[Example], index: NearDupIndex, exact: ExactIndex 
             other = index.sketch(ordinal) if ordinal < base else sketches[kept[ordinal - base]]
             jaccard = estimate_jaccard(sketches[j], other)
             if jaccard >= index.threshold:
-                twin = ordinal, jaccard
+                found = ordinal, jaccard
                 break
-        if twin is None:
+        if found is None:
             if exact is not None:
-                exact.add(example.prompt_hash, example.row)
+                exact.add(digest, row)
             ordinal = base + len(kept)
             kept.append(j)
             for o, k in zip(stored[j], key_lists[j]):
                 if o < 0:
                     local.setdefault(k, ordinal)
+            decided.append(None)
             continue
-        ordinal, jaccard = twin
-        row = index.rows[ordinal] if ordinal < base else live[kept[ordinal - base]].row
-        build = index.label(ordinal) if ordinal < base else None
-        example.scores["near_dup_jaccard"] = round(jaccard, 3)
-        if build is None:
-            example.twin = row
-            example.drop("near_duplicate", f"prompt ~{jaccard:.2f} Jaccard to row {row}")
+        ordinal, jaccard = found
+        if ordinal < base:
+            build = index.label(ordinal)
+            decided.append((NEAR_EXCLUDED if build is not None else NEAR_DUPLICATE, index.rows[ordinal], jaccard, build))
         else:
-            example.drop("in_excluded_split", f"prompt ~{jaccard:.2f} Jaccard to row {row} of excluded "
-                                              f"build {build}")
+            decided.append((NEAR_DUPLICATE, rows[kept[ordinal - base]], jaccard, None))
     if kept:
-        index.add_many(keys[kept], sketches[kept], [live[j].row for j in kept])
+        index.add_many(keys[kept], sketches[kept], [rows[j] for j in kept])
+    return decided
+
+
+def _exact_outcome(row: int, digest: bytes, exact: ExactIndex | None) -> tuple[int, int, float, str | None] | None:
+    if exact is None:
+        return None
+    twin = exact.twin(digest)
+    if twin is None:
+        exact.add(digest, row)
+        return None
+    return DUPLICATE, twin, 1.0, None

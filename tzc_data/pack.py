@@ -5,10 +5,10 @@ about 2k tokens), so an online packer that must decide as examples arrive wastes
 next-fit: ~81% fill). Sorting all lengths first and placing each example in the fullest row that
 still fits it is the reference the issue measures against; doing exactly that gives its fill.
 
-To keep memory flat as the range grows, examples are *spooled*: their tokens go to a file on
-disk as they stream past, and only per-example metadata stays in memory (row, offset, length,
-prompt length, split, prompt hash: 41 bytes). Packing then works on the lengths alone, and each packed row is
-assembled by reading its examples back from the spool.
+To keep memory flat as the range grows, tokens stay on disk: each unit's row stage writes the
+tokens of its rows to its own file (:mod:`tzc_data.units`), and only per-example metadata is in
+memory here (:class:`Kept`). Packing works on the lengths alone, and each packed row is assembled
+by reading its examples back from those files.
 
 The algorithm, step by step (:func:`best_fit_decreasing`):
   1. order the examples by length, longest first (ties: earlier example first);
@@ -30,15 +30,12 @@ int32, shape ``[4, seq_len]``, the four rows being ``tokens``, ``segment_ids`` (
 from __future__ import annotations
 
 import os
-import struct
-from array import array
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from sortedcontainers import SortedList
 
 from tzc_data.errors import OutputError
-from tzc_data.files import PrefixDigest, truncate_to_checkpoint
 
 FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 DTYPE = np.dtype("<i4")
@@ -84,103 +81,59 @@ def fill(lengths: Sequence[int], bins: Sequence[Sequence[int]], capacity: int) -
     return sum(lengths) / (len(bins) * capacity) if bins else 0.0
 
 
-JOURNAL = np.dtype([("row", "<i8"), ("length", "<i4"), ("prompt_length", "<i4"), ("split", "u1"), ("hash", "S16")])
-_JOURNAL_RECORD = struct.Struct("<qiiB16s")  # one JOURNAL record, packed without numpy
+class Kept:
+    """The examples that dedup kept, in row order: their metadata in memory (row, length, prompt
+    length, split, prompt hash, and where their tokens are: a unit's tokens file and the offset in
+    it; 45 bytes an example), their tokens on disk until a packed row is assembled."""
 
-
-class Spool:
-    """Tokens of kept examples on disk, plus an append-only journal of their metadata.
-
-    Both files only grow, so a checkpoint is just their two sizes: resuming truncates them to
-    those sizes and rebuilds the in-memory arrays from the journal (row, length, prompt length,
-    split, prompt hash: 33 bytes per kept example on disk, 25 in memory).
-    """
-
-    def __init__(self, directory: str, *, resume_at: tuple[int, int, str, str] | None = None):
-        self.tokens_path = os.path.join(directory, ".spool.tokens")
-        self.journal_path = os.path.join(directory, ".spool.journal")
-        self.rows, self.offsets = array("q"), array("q")
-        self.lengths, self.prompt_lengths = array("i"), array("i")
-        self.splits, self.hashes = array("B"), bytearray()
-        self._offset = 0
-        if resume_at is None:
-            open(self.tokens_path, "wb").close()
-            open(self.journal_path, "wb").close()
-            self._digests = (PrefixDigest(self.tokens_path), PrefixDigest(self.journal_path))
-        else:
-            self._digests = (truncate_to_checkpoint(self.tokens_path, resume_at[0], resume_at[2]),
-                             truncate_to_checkpoint(self.journal_path, resume_at[1], resume_at[3],
-                                                    record_size=JOURNAL.itemsize))
-            journal = np.fromfile(self.journal_path, dtype=JOURNAL)
-            for record in journal:
-                self._remember(int(record["row"]), int(record["length"]), int(record["prompt_length"]),
-                               int(record["split"]), bytes(record["hash"]).ljust(16, b"\0"))
-            if self._offset * array("i").itemsize != resume_at[0]:
-                raise OutputError(f"cannot resume: the journal {self.journal_path} accounts for {self._offset} tokens, "
-                                  f"{self.tokens_path} holds {resume_at[0] // 4}; run without --resume to start over")
-        self._tokens = open(self.tokens_path, "ab")
-        self._journal = open(self.journal_path, "ab")
+    def __init__(self, tokens_paths: Sequence[str], *, rows: np.ndarray, lengths: np.ndarray,
+                 prompt_lengths: np.ndarray, splits: np.ndarray, hashes: np.ndarray, units: np.ndarray,
+                 offsets: np.ndarray):
+        self.tokens_paths = list(tokens_paths)  # by unit index
+        self.rows, self.lengths, self.prompt_lengths = rows, lengths, prompt_lengths
+        self.splits, self.hashes, self.units, self.offsets = splits, hashes, units, offsets
 
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def _remember(self, row: int, length: int, prompt_length: int, split: int, digest: bytes) -> None:
-        self.rows.append(row)
-        self.offsets.append(self._offset)
-        self.lengths.append(length)
-        self.prompt_lengths.append(prompt_length)
-        self.splits.append(split)
-        self.hashes += digest
-        self._offset += length
-
-    def add(self, row: int, tokens: Sequence[int], prompt_length: int, split: int = 0, digest: bytes = bytes(16)) -> None:
-        data = tokens if isinstance(tokens, array) and tokens.typecode == "i" else array("i", tokens)
-        self._tokens.write(data)
-        self._journal.write(_JOURNAL_RECORD.pack(row, len(data), prompt_length, split, digest))
-        self._remember(row, len(data), prompt_length, split, digest)
-
-    def sync(self) -> tuple[int, int, str, str]:
-        """Flush both files to disk; returns what a checkpoint records: their sizes and the
-        digests of their contents (a resume refuses a spool whose bytes changed)."""
-        for handle in (self._tokens, self._journal):
-            handle.flush()
-            os.fsync(handle.fileno())
-        sizes = self._tokens.tell(), self._journal.tell()
-        return (*sizes, *(digest.advance(size) for digest, size in zip(self._digests, sizes)))
-
-    def close(self) -> None:
-        for handle in (self._tokens, self._journal):
-            if not handle.closed:
-                handle.close()
-
     def items(self, split: int) -> np.ndarray:
-        """Spool indices of the examples assigned to ``split``, in arrival order."""
-        return np.flatnonzero(np.frombuffer(self.splits, dtype=np.uint8) == split)
+        """Indices of the examples assigned to ``split``, in row order."""
+        return np.flatnonzero(self.splits == split)
 
     def lengths_of(self, items: np.ndarray) -> np.ndarray:
-        """Token counts of the spooled examples ``items``."""
-        return np.frombuffer(self.lengths, dtype=np.int32)[items]
+        return self.lengths[items]
 
     def read_rows(self, bins: Sequence[Sequence[int]], seq_len: int) -> Iterator[np.ndarray]:
-        """Assemble each bin (of spool indices) into a packed row, ``int32[4, seq_len]``."""
-        self.close()
-        itemsize = array("i").itemsize
-        fd = os.open(self.tokens_path, os.O_RDONLY)
+        """Assemble each bin (of example indices) into a packed row, ``int32[4, seq_len]``."""
+        itemsize = DTYPE.itemsize
+        handles: dict[int, int] = {}
         try:
             for members in bins:
                 packed = np.zeros((4, seq_len), dtype=DTYPE)
                 at = 0
                 for segment, item in enumerate(members, 1):
-                    length = self.lengths[item]
-                    raw = os.pread(fd, length * itemsize, self.offsets[item] * itemsize)
-                    packed[0, at:at + length] = np.frombuffer(raw, dtype=np.int32)
+                    unit, length = int(self.units[item]), int(self.lengths[item])
+                    fd = handles.get(unit)
+                    if fd is None:
+                        if len(handles) >= _OPEN_FILES:
+                            os.close(handles.pop(next(iter(handles))))
+                        fd = handles[unit] = os.open(self.tokens_paths[unit], os.O_RDONLY)
+                    raw = os.pread(fd, length * itemsize, int(self.offsets[item]) * itemsize)
+                    if len(raw) != length * itemsize:
+                        raise OutputError(f"{self.tokens_paths[unit]} is shorter than its done-marker says; "
+                                          "run without --resume to start over")
+                    packed[0, at:at + length] = np.frombuffer(raw, dtype=DTYPE)
                     packed[1, at:at + length] = segment
                     packed[2, at:at + length] = np.arange(length, dtype=DTYPE)
-                    packed[3, at + self.prompt_lengths[item]:at + length] = 1
+                    packed[3, at + int(self.prompt_lengths[item]):at + length] = 1
                     at += length
                 yield packed
         finally:
-            os.close(fd)
+            for fd in handles.values():
+                os.close(fd)
+
+
+_OPEN_FILES = 64  # tokens files held open at once while rows are assembled
 
 
 def decode_row(record: bytes, seq_len: int) -> dict[str, np.ndarray]:
@@ -213,11 +166,11 @@ def check_row(row: dict[str, np.ndarray]) -> list[str]:
     return problems
 
 
-def placement(bins: Sequence[Sequence[int]], spool: Spool, seq_len: int, rows_per_shard: int,
+def placement(bins: Sequence[Sequence[int]], kept: Kept, seq_len: int, rows_per_shard: int,
               where: np.ndarray) -> dict[str, np.ndarray]:
     """Where each example of one split went, and one stats row per packed row, with numpy.
 
-    Fills ``where[k] = (shard, record in shard, segment id)`` for the spool indices in ``bins``
+    Fills ``where[k] = (shard, record in shard, segment id)`` for the example indices in ``bins``
     and returns the columns of ``stats/packs.parquet`` for them (``rows`` as flat source rows
     plus ``rows_offsets``).
     """
@@ -232,16 +185,16 @@ def placement(bins: Sequence[Sequence[int]], spool: Spool, seq_len: int, rows_pe
     def per_row(values: np.ndarray) -> np.ndarray:
         return np.add.reduceat(values[flat], offsets[:-1]) if len(bins) else np.zeros(0, np.int64)
 
-    lengths = np.frombuffer(spool.lengths, dtype=np.int32).astype(np.int64)
+    lengths = kept.lengths.astype(np.int64)
     tokens = per_row(lengths)
     packs = {
         "shard": shard.astype(np.int32),
         "index": index.astype(np.int32),
         "segments": sizes.astype(np.int32),
         "tokens": tokens.astype(np.int32),
-        "loss_tokens": per_row(lengths - np.frombuffer(spool.prompt_lengths, dtype=np.int32)).astype(np.int32),
+        "loss_tokens": per_row(lengths - kept.prompt_lengths).astype(np.int32),
         "fill": tokens / seq_len,
-        "rows": np.frombuffer(spool.rows, dtype=np.int64)[flat],
+        "rows": kept.rows.astype(np.int64)[flat],
         "rows_offsets": offsets.astype(np.int32),
     }
     return packs

@@ -1,19 +1,24 @@
 """The build, end to end. This is the one place that knows the order of the stages.
 
-    read ─ hash prompt ─ excluded builds ─ split <think> ─ quality filters (language, repetition)
-         ─ format checks ─ tokenize ─ length bound ─ exact dedup ─ near dedup
-         ─ spool (train / eval by hash) ─┐
-                                   └─ best-fit-decreasing per split ─ shards, stats, hashes, manifest
+    plan    the source cuts [start, stop) into units (row groups, blocks of lines): the data's
+            pieces, the same for every engine and worker count          (tzc_data.sources)
+    map     each unit through the per-row stages into its own files: read, hash, excluded
+            builds, split <think>, quality filters, format, tokenize, length bound, MinHash
+            keys; any engine, any order                                  (rowstage, executors)
+    dedup   exact and near dedup over the candidates' keys, in row order, in this process:
+            first *kept* occurrence wins                                 (dedup_pass)
+    pack    best-fit-decreasing per split over the kept lengths          (pack)
+    write   shards, prompt hashes, near-dup keys, stats; the manifest last (write)
+    publish rename the staging directory into place                     (files)
 
-Exact and near dedup come after every other check so that the first *kept* occurrence wins
-(a duplicate of a row that was later dropped for a loop is not lost with it). Each stage yields
-every example, dropped or not, so the stats have one row per input row, in order.
+Dedup comes after every other check so that the first *kept* occurrence wins (a duplicate of a
+row that was dropped for a loop is not lost with it); every input row has one stats row.
 
 Output is staged in a hidden sibling directory and renamed into place only when the manifest,
-written last, is complete: a build that dies leaves no directory that looks finished. Every
-``checkpoint_every`` rows the staging directory holds a checkpoint (closed stats parts, the sizes of
-the append-only spool files, the counts, the next row); ``--resume`` truncates back to it and
-continues, and the result is byte-identical to an uninterrupted build.
+written last, is complete: a build that dies leaves no directory that looks finished. A unit is
+done when its marker is written (:mod:`tzc_data.units`); ``--resume`` runs the units without one
+and redoes everything after the map, which is a pure function of the units' files, so the result
+is byte-identical to an uninterrupted build, whatever engine or worker count ran which unit.
 """
 
 from __future__ import annotations
@@ -22,100 +27,34 @@ import errno
 import json
 import os
 import resource
-import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 from tqdm import tqdm
 
-from tzc_data import __version__, files
+from tzc_data import __version__, files, units
+from tzc_data._units_shim import Unit, plan
 from tzc_data.config import BuildConfig
-from tzc_data.dedupe import ExactIndex, drop_duplicates, drop_excluded, hash_prompts, split_of
+from tzc_data.dedup_pass import Outcomes, final_batches, first_kept_wins, kept_examples, write_near_dup
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
+from tzc_data.executors import executor
 from tzc_data.load import read_manifest
-from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
-from tzc_data.format import format_examples, split_examples
-from tzc_data.minhash import NearDupIndex, drop_near_duplicates
-from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_bound
-from tzc_data.read import Source, open_source, read, source_identity
-from tzc_data.record import KEPT, REASONS, Example
-from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
-from tzc_data.workers import ordered_chunks
-from tzc_data.write import (MANIFEST, REJECTED_DIR, SHARD_DIR, STATS_DIR, RecordStats, RejectedRows, read_hashes,
-                            record_layout, write_hashes, write_manifest, write_pack_stats, write_shards)
+from tzc_data.minhash import NearDupIndex
+from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
+from tzc_data.read import Source, open_source, source_identity
+from tzc_data.record import KEPT, REASONS
+from tzc_data.rowstage import RowStage, score_names
+from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file
+from tzc_data.write import (MANIFEST, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR, TEXT_COLUMNS,
+                            read_hashes, record_layout, stats_schema, write_hashes, write_manifest, write_pack_stats,
+                            write_records, write_rejected, write_shards)
 
 FORMAT_VERSION = 1
-
-
-def build_filters(config: BuildConfig) -> list[Filter]:
-    """The quality filters that run on the split text, in order."""
-    filters: list[Filter] = []
-    if config.language_filter:  # first: cheap, and a foreign trace is "non_english" whatever else it is
-        filters.append(EnglishFilter(min_score=config.min_english_score))
-    if config.loop_filter:
-        filters.append(RepetitionFilter(
-            tail_repeats=config.loop_min_repeats, tail_chars=config.loop_min_chars,
-            cycle_repeats=config.loop_min_cycle_repeats, run_copies=config.loop_min_run,
-            paragraph_repeats=config.max_paragraph_repeats, sentence_repeats=config.max_sentence_repeats,
-            repeated_share=config.min_repeated_share,
-            ngram_dup_share=config.max_ngram_dup_share, ngram_top_share=config.max_ngram_top_share,
-            min_compression=config.min_compression_ratio))
-    return filters
-
-
-def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenizer, quality: list[Filter],
-               excluded: dict[bytes, str]) -> Iterator[Example]:
-    """The per-row stages: each looks at one example at a time (``--workers`` runs them in processes)."""
-    examples = hash_prompts(examples)
-    examples = drop_excluded(examples, excluded)
-    examples = split_examples(examples, keep_response=config.keep_rejected)
-    examples = apply_filters(examples, quality)
-    examples = format_examples(examples)
-    examples = tokenize(examples, tokenizer)
-    return apply_filters(examples, [LengthFilter(config.token_limit, config.min_answer_tokens,
-                                                 config.min_reasoning_tokens)])
-
-
-def dedup_stages(examples: Iterable[Example], config: BuildConfig, index: ExactIndex,
-                 near: NearDupIndex | None = None) -> Iterator[Example]:
-    """The stages that depend on every row before (first kept occurrence wins): in order, in one
-    process. With near dedup on, one stage runs both checks (a prompt enters the exact index only
-    once near dedup has kept it too)."""
-    if near is not None:
-        return drop_near_duplicates(examples, near, exact=index if config.dedup else None)
-    if config.dedup:
-        return drop_duplicates(examples, index)
-    return examples
-
-
-_WORKER: dict[str, Any] = {}  # a worker process's source, tokenizer and filters (``--workers``)
-
-
-def _worker_setup(source: Source, config: BuildConfig, tokenizer_path: str, excluded: dict[bytes, str]) -> None:
-    _WORKER.update(source=source, config=config, excluded=excluded, quality=build_filters(config),
-                   tokenizer=load_tokenizer(tokenizer_path, system=config.system))
-
-
-def _worker_rows(start: int, stop: int) -> list[Example]:
-    """Rows ``[start, stop)`` through :func:`row_stages` (tokens are ``array('i')``, cheap to pickle)."""
-    w = _WORKER
-    return list(row_stages(read(w["source"], start, stop), w["config"], w["tokenizer"], w["quality"], w["excluded"]))
-
-
-def _per_row(source: Source, start: int, config: BuildConfig, tokenizer: Tokenizer, quality: list[Filter],
-             excluded: dict[bytes, str]) -> Iterator[Example]:
-    if start >= config.stop:
-        return iter(())
-    if config.workers == 1:
-        return row_stages(read(source, start, config.stop), config, tokenizer, quality, excluded)
-    return ordered_chunks(_worker_rows, start, config.stop, workers=config.workers, setup=_worker_setup,
-                          setup_args=(source, config, tokenizer.path, excluded))
 
 
 def staging_path(out: str) -> str:
@@ -236,48 +175,12 @@ def load_excluded(config: BuildConfig, source: Source, near: NearDupIndex | None
     return excluded
 
 
-CHECKPOINT = ".checkpoint.json"
 NEAR_DUP = "near_dup.bin"
 
 
 def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict[str, Any]:
-    """What a checkpoint must agree on to be resumed."""
+    """What the units of an interrupted build must have been made from to be resumed."""
     return {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
-
-
-def _read_checkpoint(staging: str, identity: dict[str, Any], start: int) -> dict[str, Any] | None:
-    """The staging directory's checkpoint, checked: its own digest (a checkpoint edited by hand is
-    refused), its fields, that it is of these inputs and options, and that its counts add up."""
-    path = os.path.join(staging, CHECKPOINT)
-    if not os.path.exists(path):
-        return None
-    damaged = OutputError(f"the checkpoint {path} is damaged; run without --resume to start over")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            checkpoint = json.load(handle)
-        body = {k: v for k, v in checkpoint.items() if k != "digest"}
-        if checkpoint.get("digest") != _checkpoint_digest(body):
-            raise damaged
-        made = checkpoint["identity"]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise damaged from None
-    if made != json.loads(json.dumps(identity)):
-        raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options; "
-                          "run without --resume to start over")
-    if sum(checkpoint["counts"].values()) != checkpoint["next_row"] - start:
-        raise damaged
-    return checkpoint
-
-
-def _checkpoint_digest(body: dict[str, Any]) -> str:
-    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode())
-
-
-def _write_checkpoint(staging: str, checkpoint: dict[str, Any]) -> None:
-    """Atomically: a reader sees the previous checkpoint or this one, never half of one."""
-    path = os.path.join(staging, CHECKPOINT)
-    with files.atomic_open(path, encoding="utf-8") as handle:
-        json.dump({**checkpoint, "digest": _checkpoint_digest(checkpoint)}, handle, sort_keys=True)
 
 
 def peak_rss_kib() -> int:
@@ -298,8 +201,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     """Run the build; returns the manifest plus a ``run`` section (timings, peak memory).
 
     ``progress=None`` shows a bar only when stderr is a terminal. An interrupted build keeps its
-    staging directory and checkpoints; ``config.resume`` continues from the last checkpoint, or
-    only publishes when the build had finished writing. Errors of the file system (disk full,
+    staging directory and its finished units; ``config.resume`` runs the units left, or only
+    publishes when the build had finished writing. Errors of the file system (disk full,
     read-only, a path under a file) become one-line :class:`OutputError` s; the staging
     directory stays resumable.
     """
@@ -310,14 +213,14 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
         _check_output(out, config.overwrite)
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
-    source.check_range(config.start, config.stop)  # before a row is read: a range past the end fails now
+    planned = plan(source, config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
     identity = _identity(config, source, tokenizer)
     if published:
         if _finished_as(out, identity, other_ok=True):  # killed after its rename into place: done
             manifest = read_manifest(out)
             _remove_replaced(staging)
-            manifest["run"] = _run_figures(started, manifest, None, 0)
+            manifest["run"] = _run_figures(started, manifest, 0, 0)
             return manifest
         _check_output(out, config.overwrite)
     near = NearDupIndex(config.near_dup_threshold) if config.near_dup else None
@@ -328,7 +231,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     except OSError as err:
         raise OutputError(_os_error_line(err, out, staging, resumable=False)) from None
     try:
-        return _build_locked(config, out, staging, identity, source, tokenizer, near, excluded, started, progress)
+        return _build_locked(config, out, staging, identity, source, planned, tokenizer, near, excluded, started,
+                             progress)
     except OSError as err:
         raise OutputError(_os_error_line(err, out, staging, resumable=True)) from None
     finally:
@@ -336,25 +240,24 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
 
 
 def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[str, Any], source: Source,
-                  tokenizer: Tokenizer, near: NearDupIndex | None, excluded: dict[bytes, str], started: float,
-                  progress: bool | None) -> dict[str, Any]:
+                  planned: Sequence[Unit], tokenizer: Tokenizer, near: NearDupIndex | None,
+                  excluded: dict[bytes, str], started: float, progress: bool | None) -> dict[str, Any]:
     """:func:`build` once its staging directory is locked: resume or start over, write, publish."""
     manifest = _finished_as(staging, identity) if config.resume else None
-    checkpoint = None
-    index_bytes = 0
+    reused = index_bytes = 0
     if manifest is None:
-        checkpoint = _read_checkpoint(staging, identity, config.start) if config.resume else None
-        if checkpoint is None:
+        resume = config.resume and os.path.exists(os.path.join(units.folder(staging), units.PLAN))
+        if not resume:
             files.clear_staging(staging)
-        # Arrow's mimalloc pool kept the memory of every stats part and of the final merge: peak RSS
-        # grew by about 1 KB per row (50,000 rows: 324 MiB, against 267 MiB with the system allocator).
-        # tzc_data/__init__.py picks the system pool when it loads before Arrow; this covers the rest
-        # of the build when Arrow was loaded first. A few tables at a time: the system pool costs nothing.
+        units.start_plan(staging, identity, [(u.start, u.stop) for u in planned], resume=resume)
+        # Arrow's mimalloc pool kept the memory of every stats table and of the final merge: peak
+        # RSS grew by about 1 KB per row. The system pool gives it back; a few tables at a time, it costs nothing.
         arrow_pool = pa.default_memory_pool()
         pa.set_memory_pool(pa.system_memory_pool())
         try:
-            manifest, index_bytes = _build_into(staging, config, source, tokenizer, excluded, near, identity,
-                                                checkpoint, progress)
+            stage = RowStage.of(config, source, staging, tokenizer, excluded)
+            done, reused = _map_units(stage, planned, config, progress)
+            manifest, index_bytes = _write_build(staging, config, source, tokenizer, excluded, near, done)
         except (GuardrailError, ConfigError):
             files.clear_staging(staging, keep=())  # finished, or never started: nothing to resume
             os.rmdir(staging)
@@ -363,11 +266,37 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
             pa.set_memory_pool(arrow_pool)
     files.remove_scratch(staging)
     _publish(staging, out, config.overwrite)
-    manifest["run"] = _run_figures(started, manifest, checkpoint, index_bytes)
+    manifest["run"] = _run_figures(started, manifest, reused, index_bytes)
     if config.workers > 1:  # each worker process's own peak, on top of this process's
         manifest["run"]["workers"] = config.workers
         manifest["run"]["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     return manifest
+
+
+def _map_units(stage: RowStage, planned: Sequence[Unit], config: BuildConfig,
+               progress: bool | None) -> tuple[list[units.UnitDone], int]:
+    """Every unit's files: those an interrupted build finished are checked and kept, the others
+    run on the chosen engine. Returns the markers in unit order, and how many were reused."""
+    done = {u.index: d for u in planned if (d := units.read_done(stage.staging, u.index, u.start, u.stop))}
+    todo = [u for u in planned if u.index not in done]
+    total = config.stop - config.start
+    bar = tqdm(total=total, initial=sum(d.stop - d.start for d in done.values()), unit="row", file=sys.stderr,
+               mininterval=0.5, disable=None if progress is None else not progress, smoothing=0.1, desc="build")
+    # Without a terminal (CI logs, nohup) a line every 30 s still shows that a long build is alive.
+    log_lines = progress is None and bar.disable and total >= 50_000
+    next_log = time.perf_counter() + 30
+    kept = sum(d.counts.get(KEPT, 0) for d in done.values())
+    for finished in executor(config.engine, config.workers).run(stage, todo):
+        done[finished.index] = finished
+        kept += finished.counts.get(KEPT, 0)
+        bar.update(finished.stop - finished.start)
+        bar.set_postfix(units=f"{len(done)}/{len(planned)}", passed=kept, refresh=False)
+        if log_lines and time.perf_counter() >= next_log:
+            next_log += 30
+            print(f"tzc-data: {bar.n:,}/{total:,} rows, {len(done):,}/{len(planned):,} units, {kept:,} passed the "
+                  "per-row stages", file=sys.stderr, flush=True)
+    bar.close()
+    return [done[u.index] for u in planned], len(planned) - len(todo)
 
 
 def _finished_as(directory: str, identity: dict[str, Any], *, other_ok: bool = False) -> dict[str, Any] | None:
@@ -388,12 +317,11 @@ def _finished_as(directory: str, identity: dict[str, Any], *, other_ok: bool = F
     return manifest
 
 
-def _run_figures(started: float, manifest: dict[str, Any], checkpoint: dict[str, Any] | None,
-                 index_bytes: int) -> dict[str, Any]:
+def _run_figures(started: float, manifest: dict[str, Any], reused: int, index_bytes: int) -> dict[str, Any]:
     elapsed = max(time.perf_counter() - started, 1e-9)
     return {
         "seconds": round(elapsed, 2),
-        "resumed_at_row": checkpoint["next_row"] if checkpoint else None,
+        "units_reused": reused,  # units an interrupted build had finished (--resume)
         "rows_per_second": round(manifest["counts"]["read"] / elapsed, 1),
         "tokens_per_second": round(manifest["packing"]["tokens"] / elapsed, 1),
         "peak_rss_mib": round(peak_rss_kib() / 1024, 1),
@@ -410,117 +338,93 @@ def _os_error_line(err: OSError, out: str, staging: str, *, resumable: bool) -> 
     return f"cannot write the build for --out {out}: {path}: {cause}{hint}"
 
 
-def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
-                excluded: dict[bytes, str], near: NearDupIndex | None, identity: dict[str, Any],
-                checkpoint: dict[str, Any] | None, progress: bool | None) -> tuple[dict[str, Any], int]:
-    quality = build_filters(config)
-    score_names = [name for f in quality for name in f.score_names] + (["near_dup_jaccard"] if near else [])
-    near_journal = os.path.join(staging, ".near_dup.journal")
+def _write_build(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
+                 excluded: dict[bytes, str], near: NearDupIndex | None,
+                 done: Sequence[units.UnitDone]) -> tuple[dict[str, Any], int]:
+    """Everything after the map, from the units' files: dedup, the guardrail, packing, shards,
+    hashes, near-dup keys, stats and the manifest last. A pure function of those files: a build
+    killed anywhere in here resumes by doing it again, with the same bytes. Nothing the map left
+    is removed here; the caller removes it once the manifest is written."""
+    outcomes = first_kept_wins(staging, done, config, near)
+    index_bytes = near.nbytes() if near is not None else 0
     if near is not None:
-        near.attach_journal(near_journal, resume_at=checkpoint["near_dup"][0] if checkpoint else None,
-                            digest=checkpoint["near_dup"][1] if checkpoint else None)
-    stats = RecordStats(os.path.join(staging, STATS_DIR), score_names, chunk_rows=config.checkpoint_every,
-                        resume_parts=checkpoint["parts"] if checkpoint else None)
-    rejected = RejectedRows(os.path.join(staging, REJECTED_DIR), score_names,
-                            resume_parts=checkpoint["rejected_parts"] if checkpoint else None) \
-        if config.keep_rejected else None
-    spool = Spool(staging, resume_at=tuple(checkpoint["spool"]) if checkpoint else None)
-    counts: Counter = Counter(checkpoint["counts"] if checkpoint else {})
-    index = ExactIndex()
-    for k in range(len(spool)):
-        index.add(bytes(spool.hashes[16 * k:16 * k + 16]), spool.rows[k])
-    next_row = checkpoint["next_row"] if checkpoint else config.start
-
-    def save(next_row: int) -> None:
-        if rejected:
-            rejected.parts.flush()
-        near_size = near.sync(next_row) if near else 0
-        _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
-                                    "parts": stats.parts.digests, "spool": list(spool.sync()),
-                                    "rejected_parts": rejected.parts.digests if rejected else [],
-                                    "near_dup": [near_size, near.journal_digest(near_size) if near else None]})
-
-    total = config.stop - config.start
-    bar = tqdm(total=total, initial=next_row - config.start, unit="row", file=sys.stderr, mininterval=0.5,
-               disable=None if progress is None else not progress, smoothing=0.1, desc="build")
-    # Without a terminal (CI logs, nohup) a line every 30 s still shows that a long build is alive.
-    log_lines = progress is None and bar.disable and total >= 50_000
-    next_log = time.perf_counter() + 30
-    examples = _per_row(source, next_row, config, tokenizer, quality, excluded)
-    examples = dedup_stages(examples, config, index, near)
-    for n, example in enumerate(examples, next_row - config.start + 1):
-        counts[example.status] += 1
-        chunk_done = stats.add(example)
-        if rejected is not None and not example.kept:
-            rejected.add(example)
-        if example.kept:
-            spool.add(example.row, example.tokens, example.prompt_tokens,
-                      split_of(example.prompt_hash, config.eval_fraction), example.prompt_hash)
-        if chunk_done:
-            save(example.row + 1)
-        if n % 256 == 0:
-            bar.update(256)
-            bar.set_postfix(kept=counts[KEPT], dropped=n - counts[KEPT], refresh=False)
-            if log_lines and time.perf_counter() >= next_log:
-                next_log += 30
-                print(f"tzc-data: {n:,}/{total:,} rows, kept {counts[KEPT]:,}, dropped {n - counts[KEPT]:,}",
-                      file=sys.stderr, flush=True)
-    bar.update(total - bar.n)
-    bar.close()
-    stats.parts.flush()
-    save(config.stop)
-    read_rows = sum(counts.values())
-    _guardrail(counts, read_rows, config)
-    index_bytes = index.nbytes() + (near.nbytes() if near is not None else 0)
+        near.close()  # the dedup indexes are done with: their memory goes before packing's comes
+    counts = _counts(done, outcomes)
+    _guardrail(counts, sum(counts.values()), config)
+    kept = kept_examples(staging, done, outcomes)
+    where, packs_by_split, shards, bound = _pack(staging, config, kept)
+    hashes = write_hashes(staging, kept.hashes.tobytes())
     near_entry = None
     if near is not None:
-        near_entry = {"file": NEAR_DUP, "count": len(near) - near.excluded_count,
-                      "threshold": config.near_dup_threshold,
+        write_near_dup(os.path.join(staging, NEAR_DUP), staging, done, outcomes)
+        near_entry = {"file": NEAR_DUP, "count": int(outcomes.kept.sum()), "threshold": config.near_dup_threshold,
+                      "sha256": sha256_file(os.path.join(staging, NEAR_DUP)),
                       "algorithm": "MinHash (rensa, 128 permutations, seed 20261125) of word 3-shingles of the "
                                    "normalised prompt; 16 LSH bands of 8 as 8-byte keys; 128-byte sketch"}
-        near.close()  # the dedup indexes are done with: their memory goes before packing's comes
-    del index, examples
-    return _write_outputs(staging, config, source, tokenizer, excluded, spool, stats, rejected, near_entry,
-                          counts), index_bytes
+    stats = _write_stats(staging, config, done, outcomes, where, packs_by_split)
+    manifest = _manifest(staging, config, source, tokenizer, excluded, counts, kept, packs_by_split, bound, shards, hashes,
+                         near_entry, stats)
+    write_manifest(staging, manifest)
+    return manifest, index_bytes
 
 
-def _write_outputs(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
-                   excluded: dict[bytes, str], spool: Spool, stats: RecordStats, rejected: RejectedRows | None,
-                   near_entry: dict[str, Any] | None, counts: Counter) -> dict[str, Any]:
-    """Pack the spooled examples, write shards, hashes and stats, and the manifest last.
+def _counts(done: Sequence[units.UnitDone], outcomes: Outcomes) -> Counter:
+    """Rows by final status: the units' counts, with dedup's drops moved out of ``kept``."""
+    counts: Counter = Counter()
+    for unit in done:
+        counts.update(unit.counts)
+    dropped = Counter(outcomes.codes[outcomes.codes > 0].tolist())
+    for code, n in dropped.items():
+        counts[KEPT] -= n
+        counts[{1: "duplicate", 2: "near_duplicate", 3: "in_excluded_split"}[code]] += n
+    return Counter({k: v for k, v in counts.items() if v})
 
-    Nothing the streaming stages left (spool, journals, parts, checkpoint) is removed here: a
-    build killed at any point before the manifest resumes from its final checkpoint and redoes
-    this, with the same bytes; the caller removes them once the manifest is written."""
-    near_journal = os.path.join(staging, ".near_dup.journal")
-    read_rows = sum(counts.values())
-    seq_len = config.seq_len
-    where = np.zeros((len(spool), 4), dtype=np.int32)  # split, shard, pack, segment of each kept example
+
+def _pack(staging: str, config: BuildConfig, kept: Kept) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]],
+                                                                 list[dict[str, Any]], int]:
+    """Best-fit-decreasing per split, and the shards: (split, shard, pack, segment) of each kept
+    example, the packs' stats columns per split, the shards' manifest entries, the rows' lower bound."""
+    where = np.zeros((len(kept), 4), dtype=np.int32)
     packs_by_split: dict[str, dict[str, np.ndarray]] = {}
     shards: list[dict[str, Any]] = []
     bound = 0
     for code, name in enumerate(config.split_names):
-        items = spool.items(code)
-        lengths = spool.lengths_of(items)
-        bins = [items[members].tolist() for members in best_fit_decreasing(lengths, seq_len)]
-        bound += rows_lower_bound(lengths, seq_len)
+        items = kept.items(code)
+        lengths = kept.lengths_of(items)
+        bins = [items[members].tolist() for members in best_fit_decreasing(lengths, config.seq_len)]
+        bound += rows_lower_bound(lengths, config.seq_len)
         where[items, 0] = code
-        packs_by_split[name] = placement(bins, spool, seq_len, config.rows_per_shard, where[:, 1:])
-        shards += write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, seq_len), len(bins),
+        packs_by_split[name] = placement(bins, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
+        shards += write_shards(os.path.join(staging, SHARD_DIR), kept.read_rows(bins, config.seq_len), len(bins),
                                config.rows_per_shard, config.array_record_options, name)
-    hashes = write_hashes(staging, spool.hashes)
-    if near_entry is not None:  # a copy: until the manifest is written, a killed build resumes from the journal
-        with files.atomic_path(os.path.join(staging, NEAR_DUP)) as temporary:
-            shutil.copyfile(near_journal, temporary)
-        near_entry["sha256"] = sha256_file(os.path.join(staging, NEAR_DUP))
-    token_total, example_total = int(np.frombuffer(spool.lengths, dtype=np.int32).sum(dtype=np.int64)), len(spool)
-    spool.close()
-    records_path = stats.finish(where, config.split_names)
-    packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs_by_split)
-    rejected_paths = [rejected.finish()] if rejected else []
+    return where, packs_by_split, shards, bound
 
+
+def _write_stats(staging: str, config: BuildConfig, done: Sequence[units.UnitDone], outcomes: Outcomes,
+                 where: np.ndarray, packs_by_split: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    """``stats/records.parquet``, ``stats/packs.parquet`` and, with ``--keep-rejected``,
+    ``rejected/rejected.parquet``; returns their paths."""
+    names = score_names(config)
+    columns = stats_schema(names).names[:-4]
+    os.makedirs(os.path.join(staging, STATS_DIR), exist_ok=True)
+    records = write_records(os.path.join(staging, STATS_DIR, "records.parquet"),
+                            final_batches(staging, done, outcomes, where, config.split_names, columns), names)
+    paths = [records, write_pack_stats(os.path.join(staging, STATS_DIR), packs_by_split)]
+    if config.keep_rejected:
+        wanted = list(dict.fromkeys(REJECTED_COLUMNS + columns + [n for n, _ in TEXT_COLUMNS]))
+        paths.append(write_rejected(os.path.join(staging, REJECTED_DIR, "rejected.parquet"),
+                                    final_batches(staging, done, outcomes, where, config.split_names, wanted), names))
+    return paths
+
+
+def _manifest(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer, excluded: dict[bytes, str], counts: Counter,
+              kept: Kept, packs_by_split: dict[str, dict[str, np.ndarray]], bound: int, shards: list[dict[str, Any]],
+              hashes: dict[str, Any], near_entry: dict[str, Any] | None, stats: list[str]) -> dict[str, Any]:
+    read_rows = sum(counts.values())
+    seq_len = config.seq_len
+    token_total = int(kept.lengths.sum(dtype=np.int64))
     pack_rows = sum(len(p["shard"]) for p in packs_by_split.values())
-    manifest = {
+    return {
         "tzc_version": __version__,
         "format_version": FORMAT_VERSION,
         "source": source.describe(),
@@ -531,8 +435,8 @@ def _write_outputs(staging: str, config: BuildConfig, source: Source, tokenizer:
         "counts": {"read": read_rows, "kept": counts[KEPT], "dropped": read_rows - counts[KEPT],
                    "by_status": dict(sorted(counts.items()))},
         "packing": {
-            "algorithm": "best-fit-decreasing per split, offline over spooled examples",
-            "seq_len": seq_len, "rows": pack_rows, "examples": example_total, "tokens": token_total,
+            "algorithm": "best-fit-decreasing per split, offline over the kept examples' lengths",
+            "seq_len": seq_len, "rows": pack_rows, "examples": len(kept), "tokens": token_total,
             "loss_tokens": int(sum(p["loss_tokens"].sum() for p in packs_by_split.values())),
             "fill": round(token_total / (pack_rows * seq_len), 6) if pack_rows else 0.0,
             # No packing that keeps examples whole can use fewer rows than this, or fill more than this.
@@ -548,10 +452,5 @@ def _write_outputs(staging: str, config: BuildConfig, source: Source, tokenizer:
         "near_dup": near_entry,
         "excluded": [{"path": path, "hashes": len([1 for b in excluded.values() if b == path])}
                      for path in config.exclude],
-        "stats": {
-            os.path.relpath(p, staging): {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
-            for p in (records_path, packs_path, *rejected_paths)
-        },
+        "stats": {os.path.relpath(p, staging): {"sha256": sha256_file(p), "bytes": os.path.getsize(p)} for p in stats},
     }
-    write_manifest(staging, manifest)
-    return manifest

@@ -101,15 +101,21 @@ class Tokenizer:
     SentencePiece, several times faster. Token ids travel as ``array("i")``.
     """
 
-    def __init__(self, path: str | os.PathLike, *, system: str = fmt.DEFAULT_SYSTEM, memo: bool = True):
+    def __init__(self, path: str | os.PathLike, *, system: str = fmt.DEFAULT_SYSTEM, memo: bool = True,
+                 model: bytes | None = None):
+        """The model file at ``path``; or, with ``model``, the model's bytes (``path`` then only
+        names it): what a worker on another machine is given, so that it reads no file."""
         self.path = str(path)
-        if not os.path.isfile(self.path):
+        if model is None and not os.path.isfile(self.path):
             what = "is a directory, not a SentencePiece model file" if os.path.isdir(self.path) else "does not exist"
             raise TokenizerError(f"tokenizer {self.path} {what}")
         try:
-            self.sp = spm.SentencePieceProcessor(model_file=self.path)
+            self.sp = spm.SentencePieceProcessor(model_file=self.path) if model is None else \
+                spm.SentencePieceProcessor(model_proto=model)
         except Exception as err:
             raise TokenizerError(f"{self.path} is not a SentencePiece model: {err}") from err
+        if model is not None:
+            self.__dict__["sha256"] = hashlib.sha256(model).hexdigest()
         sp = self.sp
         self.bos, self.eos, self.pad = sp.bos_id(), sp.eos_id(), sp.pad_id()
         self.start_of_turn = sp.piece_to_id("<start_of_turn>")

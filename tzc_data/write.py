@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from tzc_data.errors import OutputError
-from tzc_data.files import MANIFEST, atomic_open, atomic_path, file_digest
+from tzc_data.files import MANIFEST, atomic_open, atomic_path
+from tzc_data.minhash import BANDS, NUM_PERM
 from tzc_data.pack import DTYPE, FIELDS
 from tzc_data.record import Example
 from tzc_data.tokenize import sha256_file
@@ -53,142 +55,102 @@ def record_layout(seq_len: int) -> dict[str, Any]:
     }
 
 
-class Parts:
-    """One table written as numbered, closed Parquet part files: each :meth:`flush` leaves a file
-    that a resumed build can trust, and :meth:`merged` reads them back in fixed-size tables so the
-    final file does not depend on where the parts were cut."""
-
-    def __init__(self, directory: str, stem: str, schema: pa.Schema, *, resume_parts: list[str] | None = None):
-        """``resume_parts``: the digests a checkpoint recorded of the parts written before it;
-        those parts must be there, unchanged, and any part written after it is removed."""
-        os.makedirs(directory, exist_ok=True)
-        self.directory, self.stem, self.schema = directory, stem, schema
-        self.digests: list[str] = list(resume_parts or [])
-        self.count = len(self.digests)
-        for stale in self.paths(start=self.count):  # written after the checkpoint we resume from
-            os.remove(stale)
-        found = self.paths()
-        if [os.path.basename(p) for p in found] != [self._name(k) for k in range(self.count)] or \
-                [file_digest(p) for p in found] != self.digests:
-            raise OutputError(f"cannot resume: the {stem} part files in {directory} are not the {self.count} its "
-                              "checkpoint recorded; the staging folder is damaged: run without --resume to start over")
-        self.columns: dict[str, list] = {name: [] for name in schema.names}
-
-    def _name(self, index: int) -> str:
-        return f".{self.stem}.part-{index:06d}.parquet"
-
-    def paths(self, start: int = 0) -> list[str]:
-        """The part files, in order (from the ``start``-th)."""
-        pattern = re.compile(rf"\.{re.escape(self.stem)}\.part-(\d{{6}})\.parquet")
-        found = sorted((int(m.group(1)), n) for n in os.listdir(self.directory) if (m := pattern.fullmatch(n)))
-        return [os.path.join(self.directory, n) for k, n in found if k >= start]
-
-    @property
-    def buffered(self) -> int:
-        return len(self.columns[self.schema.names[0]])
-
-    def flush(self) -> None:
-        if self.buffered:
-            path = os.path.join(self.directory, self._name(self.count))
-            with atomic_path(path) as temporary:
-                pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
-            self.digests.append(file_digest(path))
-            self.count += 1
-            self.columns = {name: [] for name in self.schema.names}
-
-    def merged(self, size: int = _STATS_BATCH) -> Iterator[pa.Table]:
-        self.flush()
-        yield from _rebatch((b for p in self.paths() for b in pq.ParquetFile(p).iter_batches()), size)
+TEXT_COLUMNS = [("prompt", pa.string()), ("response", pa.string()), ("reasoning", pa.string()),
+                ("answer", pa.string())]
+# What a unit's table holds for the rows that passed every per-row stage (null for the others):
+# what the serial dedup pass and packing need of them, never their text.
+CANDIDATE_COLUMNS = [("split", pa.uint8()), ("hash16", pa.binary(16)), ("bands", pa.binary(8 * BANDS)),
+                     ("sketch", pa.binary(NUM_PERM)), ("prompt_tokens", pa.int32())]
 
 
-class RecordStats:
-    """``stats/records.parquet``, streamed through :class:`Parts` (``chunk_rows`` rows each, a
-    checkpoint per part), then written once packing has placed the kept examples (split, shard,
-    pack, segment)."""
+def unit_schema(score_names: Sequence[str], *, text: bool) -> pa.Schema:
+    """A unit's table (see :mod:`tzc_data.units`): the stats columns, the candidates' dedup keys,
+    and with ``--keep-rejected`` every row's text (a row kept here may still be dropped by dedup)."""
+    return pa.schema(RECORD_COLUMNS + [(name, pa.float64()) for name in score_names] + CANDIDATE_COLUMNS
+                     + (TEXT_COLUMNS if text else []))
 
-    def __init__(self, directory: str, score_names: Sequence[str], *, chunk_rows: int = _STATS_BATCH,
-                 resume_parts: list[str] | None = None):
-        self.directory = directory
+
+class UnitRows:
+    """The columns of one unit's table, a row at a time."""
+
+    def __init__(self, score_names: Sequence[str], *, text: bool):
         self.score_names = list(score_names)
-        self.chunk_rows = chunk_rows
-        schema = pa.schema(RECORD_COLUMNS + [(name, pa.float64()) for name in self.score_names])
-        self.parts = Parts(directory, "records", schema, resume_parts=resume_parts)
+        self.schema = unit_schema(score_names, text=text)
+        self.text = text
+        self.columns: dict[str, list] = {name: [] for name in self.schema.names}
 
-    def add(self, example: Example) -> bool:
-        """Record one row; True when that completed a part file (a point to checkpoint at)."""
-        c = self.parts.columns
-        split = bool(example.reasoning or example.answer)
+    def add(self, example: Example, split: int | None = None, bands: bytes | None = None,
+            sketch: bytes | None = None) -> None:
+        """Record one row; ``split``, ``bands`` and ``sketch`` for a row that passed the stages."""
+        c = self.columns
+        parsed = bool(example.reasoning or example.answer)
+        has_tokens = example.tokens is not None
         c["row"].append(example.row)
         c["status"].append(example.status)
         c["detail"].append(example.detail)
         c["prompt_hash"].append(example.prompt_hash.hex() if example.prompt_hash else None)
         c["prompt_chars"].append(len(example.prompt) if example.status != "malformed" else None)
-        c["reasoning_chars"].append(len(example.reasoning) if split else None)
-        c["answer_chars"].append(len(example.answer) if split else None)
-        has_tokens = example.tokens is not None
+        c["reasoning_chars"].append(len(example.reasoning) if parsed else None)
+        c["answer_chars"].append(len(example.answer) if parsed else None)
         c["tokens"].append(len(example.tokens) if has_tokens else None)
         c["loss_tokens"].append(len(example.tokens) - example.prompt_tokens if has_tokens else None)
         c["answer_tokens"].append(example.answer_tokens if has_tokens else None)
         c["twin"].append(example.twin)
         for name in self.score_names:
             c[name].append(example.scores.get(name))
-        if self.parts.buffered >= self.chunk_rows:
-            self.parts.flush()
-            return True
-        return False
+        candidate = example.kept
+        c["split"].append(split if candidate else None)
+        c["hash16"].append(example.prompt_hash if candidate else None)
+        c["bands"].append(bands if candidate else None)
+        c["sketch"].append(sketch if candidate else None)
+        c["prompt_tokens"].append(example.prompt_tokens if candidate else None)
+        if self.text:
+            for name in ("prompt", "response", "reasoning", "answer"):
+                c[name].append(getattr(example, name))
 
-    def finish(self, placement: np.ndarray, split_names: Sequence[str]) -> str:
-        """Write the final file. ``placement[k]`` = (split, shard, pack, segment) of the k-th kept example.
+    def write(self, path: str) -> None:
+        with atomic_path(path) as temporary:
+            pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
 
-        Row groups are cut at fixed multiples of the batch size whatever the part sizes were, so a
-        resumed build writes the same bytes as an uninterrupted one.
-        """
-        path = os.path.join(self.directory, "records.parquet")
-        schema = pa.schema(list(self.parts.schema) + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
-        kept_so_far = 0
-        with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
-            for batch in self.parts.merged():
-                kept = (batch.column("status").to_numpy(zero_copy_only=False) == "kept")
-                ordinals = kept_so_far + np.cumsum(kept) - 1
-                kept_so_far += int(kept.sum())
-                placed = placement[np.where(kept, ordinals, 0)] if len(placement) else np.zeros((len(kept), 4), int)
-                names = np.array(list(split_names), dtype=object)[placed[:, 0]]
-                columns = list(batch.columns) + [pa.array(names, pa.string(), mask=~kept)]
-                columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in (1, 2, 3)]
-                writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        return path
+
+def stats_schema(score_names: Sequence[str]) -> pa.Schema:
+    """``stats/records.parquet``: one row per input row, and where each kept row went."""
+    return pa.schema(RECORD_COLUMNS + [(name, pa.float64()) for name in score_names]
+                     + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
+
+
+def unit_batches(paths: Iterable[str], columns: list[str] | None = None,
+                 size: int = _STATS_BATCH) -> Iterator[pa.Table]:
+    """The units' tables, one after another, in tables of exactly ``size`` rows (the last shorter):
+    the final files' row groups do not depend on where the units were cut."""
+    yield from _rebatch((b for p in paths for b in pq.ParquetFile(p).iter_batches(columns=columns)), size)
+
+
+def write_records(path: str, batches: Iterable[pa.Table], score_names: Sequence[str]) -> str:
+    """``stats/records.parquet`` from final batches (see :func:`tzc_data.dedup_pass.final_batches`)."""
+    schema = stats_schema(score_names)
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+        for batch in batches:
+            writer.write_table(batch.select(schema.names).cast(schema))
+    return path
 
 
 REJECTED_DIR = "rejected"
+REJECTED_COLUMNS = ["row", "status", "detail", "prompt", "response", "reasoning", "answer", "twin"]
 
 
-class RejectedRows:
+def write_rejected(path: str, batches: Iterable[pa.Table], score_names: Sequence[str]) -> str:
     """``rejected/rejected.parquet`` (``--keep-rejected``): every dropped row with its full text,
-    reason, detail and scores, for audits and ``tzc-data explain``. Parts are cut at the same
-    checkpoints as the stats."""
-
-    def __init__(self, directory: str, score_names: Sequence[str], *, resume_parts: list[str] | None = None):
-        self.directory = directory
-        self.score_names = list(score_names)
-        schema = pa.schema([("row", pa.int64()), ("status", pa.string()), ("detail", pa.string()),
-                            ("prompt", pa.string()), ("response", pa.string()), ("reasoning", pa.string()),
-                            ("answer", pa.string()), ("twin", pa.int64())]
-                           + [(name, pa.float64()) for name in self.score_names])
-        self.parts = Parts(directory, "rejected", schema, resume_parts=resume_parts)
-
-    def add(self, example: Example) -> None:
-        c = self.parts.columns
-        for name in ("row", "status", "detail", "prompt", "response", "reasoning", "answer", "twin"):
-            c[name].append(getattr(example, name))
-        for name in self.score_names:
-            c[name].append(example.scores.get(name))
-
-    def finish(self) -> str:
-        path = os.path.join(self.directory, "rejected.parquet")
-        with atomic_path(path) as temporary, pq.ParquetWriter(temporary, self.parts.schema) as writer:
-            for table in self.parts.merged():
-                writer.write_table(table)
-        return path
+    reason, detail and scores, for audits and ``tzc-data explain``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    types = dict(RECORD_COLUMNS + TEXT_COLUMNS)
+    names = REJECTED_COLUMNS + list(score_names)
+    schema = pa.schema([(n, types.get(n, pa.float64())) for n in names])
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+        for batch in batches:
+            dropped = pc.not_equal(batch.column("status"), "kept")
+            writer.write_table(batch.filter(dropped).select(names).cast(schema))
+    return path
 
 
 def _rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.Table]:

@@ -1,0 +1,184 @@
+"""The serial stages over the units' files: first kept wins, then what packing and the stats need.
+
+Dedup depends on every earlier row, so it runs once every unit is done, in one process, in row
+order, over the *candidates* (the rows that passed every per-row stage): exact dedup on the
+prompt hash, near dedup on the LSH bands and sketch the row stage computed. The rule, exactly: a
+row is dropped as a duplicate only of an earlier *kept* row (or of a build given to
+``--exclude``), so every ``twin`` names a kept row. It reads only the keys, never text or tokens.
+
+Then, from the same files: the kept examples' metadata for packing (:class:`~tzc_data.pack.Kept`,
+the tokens stay in the units' files), ``near_dup.bin`` (the kept prompts' keys, for a later
+``--exclude``), and the final stats: each unit's rows with the dedup outcome and the placement
+applied (:func:`final_batches`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from tzc_data import files, units
+from tzc_data.config import BuildConfig
+from tzc_data.dedupe import ExactIndex
+from tzc_data.minhash import (BANDS, DUPLICATE, NEAR_EXCLUDED, NUM_PERM, RECORD, NearDupIndex, decide_batch,
+                              outcome_reason)
+from tzc_data.pack import Kept
+from tzc_data.record import KEPT
+from tzc_data.write import unit_batches
+
+_BATCH = 4096
+_KEYS = ["row", "status", "hash16", "bands", "sketch"]
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per candidate, in row order: 0 (kept) or a :mod:`tzc_data.minhash` outcome code, the twin's
+    row, the estimated Jaccard, and the excluded build of each ``in_excluded_split`` outcome."""
+
+    codes: np.ndarray
+    twins: np.ndarray
+    jaccards: np.ndarray
+    builds: dict[int, str]
+
+    @property
+    def kept(self) -> np.ndarray:
+        return self.codes == 0
+
+
+def _candidates(staging: str, index: int, columns: list[str]) -> pa.Table:
+    table = pq.read_table(units.table_path(staging, index), columns=["status", *columns])
+    return table.filter(pc.equal(table.column("status"), KEPT))
+
+
+def first_kept_wins(staging: str, done: Sequence[units.UnitDone], config: BuildConfig,
+                    near: NearDupIndex | None) -> Outcomes:
+    """Decide every candidate of the units, in order; ``near`` holds the excluded builds' keys."""
+    total = sum(d.candidates for d in done)
+    codes, twins = np.zeros(total, np.uint8), np.full(total, -1, np.int64)
+    jaccards, builds = np.full(total, np.nan), {}
+    exact = ExactIndex() if config.dedup else None
+    if exact is None and near is None:
+        return Outcomes(codes, twins, jaccards, builds)
+    at = 0
+    for unit in done:
+        table = _candidates(staging, unit.index, _KEYS[:1] + _KEYS[2:] if near is not None else ["row", "hash16"])
+        rows = table.column("row").to_numpy()
+        hashes = table.column("hash16").to_pylist()
+        keys = sketches = None
+        if near is not None:
+            keys = np.frombuffer(b"".join(table.column("bands").to_pylist()), "<u8").reshape(-1, BANDS)
+            sketches = np.frombuffer(b"".join(table.column("sketch").to_pylist()), np.uint8).reshape(-1, NUM_PERM)
+        for lo in range(0, len(rows), _BATCH):
+            hi = min(lo + _BATCH, len(rows))
+            decided = decide_batch(rows[lo:hi].tolist(), hashes[lo:hi], None if keys is None else keys[lo:hi],
+                                   None if sketches is None else sketches[lo:hi], near, exact)
+            for k, outcome in enumerate(decided, at + lo):
+                if outcome is not None:
+                    codes[k], twins[k], jaccards[k], build = outcome
+                    if build is not None:
+                        builds[k] = build
+        at += len(rows)
+    return Outcomes(codes, twins, jaccards, builds)
+
+
+def kept_examples(staging: str, done: Sequence[units.UnitDone], outcomes: Outcomes) -> Kept:
+    """The kept examples' metadata, and where each one's tokens are in its unit's file."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("rows", "lengths", "prompt", "splits", "hashes", "units",
+                                                           "offsets")}
+    at = 0
+    for unit in done:
+        table = _candidates(staging, unit.index, ["row", "tokens", "prompt_tokens", "split", "hash16"])
+        lengths = table.column("tokens").to_numpy().astype(np.int32)
+        keep = outcomes.kept[at:at + len(lengths)]
+        at += len(lengths)
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]]) if len(lengths) else lengths
+        parts["rows"].append(table.column("row").to_numpy()[keep])
+        parts["lengths"].append(lengths[keep])
+        parts["prompt"].append(table.column("prompt_tokens").to_numpy().astype(np.int32)[keep])
+        parts["splits"].append(table.column("split").to_numpy().astype(np.uint8)[keep])
+        hashes = np.frombuffer(b"".join(table.column("hash16").to_pylist()), "S16")
+        parts["hashes"].append(hashes[keep])
+        parts["units"].append(np.full(int(keep.sum()), unit.index, np.int32))
+        parts["offsets"].append(offsets.astype(np.int64)[keep])
+    joined = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    paths = {d.index: units.tokens_path(staging, d.index) for d in done}
+    return Kept([paths.get(i, "") for i in range(max(paths, default=-1) + 1)], rows=joined["rows"].astype(np.int64),
+                lengths=joined["lengths"].astype(np.int32), prompt_lengths=joined["prompt"].astype(np.int32),
+                splits=joined["splits"].astype(np.uint8), hashes=joined["hashes"].astype("S16"),
+                units=joined["units"].astype(np.int32), offsets=joined["offsets"].astype(np.int64))
+
+
+def write_near_dup(path: str, staging: str, done: Sequence[units.UnitDone], outcomes: Outcomes) -> None:
+    """``near_dup.bin``: the kept prompts' band keys, sketch and row, in row order."""
+    at = 0
+    with files.atomic_path(path) as temporary, open(temporary, "wb") as out:
+        for unit in done:
+            table = _candidates(staging, unit.index, ["row", "bands", "sketch"])
+            keep = outcomes.kept[at:at + table.num_rows]
+            at += table.num_rows
+            records = np.empty(int(keep.sum()), dtype=RECORD)
+            records["bands"] = np.frombuffer(b"".join(table.column("bands").to_pylist()), "<u8").reshape(-1, BANDS)[keep]
+            records["sketch"] = np.frombuffer(b"".join(table.column("sketch").to_pylist()),
+                                              np.uint8).reshape(-1, NUM_PERM)[keep]
+            records["row"] = table.column("row").to_numpy()[keep]
+            out.write(records.tobytes())
+
+
+def final_batches(staging: str, done: Sequence[units.UnitDone], outcomes: Outcomes, where: np.ndarray,
+                  split_names: Sequence[str], columns: list[str]) -> Iterator[pa.Table]:
+    """The units' rows as the final stats see them: dedup's outcome applied to each candidate
+    (status, detail, twin, ``near_dup_jaccard``) and the placement of each kept row (split,
+    shard, pack, segment: ``where[k]`` for the k-th kept example)."""
+    paths = [units.table_path(staging, d.index) for d in done]
+    candidates_before = kept_before = 0
+    names = np.array(list(split_names), dtype=object)
+    for batch in unit_batches(paths, columns):
+        status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
+        candidate = status == KEPT
+        ordinals = candidates_before + np.arange(int(candidate.sum()))
+        candidates_before += len(ordinals)
+        codes = outcomes.codes[ordinals]
+        if codes.any():
+            batch = _apply_outcomes(batch, status, np.flatnonzero(candidate), ordinals, outcomes)
+            status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
+        kept = status == KEPT
+        placed = where[kept_before + np.cumsum(kept) - 1] if len(where) else np.zeros((len(kept), 4), np.int32)
+        placed = np.where(kept[:, None], placed, 0)
+        kept_before += int(kept.sum())
+        batch = batch.append_column("split", pa.array(names[placed[:, 0]], pa.string(), mask=~kept))
+        for k, name in enumerate(("shard", "pack", "segment"), 1):
+            batch = batch.append_column(name, pa.array(placed[:, k].astype(np.int32), mask=~kept))
+        yield batch
+
+
+def _apply_outcomes(batch: pa.Table, status: np.ndarray, positions: np.ndarray, ordinals: np.ndarray,
+                    outcomes: Outcomes) -> pa.Table:
+    detail = batch.column("detail").to_pylist()
+    twin = batch.column("twin").to_pylist()
+    has_jaccard = "near_dup_jaccard" in batch.column_names
+    jaccard = batch.column("near_dup_jaccard").to_pylist() if has_jaccard else None
+    for position, ordinal in zip(positions.tolist(), ordinals.tolist()):
+        code = int(outcomes.codes[ordinal])
+        if not code:
+            continue
+        row_twin, value = int(outcomes.twins[ordinal]), float(outcomes.jaccards[ordinal])
+        status[position], detail[position] = outcome_reason(code, row_twin, value, outcomes.builds.get(ordinal))
+        if code != NEAR_EXCLUDED:
+            twin[position] = row_twin
+        if code != DUPLICATE and jaccard is not None:
+            jaccard[position] = round(value, 3)
+    batch = batch.set_column(batch.column_names.index("status"), "status", pa.array(status.tolist(), pa.string()))
+    batch = batch.set_column(batch.column_names.index("detail"), "detail", pa.array(detail, pa.string()))
+    batch = batch.set_column(batch.column_names.index("twin"), "twin", pa.array(twin, pa.int64()))
+    if jaccard is not None:
+        batch = batch.set_column(batch.column_names.index("near_dup_jaccard"), "near_dup_jaccard",
+                                 pa.array(jaccard, pa.float64()))
+    return batch
+
+
+__all__ = ["Outcomes", "final_batches", "first_kept_wins", "kept_examples", "write_near_dup"]

@@ -1,0 +1,131 @@
+"""Engines: run a row stage over a build's units, here or in worker processes.
+
+The seam is one method, :meth:`Executor.run`: call ``stage(unit)`` for every unit (the stage
+writes the unit's files and returns its done-marker, :mod:`tzc_data.units`) and yield the
+markers as units finish. Nothing flows back but the marker: tokens and stats stay in the unit's
+files, so an engine ships only the stage (once per worker) and the units. The output is the same
+for every engine and worker count because the units' files are a pure function of the unit, and
+everything after them runs in one process, in unit order.
+
+- ``local``: one process, units in order.
+- ``processes``: ``--workers N`` spawned processes (spawned, not forked: the parent may already
+  run threads, SentencePiece's or tqdm's, and a fork would copy their locks). Each gets the stage
+  once and then units through a queue, at most two a worker in flight. A worker dies with the
+  build (a build killed with SIGKILL cannot stop its pool), and a worker that dies (the OOM
+  killer) fails the build with one line; its unit has no marker, so ``--resume`` redoes it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+from tzc_data.errors import TzcError
+from tzc_data.units import UnitDone
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+from tzc_data.config import ENGINES
+
+
+class Executor(Protocol):
+    def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
+        """``stage(unit)`` for every unit; the markers as the units finish (in any order)."""
+
+
+class LocalExecutor:
+    def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
+        for unit in units:
+            yield stage(unit)
+
+
+class ProcessExecutor:
+    def __init__(self, workers: int, *, ahead: int = 2):
+        self.workers, self.ahead = workers, ahead
+
+    def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
+        if not units:
+            return
+        context = multiprocessing.get_context("spawn")
+        tasks, results = context.Queue(), context.Queue()
+        count = min(self.workers, len(units))
+        pool = [context.Process(target=_serve, args=(os.getpid(), stage, tasks, results), daemon=True)
+                for _ in range(count)]
+        for process in pool:
+            process.start()
+        try:
+            pending = iter(units)
+            in_flight: dict[int, Any] = {}
+            for unit in _take(pending, count * self.ahead):
+                tasks.put(unit)
+                in_flight[unit.index] = unit
+            while in_flight:
+                index, done, failure = _next_result(results, pool, in_flight)
+                unit = in_flight.pop(index)
+                if failure is not None:
+                    raise failure
+                for more in _take(pending, 1):
+                    tasks.put(more)
+                    in_flight[more.index] = more
+                yield done
+        finally:
+            for _ in pool:
+                tasks.put(None)
+            for process in pool:
+                process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+            tasks.close()
+            results.close()
+
+
+def executor(engine: str, workers: int) -> Executor:
+    """The engine ``--engine`` names (``processes`` with ``--workers N``)."""
+    if engine == "local":
+        return LocalExecutor()
+    if engine == "processes":
+        return ProcessExecutor(workers)
+    raise TzcError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+def _take(units: Iterator[Any], n: int) -> list[Any]:
+    return [unit for _, unit in zip(range(n), units)]
+
+
+def _next_result(results: Any, pool: list[Any], in_flight: dict[int, Any]) -> tuple[int, Any, BaseException | None]:
+    """The next finished unit; a worker that died fails the build naming a unit it may have held."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [p for p in pool if not p.is_alive()]
+            if dead:
+                where = ", ".join(u.where for u in list(in_flight.values())[:2])
+                raise TzcError(f"a worker process died (exit code {dead[0].exitcode}; out of memory?) while units "
+                               f"were in flight ({where}); run again with --resume, or with fewer --workers") from None
+
+
+def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
+    """A worker's life: die with the parent, then run units until told to stop."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the worker only lingers
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    while (unit := tasks.get()) is not None:
+        try:
+            results.put((unit.index, stage(unit), None))
+        except (TzcError, OSError) as err:  # user-facing (one line) or the file system's: as in one process
+            results.put((unit.index, None, err))
+        except Exception as err:  # a bug: keep the worker's traceback in the message
+            text = "".join(traceback.format_exception(err)).rstrip()
+            results.put((unit.index, None, RuntimeError(f"{unit.where}: a worker failed:\n{text}")))

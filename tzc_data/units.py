@@ -1,0 +1,123 @@
+"""A build's units on disk: what the row stage wrote for one unit, and the marker that says it is done.
+
+A source cuts the build's range into units (a Parquet row group, a block of JSONL lines, a slice
+of the synthetic source: see ``tzc_data/sources``). The row stage turns one unit into three
+files in the staging directory's ``.units/`` folder::
+
+    u000042.parquet   one row per input row of the unit: its stats, and for each row that passed
+                      the per-row stages its dedup keys (prompt hash, LSH bands, sketch)
+    u000042.tokens    int32 tokens of those rows, one after the other, in row order
+    u000042.json      the done-marker, written last: the unit, its counts, each file's size and
+                      xxh3-128 digest, and the marker's own digest
+
+A unit is done exactly when its marker is there; a resumed build runs the units without one, and
+refuses one whose files are not what its marker recorded (a staging folder damaged by hand or by
+a failing disk gives wrong bytes otherwise). ``plan.json``, written before the first unit, holds
+what the units were made from (config, source, tokenizer) and the plan itself: a resume with
+other inputs is refused, never mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import xxhash
+
+from tzc_data import files
+from tzc_data.errors import ConfigError, OutputError
+
+UNITS_DIR = files.UNITS_DIR
+PLAN = "plan.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnitDone:
+    """What a finished unit's marker records."""
+
+    index: int
+    start: int
+    stop: int
+    counts: dict[str, int]  # status -> rows, before dedup (a row kept here may still be a duplicate)
+    candidates: int  # rows that passed every per-row stage: they are in the tokens file
+    tokens: int  # tokens in the tokens file
+    files: dict[str, list]  # name -> [bytes, xxh3-128]
+
+
+def folder(staging: str) -> str:
+    return os.path.join(staging, UNITS_DIR)
+
+
+def table_path(staging: str, index: int) -> str:
+    return os.path.join(staging, UNITS_DIR, f"u{index:06d}.parquet")
+
+
+def tokens_path(staging: str, index: int) -> str:
+    return os.path.join(staging, UNITS_DIR, f"u{index:06d}.tokens")
+
+
+def _marker_path(staging: str, index: int) -> str:
+    return os.path.join(staging, UNITS_DIR, f"u{index:06d}.json")
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode())
+
+
+def mark_done(staging: str, *, index: int, start: int, stop: int, counts: dict[str, int], candidates: int,
+              tokens: int) -> UnitDone:
+    """Write unit ``index``'s marker once its table and tokens files are in place."""
+    recorded = {os.path.basename(p): [os.path.getsize(p), files.file_digest(p)]
+                for p in (table_path(staging, index), tokens_path(staging, index))}
+    done = UnitDone(index=index, start=start, stop=stop, counts=dict(sorted(counts.items())), candidates=candidates,
+                    tokens=tokens, files=recorded)
+    body = done.__dict__.copy()
+    with files.atomic_open(_marker_path(staging, index), encoding="utf-8") as handle:
+        json.dump({**body, "digest": _digest(body)}, handle, sort_keys=True)
+    return done
+
+
+def read_done(staging: str, index: int, start: int, stop: int) -> UnitDone | None:
+    """Unit ``index``'s marker, checked against the plan and its files; None when it has none."""
+    path = _marker_path(staging, index)
+    if not os.path.exists(path):
+        return None
+    damaged = f"cannot resume: {{}} is not what the done-marker {path} recorded; the staging folder is damaged: " \
+              "run without --resume to start over"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            body = json.load(handle)
+        digest = body.pop("digest")
+        done = UnitDone(**body)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        raise OutputError(damaged.format("the marker itself")) from None
+    if digest != _digest(body) or (done.index, done.start, done.stop) != (index, start, stop):
+        raise OutputError(damaged.format("the marker itself"))
+    for name, (size, digest) in sorted(done.files.items()):
+        full = os.path.join(folder(staging), name)
+        if not os.path.isfile(full) or os.path.getsize(full) != size or files.file_digest(full) != digest:
+            raise OutputError(damaged.format(full))
+    return done
+
+
+def start_plan(staging: str, identity: dict[str, Any], plan: Sequence[tuple[int, int]], *, resume: bool) -> None:
+    """Record what the units are made of (a fresh build), or check it against the interrupted
+    build's record (``resume``): other inputs or options are refused."""
+    path = os.path.join(folder(staging), PLAN)
+    record = json.loads(json.dumps({"identity": identity, "units": [list(u) for u in plan]}))
+    if resume and os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                found = json.load(handle)
+        except (OSError, ValueError):
+            raise OutputError(f"cannot resume: {path} is damaged; run without --resume to start over") from None
+        if found != record:
+            raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options; "
+                              "run without --resume to start over")
+        return
+    os.makedirs(folder(staging), exist_ok=True)
+    with files.atomic_open(path, encoding="utf-8") as handle:
+        json.dump(record, handle, sort_keys=True)
