@@ -13,7 +13,7 @@ class Unit:
     locator: tuple = ()
 
 
-def plan(source, start, stop, size=1024):
+def plan(source, start, stop, size=256):
     if hasattr(source, "plan"):
         return source.plan(start, stop)
     source.check_range(start, stop)

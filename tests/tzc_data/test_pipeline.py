@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import os
 import shutil
 from pathlib import Path
@@ -233,7 +234,7 @@ def test_resume_after_sigkill_at_several_points_is_byte_identical(tmp_path):
     import time
 
     args = ["--source", "synthetic", "--range", "0:1200", "--tokenizer", str(gemma2_tokenizer_path()),
-            "--checkpoint-every", "100", "--rows-per-shard", "64", "--no-progress"]
+            "--rows-per-shard", "64", "--no-progress"]
     reference = tmp_path / "ref"
     assert main(["build", "--out", str(reference), *args]) == 0
     out = tmp_path / "run"
@@ -242,13 +243,10 @@ def test_resume_after_sigkill_at_several_points_is_byte_identical(tmp_path):
     def reached(point) -> bool:
         if point == "packing":
             return (staging / "shards").exists()
-        try:
-            return json.loads((staging / ".checkpoint.json").read_text())["next_row"] >= point
-        except (OSError, ValueError):
-            return False
+        return len(_markers(staging)) >= point
 
     killed = 0
-    for attempt, point in enumerate([0, 300, 700, 1100, "packing"]):
+    for attempt, point in enumerate([0, 1, 2, 4, "packing"]):
         command = [sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args]
         process = subprocess.Popen(command + (["--resume"] if attempt else []))
         deadline = time.time() + 60
@@ -267,11 +265,16 @@ def test_resume_after_sigkill_at_several_points_is_byte_identical(tmp_path):
     assert _files(out) == _files(reference)
 
 
-def test_resume_refuses_a_checkpoint_made_with_other_options(tmp_path, capsys):
+def _markers(staging: Path) -> list[Path]:
+    """The done-markers of an interrupted build's units."""
+    return sorted(p for p in (staging / ".units").glob("u*.json"))
+
+
+def test_resume_refuses_units_made_with_other_options(tmp_path, capsys):
     staging = tmp_path / ".run.tzc-partial"
-    staging.mkdir()
+    (staging / ".units").mkdir(parents=True)
     (staging / ".tzc-staging.json").write_text(json.dumps({"pid": 1, "out": "run"}))  # one of ours
-    (staging / ".checkpoint.json").write_text(json.dumps({"identity": {"config": "other"}, "next_row": 5}))
+    (staging / ".units" / "plan.json").write_text(json.dumps({"identity": {"config": "other"}, "units": [[0, 50]]}))
     assert _build(tmp_path / "run", "0:50", "--resume") == 2
     assert "run without --resume to start over" in capsys.readouterr().err
 
@@ -306,14 +309,14 @@ def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_
     import time
 
     args = ["--source", "synthetic", "--range", "0:3000", "--tokenizer", str(gemma2_tokenizer_path()),
-            "--checkpoint-every", "250", "--no-progress"]
+            "--no-progress"]
     reference = tmp_path / "ref"
     assert main(["build", "--out", str(reference), *args]) == 0
     out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
     process = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args,
                                 "--workers", "2"])
     deadline = time.time() + 60
-    while process.poll() is None and not (staging / ".checkpoint.json").exists() and time.time() < deadline:
+    while process.poll() is None and not _markers(staging) and time.time() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, "the build ended before it could be killed"
     process.send_signal(signal.SIGKILL)
@@ -423,8 +426,8 @@ def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_pat
     first staging file to the removal of the build it replaces; each time, the same command with
     --resume gives the uninterrupted build's bytes, and the replaced build survives until then."""
     monkeypatch.chdir(tmp_path)
-    args = ["--source", "synthetic", "--range", "0:120", "--tokenizer", tiny_model_path, "--seq-len", "8192",
-            "--checkpoint-every", "50", "--rows-per-shard", "16", "--eval-fraction", "0.2", "--keep-rejected",
+    args = ["--source", "synthetic", "--range", "200:600", "--tokenizer", tiny_model_path, "--seq-len", "8192",
+            "--rows-per-shard", "16", "--eval-fraction", "0.2", "--keep-rejected",
             "--min-kept-ratio", "0", "--no-progress", "--overwrite"]
     assert main(["build", "--out", "ref", *args]) == 0
     reference = _files(tmp_path / "ref")
@@ -435,9 +438,9 @@ def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_pat
     try:
         command = ["build", "--out", "run", *args]
         events = killer.events(command)
-        assert any("records.part" in e for e in events) and "os.rename run" in events
+        assert sum(e.endswith(".json") and "/.units/u" in e for e in events) >= 3 and "os.rename run" in events
         kills = _first_and_last_of_each_kind(events)
-        assert len(kills) >= 30
+        assert len(kills) >= 20
         print(f"{len(kills)} kill points of {len(events)} file-system changes")
         for k in kills:
             if _files(tmp_path / "run") != old:
@@ -515,7 +518,7 @@ def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path, 
                               "0:2000", "--out", str(out), "--tokenizer", str(gemma2_tokenizer_path()),
                               "--no-progress"], stdout=subprocess.DEVNULL)
     deadline = time.time() + 60
-    while not (staging / ".checkpoint.json").exists() and not (staging / "stats").exists() and time.time() < deadline:
+    while not (staging / ".units").exists() and not (staging / "stats").exists() and time.time() < deadline:
         time.sleep(0.01)
     assert _build(out, "0:2000", "--seed", "1") == 2
     assert f"another build (pid {first.pid}) is writing --out {out}" in capsys.readouterr().err
@@ -523,23 +526,23 @@ def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path, 
     assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 0
 
 
-def test_resume_refuses_a_spool_that_lost_its_tail(tmp_path, capsys):
-    args = ["--checkpoint-every", "100", "--no-near-dup"]
+def test_resume_refuses_a_unit_whose_tokens_lost_their_tail(tmp_path, capsys):
+    args = ["--no-near-dup"]
     out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
     command = ["build", "--source", "synthetic", "--range", "0:400", "--out", str(out), "--tokenizer",
                str(gemma2_tokenizer_path()), "--no-progress", *args]
     killer = _Killer(tmp_path)
-    try:  # killed just before its third checkpoint: the second one stands
+    try:  # killed just before the second unit's marker: the first unit stands
         events = killer.events(command)
         shutil.rmtree(out)
-        killer.kill(command, [k for k, e in enumerate(events, 1) if e == "os.rename .run.tzc-partial/.checkpoint.json"][2])
+        killer.kill(command, [k for k, e in enumerate(events, 1) if MARKER.fullmatch(e)][1])
     finally:
         killer.close()
-    tokens = staging / ".spool.tokens"
+    tokens = staging / ".units" / "u000000.tokens"
     os.truncate(tokens, tokens.stat().st_size // 2)
     assert _build(out, "0:400", *args, "--resume") == 2
     err = capsys.readouterr().err
-    assert "cannot resume" in err and ".spool.tokens" in err and "run without --resume" in err
+    assert "cannot resume" in err and "u000000.tokens" in err and "run without --resume" in err
     assert staging.exists() and not out.exists()
     assert _build(out, "0:400", *args) == 0  # starting over works
 
@@ -554,7 +557,7 @@ def _tmpfs(path: Path, size: str) -> None:
 def test_disk_full_is_one_line_and_the_build_resumes_once_there_is_room(tmp_path, capsys):
     import subprocess
 
-    args = ["--checkpoint-every", "100", "--rows-per-shard", "64"]
+    args = ["--rows-per-shard", "64"]
     assert _build(tmp_path / "ref", "0:600", *args) == 0
     disk = tmp_path / "disk"
     _tmpfs(disk, "2m")
@@ -599,7 +602,7 @@ def test_build_help_shows_no_default_for_flags(capsys):
 
 def test_first_kept_wins_across_exact_and_near_dedup_and_survives_a_resume(tmp_path, clean_traces):
     """Rows A, A' (one word changed), A': row 2's twin is row 0, the kept one, in an uninterrupted
-    build and in one killed at the checkpoint between rows 1 and 2 and resumed."""
+    build and in one killed between the unit of rows 0 and 1 and the unit of row 2, and resumed."""
     import random
 
     from tzc_data.synthetic import _near_variant, _prompt
@@ -607,86 +610,88 @@ def test_first_kept_wins_across_exact_and_near_dedup_and_survives_a_resume(tmp_p
     a = _prompt(5, 0)
     a_prime = _near_variant(a, random.Random(1))
     prompts = [a, a_prime, a_prime] + [_prompt(5, k) for k in range(1, 6)]
-    source = tmp_path / "rows.jsonl"
-    source.write_text("".join(json.dumps({"prompt": p, "response": clean_traces[i]["response"]}) + "\n"
-                              for i, p in enumerate(prompts)))
-    args = ["--source", str(source), "--checkpoint-every", "2", "--min-kept-ratio", "0"]
+    source = tmp_path / "rows"
+    source.mkdir()
+    lines = [json.dumps({"prompt": p, "response": clean_traces[i]["response"]}) + "\n" for i, p in enumerate(prompts)]
+    (source / "a.jsonl").write_text("".join(lines[:2]))  # a file is at least one unit
+    (source / "b.jsonl").write_text("".join(lines[2:]))
+    args = ["--source", str(source), "--min-kept-ratio", "0"]
     assert _build(tmp_path / "ref", f"0:{len(prompts)}", *args) == 0
     stats = pl.read_parquet(tmp_path / "ref" / "stats" / "records.parquet").head(3)
     assert stats.select("status", "twin").rows() == [("kept", None), ("near_duplicate", 0), ("near_duplicate", 0)]
     command = ["build", "--range", f"0:{len(prompts)}", "--out", str(tmp_path / "run"), "--tokenizer",
                str(gemma2_tokenizer_path()), "--no-progress", *args]
     killer = _Killer(tmp_path)
-    try:  # killed just before its second checkpoint: the first one, after row 1, stands
+    try:  # killed just before the second unit's marker: the first one, rows 0 and 1, stands
         events = killer.events(command)
         shutil.rmtree(tmp_path / "run")
-        killer.kill(command, [k for k, e in enumerate(events, 1) if e == "os.rename .run.tzc-partial/.checkpoint.json"][1])
+        killer.kill(command, [k for k, e in enumerate(events, 1) if MARKER.fullmatch(e)][1])
     finally:
         killer.close()
     assert _build(tmp_path / "run", f"0:{len(prompts)}", *args, "--resume") == 0
     assert _files(tmp_path / "run") == _files(tmp_path / "ref")
 
 
-def _killed_staging(tmp_path: Path, args: list[str], before: str, nth: int = 0) -> Path:
-    """A build into ``tmp_path/run`` killed just before the ``nth`` change named ``before``."""
+MARKER = re.compile(r"os\.rename \.run\.tzc-partial/\.units/u\d{6}\.json")
+
+
+def _killed_staging(tmp_path: Path, args: list[str], before: re.Pattern | str, nth: int = 0) -> Path:
+    """A build into ``tmp_path/run`` killed just before the ``nth`` change that ``before`` matches
+    (a pattern, or the change itself)."""
+    before = re.compile(re.escape(before)) if isinstance(before, str) else before
     command = ["build", "--source", "synthetic", "--out", str(tmp_path / "run"), "--tokenizer",
                str(gemma2_tokenizer_path()), "--no-progress", *args]
     killer = _Killer(tmp_path)
     try:
         events = killer.events(command)
         shutil.rmtree(tmp_path / "run")
-        killer.kill(command, [k for k, e in enumerate(events, 1) if e == before][nth])
+        killer.kill(command, [k for k, e in enumerate(events, 1) if before.fullmatch(e)][nth])
     finally:
         killer.close()
     return tmp_path / ".run.tzc-partial"
 
 
-CHECKPOINT_RENAME = "os.rename .run.tzc-partial/.checkpoint.json"
-
-
-@pytest.mark.parametrize("damage", ["spool byte", "journal byte", "near-dup journal byte", "parts swapped",
-                                    "part truncated", "part missing", "checkpoint edited", "checkpoint field"])
+@pytest.mark.parametrize("damage", ["tokens byte", "table byte", "tables swapped", "table truncated", "table missing",
+                                    "marker edited", "marker field", "plan edited"])
 def test_resume_refuses_a_staging_folder_whose_contents_changed(tmp_path, capsys, damage):
-    """Not only missing or short files: any byte changed before the checkpoint is refused, with
-    one line, and the folder is left as it was."""
-    args = ["--range", "0:400", "--checkpoint-every", "100"]
-    staging = _killed_staging(tmp_path, args, CHECKPOINT_RENAME, 3)
+    """Not only missing or short files: any byte changed in a finished unit is refused, with one
+    line, and the folder is left as it was."""
+    args = ["--range", "0:1000"]
+    staging = _killed_staging(tmp_path, args, MARKER, 3)
+    units = staging / ".units"
 
     def flip(path: Path, at: int) -> None:
         data = bytearray(path.read_bytes())
         data[at] ^= 0x01
         path.write_bytes(bytes(data))
 
-    parts = sorted((staging / "stats").glob(".records.part-*"))
-    checkpoint = json.loads((staging / ".checkpoint.json").read_text())
-    if damage == "spool byte":
-        flip(staging / ".spool.tokens", 4000)
-    elif damage == "journal byte":
-        flip(staging / ".spool.journal", 10)
-    elif damage == "near-dup journal byte":
-        flip(staging / ".near_dup.journal", 300)
-    elif damage == "parts swapped":
-        first, second = parts[0].read_bytes(), parts[1].read_bytes()
-        parts[0].write_bytes(second)
-        parts[1].write_bytes(first)
-    elif damage == "part truncated":
-        os.truncate(parts[1], 100)
-    elif damage == "part missing":
-        (staging / "stats" / ".records.part-abc").write_text("x")  # not a part name: ignored
-        os.remove(parts[0])
-    elif damage == "checkpoint edited":
-        checkpoint["next_row"] += 100
-        (staging / ".checkpoint.json").write_text(json.dumps(checkpoint))
+    marker = json.loads((units / "u000001.json").read_text())
+    if damage == "tokens byte":
+        flip(units / "u000001.tokens", 4000)
+    elif damage == "table byte":
+        flip(units / "u000001.parquet", 300)
+    elif damage == "tables swapped":
+        first, second = (units / "u000000.parquet").read_bytes(), (units / "u000001.parquet").read_bytes()
+        (units / "u000000.parquet").write_bytes(second)
+        (units / "u000001.parquet").write_bytes(first)
+    elif damage == "table truncated":
+        os.truncate(units / "u000001.parquet", 100)
+    elif damage == "table missing":
+        os.remove(units / "u000000.parquet")
+    elif damage == "marker edited":
+        marker["counts"]["kept"] += 1
+        (units / "u000001.json").write_text(json.dumps(marker))
+    elif damage == "marker field":
+        del marker["files"]
+        (units / "u000001.json").write_text(json.dumps(marker))
     else:
-        del checkpoint["spool"]
-        (staging / ".checkpoint.json").write_text(json.dumps(checkpoint))
+        (units / "plan.json").write_text("{")
     before = set(_files(staging))
-    assert _build(tmp_path / "run", "0:400", *args[2:], "--resume") == 2
+    assert _build(tmp_path / "run", "0:1000", "--resume") == 2
     err = capsys.readouterr().err
     assert err.startswith("tzc-data: error:") and err.count("\n") == 1 and "run without --resume" in err, err
-    after = set(_files(staging))  # at most a part written after the checkpoint is gone
-    assert after <= before and {".checkpoint.json", ".spool.tokens"} <= after and not (tmp_path / "run").exists()
-    assert _build(tmp_path / "run", "0:400", *args[2:], "--resume") == 2  # and it keeps refusing
+    assert set(_files(staging)) == before and not (tmp_path / "run").exists()
+    assert _build(tmp_path / "run", "0:1000", "--resume") == 2  # and it keeps refusing
     assert capsys.readouterr().err == err
 
 
