@@ -411,7 +411,7 @@ def test_length_filter_drops_too_long_and_short_parts_never_truncates():
 def test_the_build_options_reach_the_filter_and_bad_ones_name_themselves():
     from tzc_data.config import BuildConfig
     from tzc_data.errors import ConfigError
-    from tzc_data.pipeline import build_filters
+    from tzc_data.rowstage import build_filters
 
     config = BuildConfig(out="x", start=0, stop=1, loop_min_cycle_repeats=4, loop_min_run=0, min_repeated_share=0.2)
     check = next(f for f in build_filters(config) if isinstance(f, RepetitionFilter))

@@ -1,11 +1,12 @@
 import itertools
+import os
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tzc_data.pack import Spool, best_fit_decreasing, check_row, decode_row, fill
+from tzc_data.pack import Kept, best_fit_decreasing, check_row, decode_row, fill
 
 lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=60)
 
@@ -54,18 +55,34 @@ def test_oversized_item_is_refused():
         best_fit_decreasing([5, 11], 10)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 39)), min_size=1, max_size=30))
-def test_property_packed_rows_conserve_tokens_and_keep_invariants(tmp_path_factory, items):
-    items = [(n, min(p, n - 1)) for n, p in items]
-    spool = Spool(str(tmp_path_factory.mktemp("spool")))
-    examples = []
-    for k, (n, prompt) in enumerate(items):
+def _kept(folder, items, unit_of) -> tuple[Kept, list[list[int]]]:
+    """Items (length, prompt length) with distinct tokens, written to one tokens file per unit."""
+    examples, offsets, files = [], [], {}
+    for k, (n, _) in enumerate(items):
         tokens = list(range(1000 * (k + 1), 1000 * (k + 1) + n))
         examples.append(tokens)
-        spool.add(k, tokens, prompt)
+        written = files.setdefault(unit_of[k], [])
+        offsets.append(len(written))
+        written.extend(tokens)
+    paths = [str(folder / f"u{u}.tokens") for u in range(max(unit_of) + 1)]
+    for u, path in enumerate(paths):
+        np.array(files.get(u, []), dtype="<i4").tofile(path)
+    kept = Kept(paths, rows=np.arange(len(items), dtype=np.int64), lengths=np.array([n for n, _ in items], np.int32),
+                prompt_lengths=np.array([p for _, p in items], np.int32), splits=np.zeros(len(items), np.uint8),
+                hashes=np.zeros(len(items), "S16"), units=np.array(unit_of, np.int32),
+                offsets=np.array(offsets, np.int64))
+    return kept, examples
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 40), st.integers(0, 39), st.integers(0, 3)), min_size=1, max_size=30))
+def test_property_packed_rows_conserve_tokens_and_keep_invariants(tmp_path_factory, items):
+    """Examples read back from several units' tokens files, at their offsets, into packed rows."""
+    unit_of = sorted(u for _, _, u in items)  # units in row order, as a build has them
+    items = [(n, min(p, n - 1)) for n, p, _ in items]
+    kept, examples = _kept(tmp_path_factory.mktemp("units"), items, unit_of)
     bins = best_fit_decreasing([n for n, _ in items], 48)
-    rows = [decode_row(r.tobytes(), 48) for r in spool.read_rows(bins, 48)]
+    rows = [decode_row(r.tobytes(), 48) for r in kept.read_rows(bins, 48)]
     for row, members in zip(rows, bins):
         assert check_row(row) == []
         for segment, item in enumerate(members, 1):
@@ -101,15 +118,10 @@ def test_rows_lower_bound_counts_examples_that_cannot_share_a_row():
     assert len(best_fit_decreasing(lengths, 100)) >= rows_lower_bound(lengths, 100)
 
 
-def test_spool_resumes_from_its_synced_sizes(tmp_path):
-    spool = Spool(str(tmp_path))
-    for k in range(3):
-        spool.add(10 + k, [k + 1] * (k + 2), 1, split=k % 2, digest=bytes([k]) * 15 + b"\0")
-    at = spool.sync()
-    spool.add(99, [7] * 50, 3, digest=b"x" * 16)  # written after the checkpoint: must vanish
-    spool.sync()
-    resumed = Spool(str(tmp_path), resume_at=at)
-    assert len(resumed) == 3 and list(resumed.rows) == [10, 11, 12] and list(resumed.splits) == [0, 1, 0]
-    assert bytes(resumed.hashes[:16]) == bytes(16) and bytes(resumed.hashes[32:48]) == b"\x02" * 15 + b"\0"
-    rows = list(resumed.read_rows([[0, 1, 2]], 16))
-    assert rows[0][0].tolist() == [1, 1, 2, 2, 2, 3, 3, 3, 3] + [0] * 7
+def test_a_tokens_file_shorter_than_its_marker_says_is_an_error_naming_it(tmp_path):
+    from tzc_data.errors import OutputError
+
+    kept, _ = _kept(tmp_path, [(5, 1), (7, 2)], [0, 0])
+    os.truncate(kept.tokens_paths[0], 4 * 8)
+    with pytest.raises(OutputError, match="u0.tokens is shorter"):
+        list(kept.read_rows([[0, 1]], 16))
