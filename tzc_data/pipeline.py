@@ -43,7 +43,7 @@ from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilt
 from tzc_data.format import format_examples, split_examples
 from tzc_data.minhash import NearDupIndex, drop_near_duplicates
 from tzc_data.pack import Spool, best_fit_decreasing, placement, rows_lower_bound
-from tzc_data.read import Source, open_source, read, source_identity
+from tzc_data.sources import Source, open_source, read, source_identity
 from tzc_data.record import KEPT, REASONS, Example
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file, tokenize
 from tzc_data.workers import ordered_chunks
