@@ -79,3 +79,8 @@ def corrupt_group(path, group: int, step: int = 97) -> None:
 
 def as_tuples(examples):
     return [(e.row, e.status, e.detail, e.prompt, e.response) for e in examples]
+
+
+def read_unit_tuples(source, unit):
+    """``as_tuples`` of one unit, for a worker process."""
+    return as_tuples(source.read_unit(unit))

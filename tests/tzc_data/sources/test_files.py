@@ -253,3 +253,16 @@ def test_a_local_source_and_its_units_pickle(mixed):
     assert copy.describe() == source.describe() and copy.layout == source.layout
     units = source.plan(0, 67)
     assert pickle.loads(pickle.dumps(units)) == units and len({hash(u) for u in units}) == len(units)
+
+
+def test_units_read_in_a_spawned_process_give_the_same_examples(mixed):
+    import multiprocessing
+
+    from .helpers import read_unit_tuples
+
+    folder, _ = mixed
+    source = local_source(str(folder), jsonl_unit_rows=5)
+    units = source.plan(3, 66)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        parts = pool.starmap(read_unit_tuples, [(source, unit) for unit in units])
+    assert [e for part in parts for e in part] == as_tuples(read(source, 3, 66))
