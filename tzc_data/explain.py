@@ -48,7 +48,7 @@ def _source(manifest: dict[str, Any]) -> Source:
     """The build's source opened again, or SourceError when it is not the one the build read
     (a file edited, replaced, added or gone since): its rows would be other rows."""
     described = manifest["source"]
-    source = reopen(described)
+    source = reopen(described, format=manifest["config"].get("format", "glaive"))
     changed = changed_since(described, source.describe())
     if changed:
         raise SourceError(f"the source is not the one this build read: {changed}")

@@ -20,21 +20,27 @@ from tzc_data.errors import SourceError
 from tzc_data.record import Example
 from tzc_data.sources.base import Source, Unit, validate
 from tzc_data.sources.files import FileSetSource, local_source
-from tzc_data.sources.hub import HubSource, hub_source
+from tzc_data.sources.formats import GLAIVE, Format, parse_format
+from tzc_data.sources.hub import HF_DATASET, HF_SPLIT, HubSource, hub_source
 from tzc_data.sources.synthetic import SyntheticSource
 
 KINDS: dict[str, type[Source]] = {cls.kind: cls for cls in (HubSource, FileSetSource, SyntheticSource)}
 
 
-def open_source(spec: str, *, revision: str | None = None, seed: int = 0) -> Source:
-    """``hf`` (default), ``synthetic``, or a local path/glob."""
+def open_source(spec: str, *, revision: str | None = None, seed: int = 0, format: str = GLAIVE,
+                dataset: str | None = None, split: str | None = None) -> Source:
+    """``hf`` (default: ``dataset`` and ``split`` on the hub), ``synthetic``, or a local path/glob, its
+    rows read as ``format`` (:mod:`.formats`)."""
     if spec == "hf":
-        return hub_source(revision=revision)
+        return hub_source(dataset or HF_DATASET, split=split or HF_SPLIT, revision=revision, format=format)
+    for option, value in (("--dataset", dataset), ("--split", split)):
+        if value is not None:
+            raise SourceError(f"{option} applies only to --source hf")
     if spec == "synthetic":
-        return SyntheticSource(seed=seed)
+        return SyntheticSource.reopen({"seed": seed}, format=format)
     if revision is not None:
         raise SourceError("--revision applies only to --source hf")
-    return local_source(spec)
+    return local_source(spec, format=format)
 
 
 def _kind(description: dict[str, Any]) -> type[Source]:
@@ -52,10 +58,11 @@ def source_identity(description: dict[str, Any]) -> tuple:
     return cls.identity(description)
 
 
-def reopen(description: dict[str, Any]) -> Source:
+def reopen(description: dict[str, Any], *, format: str = GLAIVE) -> Source:
     """The source a build recorded (its manifest's ``source``), opened again: the hub at the
-    recorded commit, local files at the recorded spec, the generator at the recorded seed."""
-    return _kind(description).reopen(description)
+    recorded commit, local files at the recorded spec, the generator at the recorded seed; its rows
+    read as ``format`` (the build's ``config.format``)."""
+    return _kind(description).reopen(description, format=format)
 
 
 def changed_since(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -71,5 +78,5 @@ def read(source: Source, start: int, stop: int) -> Iterator[Example]:
     yield from source.rows(start, stop)
 
 
-__all__ = ["KINDS", "FileSetSource", "HubSource", "Source", "SyntheticSource", "Unit", "changed_since",
+__all__ = ["KINDS", "Format", "FileSetSource", "parse_format", "HubSource", "Source", "SyntheticSource", "Unit", "changed_since",
            "hub_source", "local_source", "open_source", "read", "reopen", "source_identity", "validate"]

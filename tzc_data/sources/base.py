@@ -88,8 +88,9 @@ class Source(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def reopen(cls, description: dict[str, Any]) -> Source:
-        """The source a manifest's ``description`` was made from, opened again."""
+    def reopen(cls, description: dict[str, Any], *, format: str = "glaive") -> Source:
+        """The source a manifest's ``description`` was made from, opened again, its rows read as
+        ``format`` (:mod:`.formats`; the build records it in its config)."""
 
     @classmethod
     def changes(cls, recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -135,33 +136,34 @@ def validate(row: int, obj: Any) -> Example:
         return malformed(row, f"record is a {type(obj).__name__}, not an object")
     values = []
     for name in COLUMNS:
-        if name not in obj:
-            return malformed(row, f"missing field {name!r}")
-        value = obj[name]
-        if value is None:
-            return malformed(row, f"field {name!r} is null")
-        if isinstance(value, bytes | bytearray):
-            try:
-                value = bytes(value).decode("utf-8")
-            except UnicodeDecodeError as err:
-                return malformed(row, f"field {name!r} is not valid UTF-8 (byte {err.start})")
-        if not isinstance(value, str):
-            return malformed(row, f"field {name!r} is {type(value).__name__}, not a string")
-        try:
-            if not value.isascii():  # O(1) for a str; ASCII holds no surrogate, so skip the copy
-                value.encode("utf-8")
-        except UnicodeEncodeError as err:
-            return malformed(row, f"field {name!r} holds a lone surrogate at character {err.start}")
+        value, problem = field_text(obj, name)
+        if problem:
+            return malformed(row, problem)
         values.append(value)
     return Example(row=row, prompt=values[0], response=values[1])
 
 
-def validate_in(where: str, row: int, obj: Any) -> Example:
-    """:func:`validate`, its detail prefixed with where the row is ("a.jsonl line 3: ...")."""
-    example = validate(row, obj)
-    if not example.kept:
-        example.detail = f"{where}: {example.detail}"
-    return example
+def field_text(obj: dict[str, Any], name: str) -> tuple[str, str | None]:
+    """(the text of field ``name``, None), or ("", what is wrong with it): missing, null, not UTF-8,
+    not a string, or holding a lone surrogate."""
+    if name not in obj:
+        return "", f"missing field {name!r}"
+    value = obj[name]
+    if value is None:
+        return "", f"field {name!r} is null"
+    if isinstance(value, bytes | bytearray):
+        try:
+            value = bytes(value).decode("utf-8")
+        except UnicodeDecodeError as err:
+            return "", f"field {name!r} is not valid UTF-8 (byte {err.start})"
+    if not isinstance(value, str):
+        return "", f"field {name!r} is {type(value).__name__}, not a string"
+    try:
+        if not value.isascii():  # O(1) for a str; ASCII holds no surrogate, so skip the copy
+            value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return "", f"field {name!r} holds a lone surrogate at character {err.start}"
+    return value, None
 
 
 def malformed(row: int, detail: str) -> Example:

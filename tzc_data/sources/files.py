@@ -33,6 +33,7 @@ from tzc_data.errors import SourceError
 from tzc_data.record import Example
 from tzc_data.sources import jsonl, parquet
 from tzc_data.sources.base import Source, Unit, check_start, count, missing
+from tzc_data.sources.formats import GLAIVE, Format, parse_format
 
 JSONL_UNIT_ROWS = 10_000
 SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
@@ -68,6 +69,7 @@ class FileSetSource(Source):
     description: dict[str, Any]
     opener: Callable[[str], Any] | None = None
     layout: tuple[FileLayout, ...] | None = None
+    format: Format = parse_format(GLAIVE)
 
     @property
     def file_rows(self) -> tuple[int, ...] | None:
@@ -89,7 +91,9 @@ class FileSetSource(Source):
         path = self.paths[k]
         with self._open(path) as handle:
             if path.endswith(".parquet"):
-                groups = parquet.group_rows(parquet.parquet_file(handle, path))
+                footer = parquet.parquet_file(handle, path)
+                parquet.readable_columns(footer, os.path.basename(path), self.format)
+                groups = parquet.group_rows(footer)
                 return FileLayout(rows=sum(groups), groups=groups)
             rows, _, blocks = jsonl.scan(handle, path, JSONL_UNIT_ROWS)
             return FileLayout(rows=rows, blocks=blocks)
@@ -164,7 +168,7 @@ class FileSetSource(Source):
         path = self.paths[unit.locator[0]]
         with self._open(path) as handle:
             reader = parquet.read_group if path.endswith(".parquet") else jsonl.read_block
-            yield from reader(handle, path, unit)
+            yield from reader(handle, path, unit, self.format)
 
     @classmethod
     def identity(cls, description: dict[str, Any]) -> tuple:
@@ -175,8 +179,8 @@ class FileSetSource(Source):
                 tuple((f["path"], f["bytes"]) if isinstance(f, dict) else f for f in description.get("files", [])))
 
     @classmethod
-    def reopen(cls, description: dict[str, Any]) -> FileSetSource:
-        return local_source(description["spec"])
+    def reopen(cls, description: dict[str, Any], *, format: str = GLAIVE) -> FileSetSource:
+        return local_source(description["spec"], format=format)
 
     @classmethod
     def changes(cls, recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
@@ -205,13 +209,14 @@ class FileSetSource(Source):
 # The local survey
 
 
-def local_source(spec: str, *, jsonl_unit_rows: int = JSONL_UNIT_ROWS) -> FileSetSource:
+def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSONL_UNIT_ROWS) -> FileSetSource:
     """A file, a directory (searched recursively, symlinked folders too) or a glob of
-    .parquet/.jsonl/.jsonl.gz files.
+    .parquet/.jsonl/.jsonl.gz files, read as ``format`` (:mod:`.formats`).
 
     Every file is surveyed here (:func:`survey`): what the manifest records of it, and its layout.
     ``jsonl_unit_rows`` is the size of a plain JSONL file's units (the tests make it small).
     """
+    fmt = parse_format(format)
     if os.path.isdir(spec):
         paths = _walk(spec)
     elif os.path.isfile(spec):
@@ -231,19 +236,22 @@ def local_source(spec: str, *, jsonl_unit_rows: int = JSONL_UNIT_ROWS) -> FileSe
               "it (JSONL has no index)", file=sys.stderr, flush=True)
     files, layouts = [], []
     for path in paths:
-        entry, layout = survey(path, jsonl_unit_rows=jsonl_unit_rows)
+        entry, layout = survey(path, fmt=fmt, jsonl_unit_rows=jsonl_unit_rows)
         files.append({"path": os.path.relpath(path, root), **entry})
         layouts.append(layout)
     return FileSetSource(fs=fsspec.filesystem("file"), paths=tuple(os.path.abspath(p) for p in paths),
-                         description={"kind": "local", "spec": spec, "files": files}, layout=tuple(layouts))
+                         description={"kind": "local", "spec": spec, "files": files}, layout=tuple(layouts),
+                         format=fmt)
 
 
-def survey(path: str, *, jsonl_unit_rows: int = JSONL_UNIT_ROWS) -> tuple[dict[str, Any], FileLayout]:
+def survey(path: str, *, fmt: Format = parse_format(GLAIVE),
+           jsonl_unit_rows: int = JSONL_UNIT_ROWS) -> tuple[dict[str, Any], FileLayout]:
     """(what the manifest records of one local file, its layout).
 
     The record is the size and a fingerprint that any copy of the same bytes shares (an mtime does
     not survive a copy): the sha256 of a Parquet file's footer (which holds every row group's
-    offsets, sizes and statistics), or of a JSONL file's bytes, read once to count its rows.
+    offsets, sizes and statistics), or of a JSONL file's bytes, read once to count its rows. A Parquet
+    file without the columns ``fmt`` reads is refused here.
     """
     size = _regular_file_size(path)
     try:
@@ -252,7 +260,9 @@ def survey(path: str, *, jsonl_unit_rows: int = JSONL_UNIT_ROWS) -> tuple[dict[s
         raise SourceError(f"cannot open {path}: {err.strerror or err}") from err
     with handle:
         if path.endswith(".parquet"):
-            groups = parquet.group_rows(parquet.parquet_file(handle, path))
+            footer = parquet.parquet_file(handle, path)
+            parquet.readable_columns(footer, os.path.basename(path), fmt)
+            groups = parquet.group_rows(footer)
             entry = {"bytes": size, "rows": sum(groups), "footer_sha256": parquet.footer_sha256(handle, path, size)}
             return entry, FileLayout(rows=sum(groups), groups=groups)
         rows, digest, blocks = jsonl.scan(handle, path, jsonl_unit_rows)

@@ -27,7 +27,8 @@ from typing import Any
 
 from tzc_data.errors import SourceError
 from tzc_data.record import Example
-from tzc_data.sources.base import Unit, malformed, one_line, validate_in
+from tzc_data.sources.base import Unit, malformed, one_line
+from tzc_data.sources.formats import Format
 
 BOM = b"\xef\xbb\xbf"
 READ_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error, OSError)
@@ -103,8 +104,8 @@ def locator(file: int, offset: int, line_number: int, file_row: int, skip: int) 
     return (file, offset, line_number, file_row, skip)
 
 
-def read_block(raw: Any, path: str, unit: Unit) -> Iterator[Example]:
-    """The rows of one JSONL unit from an open binary file (see the module docstring)."""
+def read_block(raw: Any, path: str, unit: Unit, fmt: Format) -> Iterator[Example]:
+    """The rows of one JSONL unit from an open binary file, as ``fmt`` reads them (see the module docstring)."""
     _, offset, line_number, file_row, skip = unit.locator
     row = unit.start - skip  # the global index of the row at ``offset``
     first_row = row - file_row  # ... and of the file's first row
@@ -120,7 +121,7 @@ def read_block(raw: Any, path: str, unit: Unit) -> Iterator[Example]:
             if not line.strip():
                 continue  # blank lines are not rows (a trailing newline is not a row either)
             if row >= unit.start:
-                yield decode_line(row, line, path, number)
+                yield decode_line(row, line, path, number, fmt)
             row += 1
             if row >= unit.stop:
                 return
@@ -130,7 +131,7 @@ def read_block(raw: Any, path: str, unit: Unit) -> Iterator[Example]:
                       f"at least {unit.stop - first_row:,} when the source was opened")
 
 
-def decode_line(row: int, line: bytes, path: str, line_number: int) -> Example:
+def decode_line(row: int, line: bytes, path: str, line_number: int, fmt: Format) -> Example:
     where = f"{os.path.basename(path)} line {line_number}"
     try:
         text = line.decode("utf-8")
@@ -145,4 +146,4 @@ def decode_line(row: int, line: bytes, path: str, line_number: int) -> Example:
                               f"{sys.getrecursionlimit():,} levels)")
     except ValueError as err:  # an integer literal past Python's int_max_str_digits (4,300 by default)
         return malformed(row, f"{where}: {one_line(err)}")
-    return validate_in(where, row, obj)
+    return fmt.example(row, obj, where)

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 
 from tzc_data.errors import SourceError
 from tzc_data.record import Example
-from tzc_data.sources.base import COLUMNS, Unit, malformed, one_line, validate_in
+from tzc_data.sources.base import Unit, malformed, one_line
+from tzc_data.sources.formats import Format
 
 BATCH_ROWS = 1024
 
@@ -72,8 +73,8 @@ def locator(file: int, group: int, skip: int, rows_in_group: int, rows_in_file: 
     return (file, group, skip, rows_in_group, rows_in_file)
 
 
-def read_group(handle: Any, path: str, unit: Unit) -> Iterator[Example]:
-    """The rows of one row group unit from an open file (see the module docstring)."""
+def read_group(handle: Any, path: str, unit: Unit, fmt: Format) -> Iterator[Example]:
+    """The rows of one row group unit from an open file, as ``fmt`` reads them (see the module docstring)."""
     _, group, skip, rows_in_group, rows_in_file = unit.locator
     name = os.path.basename(path)
     parquet = parquet_file(handle, path)
@@ -84,15 +85,16 @@ def read_group(handle: Any, path: str, unit: Unit) -> Iterator[Example]:
                           f"{meta.num_rows:,} in {meta.num_row_groups:,} row groups")
     row, end = unit.start, unit.stop
     where = f"{name} row group {group}"
-    unusable = column_problem(parquet.schema_arrow.names, name)
+    columns = readable_columns(parquet, name, fmt)
+    unusable = column_problem(parquet.schema_arrow.names, name, columns)
     if unusable:
         yield from (malformed(r, unusable) for r in range(row, end))
         return
     decoded = 0  # rows of the group decoded so far: where a batch that fails starts
     try:
-        for first, size, prompts, responses in _group_batches(parquet, group, skip, end - row):
-            for prompt, response in zip(prompts, responses):
-                yield validate_in(where, row, {"prompt": prompt, "response": response})
+        for first, size, values in _group_batches(parquet, group, skip, end - row, columns):
+            for fields in zip(*values):
+                yield fmt.example(row, dict(zip(columns, fields)), where)
                 row += 1
             decoded = first + size
         problem = f"{where}: holds fewer rows than its footer says ({rows_in_group:,})"
@@ -101,9 +103,17 @@ def read_group(handle: Any, path: str, unit: Unit) -> Iterator[Example]:
     yield from (malformed(r, problem) for r in range(row, end))
 
 
-def column_problem(names: list[str], file: str) -> str | None:
-    """Why the ``prompt`` and ``response`` columns of a file cannot be read, or None."""
-    for column in COLUMNS:
+def readable_columns(parquet: pq.ParquetFile, file: str, fmt: Format) -> tuple[str, ...]:
+    """The columns ``fmt`` reads in this file, or SourceError: one is missing or of a type that is no text."""
+    schema = parquet.schema_arrow
+    columns = fmt.columns_of(schema.names, file)
+    fmt.check_types(schema, columns, file)
+    return columns
+
+
+def column_problem(names: list[str], file: str, columns: tuple[str, ...]) -> str | None:
+    """Why the columns of a file that a format reads cannot be read, or None (two of one name)."""
+    for column in columns:
         n = names.count(column)
         if n == 0:
             return f"{file} has no column {column!r}"
@@ -112,16 +122,15 @@ def column_problem(names: list[str], file: str) -> str | None:
     return None
 
 
-def _group_batches(parquet: pq.ParquetFile, group: int, skip: int,
-                   take: int) -> Iterator[tuple[int, int, list[Any], list[Any]]]:
+def _group_batches(parquet: pq.ParquetFile, group: int, skip: int, take: int,
+                   columns: tuple[str, ...]) -> Iterator[tuple[int, int, list[list[Any]]]]:
     """Each batch of one row group, decoded in turn from the group's first row: (its first row in
-    the group, its size, the prompts and responses of its rows that fall in ``skip .. skip + take``)."""
+    the group, its size, each column's values of its rows that fall in ``skip .. skip + take``)."""
     seen = 0
-    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=list(COLUMNS)):
+    for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=list(columns)):
         lo, hi = max(skip - seen, 0), min(skip + take - seen, batch.num_rows)
-        prompts = batch.column("prompt").slice(lo, hi - lo).to_pylist() if hi > lo else []
-        responses = batch.column("response").slice(lo, hi - lo).to_pylist() if hi > lo else []
-        yield seen, batch.num_rows, prompts, responses
+        values = [batch.column(c).slice(lo, hi - lo).to_pylist() if hi > lo else [] for c in columns]
+        yield seen, batch.num_rows, values
         seen += batch.num_rows
         if seen >= skip + take:
             return

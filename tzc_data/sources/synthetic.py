@@ -10,8 +10,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tzc_data.errors import SourceError
 from tzc_data.record import Example
 from tzc_data.sources.base import Source, Unit, check_start, validate, whole_units
+from tzc_data.sources.formats import GLAIVE
 from tzc_data.synthetic import generate
 
 UNIT_ROWS = 4096
@@ -45,7 +47,10 @@ class SyntheticSource(Source):
         return ("synthetic", description.get("seed"), description.get("generator"))
 
     @classmethod
-    def reopen(cls, description: dict[str, Any]) -> SyntheticSource:
+    def reopen(cls, description: dict[str, Any], *, format: str = GLAIVE) -> SyntheticSource:
+        if format != GLAIVE:
+            raise SourceError(f"--format {format} does not apply to the synthetic source: its rows are GlaiveAI's "
+                              "layout (--format glaive)")
         return cls(seed=description["seed"])
 
 

@@ -143,3 +143,17 @@ def test_a_hub_source_and_its_units_pickle(fake_hub):
 def test_unreachable_hub_is_a_clear_error():
     with pytest.raises(SourceError, match="cannot list hub dataset glaiveai/reasoning-v1-20m .*--source PATH"):
         hub_source()  # HF_HUB_OFFLINE=1 in the tests, and no network here anyway
+
+
+def test_the_hub_dataset_and_split_are_options(fake_hub):
+    from tzc_data.sources import open_source
+
+    source = open_source("hf", dataset="glaiveai/reasoning-v1-20m", split="test")
+    assert source.describe()["split"] == "test" and source.describe()["files"] == ["data/test-00000-of-00001.parquet"]
+    assert [(e.prompt, e.response) for e in read(source, 0, 1)] == [("x", "y")]
+    with pytest.raises(SourceError, match="cannot list hub dataset someone/else .*FileNotFoundError"):
+        open_source("hf", dataset="someone/else")
+    with pytest.raises(SourceError, match=r"^--dataset 'no-owner' is not a hub dataset name \(OWNER/NAME\)$"):
+        open_source("hf", dataset="no-owner")
+    with pytest.raises(SourceError, match=r"has no column 'instruction' \(--format openo1"):
+        open_source("hf", format="openo1").plan(0, 1)  # the footer is read: refused before a row

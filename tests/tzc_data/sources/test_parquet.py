@@ -48,12 +48,20 @@ def test_each_row_group_is_read_once_by_a_plan_and_its_units(hub_tree):
             assert read_bytes == hi - lo, f"{os.path.basename(path)} row group {g}: {read_bytes} of {hi - lo} bytes"
 
 
-def test_parquet_with_a_missing_column_or_wrong_type_is_malformed_per_row(tmp_path):
+def test_parquet_with_a_missing_column_or_wrong_type_is_refused_naming_the_column_and_format(tmp_path):
+    """Issue 19: a file that cannot be the format is a one-line error before any row is read."""
     pq.write_table(pa.table({"prompt": ["a", "b"], "answer": ["x", "y"]}), tmp_path / "a.parquet")
+    with pytest.raises(SourceError, match=r"^a\.parquet has no column 'response' \(--format glaive reads prompt, "
+                                          r"response\); it has prompt, answer$"):
+        local_source(str(tmp_path))
+    os.remove(tmp_path / "a.parquet")
     pq.write_table(pa.table({"prompt": ["c"], "response": [7]}), tmp_path / "b.parquet")
-    got = list(read(local_source(str(tmp_path)), 0, 3))
-    assert [e.status for e in got] == ["malformed"] * 3
-    assert "no column 'response'" in got[0].detail and "int, not a string" in got[2].detail
+    with pytest.raises(SourceError, match=r"^b\.parquet column 'response' is int64, not text \(--format glaive\)$"):
+        local_source(str(tmp_path))
+    pq.write_table(pa.table({"prompt": ["c", None], "response": ["r", "s"]}), tmp_path / "b.parquet")
+    got = list(read(local_source(str(tmp_path)), 0, 2))  # a null is the row's problem, not the column's
+    assert [e.status for e in got] == ["kept", "malformed"]
+    assert got[1].detail == "b.parquet row group 0: field 'prompt' is null"
 
 
 def test_parquet_with_two_columns_of_one_name_is_malformed_per_row_naming_the_file(tmp_path):
@@ -95,8 +103,8 @@ def test_a_row_group_shorter_than_its_footer_says_is_accounted_for(tmp_path, mon
     real = parquet_module._group_batches
 
     def short(*args):  # the one batch, cut to 6 rows
-        for first, _, prompts, responses in real(*args):
-            yield first, 6, prompts[:4], responses[:4]
+        for first, _, values in real(*args):
+            yield first, 6, [column[:4] for column in values]
 
     monkeypatch.setattr(parquet_module, "_group_batches", short)
     got = list(read(local_source(str(tmp_path)), 2, 10))
