@@ -309,7 +309,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     if not published:  # checked before the source and tokenizer load, to fail fast
         _check_output(out, config.overwrite)
     started = time.perf_counter()
-    source = source or open_source(config.source, revision=config.revision, seed=config.seed)
+    source = source or open_source(config.source, revision=config.revision, seed=config.seed, format=config.format,
+                                   dataset=config.dataset, split=config.hub_split)
     source.check_range(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
     identity = _identity(config, source, tokenizer)
