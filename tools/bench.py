@@ -42,7 +42,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import tzc_data  # noqa: E402
 from tzc_data import format as fmt  # noqa: E402
 from tzc_data.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
-from tzc_data.read import local_source, read  # noqa: E402
+from tzc_data.sources import local_source, read  # noqa: E402
 from tzc_data.synthetic import SyntheticRow, generate  # noqa: E402
 from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
 from tzc_data.wordcache import WordCache  # noqa: E402

@@ -1,6 +1,6 @@
 """tzc_data: turn public reasoning traces into clean, packed, verifiable SFT shards.
 
-Streaming stages, one module each (see ``pipeline.py`` for their order): ``read`` → ``dedupe`` →
+Streaming stages, one module each (see ``pipeline.py`` for their order): ``sources`` → ``dedupe`` →
 ``filters`` → ``format`` → ``tokenize`` → ``pack`` → ``write``. This package never imports JAX or
 ``tzc_train``: a data user installs no trainer.
 """

@@ -36,10 +36,20 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("source")
     g.add_argument("--source", default="hf",
                    help="'hf' (glaiveai/reasoning-v1-20m on the hub), 'synthetic', or a local file, directory "
-                        "or glob of .parquet/.jsonl/.jsonl.gz files with 'prompt' and 'response' columns")
+                        "or glob of .parquet/.jsonl/.jsonl.gz files (columns: see --format)")
     g.add_argument("--range", required=True, metavar="START:STOP", help="global row indices [START, STOP)")
     g.add_argument("--revision", help="hub revision (branch, tag or commit) for --source hf; default main")
     g.add_argument("--seed", type=int, default=0, help="seed of the synthetic source")
+    g.add_argument("--format", default="glaive",
+                   help="how the columns make a prompt and a response: glaive (prompt, response = <think>...</think>"
+                        "answer), openo1 (instruction, output = <Thought>...</Thought><Output>...</Output>), "
+                        "cot-collection (source, rationale, target), messages (a chat list in 'messages' or "
+                        "'conversations'), columns:prompt=COL,response=COL or columns:prompt=COL,reasoning=COL,"
+                        "answer=COL")
+    g.add_argument("--dataset", metavar="OWNER/NAME", help="hub dataset for --source hf; default "
+                                                            "glaiveai/reasoning-v1-20m")
+    g.add_argument("--split", dest="hub_split", metavar="SPLIT", help="hub dataset split for --source hf; "
+                                                                      "default train")
     g = p.add_argument_group("format and tokenize")
     g.add_argument("--system", default=fmt.DEFAULT_SYSTEM, help="system prompt, placed at the start of the user turn")
     g.add_argument("--tokenizer", metavar="PATH",
@@ -111,6 +121,7 @@ def _run_build(args: argparse.Namespace) -> int:
     start, stop = parse_range(args.range)
     config = BuildConfig(
         out=args.out, start=start, stop=stop, source=args.source, revision=args.revision, seed=args.seed,
+        format=args.format, dataset=args.dataset, hub_split=args.hub_split,
         tokenizer=args.tokenizer, system=args.system, seq_len=args.seq_len, max_tokens=args.max_tokens,
         min_answer_tokens=args.min_answer_tokens, min_reasoning_tokens=args.min_reasoning_tokens, dedup=args.dedup,
         near_dup=args.near_dup, near_dup_threshold=args.near_dup_threshold,

@@ -41,6 +41,9 @@ class BuildConfig:
     source: str = "hf"
     revision: str | None = None
     seed: int = 0
+    format: str = "glaive"  # how the source's columns make a prompt and a response (tzc_data.sources.formats)
+    dataset: str | None = None  # --source hf: OWNER/NAME (None: glaiveai/reasoning-v1-20m)
+    hub_split: str | None = None  # --source hf: the dataset's split (None: train)
     tokenizer: str | None = None  # None: the Gemma 2 tokenizer, fetched and hash-checked
     system: str = fmt.DEFAULT_SYSTEM
     seq_len: int = 4096
@@ -116,6 +119,11 @@ class BuildConfig:
             raise ConfigError(f"--workers {self.workers}: must be between 1 and 256")
         if self.workers > 1 and self.engine == "local":
             raise ConfigError(f"--workers {self.workers} needs --engine processes (--engine local is one process)")
+        from tzc_data.sources.formats import parse_format
+
+        parse_format(self.format)  # ConfigError naming the formats there are
+        if self.source != "hf" and (self.dataset is not None or self.hub_split is not None):
+            raise ConfigError(f"--{'dataset' if self.dataset is not None else 'split'} applies only to --source hf")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"--compression {self.compression!r}: choose one of {', '.join(COMPRESSIONS)}")
         try:

@@ -18,7 +18,7 @@ from tzc_data.errors import SourceError, TzcError
 from tzc_data.filters.repetition import lowered, repeating_tail
 from tzc_data.load import RECORDS, read_manifest, read_stats
 from tzc_data.look import printable
-from tzc_data.read import Source, changed_since, local_source, open_source, read
+from tzc_data.sources import Source, changed_since, read, reopen
 from tzc_data.record import REASONS
 from tzc_data.write import REJECTED_DIR
 
@@ -48,12 +48,7 @@ def _source(manifest: dict[str, Any]) -> Source:
     """The build's source opened again, or SourceError when it is not the one the build read
     (a file edited, replaced, added or gone since): its rows would be other rows."""
     described = manifest["source"]
-    if described["kind"] == "synthetic":
-        source = open_source("synthetic", seed=described["seed"])
-    elif described["kind"] == "local":
-        source = local_source(described["spec"])
-    else:
-        source = open_source("hf", revision=described.get("commit"))
+    source = reopen(described, format=manifest["config"].get("format", "glaive"))
     changed = changed_since(described, source.describe())
     if changed:
         raise SourceError(f"the source is not the one this build read: {changed}")

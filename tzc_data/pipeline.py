@@ -38,7 +38,6 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from tzc_data import __version__, files, units
-from tzc_data._units_shim import Unit, plan
 from tzc_data.config import BuildConfig
 from tzc_data.dedup_pass import Outcomes, final_batches, first_kept_wins, kept_examples, write_near_dup
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
@@ -46,7 +45,7 @@ from tzc_data.executors import executor
 from tzc_data.load import read_manifest
 from tzc_data.minhash import NearDupIndex
 from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
-from tzc_data.read import Source, open_source, source_identity
+from tzc_data.sources import Source, Unit, open_source, source_identity
 from tzc_data.record import KEPT, REASONS
 from tzc_data.rowstage import RowStage, score_names
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file
@@ -212,8 +211,9 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     if not published:  # checked before the source and tokenizer load, to fail fast
         _check_output(out, config.overwrite)
     started = time.perf_counter()
-    source = source or open_source(config.source, revision=config.revision, seed=config.seed)
-    planned = plan(source, config.start, config.stop)  # before a row is read: a range past the end fails now
+    source = source or open_source(config.source, revision=config.revision, seed=config.seed, format=config.format,
+                                   dataset=config.dataset, split=config.hub_split)
+    planned = source.plan(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
     identity = _identity(config, source, tokenizer)
     if published:

@@ -30,8 +30,7 @@ from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilt
 from tzc_data.format import format_examples, split_examples
 from tzc_data.minhash import band_keys, signature
 from tzc_data.record import Example
-from tzc_data._units_shim import Unit, read_unit
-from tzc_data.read import Source
+from tzc_data.sources import Source, Unit
 from tzc_data.tokenize import Tokenizer, tokenize
 from tzc_data.write import UnitRows
 
@@ -112,7 +111,7 @@ class RowStage:
         counts: Counter = Counter()
         candidates = tokens = 0
         expected = unit.start
-        examples = row_stages(read_unit(self.source, unit), config, tokenizer, quality, self.excluded)
+        examples = row_stages(self.source.read_unit(unit), config, tokenizer, quality, self.excluded)
         os.makedirs(units.folder(self.staging), exist_ok=True)
         with files.atomic_path(units.tokens_path(self.staging, unit.index)) as temporary, \
                 open(temporary, "wb") as out:

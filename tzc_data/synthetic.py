@@ -10,19 +10,17 @@ Prose is assembled from sentence templates with numbers and names drawn per row,
 long, varied and tokenise like English reasoning, and generating a row costs far less than
 tokenising it.
 
-Planted defects and their rates (per row) are in :data:`DEFECT_RATES`.
+Planted defects and their rates (per row) are in :data:`DEFECT_RATES`. The generator as a build's
+source is :class:`tzc_data.sources.synthetic.SyntheticSource`; this module imports nothing of ``sources``.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from tzc_data.read import Source, validate
-from tzc_data.record import Example
 
 # defect -> share of rows. Everything else is "clean".
 DEFECT_RATES: dict[str, float] = {
@@ -388,19 +386,3 @@ def generate(seed: int, i: int) -> SyntheticRow:
 def planted(seed: int, i: int) -> str:
     """The defect planted in row ``i`` ("clean" for none)."""
     return generate(seed, i).defect
-
-
-@dataclass(frozen=True)
-class SyntheticSource(Source):
-    seed: int = 0
-
-    def rows(self, start: int, stop: int) -> Iterator[Example]:
-        for i in range(start, stop):
-            row = generate(self.seed, i)
-            yield validate(i, {"prompt": row.prompt, "response": row.response})
-
-    def check_range(self, start: int, stop: int) -> None:
-        """Every row index exists: row ``i`` is generated from ``(seed, i)``."""
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": "synthetic", "seed": self.seed, "generator": "tzc_data.synthetic v1"}

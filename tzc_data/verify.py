@@ -46,7 +46,7 @@ from tzc_data.look import find_tokenizer
 from tzc_data.minhash import RECORD as NEAR_RECORD
 from tzc_data.minhash import NearDupIndex
 from tzc_data.pack import check_row, decode_row
-from tzc_data.read import source_identity
+from tzc_data.sources import source_identity
 from tzc_data.record import REASONS
 from tzc_data.tokenize import Tokenizer, sha256_file
 from tzc_data.write import MANIFEST, PLACEMENT_COLUMNS, RECORD_COLUMNS, read_hashes, record_layout
