@@ -106,10 +106,15 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
                         "are kept, the others run")
     g.add_argument("--engine", choices=ENGINES, default=None,
                    help="what runs the per-row stages of the units (row groups, blocks of lines): local (this "
-                        "process) or processes (--workers N); the output is the same bytes for every engine "
+                        "process), processes (--workers N) or ray (a Ray cluster, or a local Ray instance; needs "
+                        "pip install tzc[ray]); the output is the same bytes for every engine "
                         "(default: processes when --workers > 1, else local)")
-    g.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="worker processes for --engine processes; the output is the same for any N")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes for --engine processes, Ray actors for --engine ray (default: the "
+                        "cluster's CPUs less one); the output is the same for any N")
+    g.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="the Ray cluster for --engine ray (host:port of its head, or 'auto'); default: start a "
+                        "local Ray instance. --out and local --source files must be on storage every node sees")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_build)
@@ -119,6 +124,7 @@ def _run_build(args: argparse.Namespace) -> int:
     from tzc_data.pipeline import build
 
     start, stop = parse_range(args.range)
+    engine = args.engine or ("processes" if (args.workers or 1) > 1 else "local")
     config = BuildConfig(
         out=args.out, start=start, stop=stop, source=args.source, revision=args.revision, seed=args.seed,
         format=args.format, dataset=args.dataset, hub_split=args.hub_split,
@@ -134,11 +140,18 @@ def _run_build(args: argparse.Namespace) -> int:
         min_english_score=args.min_english_score, keep_rejected=args.keep_rejected,
         min_kept_ratio=args.min_kept_ratio, rows_per_shard=args.rows_per_shard, compression=args.compression,
         exclude=tuple(args.exclude), eval_fraction=args.eval_fraction,
-        engine=args.engine or ("processes" if args.workers > 1 else "local"), workers=args.workers,
+        engine=engine, workers=_workers(args.workers, engine), ray_address=args.ray_address,
         resume=args.resume, overwrite=args.overwrite)
     manifest = build(config, progress=args.progress)
     print(summary(manifest, args.out))
     return 0
+
+
+def _workers(given: int | None, engine: str) -> int:
+    """``--workers`` as the config holds it: 0 for Ray's default (the cluster's CPUs less one)."""
+    if given is not None:
+        return given
+    return 0 if engine == "ray" else 1
 
 
 def summary(manifest: dict[str, Any], out: str) -> str:

@@ -16,7 +16,7 @@ from tzc_data.errors import ConfigError
 
 COMPRESSIONS = ("zstd:1", "zstd:3", "uncompressed")
 MAX_SEQ_LEN = 131_072  # the longest context of current open models; a row of it is 2 MiB
-ENGINES = ("local", "processes")  # tzc_data.executors implements each
+ENGINES = ("local", "processes", "ray")  # tzc_data.executors implements each (ray: tzc_data.ray_engine)
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -72,8 +72,11 @@ class BuildConfig:
     compression: str = "zstd:1"
     exclude: tuple[str, ...] = ()  # earlier builds whose prompts this one must not share
     eval_fraction: float = 0.0
-    engine: str = "local"  # what runs the units' per-row stages: "local" or "processes"
-    workers: int = 1  # processes for the per-row stages (engine "processes"); the output does not depend on it
+    engine: str = "local"  # what runs the units' per-row stages: "local", "processes" or "ray"
+    # processes (engine "processes") or Ray actors (engine "ray"; 0: the cluster's CPUs less one) for
+    # the per-row stages; the output does not depend on it
+    workers: int = 1
+    ray_address: str | None = None  # the Ray cluster to run on (engine "ray"); None: a local instance
     resume: bool = False
     overwrite: bool = False
 
@@ -115,8 +118,10 @@ class BuildConfig:
             raise ConfigError(f"--eval-fraction {self.eval_fraction}: must be in [0, 1)")
         if self.engine not in ENGINES:
             raise ConfigError(f"--engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
-        if not 1 <= self.workers <= 256:
+        if not (1 <= self.workers <= 256 or (self.workers == 0 and self.engine == "ray")):
             raise ConfigError(f"--workers {self.workers}: must be between 1 and 256")
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError("--ray-address needs --engine ray")
         if self.workers > 1 and self.engine == "local":
             raise ConfigError(f"--workers {self.workers} needs --engine processes (--engine local is one process)")
         from tzc_data.sources.formats import parse_format
@@ -148,7 +153,7 @@ class BuildConfig:
         """The fields that determine the output (not where it goes, which engine, how
         many worker processes, nor whether to overwrite or resume)."""
         fields = dataclasses.asdict(self)
-        for name in ("out", "overwrite", "resume", "engine", "workers"):
+        for name in ("out", "overwrite", "resume", "engine", "workers", "ray_address"):
             fields.pop(name)
         fields["exclude"] = list(self.exclude)
         fields["max_tokens"] = self.token_limit

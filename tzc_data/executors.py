@@ -13,6 +13,8 @@ everything after them runs in one process, in unit order.
   once and then units through a queue, at most two a worker in flight. A worker dies with the
   build (a build killed with SIGKILL cannot stop its pool), and a worker that dies (the OOM
   killer) fails the build with one line; its unit has no marker, so ``--resume`` redoes it.
+- ``ray``: Ray Data on a Ray cluster or a local instance (:mod:`tzc_data.ray_engine`, the extra
+  ``tzc[ray]``; imported only when chosen).
 """
 
 from __future__ import annotations
@@ -85,12 +87,17 @@ class ProcessExecutor:
             results.close()
 
 
-def executor(engine: str, workers: int) -> Executor:
-    """The engine ``--engine`` names (``processes`` with ``--workers N``)."""
+def executor(engine: str, workers: int, *, ray_address: str | None = None) -> Executor:
+    """The engine ``--engine`` names (``processes`` with ``--workers N``; ``ray`` with
+    ``--ray-address`` and, when given, ``--workers N`` actors)."""
     if engine == "local":
         return LocalExecutor()
     if engine == "processes":
         return ProcessExecutor(workers)
+    if engine == "ray":  # imported here: tzc_data imports without Ray installed
+        from tzc_data.ray_engine import RayExecutor
+
+        return RayExecutor(address=ray_address, actors=workers or None)
     raise TzcError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
@@ -122,10 +129,19 @@ def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: A
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
     while (unit := tasks.get()) is not None:
-        try:
-            results.put((unit.index, stage(unit), None))
-        except (TzcError, OSError) as err:  # user-facing (one line) or the file system's: as in one process
-            results.put((unit.index, None, err))
-        except Exception as err:  # a bug: keep the worker's traceback in the message
-            text = "".join(traceback.format_exception(err)).rstrip()
-            results.put((unit.index, None, RuntimeError(f"{unit.where}: a worker failed:\n{text}")))
+        results.put((unit.index, *run_unit(stage, unit)))
+
+
+def run_unit(stage: Callable[[Any], UnitDone], unit: Any) -> tuple[UnitDone | None, BaseException | None]:
+    """``stage(unit)`` in a worker: its marker, or the error to raise in the build's process.
+
+    A user-facing error (one line) or the file system's travels as it is, as in one process; a
+    bug becomes a RuntimeError that keeps the worker's traceback in its message (a traceback does
+    not survive pickling)."""
+    try:
+        return stage(unit), None
+    except (TzcError, OSError) as err:
+        return None, err
+    except Exception as err:
+        text = "".join(traceback.format_exception(err)).rstrip()
+        return None, RuntimeError(f"{unit.where}: a worker failed:\n{text}")

@@ -267,7 +267,7 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
     files.remove_scratch(staging)
     _publish(staging, out, config.overwrite)
     manifest["run"] = _run_figures(started, manifest, reused, index_bytes)
-    if config.workers > 1:  # each worker process's own peak, on top of this process's
+    if config.engine == "processes" and config.workers > 1:  # each worker process's peak, on top of ours
         manifest["run"]["workers"] = config.workers
         manifest["run"]["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
     return manifest
@@ -286,7 +286,7 @@ def _map_units(stage: RowStage, planned: Sequence[Unit], config: BuildConfig,
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
     kept = sum(d.counts.get(KEPT, 0) for d in done.values())
-    for finished in executor(config.engine, config.workers).run(stage, todo):
+    for finished in executor(config.engine, config.workers, ray_address=config.ray_address).run(stage, todo):
         done[finished.index] = finished
         kept += finished.counts.get(KEPT, 0)
         bar.update(finished.stop - finished.start)
