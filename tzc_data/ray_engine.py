@@ -204,6 +204,7 @@ def _import_ray() -> Any:
 def _connect(ray: Any, address: str | None) -> bool:
     """Connect to ``address`` (or start a local instance); True when this call started or joined
     it, so that the build disconnects after. A process already connected keeps its connection."""
+    _check_reachable(address)
     if ray.is_initialized():
         return False
     try:
@@ -217,6 +218,19 @@ def _connect(ray: Any, address: str | None) -> bool:
     print(f"tzc-data: Ray {'at ' + address if address else 'local instance'}"
           f"{', dashboard http://' + dashboard if dashboard else ''}", file=sys.stderr, flush=True)
     return True
+
+
+def _check_reachable(address: str | None) -> None:
+    """Refuse a ``HOST:PORT`` where nothing listens, in seconds: ``ray.init`` would retry for minutes."""
+    if not address or address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"--ray-address {address}: no Ray head answers there ({err}); start one with "
+                          "`ray start --head` and give the address it prints") from None
 
 
 def _pool_size(ray: Any, asked: int | None) -> int:

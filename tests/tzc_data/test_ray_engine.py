@@ -133,3 +133,21 @@ def test_the_actor_pool_leaves_a_cpu_for_the_read_tasks(tmp_path, tiny_model_pat
     assert main(["build", "--source", "synthetic", "--range", "0:100", "--out", str(tmp_path / "c"),
                  "--ray-address", "localhost:1", *_common(tiny_model_path)]) == 2
     assert "--ray-address needs --engine ray" in capsys.readouterr().err
+
+
+def test_a_ray_address_where_no_head_answers_is_one_line(tmp_path, tiny_model_path, capsys):
+    # (ray.init itself would retry for minutes)
+    assert main(["build", "--source", "synthetic", "--range", "0:100", "--out", str(tmp_path / "b"),
+                 *_common(tiny_model_path), "--engine", "ray", "--ray-address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ray-address 127.0.0.1:1: no Ray head answers there" in err, err
+    assert not (tmp_path / "b").exists() and not (tmp_path / ".b.tzc-partial").exists()
+
+
+def test_without_ray_installed_the_ray_engine_is_one_line(tmp_path, tiny_model_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
+    assert main(["build", "--source", "synthetic", "--range", "0:100", "--out", str(tmp_path / "b"),
+                 *_common(tiny_model_path), "--engine", "ray"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--engine ray needs Ray Data: pip install 'tzc[ray]'" in err, err
+    assert not (tmp_path / "b").exists()
