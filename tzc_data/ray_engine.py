@@ -81,8 +81,6 @@ class RayExecutor:
         from ray.data import ActorPoolStrategy, DataContext
 
         actors = min(_pool_size(ray, self.actors), len(units))
-        context = DataContext.get_current()
-        context.enable_progress_bars = False  # tzc's own bar counts rows; Ray's would interleave with it
         # Once into the object store, whatever the number of actors (inside a list: each actor
         # fetches it itself, once; Ray Data does not resolve a reference among its arguments).
         shipped = [ray.put(stage)]
@@ -95,7 +93,7 @@ class RayExecutor:
                 compute=ActorPoolStrategy(size=actors), num_cpus=1,
                 max_restarts=self.retries, max_task_retries=self.retries)
         try:
-            with _quiet_ray_data_console():
+            with _quiet_ray_data_console(DataContext.get_current()):
                 for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
                     for blob in batch.column("result").to_pylist():
                         done, failure = pickle.loads(blob)
@@ -167,17 +165,19 @@ class _StageActor:
 
 
 @contextlib.contextmanager
-def _quiet_ray_data_console() -> Iterator[None]:
-    """Ray Data's console lines (execution plans, "progress bars disabled", a failed task's
-    traceback) off while the map runs: tzc's bar and one-line errors are the console. They still go to Ray Data's log file,
-    in the Ray session's ``logs/ray-data/``."""
+def _quiet_ray_data_console(context: Any) -> Iterator[None]:
+    """Ray Data's progress bars and console lines (execution plans, a failed task's traceback)
+    off while the map runs, then as they were: tzc's bar and one-line errors are the console.
+    The lines still go to Ray Data's log file, in the Ray session's ``logs/ray-data/``."""
     handlers = [h for h in logging.getLogger("ray.data").handlers if not isinstance(h, logging.FileHandler)]
-    levels = [h.level for h in handlers]
+    levels, bars = [h.level for h in handlers], context.enable_progress_bars
     for handler in handlers:
         handler.setLevel(logging.CRITICAL)
+    context.enable_progress_bars = False
     try:
         yield
     finally:
+        context.enable_progress_bars = bars
         for handler, level in zip(handlers, levels):
             handler.setLevel(level)
 
