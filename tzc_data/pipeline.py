@@ -346,7 +346,7 @@ def _write_build(staging: str, config: BuildConfig, source: Source, tokenizer: T
     killed anywhere in here resumes by doing it again, with the same bytes. Nothing the map left
     is removed here; the caller removes it once the manifest is written."""
     outcomes = first_kept_wins(staging, done, config, near)
-    index_bytes = near.nbytes() if near is not None else 0
+    index_bytes = outcomes.index_bytes
     if near is not None:
         near.close()  # the dedup indexes are done with: their memory goes before packing's comes
     counts = _counts(done, outcomes)
