@@ -26,7 +26,7 @@ def _prompt(choice: tuple[int, int, int]) -> str:
     return " ".join(words) + ("" if where < 40 else f" variant {where}")
 
 
-def _outcomes(prompts, *, involved_only: bool, exact_on: bool, excluded: list[str]):
+def _outcomes(prompts, *, involved_only: bool, exact_on: bool, near_on: bool, excluded: list[str]):
     signatures = np.stack([signature(p) for p in prompts])
     keys, sketches = band_keys(signatures), (signatures & 0xFF).astype(np.uint8)
     hashes = [prompt_hash(p) for p in prompts]
@@ -42,10 +42,10 @@ def _outcomes(prompts, *, involved_only: bool, exact_on: bool, excluded: list[st
     mask = np.ones(len(prompts), bool)
     if involved_only:
         raw = np.frombuffer(b"".join(hashes), np.uint8).reshape(-1, 16)
-        mask = sharing_a_key(raw if exact_on else None, keys, near)
+        mask = sharing_a_key(raw if exact_on else None, keys if near_on else None, near if near_on else None)
     chosen = np.flatnonzero(mask)
-    decided = decide_batch(rows[chosen].tolist(), [hashes[k] for k in chosen], keys[chosen], sketches[chosen], near,
-                           ExactIndex() if exact_on else None)
+    decided = decide_batch(rows[chosen].tolist(), [hashes[k] for k in chosen], keys[chosen], sketches[chosen],
+                           near if near_on else None, ExactIndex() if exact_on else None)
     out = [None] * len(prompts)
     for k, outcome in zip(chosen.tolist(), decided):
         out[k] = outcome
@@ -54,12 +54,14 @@ def _outcomes(prompts, *, involved_only: bool, exact_on: bool, excluded: list[st
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 45), st.integers(0, 4)), min_size=1, max_size=40),
-       st.booleans(), st.lists(st.tuples(st.integers(0, 3), st.integers(0, 45), st.integers(0, 4)), max_size=3))
-def test_property_deciding_only_rows_that_share_a_key_is_deciding_them_all(choices, exact_on, excluded):
+       st.sampled_from([(True, True), (True, False), (False, True)]),
+       st.lists(st.tuples(st.integers(0, 3), st.integers(0, 45), st.integers(0, 4)), max_size=3))
+def test_property_deciding_only_rows_that_share_a_key_is_deciding_them_all(choices, dedup, excluded):
+    exact_on, near_on = dedup
     prompts = [_prompt(c) for c in choices]
-    others = [_prompt(c) for c in excluded]
-    every = _outcomes(prompts, involved_only=False, exact_on=exact_on, excluded=others)
-    assert _outcomes(prompts, involved_only=True, exact_on=exact_on, excluded=others) == every
+    others = [_prompt(c) for c in excluded] if near_on else []
+    every = _outcomes(prompts, involved_only=False, exact_on=exact_on, near_on=near_on, excluded=others)
+    assert _outcomes(prompts, involved_only=True, exact_on=exact_on, near_on=near_on, excluded=others) == every
     kept = {k for k, outcome in enumerate(every) if outcome is None}
     assert all(outcome[3] is not None or outcome[1] in kept for outcome in every if outcome is not None)
 
