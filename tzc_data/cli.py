@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tzc-data: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "; the same command with --resume continues from the last checkpoint" if args.command == "build" else ""
+        hint = "; the same command with --resume keeps the units it finished" if args.command == "build" else ""
         print(f"tzc-data: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -333,7 +333,7 @@ def _os_error_line(err: OSError, out: str, staging: str, *, resumable: bool) -> 
     """One line for a file-system error while writing a build: the path, the cause, what next."""
     path = err.filename or staging
     cause = "no space left on the device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-    hint = (f"; {staging} keeps the last checkpoint: fix the cause and run the same command with --resume"
+    hint = (f"; {staging} keeps the finished units: fix the cause and run the same command with --resume"
             if resumable and os.path.isdir(staging) else "")
     return f"cannot write the build for --out {out}: {path}: {cause}{hint}"
 
