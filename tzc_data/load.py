@@ -10,6 +10,7 @@ import functools
 import itertools
 import json
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from typing import Any, Union
@@ -346,10 +347,11 @@ def _check_weights(builds: Sequence[str], weights: Sequence[float] | None) -> li
         raise ConfigError(f"{len(weights)} weight(s) for {len(builds)} build(s) ({', '.join(builds)}): "
                           "give one weight per build")
     for build, weight in zip(builds, weights):
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight <= 0:
             raise ConfigError(f"weight {weight!r} of build {build}: weights must be positive finite numbers")
-    total = math.fsum(weights)
-    return [weight / total for weight in weights]
+    largest = max(float(weight) for weight in weights)  # scaled first: huge weights would overflow the sum
+    scaled = [float(weight) / largest for weight in weights]
+    return [weight / math.fsum(scaled) for weight in scaled]
 
 
 def mixture(directories: Builds, weights: Sequence[float] | None = None,

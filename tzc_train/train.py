@@ -113,8 +113,8 @@ class TrainConfig:
 
 # The options that decide which rows each step reads and what it does with them: a resume with
 # other values would continue another run from this one's checkpoint at the wrong data position.
-RESUME_FIELDS = ("data", "data_weights", "model", "weights", "epochs", "steps", "batch_size", "grad_accum", "lr", "warmup_steps",
-                 "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
+RESUME_FIELDS = ("data", "data_weights", "model", "weights", "epochs", "steps", "batch_size", "grad_accum", "lr",
+                 "warmup_steps", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
 PATH_FIELDS = ("data", "out", "weights", "init_lora")
 
 
@@ -125,7 +125,8 @@ def parse_data_weights(text: str | None) -> tuple[float, ...] | None:
     try:
         weights = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--data-weights {text!r}: write one number per --data, comma-separated, e.g. 0.7,0.3") from None
+        raise ValueError(f"--data-weights {text!r}: write one number per --data, comma-separated, "
+                         "e.g. 0.7,0.3") from None
     return weights
 
 

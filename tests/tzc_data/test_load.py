@@ -176,9 +176,9 @@ def mix_builds(tmp_path_factory, tiny_model_path, other_model_path):
                                        f"The answer is {i % 17}.") for i in range(300)])
     add = _jsonl(root / "add.jsonl", [(f"Add {i} and {2 * i + 1}.", f"<think>{i} + {2 * i + 1} = {3 * i + 1}.</think>"
                                        f"It is {3 * i + 1}.") for i in range(200)])
-    copied = _jsonl(root / "copied.jsonl", [(f"What is {i} mod 17?", "<think>Copied prompt.</think>Same.")
-                                            for i in range(5)] + [(f"What is {i} mod 13?", f"<think>It is {i % 13}.</think>{i % 13}.")
-                                                                  for i in range(40)])
+    copied = _jsonl(root / "copied.jsonl",
+                    [(f"What is {i} mod 17?", "<think>Copied prompt.</think>Same.") for i in range(5)]
+                    + [(f"What is {i} mod 13?", f"<think>It is {i % 13}.</think>{i % 13}.") for i in range(40)])
     tok = tiny_model_path
     builds = {
         "a": _cli_build(mod, root / "a", tok, "--range", "0:300"),
@@ -209,9 +209,10 @@ def _rows_of(batch):
 
 
 def test_a_mixture_draws_each_build_in_proportion(mix_builds):
-    """3,000 rows drawn at 0.7/0.3 from builds of 300 and 200 packed rows (so B repeats): each build's count is within 4 binomial standard deviations of its weight's share
-    (sqrt(n w (1 - w)) = 25 rows here), the bound that i.i.d. sampling would meet with probability
-    1 - 6e-5; Grain's interleaving is deterministic and lands within a few rows of it."""
+    """3,000 rows drawn at 0.7/0.3 from builds of 300 and 200 packed rows (so B repeats): each
+    build's count is within 4 binomial standard deviations of its weight's share (sqrt(n w (1 - w))
+    = 25 rows here), the bound that i.i.d. sampling would meet with probability 1 - 6e-5; Grain's
+    interleaving is deterministic and lands within a few rows of it."""
     a, b = mix_builds["a"], mix_builds["b"]
     origin = _origins(a, b)
     it = tzc_data.batches([a, b], 10, seed=5, weights=[7, 3])  # normalised: 0.7, 0.3

@@ -308,7 +308,8 @@ def test_cli_trains_on_a_mixture_of_builds(short_build, other_build, tmp_path, c
     assert recorded["data_weights"] == [0.7, 0.3]
     assert train_module.read_run_config(str(out)).builds == (str(short_build.resolve()), str(other_build.resolve()))
     # the steps' rows come from both builds, 0.7/0.3
-    origin = {row["tokens"].tobytes(): build for build in (short_build, other_build) for row in tzc_data.iter_rows(build)}
+    origin = {row["tokens"].tobytes(): build for build in (short_build, other_build)
+              for row in tzc_data.iter_rows(build)}
     drawn = [origin[row.tobytes()] for b, _ in zip(train_module.host_batches(
         (str(short_build), str(other_build)), 10, seed=0, weights=(0.7, 0.3)), range(20)) for row in b["tokens"]]
     assert 120 <= drawn.count(short_build) <= 160  # 4 binomial sigmas (26 rows) around 140 of 200
@@ -326,8 +327,8 @@ def test_cli_trains_on_a_mixture_of_builds(short_build, other_build, tmp_path, c
     cases = [(["--data-weights", "0.7"], "--data-weights gives 1 weight.s. for 2 --data build.s."),
              (["--data-weights", "0.7,x"], "--data-weights '0.7,x': write one number per --data"),
              (["--data-weights", "0.7,-1"], "--data-weights 0.7,-1.0: weights must be positive"),
-             (["--weights", "0.7,0.3"], "--weights 0.7,0.3: --weights is the model's weights .a path.; a mixture's weights are "
-                                        "--data-weights 0.7,0.3"),
+             (["--weights", "0.7,0.3"], "--weights 0.7,0.3: --weights is the model's weights .a path.; a mixture's "
+                                        "weights are --data-weights 0.7,0.3"),
              (["--data", str(short_build)], f"refusing to mix: {short_build} and {short_build} are the same build")]
     for extra, message in cases:
         assert main(base + ["--out", str(tmp_path / "refused")] + extra) == 2, extra
