@@ -138,9 +138,9 @@ def train_parser() -> argparse.ArgumentParser:
                         help="a tzc build (its train split; eval split when present); repeat it to train on a "
                              "mixture of builds (same seq_len and tokenizer, no shared rows: tzc_data.mixture)")
     parser.add_argument("--data-weights", metavar="W1,W2,...",
-                        help="the mixture's weights, one per --data in order, e.g. 0.7,0.3 (normalised); default: "
-                             "each build's packed rows, so every row is equally likely. An epoch is the builds' "
-                             "packed rows together")
+                        help="the mixture's weights, one per --data in order, e.g. 0.7,0.3 (normalised); without "
+                             "it each build weighs its packed rows, so every row is equally likely. An epoch is the "
+                             "builds' packed rows together")
     parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state), TensorBoard logs, "
                                                      "tzc_run.json (the options) and summary.json")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
