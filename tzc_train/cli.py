@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -133,12 +134,19 @@ def train_parser() -> argparse.ArgumentParser:
                                                  "`tzc-train eval --help` for the eval-split report, `tzc-train sample "
                                                  "--help` for greedy samples of your prompts, `tzc-train export --help` "
                                                  "for adapters and merged weights.")
-    parser.add_argument("--data", required=True, help="a tzc build (its train split; eval split when present)")
+    parser.add_argument("--data", required=True, action="append", metavar="BUILD",
+                        help="a tzc build (its train split; eval split when present); repeat it to train on a "
+                             "mixture of builds (same seq_len and tokenizer, no shared rows: tzc_data.mixture)")
+    parser.add_argument("--data-weights", metavar="W1,W2,...",
+                        help="the mixture's weights, one per --data in order, e.g. 0.7,0.3 (normalised); without "
+                             "it each build weighs its packed rows, so every row is equally likely. An epoch is the "
+                             "builds' packed rows together")
     parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state), TensorBoard logs, "
                                                      "tzc_run.json (the options) and summary.json")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
                         help="tiny: a random Gemma 2-architecture model for tests and trying the tool")
-    parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint "
+                                          "(the model's weights; a mixture's are --data-weights)")
     parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out (or its export)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out at its last checkpoint (its options must be the run's)")
@@ -166,14 +174,29 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mixture_weights_as_model_weights(weights: str | None) -> bool:
+    """``--weights 0.7,0.3`` (numbers, not a path): a mixture's weights given to the model's option."""
+    if not weights or os.path.exists(weights):
+        return False
+    try:
+        [float(part) for part in weights.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
 def train_main(argv: list[str], started: float) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> int:
         from tzc_train.session import parse_duration
-        from tzc_train.train import LORA_TARGETS, TrainConfig, parse_mesh, train
+        from tzc_train.train import LORA_TARGETS, TrainConfig, parse_data_weights, parse_mesh, train
 
-        config = TrainConfig(data=args.data, out=args.out, model=args.model, weights=args.weights,
+        if _mixture_weights_as_model_weights(args.weights):
+            raise ValueError(f"--weights {args.weights}: --weights is the model's weights (a path); a mixture's "
+                             f"weights are --data-weights {args.weights}")
+        config = TrainConfig(data=args.data, data_weights=parse_data_weights(args.data_weights), out=args.out,
+                             model=args.model, weights=args.weights,
                              init_lora=args.init_lora, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                              grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
                              weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
