@@ -21,6 +21,7 @@ Promises, each checked here rather than at the call sites:
 from __future__ import annotations
 
 import errno
+import hashlib
 import fcntl
 import json
 import os
@@ -285,6 +286,15 @@ def remove_marker(staging: str) -> None:
     marker = os.path.join(staging, STAGING_MARKER)
     if os.path.lexists(marker):
         os.remove(marker)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB pieces: what a manifest records of each file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_digest(path: str) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from tzc_data import format as fmt
+from tzc_data.files import sha256_file  # noqa: F401  (tzc_data.tokenize.sha256_file is public)
 from tzc_data.errors import TokenizerError
 from tzc_data.record import Example
 from tzc_data.wordcache import WordCache, checked_int32, why_not_exact
@@ -54,14 +55,6 @@ _UNUSED = re.compile(r"<unused\d+>")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gemma2_tokenizer_path() -> Path:

@@ -31,7 +31,7 @@ from tzc_data.files import MANIFEST, atomic_open, atomic_path
 from tzc_data.minhash import BANDS, NUM_PERM
 from tzc_data.pack import DTYPE, FIELDS
 from tzc_data.record import Example
-from tzc_data.tokenize import sha256_file
+from tzc_data.files import sha256_file
 
 SHARD_DIR = "shards"
 STATS_DIR = "stats"

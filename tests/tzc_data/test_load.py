@@ -306,12 +306,13 @@ def test_a_mixture_with_an_empty_split_is_refused(mix_builds):
 
 
 def test_importing_the_loaders_is_light_and_changes_no_setting():
-    """A trainer imports tzc_data: no SentencePiece, JAX or tzc_train comes with it, and no
-    environment variable (Arrow's allocator is the build CLI's choice)."""
+    """A trainer imports tzc_data: no SentencePiece, JAX or tzc_train comes with it, nor with the
+    checks a mixture of builds runs (``verify``), and no environment variable changes (Arrow's
+    allocator is the build CLI's choice)."""
     import subprocess
     import sys
 
-    code = ("import os, sys; before = dict(os.environ); import tzc_data, tzc_data.load; "
+    code = ("import os, sys; before = dict(os.environ); import tzc_data, tzc_data.load, tzc_data.verify; "
             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'sentencepiece', 'jax', 'tzc_train'}); "
             "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); "
             "print(heavy, changed)")
