@@ -261,7 +261,7 @@ def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: in
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tzc-tokenize", initializer=_yield_to_main) as pool:
         pending: deque[tuple[list[Example], Future]] = deque()
-        for batch in _batches(examples, _BATCH):
+        for batch in chunks(examples, _BATCH):
             pending.append((batch, pool.submit(_encode, batch, tokenizer)))
             if len(pending) > lookahead:
                 yield from _attach_batch(*pending.popleft(), tokenizer)
@@ -281,7 +281,8 @@ def _yield_to_main() -> None:
         pass
 
 
-def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+def chunks(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    """Consecutive lists of ``size`` examples (the last one shorter)."""
     batch: list[Example] = []
     for example in examples:
         batch.append(example)

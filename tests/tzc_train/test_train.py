@@ -24,15 +24,19 @@ SYSTEM = "Answer with reasoning, then the answer."
 @pytest.fixture(scope="module")
 def short_build(tmp_path_factory, tiny_model_path):
     """400 short arithmetic examples, tokenized with the throwaway tokenizer, in rows of 256 tokens."""
-    root = tmp_path_factory.mktemp("train")
+    rows = [(f"What is {i} mod 17?", f"<think>{i} = 17 x {i // 17} + {i % 17}.</think>The answer is {i % 17}.")
+            for i in range(400)]
+    return _small_build(tmp_path_factory.mktemp("train"), rows, tiny_model_path, eval_fraction=0.05)
+
+
+def _small_build(root, rows: list[tuple[str, str]], tokenizer: str, *, eval_fraction: float):
+    """A build of (prompt, response) rows in rows of 256 tokens, with the tests' system prompt."""
     src = root / "rows.jsonl"
-    src.write_text("".join(json.dumps({"prompt": f"What is {i} mod 17?", "response":
-                                       f"<think>{i} = 17 x {i // 17} + {i % 17}.</think>The answer is {i % 17}."}) + "\n"
-                           for i in range(400)))
+    src.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
     out = root / "build"
-    assert tzc_data_main(["build", "--source", str(src), "--range", "0:400", "--out", str(out), "--tokenizer",
-                          tiny_model_path, "--seq-len", "256", "--system", SYSTEM, "--eval-fraction", "0.05",
-                          "--no-near-dup", "--no-progress"]) == 0
+    assert tzc_data_main(["build", "--source", str(src), "--range", f"0:{len(rows)}", "--out", str(out),
+                          "--tokenizer", tokenizer, "--seq-len", "256", "--system", SYSTEM, "--eval-fraction",
+                          str(eval_fraction), "--no-near-dup", "--no-progress"]) == 0
     return out
 
 
@@ -279,16 +283,9 @@ def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path, capsys):
 @pytest.fixture(scope="module")
 def other_build(tmp_path_factory, tiny_model_path):
     """A second small build that mixes with short_build: same tokenizer and seq_len, other prompts."""
-    root = tmp_path_factory.mktemp("other")
-    src = root / "rows.jsonl"
-    src.write_text("".join(json.dumps({"prompt": f"Add {i} and {2 * i + 1}.", "response":
-                                       f"<think>{i} + {2 * i + 1} = {3 * i + 1}.</think>It is {3 * i + 1}."}) + "\n"
-                           for i in range(200)))
-    out = root / "build"
-    assert tzc_data_main(["build", "--source", str(src), "--range", "0:200", "--out", str(out), "--tokenizer",
-                          tiny_model_path, "--seq-len", "256", "--system", SYSTEM, "--eval-fraction", "0.1",
-                          "--no-near-dup", "--no-progress"]) == 0
-    return out
+    rows = [(f"Add {i} and {2 * i + 1}.", f"<think>{i} + {2 * i + 1} = {3 * i + 1}.</think>It is {3 * i + 1}.")
+            for i in range(200)]
+    return _small_build(tmp_path_factory.mktemp("other"), rows, tiny_model_path, eval_fraction=0.1)
 
 
 def test_cli_trains_on_a_mixture_of_builds(short_build, other_build, tmp_path, capsys):
