@@ -43,7 +43,7 @@ from tzc_data.dedup_pass import Outcomes, final_batches, first_kept_wins, kept_e
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.executors import executor
 from tzc_data.load import read_manifest
-from tzc_data.minhash import NearDupIndex
+from tzc_data.minhash import NearDupIndex, outcome_reason
 from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
 from tzc_data.sources import Source, Unit, open_source, source_identity
 from tzc_data.record import KEPT, REASONS
@@ -376,7 +376,7 @@ def _counts(done: Sequence[units.UnitDone], outcomes: Outcomes) -> Counter:
     dropped = Counter(outcomes.codes[outcomes.codes > 0].tolist())
     for code, n in dropped.items():
         counts[KEPT] -= n
-        counts[{1: "duplicate", 2: "near_duplicate", 3: "in_excluded_split"}[code]] += n
+        counts[outcome_reason(code, 0, 0.0, None)[0]] += n
     return Counter({k: v for k, v in counts.items() if v})
 
 
