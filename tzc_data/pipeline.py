@@ -49,9 +49,9 @@ from tzc_data.sources import Source, Unit, open_source, source_identity
 from tzc_data.record import KEPT, REASONS
 from tzc_data.rowstage import RowStage, score_names
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file
-from tzc_data.write import (MANIFEST, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR, TEXT_COLUMNS,
-                            read_hashes, record_layout, stats_schema, write_hashes, write_manifest, write_pack_stats,
-                            write_records, write_rejected, write_shards)
+from tzc_data.write import (MANIFEST, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR, TEXT_COLUMNS, ShardTask,
+                            read_hashes, record_layout, shard_tasks, stats_schema, write_hashes, write_manifest,
+                            write_pack_stats, write_records, write_rejected, write_shard)
 
 FORMAT_VERSION = 1
 
@@ -386,7 +386,7 @@ def _pack(staging: str, config: BuildConfig, kept: Kept) -> tuple[np.ndarray, di
     example, the packs' stats columns per split, the shards' manifest entries, the rows' lower bound."""
     where = np.zeros((len(kept), 4), dtype=np.int32)
     packs_by_split: dict[str, dict[str, np.ndarray]] = {}
-    shards: list[dict[str, Any]] = []
+    tasks: list[ShardTask] = []
     bound = 0
     for code, name in enumerate(config.split_names):
         items = kept.items(code)
@@ -395,8 +395,9 @@ def _pack(staging: str, config: BuildConfig, kept: Kept) -> tuple[np.ndarray, di
         bound += rows_lower_bound(lengths, config.seq_len)
         where[items, 0] = code
         packs_by_split[name] = placement(bins, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
-        shards += write_shards(os.path.join(staging, SHARD_DIR), kept.read_rows(bins, config.seq_len), len(bins),
-                               config.rows_per_shard, config.array_record_options, name)
+        tasks += shard_tasks(os.path.join(staging, SHARD_DIR), kept, bins, config.rows_per_shard, config.seq_len,
+                             config.array_record_options, name)
+    shards = executor(config.engine, config.workers).map(write_shard, tasks)
     return where, packs_by_split, shards, bound
 
 
