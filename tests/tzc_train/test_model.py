@@ -1,11 +1,11 @@
 """Packed rows on a tiny Gemma 2 (random weights) over 8 fake CPU devices: no attention and no loss
-crosses an example boundary."""
+crosses an example boundary, through the plain and the splash (Pallas interpreter) attention."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tzc_train.model import attention_mask, check_seq_len, packed_inputs, packed_loss, tiny_config, tiny_model
+from tzc_train.model import attention_mask, packed_inputs, packed_loss, prepare, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -15,9 +15,22 @@ def mesh():
 
 
 @pytest.fixture(scope="module")
-def model(mesh):
+def tunix_model(mesh):
+    """tunix's own attention and dense mask (what sampling uses)."""
     with mesh:
         return tiny_model(1024, mesh)
+
+
+@pytest.fixture(scope="module")
+def model(mesh):
+    with mesh:
+        return prepare(tiny_model(1024, mesh), remat="none", attention="plain")
+
+
+def _segments(*lengths, total):
+    ids = np.zeros(total, np.int32)
+    ids[:sum(lengths)] = np.repeat(np.arange(1, len(lengths) + 1), lengths)
+    return jnp.asarray(ids)[None]
 
 
 def _row(examples, length, prompt_lengths):
@@ -32,17 +45,45 @@ def _row(examples, length, prompt_lengths):
             "loss_mask": mask[None]}
 
 
-def test_packed_logits_equal_each_example_alone_and_a_plain_causal_mask_would_not(model, mesh):
+@pytest.mark.parametrize("attention", ["plain", "splash"])
+def test_packed_logits_equal_each_example_alone_and_a_plain_causal_mask_would_not(mesh, attention, tunix_model):
     rng = np.random.default_rng(0)
     first, second = rng.integers(5, 1024, 23), rng.integers(5, 1024, 17)
     row = _row([first, second], 48, [5, 4])
+    tokens, positions, segments = (jnp.asarray(row[k]) for k in ("tokens", "positions", "segment_ids"))
     with mesh:
-        packed, _ = model(jnp.asarray(row["tokens"]), jnp.asarray(row["positions"]), None,
-                          attention_mask(jnp.asarray(row["segment_ids"])))
-        alone, _ = model(jnp.asarray(second)[None], jnp.arange(17)[None], None, jnp.tril(jnp.ones((17, 17), bool))[None])
-        plain, _ = model(jnp.asarray(row["tokens"]), jnp.arange(48)[None], None, jnp.tril(jnp.ones((48, 48), bool))[None])
+        model = prepare(tiny_model(1024, mesh), remat="none", attention=attention, interpret=True)
+        packed, _ = model(tokens, positions, None, segments)
+        alone, _ = model(jnp.asarray(second)[None], jnp.arange(17)[None], None, _segments(17, total=17))
+        plain, _ = model(tokens, jnp.arange(48)[None], None, _segments(48, total=48))
+        dense, _ = tunix_model(tokens, positions, None, attention_mask(segments))  # tunix's own path
     assert float(jnp.abs(packed[0, 23:40] - alone[0]).max()) < 1e-5
     assert float(jnp.abs(plain[0, 23:40] - alone[0]).max()) > 1e-2
+    assert float(jnp.abs(packed[0, :40] - dense[0, :40]).max()) < 1e-5
+
+
+def test_rows_longer_than_the_sliding_window_keep_examples_apart_where_tunix_mask_would_not(mesh):
+    """An example that starts past the window (tunix's local mask compares positions with indices)
+    and is itself longer than the window: its packed logits equal its logits alone, through the
+    plain and the splash path. The row is twice the window, as 8192-token rows are for Gemma 2."""
+    window = 16
+    rng = np.random.default_rng(5)
+    first, second = rng.integers(5, 1024, 20), rng.integers(5, 1024, 40)
+    row = _row([first, second], 2 * window + 32, [3, 3])
+    tokens, positions, segments = (jnp.asarray(row[k]) for k in ("tokens", "positions", "segment_ids"))
+    with mesh:
+        tunix = tiny_model(1024, mesh, sliding_window_size=window)
+        dense, _ = tunix(tokens, positions, None, attention_mask(segments))
+        for attention in ("plain", "splash"):
+            model = prepare(tiny_model(1024, mesh, sliding_window_size=window), remat="none", attention=attention,
+                            interpret=True)
+            packed, _ = model(tokens, positions, None, segments)
+            alone, _ = model(jnp.asarray(second)[None], jnp.arange(40)[None], None, _segments(40, total=40))
+            unwindowed, _ = prepare(tiny_model(1024, mesh), remat="none", attention=attention, interpret=True)(
+                jnp.asarray(second)[None], jnp.arange(40)[None], None, _segments(40, total=40))
+            assert float(jnp.abs(packed[0, 20:60] - alone[0]).max()) < 1e-5, attention
+            assert float(jnp.abs(unwindowed[0] - alone[0]).max()) > 1e-3, attention  # the window is in force
+    assert float(jnp.abs(dense[0, 20:60] - alone[0]).max()) > 1e-2  # tunix's mask mixes them up
 
 
 def test_loss_is_the_token_weighted_mean_of_the_examples_alone(model, mesh):
@@ -70,8 +111,8 @@ def test_loss_by_slices_equals_the_loss_on_the_whole_logits():
     one = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
     with one:
-        model = tiny_model(1024, one)
-        logits, _ = model(inputs["input_tokens"], inputs["positions"], None, inputs["attention_mask"])
+        model = prepare(tiny_model(1024, one), remat="none", attention="plain")
+        logits, _ = model(inputs["input_tokens"], inputs["positions"], None, inputs["segment_ids"])
         full = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32),
                                                                inputs["input_tokens"][:, 1:])
         weights = inputs["target_mask"].astype(jnp.float32)
@@ -102,11 +143,13 @@ def test_no_target_is_predicted_across_a_boundary_or_from_padding():
     assert not targets[4] and targets[5] and not targets[10:].any() and targets[:4].all()
 
 
-def test_rows_longer_than_the_sliding_window_are_refused():
-    config = tiny_config(1024)
-    check_seq_len(config.sliding_window_size, config)
-    with pytest.raises(ValueError, match="sliding window"):
-        check_seq_len(config.sliding_window_size + 1, config)
+def test_a_dense_mask_or_an_unprepared_model_is_refused(model, tunix_model, mesh):
+    inputs = packed_inputs(_row([np.arange(5, 15)], 16, [2]))
+    with mesh:
+        with pytest.raises(ValueError, match="segment ids"):
+            model(inputs["input_tokens"], inputs["positions"], None, attention_mask(inputs["segment_ids"]))
+        with pytest.raises(ValueError, match="prepare"):
+            packed_loss(tunix_model, **inputs)
 
 
 def test_every_replica_of_every_tiny_parameter_agrees(model):
