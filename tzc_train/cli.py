@@ -83,8 +83,55 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
+def plan_main(argv: list[str]) -> int:
+    """``tzc-train plan``: compile the train step for a TPU topology here and size it (tzc_train/plan.py)."""
+    parser = argparse.ArgumentParser(
+        prog="tzc-train plan", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Compile the training step ahead of time for a TPU topology on this machine (no TPU, no "
+                    "weights: Gemma 2 2B shapes) and print memory per chip, FLOPs per step, steps per epoch "
+                    "from the build's manifest and the projected hours at an assumed MFU. Exits 1 when the run "
+                    "does not fit the chips' memory or --hours.")
+    parser.add_argument("--data", required=True, help="the tzc build to train on (its manifest: rows, seq_len)")
+    parser.add_argument("--topology", default="v5e:2x4", help="TPU topology: v5e:2x4 is one v5e-8 host")
+    parser.add_argument("--hours", type=float, default=9.0, help="the time budget (a Kaggle TPU session: 9 h)")
+    parser.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation for the projection")
+    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")
+    parser.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--lora-alpha", type=float, default=64.0)
+    parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
+    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: chips/tp x tp, tp = gcd(chips, 4))")
+    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="decoder")
+    parser.add_argument("--attention", choices=["plain", "splash"], default="splash")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = parser.parse_args(argv)
+    from tzc_train.plan import PlanConfig, PlanError, plan
+
+    try:
+        mesh = tuple(int(x) for x in args.mesh.lower().split("x")) if args.mesh else None
+        config = PlanConfig(data=args.data, model=args.model, topology=args.topology, batch_size=args.batch_size,
+                            grad_accum=args.grad_accum, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                            lora_targets=args.lora_targets, mesh=mesh, remat=args.remat, attention=args.attention,
+                            epochs=args.epochs, steps=args.steps, mfu=args.mfu, hours=args.hours)
+        result = plan(config)
+    except (PlanError, ValueError, OSError) as err:
+        print(f"tzc-train plan: error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.summary()) if args.json else result.report())
+    if result.hours > config.hours:
+        print(f"tzc-train plan: does not fit --hours {config.hours:g}: {result.hours:.2f} h projected at "
+              f"{config.mfu:.0%} MFU; bound each session with --steps", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["plan"]:
+        return plan_main(argv[1:])
     if argv[:1] == ["sample"]:
         return sample_main(argv[1:])
     if argv[:1] == ["export"]:
@@ -92,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tzc-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh. "
                                                  "`tzc-train sample --help` for greedy samples and the format check, "
-                                                 "`tzc-train export --help` for adapters and merged weights.")
+                                                 "`tzc-train export --help` for adapters and merged weights, "
+                                                 "`tzc-train plan --help` to check a run fits a TPU before you have one.")
     parser.add_argument("--data", required=True, help="a tzc build (its train split; eval split when present)")
     parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state) and TensorBoard logs")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
@@ -111,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-alpha", type=float, default=64.0)
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: devices/tp x tp, tp = gcd(devices, 4))")
+    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="decoder",
+                        help="recompute each layer (decoder) or each attention/MLP block in the backward pass; "
+                             "`tzc-train plan` gives the memory of each")
+    parser.add_argument("--attention", choices=["auto", "plain", "splash"], default="auto",
+                        help="auto: splash attention (Pallas) on TPU, the plain reference elsewhere")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--save-every", type=int, default=50)
@@ -124,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                              grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
                              weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              lora_targets=args.lora_targets or LORA_TARGETS, mesh=mesh, seed=args.seed,
-                             eval_every=args.eval_every, save_every=args.save_every, resume=args.resume)
+                             eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
+                             remat=args.remat, attention=args.attention)
         result = train(config)
     except (ValueError, OSError) as err:
         print(f"tzc-train: error: {err}", file=sys.stderr)
