@@ -106,6 +106,8 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: chips/tp x tp, tp = gcd(chips, 4))")
     parser.add_argument("--remat", choices=["none", "block", "decoder"], default="decoder")
     parser.add_argument("--attention", choices=["plain", "splash"], default="splash")
+    parser.add_argument("--fast-compile", action="store_true",
+                        help="XLA's least optimisation effort: about 4x faster, memory figures within a few percent")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
     from tzc_train.plan import PlanConfig, PlanError, plan
@@ -115,7 +117,8 @@ def plan_main(argv: list[str]) -> int:
         config = PlanConfig(data=args.data, model=args.model, topology=args.topology, batch_size=args.batch_size,
                             grad_accum=args.grad_accum, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                             lora_targets=args.lora_targets, mesh=mesh, remat=args.remat, attention=args.attention,
-                            epochs=args.epochs, steps=args.steps, mfu=args.mfu, hours=args.hours)
+                            epochs=args.epochs, steps=args.steps, mfu=args.mfu, hours=args.hours,
+                            fast_compile=args.fast_compile)
         result = plan(config)
     except (PlanError, ValueError, OSError) as err:
         print(f"tzc-train plan: error: {err}", file=sys.stderr)

@@ -66,6 +66,9 @@ class PlanConfig:
     steps: int | None = None
     mfu: float = 0.35
     hours: float = 9.0
+    # XLA's least optimisation effort: compiles about 4x faster; peak memory within a few percent
+    # (0.79 against 0.82 GiB on a 2-layer check). The run itself compiles at the default effort.
+    fast_compile: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -317,7 +320,12 @@ def plan(config: PlanConfig) -> Plan:
         try:
             with tpu_activation_sharding(), cheap_tracer_probes():
                 lowered = jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings).lower(state, batch)
-            compiled = lowered.compile()
+            previous = jax.config.jax_exec_time_optimization_effort
+            jax.config.update("jax_exec_time_optimization_effort", -1.0 if config.fast_compile else previous)
+            try:
+                compiled = lowered.compile()
+            finally:
+                jax.config.update("jax_exec_time_optimization_effort", previous)
         except Exception as err:  # noqa: BLE001 - the TPU compiler's verdict, in one line
             text = str(err)
             if "RESOURCE_EXHAUSTED" not in text:
