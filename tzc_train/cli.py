@@ -104,7 +104,7 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--lora-alpha", type=float, default=64.0)
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: chips/tp x tp, tp = gcd(chips, 4))")
-    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="decoder")
+    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block")
     parser.add_argument("--attention", choices=["plain", "splash"], default="splash")
     parser.add_argument("--fast-compile", action="store_true",
                         help="XLA's least optimisation effort: about 4x faster, memory figures within a few percent")
@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-alpha", type=float, default=64.0)
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: devices/tp x tp, tp = gcd(devices, 4))")
-    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="decoder",
-                        help="recompute each layer (decoder) or each attention/MLP block in the backward pass; "
-                             "`tzc-train plan` gives the memory of each")
+    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block",
+                        help="recompute each attention/MLP block (block) or each layer (decoder) in the backward "
+                             "pass; block needed the least memory in `tzc-train plan` (README)")
     parser.add_argument("--attention", choices=["auto", "plain", "splash"], default="auto",
                         help="auto: splash attention (Pallas) on TPU, the plain reference elsewhere")
     parser.add_argument("--seed", type=int, default=0)

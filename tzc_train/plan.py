@@ -60,7 +60,7 @@ class PlanConfig:
     lora_alpha: float = 64.0
     lora_targets: str | None = None  # default: tzc_train.train.LORA_TARGETS
     mesh: tuple[int, int] | None = None  # (fsdp, tp); default (chips / tp, tp), tp = gcd(chips, 4)
-    remat: str = "decoder"
+    remat: str = "block"
     attention: str = "splash"
     epochs: float = 1.0
     steps: int | None = None
@@ -333,7 +333,7 @@ def plan(config: PlanConfig) -> Plan:
             detail = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)
             raise PlanError(f"does not fit: batch {config.batch_size} x {seq_len} tokens on {config.topology} "
                             f"needs more than the {hbm / 2**30:.2f} GiB a chip has ({detail[:300]}); "
-                            "lower --batch-size (raise --grad-accum) or use --remat decoder") from None
+                            "lower --batch-size (raise --grad-accum) or use --remat block") from None
 
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()

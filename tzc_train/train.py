@@ -62,7 +62,7 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 50
     resume: bool = False
-    remat: str = "decoder"  # none | block | decoder: tunix's RematConfig (tzc_train.model.prepare)
+    remat: str = "block"  # none | block | decoder: tunix's RematConfig (tzc_train.model.prepare)
     attention: str = "auto"  # auto (splash on TPU, else plain) | plain | splash
 
     def __post_init__(self) -> None:
