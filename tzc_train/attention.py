@@ -18,7 +18,7 @@ attention itself is one of
 
 The model is called as ``model(tokens, positions, None, segment_ids)``: the fourth argument, which
 tunix passes unchanged to every layer, carries the ``[B, L]`` segment ids. With a KV cache
-(sampling) the layer falls back to tunix's own attention and its dense mask.
+(sampling), or given a dense ``[B, L, L]`` mask, the layer falls back to tunix's own attention.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class PackedAttention(gemma_lib.Attention):
     tzc_interpret = False
 
     def block(self, x: jax.Array, segment_pos: jax.Array, cache: Any, attn_mask: jax.Array) -> tuple[Any, jax.Array]:
-        if cache is not None:  # decoding with a cache: tunix's own path and dense mask
+        if cache is not None or attn_mask.ndim == 3:  # a cache or a dense mask: tunix's own path (sampling)
             return super().block(x, segment_pos, cache, attn_mask)
         segment_ids = attn_mask
         if segment_ids.shape != x.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):

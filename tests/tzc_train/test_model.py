@@ -152,11 +152,11 @@ def test_no_target_is_predicted_across_a_boundary_or_from_padding():
     assert not targets[4] and targets[5] and not targets[10:].any() and targets[:4].all()
 
 
-def test_a_dense_mask_or_an_unprepared_model_is_refused(model, tunix_model, mesh):
+def test_an_unprepared_model_or_bad_segment_ids_are_refused(model, tunix_model, mesh):
     inputs = packed_inputs(_row([np.arange(5, 15)], 16, [2]))
     with mesh:
         with pytest.raises(ValueError, match="segment ids"):
-            model(inputs["input_tokens"], inputs["positions"], None, attention_mask(inputs["segment_ids"]))
+            model(inputs["input_tokens"], inputs["positions"], None, inputs["segment_ids"].astype(jnp.float32))
         with pytest.raises(ValueError, match="prepare"):
             packed_loss(tunix_model, **inputs)
 
