@@ -16,13 +16,23 @@ from tzc_data.errors import TzcError
 from tzc_data.record import KEPT, REASONS
 
 
+class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where they say nothing: flags (``--no-dedup`` is not
+    "default: True"), and options without a default or with one their help already states."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default in (None, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def _build_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "build", help="read a row range, clean, tokenize, pack and write shards",
         description="Read rows [START, STOP) of a source, drop bad rows with a reason, format them in the "
                     "Gemma 2 chat template, tokenize, pack into fixed-length rows and write ArrayRecord "
                     "shards, Parquet stats and a manifest.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelp)
     g = p.add_argument_group("source")
     g.add_argument("--source", default="hf",
                    help="'hf' (glaiveai/reasoning-v1-20m on the hub), 'synthetic', or a local file, directory "
@@ -47,10 +57,16 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--loop-min-repeats", type=float, default=3.0,
                    help="loop: repeats of a unit at the end of the reasoning or answer (0 = off)")
     g.add_argument("--loop-min-chars", type=int, default=200, help="loop: characters the repeating tail must cover")
+    g.add_argument("--loop-min-cycle-repeats", type=float, default=3.0,
+                   help="loop: copies per line of a few lines cycling at the end (0 = off)")
+    g.add_argument("--loop-min-run", type=int, default=4,
+                   help="loop: copies of one line re-emitted with little new text between, near the end (0 = off)")
     g.add_argument("--max-paragraph-repeats", type=int, default=3,
                    help="repeated_paragraphs: copies of one paragraph (>= 100 chars) anywhere (0 = off)")
     g.add_argument("--max-sentence-repeats", type=int, default=8,
                    help="repeated_paragraphs: copies of one sentence (>= 50 chars) anywhere (0 = off)")
+    g.add_argument("--min-repeated-share", type=float, default=0.08,
+                   help="repeated_paragraphs: share of the text those copies must cover (0 = the count alone)")
     g.add_argument("--max-ngram-dup-share", type=float, default=0.9,
                    help="ngram_repetition: share of characters in repeated word 10-grams (0 = off)")
     g.add_argument("--max-ngram-top-share", type=float, default=0.4,
@@ -95,7 +111,9 @@ def _run_build(args: argparse.Namespace) -> int:
         min_answer_tokens=args.min_answer_tokens, min_reasoning_tokens=args.min_reasoning_tokens, dedup=args.dedup,
         near_dup=args.near_dup, near_dup_threshold=args.near_dup_threshold,
         loop_filter=args.loop_filter, loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
+        loop_min_cycle_repeats=args.loop_min_cycle_repeats, loop_min_run=args.loop_min_run,
         max_paragraph_repeats=args.max_paragraph_repeats, max_sentence_repeats=args.max_sentence_repeats,
+        min_repeated_share=args.min_repeated_share,
         max_ngram_dup_share=args.max_ngram_dup_share, max_ngram_top_share=args.max_ngram_top_share,
         min_compression_ratio=args.min_compression_ratio, language_filter=args.language_filter,
         min_english_score=args.min_english_score, keep_rejected=args.keep_rejected,
@@ -146,7 +164,7 @@ def _fuzz_parser(sub: argparse._SubParsersAction) -> None:
         description="Run the formatting properties (render/parse round trip, response split, and with a "
                     "tokenizer: no control token inside content, tokens decode to the rendered text) on N "
                     "generated inputs each; print the smallest counterexample found.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsHelp)
     p.add_argument("--examples", type=int, default=1000, help="inputs per property")
     p.add_argument("--system", default=None, help="fix the system prompt (default: fuzz it too)")
     p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model (default: Gemma 2, fetched once)")
@@ -176,18 +194,22 @@ def _run_fuzz(args: argparse.Namespace) -> int:
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify", help="check builds: hashes, row invariants, counts, and that builds share nothing",
-        description="Exit 0 only when every build is intact (shard sha256 and record counts, every packed row's "
-                    "invariants, the prompt-hash file, kept counts against the stats) and, across the builds "
-                    "given, row ranges of the same source are disjoint and no prompt hash is shared. Otherwise "
-                    "print one line per problem and exit 1.")
+        description="Exit 0 only when every build is intact and says what the loaders will read: the manifest's "
+                    "shards are files inside the build with their sha256 and record counts; every packed row is "
+                    "well formed, agrees with stats/packs.parquet and is the template's token ids around text "
+                    "that parses; every kept row of stats/records.parquet is in exactly one segment, with its "
+                    "tokens and prompt; the counts add up. Across the builds given, row ranges of the same "
+                    "source are disjoint and no prompt is shared. Otherwise print one line per problem and exit 1.")
     p.add_argument("builds", nargs="+", metavar="DIR")
+    p.add_argument("--tokenizer", action="append", default=[], metavar="PATH",
+                   help="a build's tokenizer, when not found where the build recorded it (repeatable)")
     p.set_defaults(run=_run_verify)
 
 
 def _run_verify(args: argparse.Namespace) -> int:
     from tzc_data.verify import verify
 
-    problems = verify(args.builds)
+    problems = verify(args.builds, args.tokenizer)
     for problem in problems:
         print(problem)
     if problems:
@@ -212,6 +234,8 @@ def _explain_parser(sub: argparse._SubParsersAction) -> None:
 def _run_explain(args: argparse.Namespace) -> int:
     from tzc_data.explain import explain
 
+    if args.n < 1:
+        raise TzcError(f"-n {args.n}: must be at least 1")
     print(explain(args.build, args.reason, args.n, colour=args.colour))
     return 0
 
@@ -276,6 +300,18 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _joined_ranges(argv: list[str]) -> list[str]:
+    """``--range -5:10`` as ``--range=-5:10``: argparse takes a value that starts with '-' for an
+    option and says "expected one argument"; joined, the range check names what is wrong."""
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--range" and arg.startswith("-") and ":" in arg:
+            joined[-1] = f"--range={arg}"
+        else:
+            joined.append(arg)
+    return joined
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
@@ -286,11 +322,15 @@ def main(argv: list[str] | None = None) -> int:
     _verify_parser(sub)
     _explain_parser(sub)
     _look_parsers(sub)
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_joined_ranges(sys.argv[1:] if argv is None else argv))
     try:
         return args.run(args)
     except TzcError as err:
         print(f"tzc-data: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # writing an output the checks allowed: read-only, disk full, /proc
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"tzc-data: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = "; the same command with --resume continues from the last checkpoint" if args.command == "build" else ""

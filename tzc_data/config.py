@@ -7,6 +7,7 @@ so a build can be repeated from its manifest alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from tzc_data import format as fmt
 from tzc_data.errors import ConfigError
 
 COMPRESSIONS = ("zstd:1", "zstd:3", "uncompressed")
+MAX_SEQ_LEN = 131_072  # the longest context of current open models; a row of it is 2 MiB
 
 
 def parse_range(text: str) -> tuple[int, int]:
@@ -50,8 +52,11 @@ class BuildConfig:
     loop_filter: bool = True  # all repetition signals; each threshold below also switches off at 0
     loop_min_repeats: float = 3.0
     loop_min_chars: int = 200
+    loop_min_cycle_repeats: float = 3.0
+    loop_min_run: int = 4
     max_paragraph_repeats: int = 3
     max_sentence_repeats: int = 8
+    min_repeated_share: float = 0.08
     max_ngram_dup_share: float = 0.9
     max_ngram_top_share: float = 0.4
     min_compression_ratio: float = 0.12
@@ -69,10 +74,17 @@ class BuildConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        if not self.out or not self.out.strip():
+            raise ConfigError("--out is empty (an unset shell variable?): give the output directory")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{field.name.replace('_', '-')} {value}: must be a finite number")
         if self.start < 0 or self.stop <= self.start:
             raise ConfigError(f"--range {self.start}:{self.stop}: need 0 <= START < STOP")
-        if self.seq_len < 64:
-            raise ConfigError(f"--seq-len {self.seq_len}: must be at least 64 tokens")
+        if not 64 <= self.seq_len <= MAX_SEQ_LEN:
+            raise ConfigError(f"--seq-len {self.seq_len}: must be between 64 and {MAX_SEQ_LEN:,} tokens "
+                              f"(a packed row is 16 bytes a token)")
         if self.max_tokens is not None and not 16 <= self.max_tokens <= self.seq_len:
             raise ConfigError(f"--max-tokens {self.max_tokens}: must be between 16 and --seq-len ({self.seq_len}); "
                               "an example longer than a row cannot be packed without splitting it")
@@ -82,9 +94,13 @@ class BuildConfig:
             raise ConfigError(f"--min-kept-ratio {self.min_kept_ratio}: must be between 0 and 1")
         if not (self.loop_min_repeats == 0 or self.loop_min_repeats >= 2) or self.loop_min_chars < 1:
             raise ConfigError("--loop-min-repeats must be 0 (off) or >= 2, and --loop-min-chars >= 1")
+        if not (self.loop_min_cycle_repeats == 0 or self.loop_min_cycle_repeats >= 2) or \
+                not (self.loop_min_run == 0 or self.loop_min_run >= 2):
+            raise ConfigError("--loop-min-cycle-repeats and --loop-min-run must be 0 (off) or >= 2")
         if not 0.0 < self.near_dup_threshold <= 1.0:
             raise ConfigError(f"--near-dup-threshold {self.near_dup_threshold}: must be in (0, 1]")
-        for name in ("max_ngram_dup_share", "max_ngram_top_share", "min_compression_ratio", "min_english_score"):
+        for name in ("max_ngram_dup_share", "max_ngram_top_share", "min_compression_ratio", "min_english_score",
+                     "min_repeated_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be between 0 and 1")
         if self.max_paragraph_repeats < 0 or self.max_sentence_repeats < 0:

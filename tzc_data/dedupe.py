@@ -104,17 +104,25 @@ def hash_prompts(examples: Iterable[Example]) -> Iterator[Example]:
 def drop_duplicates(examples: Iterable[Example], index: ExactIndex) -> Iterator[Example]:
     """Stage: drop an example whose prompt was already kept; ``twin`` names the kept row.
 
-    Checks and registers in one step, so it must see examples that passed everything else.
+    Checks and registers in one step, so it must see examples that passed everything else, and
+    be the last stage that can drop one (with near dedup on, :func:`tzc_data.minhash.drop_near_duplicates`
+    runs both checks instead, so that only rows that near dedup kept enter this index).
     """
     for example in examples:
-        if example.kept:
-            twin = index.twin(example.prompt_hash)
-            if twin is None:
-                index.add(example.prompt_hash, example.row)
-            else:
-                example.twin = twin
-                example.drop("duplicate", f"same normalised prompt as row {twin}")
+        if example.kept and not is_duplicate(example, index):
+            index.add(example.prompt_hash, example.row)
         yield example
+
+
+def is_duplicate(example: Example, index: ExactIndex) -> bool:
+    """Drop ``example`` as a duplicate if its prompt is in ``index`` (which holds kept rows only),
+    naming the kept twin; True when it was dropped."""
+    twin = index.twin(example.prompt_hash)
+    if twin is None:
+        return False
+    example.twin = twin
+    example.drop("duplicate", f"same normalised prompt as row {twin}")
+    return True
 
 
 def drop_excluded(examples: Iterable[Example], excluded: dict[bytes, str]) -> Iterator[Example]:

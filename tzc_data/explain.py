@@ -14,12 +14,13 @@ from typing import Any
 
 import polars as pl
 
-from tzc_data.errors import TzcError
+from tzc_data.errors import SourceError, TzcError
 from tzc_data.filters.repetition import lowered, repeating_tail
-from tzc_data.load import read_manifest
-from tzc_data.read import Source, local_source, open_source, read
+from tzc_data.load import RECORDS, read_manifest, read_stats
+from tzc_data.look import printable
+from tzc_data.read import Source, changed_since, local_source, open_source, read
 from tzc_data.record import REASONS
-from tzc_data.write import REJECTED_DIR, STATS_DIR
+from tzc_data.write import REJECTED_DIR
 
 
 def _markers(colour: bool) -> tuple[str, str]:
@@ -27,7 +28,9 @@ def _markers(colour: bool) -> tuple[str, str]:
 
 
 def highlight(text: str, needle: str, colour: bool, *, limit: int = 12) -> str:
-    """``text`` with up to ``limit`` occurrences of ``needle`` marked."""
+    """``text`` with up to ``limit`` occurrences of ``needle`` marked, its control characters
+    escaped (:func:`tzc_data.look.printable`: the data must not drive the terminal)."""
+    text, needle = printable(text), printable(needle)
     if not needle:
         return text
     start, end = _markers(colour)
@@ -42,12 +45,19 @@ def highlight(text: str, needle: str, colour: bool, *, limit: int = 12) -> str:
 
 
 def _source(manifest: dict[str, Any]) -> Source:
+    """The build's source opened again, or SourceError when it is not the one the build read
+    (a file edited, replaced, added or gone since): its rows would be other rows."""
     described = manifest["source"]
     if described["kind"] == "synthetic":
-        return open_source("synthetic", seed=described["seed"])
-    if described["kind"] == "local":
-        return local_source(described["spec"])
-    return open_source("hf", revision=described.get("commit"))
+        source = open_source("synthetic", seed=described["seed"])
+    elif described["kind"] == "local":
+        source = local_source(described["spec"])
+    else:
+        source = open_source("hf", revision=described.get("commit"))
+    changed = changed_since(described, source.describe())
+    if changed:
+        raise SourceError(f"the source is not the one this build read: {changed}")
+    return source
 
 
 def _row_text(source: Source | None, row: int) -> dict[str, str]:
@@ -60,17 +70,18 @@ def _row_text(source: Source | None, row: int) -> dict[str, str]:
 def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = None) -> str:
     manifest = read_manifest(directory)
     colour = sys.stdout.isatty() if colour is None else colour
-    stats = pl.read_parquet(os.path.join(directory, STATS_DIR, "records.parquet"))
+    stats = read_stats(directory, RECORDS, manifest=manifest)
     picked = stats.filter(pl.col("status") == reason).head(n)
     total = stats.filter(pl.col("status") == reason).height
     if reason not in REASONS and reason != "kept":
         raise TzcError(f"unknown reason {reason!r}; reasons are: {', '.join(REASONS)}")
     lines = [f"{reason}: {total:,} of {stats.height:,} rows ({total / max(stats.height, 1):.1%}) in {directory}"
              + (f" - {REASONS[reason][0]}; controlled by {REASONS[reason][1]}" if reason in REASONS else "")]
-    rejected_path = os.path.join(directory, REJECTED_DIR, "rejected.parquet")
+    rejected_name = f"{REJECTED_DIR}/rejected.parquet"
     texts = {}
-    if os.path.exists(rejected_path):
-        rejected = pl.read_parquet(rejected_path).filter(pl.col("row").is_in(picked["row"].implode()))
+    if rejected_name in manifest["stats"] and os.path.lexists(os.path.join(directory, rejected_name)):
+        rejected = read_stats(directory, rejected_name, manifest=manifest).filter(
+            pl.col("row").is_in(picked["row"].implode()))
         texts = {r["row"]: r for r in rejected.iter_rows(named=True)}
     source = None
     try:
@@ -80,7 +91,7 @@ def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = No
     for record in picked.iter_rows(named=True):
         row = record["row"]
         text = texts.get(row) or _row_text(source, row)
-        lines += ["", f"row {row}: {record['detail']}"]
+        lines += ["", f"row {row}: {printable(record['detail'] or '')}"]
         scores = {k: v for k, v in record.items() if k not in ("row", "status", "detail", "prompt_hash")
                   and v is not None and k not in ("shard", "pack", "segment", "split")}
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in scores.items()))
@@ -97,7 +108,8 @@ def _show(reason: str, record: dict[str, Any], text: dict[str, Any], source: Sou
     body = body or text.get("response") or ""
     if reason in ("duplicate", "near_duplicate") and record.get("twin") is not None:
         twin = _row_text(source, record["twin"]).get("prompt", "(unavailable)")
-        return [f"  prompt:      {prompt[:400]}", f"  kept twin (row {record['twin']}): {twin[:400]}"]
+        return [f"  prompt:      {printable(prompt[:400])}",
+                f"  kept twin (row {record['twin']}): {printable(twin[:400])}"]
     if reason in ("loop", "repeated_paragraphs", "ngram_repetition", "compressible"):
         tail = lowered(body)[-1500:]
         found = repeating_tail(tail)
@@ -113,4 +125,5 @@ def _show(reason: str, record: dict[str, Any], text: dict[str, Any], source: Sou
         where = prompt if needle and needle in prompt else body
         at = where.find(needle) if needle else 0
         return ["  " + highlight(where[max(0, at - 200): at + 200], needle, colour)]
-    return [f"  prompt:   {prompt[:300]}", f"  response: {body[:300]}{'...' if len(body) > 300 else ''}"]
+    return [f"  prompt:   {printable(prompt[:300])}",
+            f"  response: {printable(body[:300])}{'...' if len(body) > 300 else ''}"]

@@ -183,13 +183,19 @@ def _raise(reason: str, detail: str):
 # Pipeline stages (generators over Example; see tzc_data.record)
 
 
-def split_examples(examples: Iterable[Example]) -> Iterator[Example]:
-    """Stage: split each kept example's response into reasoning and answer, or drop it."""
+def split_examples(examples: Iterable[Example], *, keep_response: bool = False) -> Iterator[Example]:
+    """Stage: split each kept example's response into reasoning and answer, or drop it.
+
+    The raw response is then cleared (in-flight examples stay small, and workers pickle less)
+    unless ``keep_response``: ``--keep-rejected`` promises the full text of every dropped row, and
+    a row dropped by a later stage has only its trimmed parts otherwise.
+    """
     for example in examples:
         if example.kept:
             try:
                 example.reasoning, example.answer = split_response(example.response)
-                example.response = ""  # split into its parts; keeps in-flight examples small
+                if not keep_response:
+                    example.response = ""
             except FormatError as err:
                 example.drop(err.reason, err.detail)
         yield example

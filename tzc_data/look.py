@@ -7,15 +7,16 @@ one-liners for people who want to slice the stats themselves.
 from __future__ import annotations
 
 import os
+import re
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
 
 from tzc_data.errors import TzcError
-from tzc_data.load import load, read_manifest
+from tzc_data.load import PACKS, RECORDS, load, read_manifest, read_stats
 from tzc_data.tokenize import GEMMA2_SHA256, Tokenizer, gemma2_tokenizer_path, sha256_file
-from tzc_data.write import STATS_DIR
 
 PERCENTILES = (0.05, 0.5, 0.95, 0.99)
 LENGTH_COLUMNS = ("prompt_chars", "reasoning_chars", "answer_chars", "tokens", "loss_tokens")
@@ -24,8 +25,8 @@ LENGTH_COLUMNS = ("prompt_chars", "reasoning_chars", "answer_chars", "tokens", "
 def summarise(directory: str) -> dict[str, Any]:
     """One build's numbers: counts by status, length percentiles of kept rows, packing."""
     manifest = read_manifest(directory)
-    records = pl.read_parquet(os.path.join(directory, STATS_DIR, "records.parquet"))
-    packs = pl.read_parquet(os.path.join(directory, STATS_DIR, "packs.parquet"))
+    records = read_stats(directory, RECORDS, ["status", *LENGTH_COLUMNS], manifest=manifest)
+    packs = read_stats(directory, PACKS, ["split", "segments", "tokens", "loss_tokens", "fill"], manifest=manifest)
     total = records.height
     by_status = {status: count for status, count in records.group_by("status").len().sort(
         ["len", "status"], descending=[True, False]).iter_rows()}
@@ -99,30 +100,72 @@ def _num(value: float | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+# C0 and C1 controls (but the line break and the tab, which lay text out), DEL, and the bidi
+# controls that reorder what a terminal shows ("Trojan source"): data may carry any of them.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\x1b``, ``\\u202e``), so that
+    text from the data cannot drive the terminal it is shown on (``explain``, ``inspect``).
+    Line breaks and tabs stay; a backslash stays as it is."""
+    return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def find_tokenizer(manifest: dict[str, Any], paths: Sequence[str] = (), *, memo: bool = False) -> Tokenizer:
+    """The tokenizer a build was made with: the first of ``paths``, the path the build recorded, or
+    the cached Gemma 2 one, whose sha256 is the one the manifest records; TzcError otherwise."""
+    expected = manifest["tokenizer"]["sha256"]
+    recorded = manifest["config"].get("tokenizer")
+    tried = []
+    for candidate in [*paths, recorded]:
+        if not candidate or candidate in tried:
+            continue
+        tried.append(candidate)
+        try:
+            if os.path.isfile(candidate) and sha256_file(candidate) == expected:
+                return _tokenizer(candidate, manifest, memo)
+        except OSError:
+            continue
+    if expected == GEMMA2_SHA256:
+        return _tokenizer(str(gemma2_tokenizer_path()), manifest, memo)
+    looked = f" (not at {', '.join(tried)})" if tried else ""
+    raise TzcError(f"cannot find the build's tokenizer {manifest['tokenizer']['file']} (sha256 {expected[:12]}...)"
+                   f"{looked}; pass --tokenizer PATH")
+
+
+def _tokenizer(path: str, manifest: dict[str, Any], memo: bool) -> Tokenizer:
+    try:
+        return Tokenizer(path, system=manifest["config"]["system"], memo=memo)
+    except ValueError as err:  # format.FormatError: a system prompt the template refuses
+        raise TzcError(f"the build's system prompt cannot be used with its tokenizer: {err}") from None
+
+
 def build_tokenizer(manifest: dict[str, Any], path: str | None) -> Tokenizer:
     """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 one."""
     expected = manifest["tokenizer"]["sha256"]
-    candidates = [path] if path else [manifest["config"].get("tokenizer")]
-    if expected == GEMMA2_SHA256:
-        candidates.append(str(gemma2_tokenizer_path()))
-    for candidate in candidates:
-        if candidate and os.path.isfile(candidate):
-            if sha256_file(candidate) != expected and path:
-                raise TzcError(f"--tokenizer {path} is not the tokenizer of this build (sha256 {expected[:12]}...)")
-            if sha256_file(candidate) == expected:
-                return Tokenizer(candidate, system=manifest["config"]["system"])
-    raise TzcError(f"cannot find the build's tokenizer (sha256 {expected[:12]}...); pass --tokenizer PATH")
+    if path and not os.path.isfile(path):
+        raise TzcError(f"--tokenizer {path} is not a file")
+    if path and sha256_file(path) != expected:
+        raise TzcError(f"--tokenizer {path} is not the tokenizer of this build (sha256 {expected[:12]}...)")
+    return find_tokenizer(manifest, [path] if path else [], memo=True)
 
 
 def inspect_row(directory: str, row: int, *, split: str = "train", tokenizer: str | None = None,
                 colour: bool | None = None) -> str:
-    """A packed row, example by example, with the loss-masked span marked."""
+    """A packed row, example by example, with the loss-masked span marked; control characters of
+    the data are shown escaped (:func:`printable`)."""
     manifest = read_manifest(directory)
     rows = load(directory, split)
+    if not len(rows):
+        raise TzcError(f"split {split!r} of {directory} has no packed rows")
     if not 0 <= row < len(rows):
         raise TzcError(f"--row {row}: split {split!r} of {directory} has packed rows 0..{len(rows) - 1}")
     packed = rows[row]
-    packs = pl.read_parquet(os.path.join(directory, STATS_DIR, "packs.parquet")).filter(pl.col("split") == split)
+    packs = read_stats(directory, PACKS, ["split", "rows"], manifest=manifest).filter(pl.col("split") == split)
+    if packs.height != len(rows):
+        raise TzcError(f"{directory}: {PACKS} lists {packs.height} packed rows of {split!r}, its shards hold "
+                       f"{len(rows)} (tzc-data verify {directory})")
     sources = packs["rows"][row].to_list()
     tok = build_tokenizer(manifest, tokenizer)
     colour = sys.stdout.isatty() if colour is None else colour
@@ -136,7 +179,8 @@ def inspect_row(directory: str, row: int, *, split: str = "train", tokenizer: st
         where = packed["segment_ids"] == segment
         ids, mask = packed["tokens"][where].tolist(), packed["loss_mask"][where]
         first = int(mask.argmax()) if mask.any() else len(ids)
-        lines += ["", f"-- segment {segment}: source row {sources[segment - 1]}, {len(ids):,} tokens, "
+        source = sources[segment - 1] if segment <= len(sources) else "?"
+        lines += ["", f"-- segment {segment}: source row {source}, {len(ids):,} tokens, "
                       f"{int(mask.sum()):,} with loss, positions 0..{len(ids) - 1}",
-                  tok.decode(ids[:first]) + start + tok.decode(ids[first:]) + end]
+                  printable(tok.decode(ids[:first])) + start + printable(tok.decode(ids[first:])) + end]
     return "\n".join(lines)

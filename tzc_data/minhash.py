@@ -28,7 +28,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import rensa
 
-from tzc_data.dedupe import normalise
+from tzc_data.dedupe import ExactIndex, is_duplicate, normalise
+from tzc_data.files import PrefixDigest, truncate_to_checkpoint
 from tzc_data.record import Example
 
 NUM_PERM = 128
@@ -102,6 +103,7 @@ class NearDupIndex:
     def __init__(self, threshold: float = 0.8):
         self.threshold = threshold
         self._journal = None
+        self._journal_digest: PrefixDigest | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -133,14 +135,20 @@ class NearDupIndex:
         self._insert(records["bands"], records["sketch"], records["row"].tolist(), label)
         return len(records)
 
-    def attach_journal(self, path: str, *, resume_at: int | None = None) -> None:
-        """Append this build's kept prompts to ``path``; on resume, truncate it and reload it."""
+    def attach_journal(self, path: str, *, resume_at: int | None = None, digest: str | None = None) -> None:
+        """Append this build's kept prompts to ``path``; on resume, check its first ``resume_at``
+        bytes against ``digest`` (see :meth:`journal_digest`), truncate it there and reload it."""
         if resume_at is None:
             open(path, "wb").close()
+            self._journal_digest = PrefixDigest(path)
         else:
-            os.truncate(path, resume_at)
+            self._journal_digest = truncate_to_checkpoint(path, resume_at, digest, record_size=RECORD.itemsize)
             self.load(path)
         self._journal = open(path, "ab")
+
+    def journal_digest(self, size: int) -> str:
+        """The digest of the journal's first ``size`` bytes (a size :meth:`sync` returned)."""
+        return self._journal_digest.advance(size)
 
     def find(self, keys: np.ndarray, sketch: np.ndarray) -> tuple[int, float, str | None] | None:
         """(row, estimated Jaccard, build label) of the first indexed twin, or None."""
@@ -269,9 +277,15 @@ class NearDupIndex:
         self._place(keys[occupied], values[occupied])
 
 
-def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, batch: int = 256) -> Iterator[Example]:
+def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, exact: ExactIndex | None = None,
+                         batch: int = 256) -> Iterator[Example]:
     """Stage: drop a kept example whose prompt nearly equals one kept before (or in an excluded
     build); checks and registers in one step, so it must come after every other check.
+
+    With ``exact`` (exact dedup on), each example is first checked against the exact index, and
+    only a prompt kept by both checks enters either index: a row is a duplicate only of an
+    earlier *kept* row. (Two stages in a row would register a prompt as kept before near dedup
+    dropped it: A, A' (one word changed), A' gave row 2 a twin, row 1, that was not kept.)
 
     Works on ``batch`` examples at a time, with the result of one-by-one processing: the batch's
     band keys are looked up in the index in one vectorised probe, and a small dict holds the keys
@@ -283,15 +297,15 @@ def drop_near_duplicates(examples: Iterable[Example], index: NearDupIndex, *, ba
     for example in examples:
         pending.append(example)
         if len(pending) == batch:
-            _near_batch(pending, index)
+            _near_batch(pending, index, exact)
             yield from pending
             pending = []
     if pending:
-        _near_batch(pending, index)
+        _near_batch(pending, index, exact)
         yield from pending
 
 
-def _near_batch(examples: list[Example], index: NearDupIndex) -> None:
+def _near_batch(examples: list[Example], index: NearDupIndex, exact: ExactIndex | None) -> None:
     live = [e for e in examples if e.kept]
     if not live:
         return
@@ -303,6 +317,8 @@ def _near_batch(examples: list[Example], index: NearDupIndex) -> None:
     local: dict[int, int] = {}  # band key -> ordinal of a prompt kept earlier in this batch
     kept: list[int] = []  # positions in `live` of the prompts this batch adds to the index
     for j, example in enumerate(live):
+        if exact is not None and is_duplicate(example, exact):
+            continue
         twin = None
         candidates = dict.fromkeys(o if o >= 0 else local.get(k, -1) for o, k in zip(stored[j], key_lists[j]))
         for ordinal in candidates:
@@ -314,6 +330,8 @@ def _near_batch(examples: list[Example], index: NearDupIndex) -> None:
                 twin = ordinal, jaccard
                 break
         if twin is None:
+            if exact is not None:
+                exact.add(example.prompt_hash, example.row)
             ordinal = base + len(kept)
             kept.append(j)
             for o, k in zip(stored[j], key_lists[j]):

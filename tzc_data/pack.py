@@ -37,6 +37,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from sortedcontainers import SortedList
 
+from tzc_data.errors import OutputError
+from tzc_data.files import PrefixDigest, truncate_to_checkpoint
+
 FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 DTYPE = np.dtype("<i4")
 _ID_BITS = 32
@@ -93,7 +96,7 @@ class Spool:
     split, prompt hash: 33 bytes per kept example on disk, 25 in memory).
     """
 
-    def __init__(self, directory: str, *, resume_at: tuple[int, int] | None = None):
+    def __init__(self, directory: str, *, resume_at: tuple[int, int, str, str] | None = None):
         self.tokens_path = os.path.join(directory, ".spool.tokens")
         self.journal_path = os.path.join(directory, ".spool.journal")
         self.rows, self.offsets = array("q"), array("q")
@@ -103,13 +106,18 @@ class Spool:
         if resume_at is None:
             open(self.tokens_path, "wb").close()
             open(self.journal_path, "wb").close()
+            self._digests = (PrefixDigest(self.tokens_path), PrefixDigest(self.journal_path))
         else:
-            os.truncate(self.tokens_path, resume_at[0])
-            os.truncate(self.journal_path, resume_at[1])
+            self._digests = (truncate_to_checkpoint(self.tokens_path, resume_at[0], resume_at[2]),
+                             truncate_to_checkpoint(self.journal_path, resume_at[1], resume_at[3],
+                                                    record_size=JOURNAL.itemsize))
             journal = np.fromfile(self.journal_path, dtype=JOURNAL)
             for record in journal:
                 self._remember(int(record["row"]), int(record["length"]), int(record["prompt_length"]),
                                int(record["split"]), bytes(record["hash"]).ljust(16, b"\0"))
+            if self._offset * array("i").itemsize != resume_at[0]:
+                raise OutputError(f"cannot resume: the journal {self.journal_path} accounts for {self._offset} tokens, "
+                                  f"{self.tokens_path} holds {resume_at[0] // 4}; run without --resume to start over")
         self._tokens = open(self.tokens_path, "ab")
         self._journal = open(self.journal_path, "ab")
 
@@ -131,22 +139,19 @@ class Spool:
         self._journal.write(_JOURNAL_RECORD.pack(row, len(data), prompt_length, split, digest))
         self._remember(row, len(data), prompt_length, split, digest)
 
-    def sync(self) -> tuple[int, int]:
-        """Flush both files to disk; returns their sizes, which is all a checkpoint needs."""
+    def sync(self) -> tuple[int, int, str, str]:
+        """Flush both files to disk; returns what a checkpoint records: their sizes and the
+        digests of their contents (a resume refuses a spool whose bytes changed)."""
         for handle in (self._tokens, self._journal):
             handle.flush()
             os.fsync(handle.fileno())
-        return self._tokens.tell(), self._journal.tell()
+        sizes = self._tokens.tell(), self._journal.tell()
+        return (*sizes, *(digest.advance(size) for digest, size in zip(self._digests, sizes)))
 
     def close(self) -> None:
         for handle in (self._tokens, self._journal):
             if not handle.closed:
                 handle.close()
-
-    def remove(self) -> None:
-        self.close()
-        for path in (self.tokens_path, self.journal_path):
-            os.remove(path)
 
     def items(self, split: int) -> np.ndarray:
         """Spool indices of the examples assigned to ``split``, in arrival order."""

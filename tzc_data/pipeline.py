@@ -18,6 +18,7 @@ continues, and the result is byte-identical to an uninterrupted build.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -30,12 +31,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import xxhash
 from tqdm import tqdm
 
-from tzc_data import __version__
+from tzc_data import __version__, files
 from tzc_data.config import BuildConfig
 from tzc_data.dedupe import ExactIndex, drop_duplicates, drop_excluded, hash_prompts, split_of
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
+from tzc_data.load import read_manifest
 from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
 from tzc_data.format import format_examples, split_examples
 from tzc_data.minhash import NearDupIndex, drop_near_duplicates
@@ -58,7 +61,9 @@ def build_filters(config: BuildConfig) -> list[Filter]:
     if config.loop_filter:
         filters.append(RepetitionFilter(
             tail_repeats=config.loop_min_repeats, tail_chars=config.loop_min_chars,
+            cycle_repeats=config.loop_min_cycle_repeats, run_copies=config.loop_min_run,
             paragraph_repeats=config.max_paragraph_repeats, sentence_repeats=config.max_sentence_repeats,
+            repeated_share=config.min_repeated_share,
             ngram_dup_share=config.max_ngram_dup_share, ngram_top_share=config.max_ngram_top_share,
             min_compression=config.min_compression_ratio))
     return filters
@@ -69,7 +74,7 @@ def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Toke
     """The per-row stages: each looks at one example at a time (``--workers`` runs them in processes)."""
     examples = hash_prompts(examples)
     examples = drop_excluded(examples, excluded)
-    examples = split_examples(examples)
+    examples = split_examples(examples, keep_response=config.keep_rejected)
     examples = apply_filters(examples, quality)
     examples = format_examples(examples)
     examples = tokenize(examples, tokenizer)
@@ -79,11 +84,13 @@ def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Toke
 
 def dedup_stages(examples: Iterable[Example], config: BuildConfig, index: ExactIndex,
                  near: NearDupIndex | None = None) -> Iterator[Example]:
-    """The stages that depend on every row before (first kept occurrence wins): in order, in one process."""
-    if config.dedup:
-        examples = drop_duplicates(examples, index)
+    """The stages that depend on every row before (first kept occurrence wins): in order, in one
+    process. With near dedup on, one stage runs both checks (a prompt enters the exact index only
+    once near dedup has kept it too)."""
     if near is not None:
-        examples = drop_near_duplicates(examples, near)
+        return drop_near_duplicates(examples, near, exact=index if config.dedup else None)
+    if config.dedup:
+        return drop_duplicates(examples, index)
     return examples
 
 
@@ -111,34 +118,80 @@ def _per_row(source: Source, start: int, config: BuildConfig, tokenizer: Tokeniz
                           setup_args=(source, config, tokenizer.path, excluded))
 
 
+def staging_path(out: str) -> str:
+    """The hidden sibling a build into ``out`` is written in before it is renamed into place."""
+    return os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tzc-partial")
+
+
 def _check_output(out: str, overwrite: bool) -> None:
-    if not os.path.exists(out):
+    """Refuse an ``--out`` that a build may not write: a symlink, a file, a non-empty folder that
+    is not provably a tzc build, a build without ``--overwrite``; and a leftover replaced build
+    (``.NAME.tzc-partial.old``) that is not a build."""
+    if os.path.islink(out):
+        raise OutputError(f"--out {out} is a symlink; give the directory itself ({os.path.realpath(out)})")
+    parent = os.path.dirname(out)
+    if os.path.lexists(parent) and not os.path.isdir(parent):
+        raise OutputError(f"--out {out}: {parent} is not a directory")
+    old = staging_path(out) + ".old"
+    if os.path.islink(old):
+        raise OutputError(f"{old} is a symlink where tzc keeps a build it replaces; move it away")
+    if os.path.lexists(old) and files.not_a_build(old) and not (os.path.isdir(old) and not os.listdir(old)):
+        raise OutputError(f"{old} is left from an earlier replacement and is not a tzc build "
+                          f"({files.not_a_build(old)}); move it away")
+    if not os.path.lexists(out):
         return
     if not os.path.isdir(out):
         raise OutputError(f"--out {out} exists and is not a directory")
     if not os.listdir(out):
         return
-    manifest = os.path.join(out, MANIFEST)
-    if not os.path.exists(manifest):
-        raise OutputError(f"--out {out} exists, is not empty and is not a tzc build; choose another directory")
+    why = files.not_a_build(out)
+    if why:
+        raise OutputError(f"--out {out} exists, is not empty and is not a tzc build ({why}); choose another directory")
     if not overwrite:
         try:
-            with open(manifest, encoding="utf-8") as handle:
-                old = json.load(handle)
-            held = f"range {old['range']['start']}:{old['range']['stop']} of {old['source'].get('kind')}"
-        except (OSError, ValueError, KeyError, TypeError):
+            with open(os.path.join(out, MANIFEST), encoding="utf-8") as handle:
+                old_manifest = json.load(handle)
+            held = f"range {old_manifest['range']['start']}:{old_manifest['range']['stop']} of " \
+                   f"{old_manifest['source'].get('kind')}"
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             held = "an unreadable manifest"
         raise OutputError(f"--out {out} already holds a build ({held}); pass --overwrite to replace it")
 
 
-def _publish(staging: str, out: str) -> None:
-    old = None
-    if os.path.exists(out):
-        old = f"{staging}.old"
+def _remove_replaced(staging: str) -> str:
+    """Remove the build an earlier ``--overwrite`` renamed aside, if one was killed before it was
+    gone (it is still provably a build: its manifest goes last); returns its path."""
+    old = f"{staging}.old"
+    if os.path.isdir(old) and not os.path.islink(old) and not os.listdir(old):
+        os.rmdir(old)  # killed just before its last step
+    elif os.path.lexists(old):
+        files.remove_build(old)
+    return old
+
+
+def _publish(staging: str, out: str, overwrite: bool) -> None:
+    """Rename the finished staging directory to ``out``. A build already there (``--overwrite``)
+    is first renamed aside and removed only after the new one is in place, file by file."""
+    stray = files.not_a_build(staging)
+    if stray and os.path.isfile(os.path.join(staging, MANIFEST)):
+        raise OutputError(f"the finished build in {staging} is not publishable: {stray}; move that away and run "
+                          "the same command with --resume")
+    old = _remove_replaced(staging)
+    if os.path.isdir(out) and not os.path.islink(out) and os.listdir(out):
+        if not overwrite:
+            raise OutputError(f"--out {out} now holds a build (written while this one ran); pass --overwrite "
+                              "and --resume to replace it")
+        why = files.not_a_build(out)
+        if why:
+            raise OutputError(f"--out {out} is no longer a tzc build ({why}: written while this build ran); "
+                              f"nothing was replaced: move it away and run the same command with --resume")
+        files.remove_marker(staging)
         os.rename(out, old)
-    os.rename(staging, out)
-    if old:
-        shutil.rmtree(old)
+        os.rename(staging, out)
+        files.remove_build(old)
+    else:  # absent, or an empty folder (which a rename replaces)
+        files.remove_marker(staging)
+        os.rename(staging, out)
 
 
 def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
@@ -157,8 +210,6 @@ def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
 def load_excluded(config: BuildConfig, source: Source, near: NearDupIndex | None) -> dict[bytes, str]:
     """Prompt hashes of the builds given to ``--exclude`` (and their near-dup signatures, into
     ``near``); refuses a build whose rows overlap ours."""
-    from tzc_data.load import read_manifest
-
     here = source_identity(source.describe())
     excluded: dict[bytes, str] = {}
     for path in config.exclude:
@@ -194,26 +245,39 @@ def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict
     return {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
 
 
-def _read_checkpoint(staging: str, identity: dict[str, Any]) -> dict[str, Any] | None:
+def _read_checkpoint(staging: str, identity: dict[str, Any], start: int) -> dict[str, Any] | None:
+    """The staging directory's checkpoint, checked: its own digest (a checkpoint edited by hand is
+    refused), its fields, that it is of these inputs and options, and that its counts add up."""
     path = os.path.join(staging, CHECKPOINT)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        checkpoint = json.load(handle)
-    if checkpoint["identity"] != json.loads(json.dumps(identity)):
+    damaged = OutputError(f"the checkpoint {path} is damaged; run without --resume to start over")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            checkpoint = json.load(handle)
+        body = {k: v for k, v in checkpoint.items() if k != "digest"}
+        if checkpoint.get("digest") != _checkpoint_digest(body):
+            raise damaged
+        made = checkpoint["identity"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise damaged from None
+    if made != json.loads(json.dumps(identity)):
         raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options; "
                           "run without --resume to start over")
+    if sum(checkpoint["counts"].values()) != checkpoint["next_row"] - start:
+        raise damaged
     return checkpoint
+
+
+def _checkpoint_digest(body: dict[str, Any]) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode())
 
 
 def _write_checkpoint(staging: str, checkpoint: dict[str, Any]) -> None:
     """Atomically: a reader sees the previous checkpoint or this one, never half of one."""
     path = os.path.join(staging, CHECKPOINT)
-    with open(path + ".tmp", "w", encoding="utf-8") as handle:
-        json.dump(checkpoint, handle, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(path + ".tmp", path)
+    with files.atomic_open(path, encoding="utf-8") as handle:
+        json.dump({**checkpoint, "digest": _checkpoint_digest(checkpoint)}, handle, sort_keys=True)
 
 
 def peak_rss_kib() -> int:
@@ -234,38 +298,100 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     """Run the build; returns the manifest plus a ``run`` section (timings, peak memory).
 
     ``progress=None`` shows a bar only when stderr is a terminal. An interrupted build keeps its
-    staging directory and checkpoints; ``config.resume`` continues from the last checkpoint.
+    staging directory and checkpoints; ``config.resume`` continues from the last checkpoint, or
+    only publishes when the build had finished writing. Errors of the file system (disk full,
+    read-only, a path under a file) become one-line :class:`OutputError` s; the staging
+    directory stays resumable.
     """
-    _check_output(config.out, config.overwrite)
+    out = os.path.abspath(config.out)
+    staging = staging_path(out)
+    published = config.resume and not os.path.lexists(staging) and files.not_a_build(out) is None
+    if not published:  # checked before the source and tokenizer load, to fail fast
+        _check_output(out, config.overwrite)
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed)
+    source.check_range(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
+    identity = _identity(config, source, tokenizer)
+    if published:
+        if _finished_as(out, identity, other_ok=True):  # killed after its rename into place: done
+            manifest = read_manifest(out)
+            _remove_replaced(staging)
+            manifest["run"] = _run_figures(started, manifest, None, 0)
+            return manifest
+        _check_output(out, config.overwrite)
     near = NearDupIndex(config.near_dup_threshold) if config.near_dup else None
     excluded = load_excluded(config, source, near)
-    out = os.path.abspath(config.out)
-    staging = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.tzc-partial")
-    identity = _identity(config, source, tokenizer)
-    checkpoint = _read_checkpoint(staging, identity) if config.resume else None
-    if checkpoint is None:
-        shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(os.path.join(staging, STATS_DIR), exist_ok=True)
-    # Arrow's mimalloc pool kept the memory of every stats part and of the final merge: peak RSS
-    # grew by about 1 KB per row (50,000 rows: 324 MiB, against 267 MiB with the system allocator).
-    # tzc_data/__init__.py picks the system pool when it loads before Arrow; this covers the rest
-    # of the build when Arrow was loaded first. A few tables at a time: the system pool costs nothing.
-    arrow_pool = pa.default_memory_pool()
-    pa.set_memory_pool(pa.system_memory_pool())
     try:
-        manifest, index_bytes = _build_into(staging, config, source, tokenizer, excluded, near, identity, checkpoint,
-                                            progress)
-        _publish(staging, out)
-    except (GuardrailError, ConfigError):
-        shutil.rmtree(staging, ignore_errors=True)  # finished, or never started: nothing to resume
-        raise
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        lock = files.lock_staging(staging, config.out)
+    except OSError as err:
+        raise OutputError(_os_error_line(err, out, staging, resumable=False)) from None
+    try:
+        return _build_locked(config, out, staging, identity, source, tokenizer, near, excluded, started, progress)
+    except OSError as err:
+        raise OutputError(_os_error_line(err, out, staging, resumable=True)) from None
     finally:
-        pa.set_memory_pool(arrow_pool)
-    elapsed = time.perf_counter() - started
-    manifest["run"] = {
+        os.close(lock)
+
+
+def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[str, Any], source: Source,
+                  tokenizer: Tokenizer, near: NearDupIndex | None, excluded: dict[bytes, str], started: float,
+                  progress: bool | None) -> dict[str, Any]:
+    """:func:`build` once its staging directory is locked: resume or start over, write, publish."""
+    manifest = _finished_as(staging, identity) if config.resume else None
+    checkpoint = None
+    index_bytes = 0
+    if manifest is None:
+        checkpoint = _read_checkpoint(staging, identity, config.start) if config.resume else None
+        if checkpoint is None:
+            files.clear_staging(staging)
+        # Arrow's mimalloc pool kept the memory of every stats part and of the final merge: peak RSS
+        # grew by about 1 KB per row (50,000 rows: 324 MiB, against 267 MiB with the system allocator).
+        # tzc_data/__init__.py picks the system pool when it loads before Arrow; this covers the rest
+        # of the build when Arrow was loaded first. A few tables at a time: the system pool costs nothing.
+        arrow_pool = pa.default_memory_pool()
+        pa.set_memory_pool(pa.system_memory_pool())
+        try:
+            manifest, index_bytes = _build_into(staging, config, source, tokenizer, excluded, near, identity,
+                                                checkpoint, progress)
+        except (GuardrailError, ConfigError):
+            files.clear_staging(staging, keep=())  # finished, or never started: nothing to resume
+            os.rmdir(staging)
+            raise
+        finally:
+            pa.set_memory_pool(arrow_pool)
+    files.remove_scratch(staging)
+    _publish(staging, out, config.overwrite)
+    manifest["run"] = _run_figures(started, manifest, checkpoint, index_bytes)
+    if config.workers > 1:  # each worker process's own peak, on top of this process's
+        manifest["run"]["workers"] = config.workers
+        manifest["run"]["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
+    return manifest
+
+
+def _finished_as(directory: str, identity: dict[str, Any], *, other_ok: bool = False) -> dict[str, Any] | None:
+    """The manifest in ``directory`` when it is a finished build of these inputs and options;
+    None when there is none (or, with ``other_ok``, one of others); else ConfigError."""
+    # In staging, the manifest is written last (through a temporary name): its presence means the
+    # build is complete, whatever scratch files its clean-up had not removed yet.
+    if not os.path.isfile(os.path.join(directory, MANIFEST)) or (other_ok and files.not_a_build(directory)):
+        return None
+    manifest = read_manifest(directory)
+    made = {"config": manifest.get("config"), "source": manifest.get("source"),
+            "tokenizer": (manifest.get("tokenizer") or {}).get("sha256")}
+    if made != json.loads(json.dumps(identity)):
+        if other_ok:
+            return None
+        raise ConfigError(f"the finished build in {directory} was made from other inputs or options; "
+                          "run without --resume (and with --overwrite) to replace it")
+    return manifest
+
+
+def _run_figures(started: float, manifest: dict[str, Any], checkpoint: dict[str, Any] | None,
+                 index_bytes: int) -> dict[str, Any]:
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    return {
         "seconds": round(elapsed, 2),
         "resumed_at_row": checkpoint["next_row"] if checkpoint else None,
         "rows_per_second": round(manifest["counts"]["read"] / elapsed, 1),
@@ -273,10 +399,15 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
         "peak_rss_mib": round(peak_rss_kib() / 1024, 1),
         "dedup_index_mib": round(index_bytes / 2**20, 1),  # exact + near-dup indexes: they grow with the range
     }
-    if config.workers > 1:  # each worker process's own peak, on top of this process's
-        manifest["run"]["workers"] = config.workers
-        manifest["run"]["worker_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-    return manifest
+
+
+def _os_error_line(err: OSError, out: str, staging: str, *, resumable: bool) -> str:
+    """One line for a file-system error while writing a build: the path, the cause, what next."""
+    path = err.filename or staging
+    cause = "no space left on the device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    hint = (f"; {staging} keeps the last checkpoint: fix the cause and run the same command with --resume"
+            if resumable and os.path.isdir(staging) else "")
+    return f"cannot write the build for --out {out}: {path}: {cause}{hint}"
 
 
 def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
@@ -286,7 +417,8 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     score_names = [name for f in quality for name in f.score_names] + (["near_dup_jaccard"] if near else [])
     near_journal = os.path.join(staging, ".near_dup.journal")
     if near is not None:
-        near.attach_journal(near_journal, resume_at=checkpoint["near_dup"] if checkpoint else None)
+        near.attach_journal(near_journal, resume_at=checkpoint["near_dup"][0] if checkpoint else None,
+                            digest=checkpoint["near_dup"][1] if checkpoint else None)
     stats = RecordStats(os.path.join(staging, STATS_DIR), score_names, chunk_rows=config.checkpoint_every,
                         resume_parts=checkpoint["parts"] if checkpoint else None)
     rejected = RejectedRows(os.path.join(staging, REJECTED_DIR), score_names,
@@ -302,10 +434,11 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
     def save(next_row: int) -> None:
         if rejected:
             rejected.parts.flush()
+        near_size = near.sync(next_row) if near else 0
         _write_checkpoint(staging, {"identity": identity, "next_row": next_row, "counts": dict(counts),
-                                    "parts": stats.parts.count, "spool": list(spool.sync()),
-                                    "rejected_parts": rejected.parts.count if rejected else 0,
-                                    "near_dup": near.sync(next_row) if near else 0})
+                                    "parts": stats.parts.digests, "spool": list(spool.sync()),
+                                    "rejected_parts": rejected.parts.digests if rejected else [],
+                                    "near_dup": [near_size, near.journal_digest(near_size) if near else None]})
 
     total = config.stop - config.start
     bar = tqdm(total=total, initial=next_row - config.start, unit="row", file=sys.stderr, mininterval=0.5,
@@ -347,7 +480,20 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
                                    "normalised prompt; 16 LSH bands of 8 as 8-byte keys; 128-byte sketch"}
         near.close()  # the dedup indexes are done with: their memory goes before packing's comes
     del index, examples
+    return _write_outputs(staging, config, source, tokenizer, excluded, spool, stats, rejected, near_entry,
+                          counts), index_bytes
 
+
+def _write_outputs(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
+                   excluded: dict[bytes, str], spool: Spool, stats: RecordStats, rejected: RejectedRows | None,
+                   near_entry: dict[str, Any] | None, counts: Counter) -> dict[str, Any]:
+    """Pack the spooled examples, write shards, hashes and stats, and the manifest last.
+
+    Nothing the streaming stages left (spool, journals, parts, checkpoint) is removed here: a
+    build killed at any point before the manifest resumes from its final checkpoint and redoes
+    this, with the same bytes; the caller removes them once the manifest is written."""
+    near_journal = os.path.join(staging, ".near_dup.journal")
+    read_rows = sum(counts.values())
     seq_len = config.seq_len
     where = np.zeros((len(spool), 4), dtype=np.int32)  # split, shard, pack, segment of each kept example
     packs_by_split: dict[str, dict[str, np.ndarray]] = {}
@@ -363,15 +509,15 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         shards += write_shards(os.path.join(staging, SHARD_DIR), spool.read_rows(bins, seq_len), len(bins),
                                config.rows_per_shard, config.array_record_options, name)
     hashes = write_hashes(staging, spool.hashes)
-    if near_entry is not None:  # renamed only now: a build killed while packing resumes from the journal
-        os.replace(near_journal, os.path.join(staging, NEAR_DUP))
+    if near_entry is not None:  # a copy: until the manifest is written, a killed build resumes from the journal
+        with files.atomic_path(os.path.join(staging, NEAR_DUP)) as temporary:
+            shutil.copyfile(near_journal, temporary)
         near_entry["sha256"] = sha256_file(os.path.join(staging, NEAR_DUP))
     token_total, example_total = int(np.frombuffer(spool.lengths, dtype=np.int32).sum(dtype=np.int64)), len(spool)
-    spool.remove()
+    spool.close()
     records_path = stats.finish(where, config.split_names)
     packs_path = write_pack_stats(os.path.join(staging, STATS_DIR), packs_by_split)
     rejected_paths = [rejected.finish()] if rejected else []
-    os.remove(os.path.join(staging, CHECKPOINT))
 
     pack_rows = sum(len(p["shard"]) for p in packs_by_split.values())
     manifest = {
@@ -408,4 +554,4 @@ def _build_into(staging: str, config: BuildConfig, source: Source, tokenizer: To
         },
     }
     write_manifest(staging, manifest)
-    return manifest, index_bytes
+    return manifest

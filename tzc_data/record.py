@@ -22,6 +22,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "empty_prompt": ("the prompt is empty after trimming", "none (never trainable)"),
     "tag_in_content": ("a <reasoning>/<answer>/<think> tag inside content", "none (would be unparseable)"),
     "control_in_content": ("a Gemma control string such as <end_of_turn> inside content", "none (injection)"),
+    "lossy_tokens": ("the tokens decode to other text than the content (a literal '▁' encodes like a space)",
+                     "none (would teach other text than shown)"),
     "duplicate": ("the normalised prompt was already kept in this build", "--no-dedup"),
     "in_excluded_split": ("the prompt is in a build given to --exclude", "--exclude"),
     "near_duplicate": ("a prompt kept in this build is nearly the same (MinHash)", "--near-dup-threshold / --no-near-dup"),

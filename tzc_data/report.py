@@ -8,14 +8,13 @@ row), so the page opens anywhere, offline, and can be mailed around.
 from __future__ import annotations
 
 import html
-import os
 
 import numpy as np
 import polars as pl
 
-from tzc_data.load import read_manifest
-from tzc_data.look import format_table, summarise
-from tzc_data.write import STATS_DIR
+from tzc_data.files import atomic_open, check_output_file
+from tzc_data.load import PACKS, RECORDS, read_manifest, read_stats
+from tzc_data.look import LENGTH_COLUMNS, format_table, summarise
 
 WIDTH, HEIGHT, PAD = 560, 220, 40
 PALETTE = {"kept": "#2e7d32"}
@@ -76,8 +75,8 @@ def bar_chart(labels: list[str], values: list[float], title: str, colours: list[
 
 def render_report(directory: str) -> str:
     manifest = read_manifest(directory)
-    records = pl.read_parquet(os.path.join(directory, STATS_DIR, "records.parquet"))
-    packs = pl.read_parquet(os.path.join(directory, STATS_DIR, "packs.parquet"))
+    records = read_stats(directory, RECORDS, ["status", *LENGTH_COLUMNS], manifest=manifest)
+    packs = read_stats(directory, PACKS, ["segments", "fill"], manifest=manifest)
     kept = records.filter(pl.col("status") == "kept")
     status = records.group_by("status").len().sort(["len", "status"], descending=[True, False])
     segments = packs.group_by("segments").len().sort("segments")
@@ -120,8 +119,12 @@ of {manifest['packing']['seq_len']:,} tokens, fill {manifest['packing']['fill']:
 
 
 def write_report(directory: str, out: str) -> str:
-    with open(out, "w", encoding="utf-8") as handle:
-        handle.write(render_report(directory))
+    """Render, then write ``out`` through a temporary name: the build is read in full before
+    anything is written, and ``out`` may not be inside a build."""
+    out = check_output_file(out)
+    page = render_report(directory)
+    with atomic_open(out, encoding="utf-8") as handle:
+        handle.write(page)
     return out
 
 

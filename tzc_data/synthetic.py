@@ -399,5 +399,8 @@ class SyntheticSource(Source):
             row = generate(self.seed, i)
             yield validate(i, {"prompt": row.prompt, "response": row.response})
 
+    def check_range(self, start: int, stop: int) -> None:
+        """Every row index exists: row ``i`` is generated from ``(seed, i)``."""
+
     def describe(self) -> dict[str, Any]:
         return {"kind": "synthetic", "seed": self.seed, "generator": "tzc_data.synthetic v1"}

@@ -4,7 +4,11 @@ Why apart: SentencePiece matches strings such as ``<start_of_turn>`` inside raw 
 the rendered sample in one call would let user content become control tokens. Here each piece of
 content (system, prompt, reasoning, answer) is encoded on its own, the template's markup is encoded
 once per build, and control tokens are placed by id. Any content that still yields a special id
-is dropped (``control_in_content``): defence in depth behind ``format.check_content``.
+is dropped (``control_in_content``): defence in depth behind ``format.check_content``. Content whose
+ids do not decode back to it is dropped too (``lossy_tokens``): a literal ``▁`` (U+2581) encodes
+like a space, and the model would learn other text than the example shows. So the promise
+``decode(tokens) == format.render(...)`` holds for every kept example, and a ``--system`` that
+breaks it is refused when the tokenizer is loaded.
 
 Loss mask: 1 on every token of the model turn after ``<start_of_turn>model\\n`` (reasoning,
 answer, their tags, ``<end_of_turn>``, ``\\n``, ``<eos>``), 0 on the prompt side (defect 6). The
@@ -100,7 +104,8 @@ class Tokenizer:
     def __init__(self, path: str | os.PathLike, *, system: str = fmt.DEFAULT_SYSTEM, memo: bool = True):
         self.path = str(path)
         if not os.path.isfile(self.path):
-            raise TokenizerError(f"tokenizer {self.path} does not exist")
+            what = "is a directory, not a SentencePiece model file" if os.path.isdir(self.path) else "does not exist"
+            raise TokenizerError(f"tokenizer {self.path} {what}")
         try:
             self.sp = spm.SentencePieceProcessor(model_file=self.path)
         except Exception as err:
@@ -120,11 +125,15 @@ class Tokenizer:
                 piece in _SPECIAL_PIECES or _UNUSED.fullmatch(piece) or sp.is_control(i))
         ) | {i for i in (self.bos, self.eos, self.pad) if i >= 0}
         self.memo_refused = why_not_exact(sp.serialized_model_proto(), pieces) if memo else "turned off"
-        self.memo = WordCache(sp.encode, self.special_ids) if self.memo_refused is None else None
+        self.memo = WordCache(sp.encode, self.special_ids, decode_ids=sp.decode) \
+            if self.memo_refused is None else None
         enc = sp.encode  # markup: fixed strings, encoded once per build
         self.system = system = fmt.check_system(system)
         self.user_head = [self.bos, self.start_of_turn, *enc("user\n")]
-        self.system_ids = self.content_ids(system) + enc(fmt.SYSTEM_SEP)
+        try:
+            self.system_ids = self.content_ids(system) + enc(fmt.SYSTEM_SEP)
+        except fmt.FormatError as err:
+            raise TokenizerError(f"--system cannot be used with {os.path.basename(self.path)}: {err.detail}") from None
         self.model_head = [self.end_of_turn, *enc("\n"), self.start_of_turn, *enc("model\n")]
         self.reasoning_open = enc(fmt.REASONING_OPEN)
         self.between = enc(fmt.BETWEEN)
@@ -137,20 +146,39 @@ class Tokenizer:
         return sha256_file(self.path)
 
     def encode_content(self, text: str) -> bytes | None:
-        """Ids of one piece of content as int32 bytes, or None when they hold a special id."""
+        """Ids of one piece of content as int32 bytes, or None when they hold a special id or do not
+        decode back to ``text`` (:meth:`refusal` says which)."""
         if self.memo is not None:
             return self.memo.encode(text)
-        return checked_int32(self.sp.encode(text), self.special_ids)
+        ids = self.sp.encode(text)
+        return checked_int32(ids, self.special_ids) if self.sp.decode(ids) == text else None
 
-    def unsafe_because(self, text: str) -> str | None:
-        """Why content ``text`` may not be encoded (the special token it encodes to), or None."""
-        return self.special_in(self.sp.encode(text))
+    def refusal(self, text: str) -> tuple[str, str] | None:
+        """(drop reason, detail) when content ``text`` may not be encoded, or None: the special token
+        it encodes to (``control_in_content``), or where its ids decode to other text (``lossy_tokens``)."""
+        ids = self.sp.encode(text)
+        special = self.special_in(ids)
+        if special:
+            return "control_in_content", special
+        decoded = self.sp.decode(ids)
+        if decoded == text:
+            return None
+        at = next((i for i, (a, b) in enumerate(zip(text, decoded)) if a != b), min(len(text), len(decoded)))
+        was = f"{text[at]!r} (U+{ord(text[at]):04X})" if at < len(text) else "the end"
+        return "lossy_tokens", (f"its tokens decode to other text: character {at:,}, {was}, comes back as "
+                                f"{decoded[at:at + 1]!r}")
+
+    def _refuse(self, text: str) -> tuple[str, str]:
+        # The word cache refuses per word: a word that cannot round trip alone is refused even in
+        # the (so far never seen) text where the neighbours' pieces would make up for it.
+        return self.refusal(text) or ("lossy_tokens", "a word of it decodes to other text when encoded alone")
 
     def _content(self, text: str) -> bytes:
-        """:meth:`encode_content`, raising ``FormatError`` (``control_in_content``) instead of None."""
+        """:meth:`encode_content`, raising ``FormatError`` (with :meth:`refusal`'s reason) instead of None."""
         encoded = self.encode_content(text)
         if encoded is None:
-            raise fmt.FormatError("control_in_content", f"{self.unsafe_because(text)} near {text[:40]!r}")
+            reason, detail = self._refuse(text)
+            raise fmt.FormatError(reason, f"{detail} near {text[:40]!r}")
         return encoded
 
     def content_ids(self, text: str) -> list[int]:
@@ -213,7 +241,8 @@ def load_tokenizer(path: str | None, *, system: str = fmt.DEFAULT_SYSTEM) -> Tok
 
 def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: int = 2) -> Iterator[Example]:
     """Stage: attach ``tokens`` (``array("i")``), ``prompt_tokens``, ``reasoning_tokens`` and
-    ``answer_tokens``; drop content whose ids hold a special token (``control_in_content``).
+    ``answer_tokens``; drop content whose ids hold a special token (``control_in_content``) or do
+    not decode back to it (``lossy_tokens``).
 
     With the word cache (Gemma 2 and any model :func:`~tzc_data.wordcache.why_not_exact`
     accepts) examples are encoded in line: the cache costs less than handing batches over.
@@ -267,7 +296,9 @@ def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
 def _encode(batch: list[Example], tokenizer: Tokenizer) -> list[bytes | None]:
     texts = [t for e in batch if e.kept for t in (e.prompt, e.reasoning, e.answer)]
     encoded = tokenizer.sp.encode(texts) if texts else []
-    return [checked_int32(ids, tokenizer.special_ids) for ids in encoded]
+    decoded = tokenizer.sp.decode(encoded) if texts else []
+    return [checked_int32(ids, tokenizer.special_ids) if back == text else None
+            for ids, text, back in zip(encoded, texts, decoded)]
 
 
 def _attach_batch(batch: list[Example], encoded: Future, tokenizer: Tokenizer) -> list[Example]:
@@ -283,7 +314,8 @@ def _attach(example: Example, parts: list[bytes | None], tokenizer: Tokenizer) -
         name, text = next((name, text) for name, text, part in zip(
             ("prompt", "reasoning", "answer"), (example.prompt, example.reasoning, example.answer), parts)
             if part is None)
-        example.drop("control_in_content", f"{name}: {tokenizer.unsafe_because(text)}")
+        reason, detail = tokenizer._refuse(text)
+        example.drop(reason, f"{name}: {detail}")
         return
     example.tokens, example.prompt_tokens = tokenizer.assemble(*parts)
     example.reasoning_tokens, example.answer_tokens = len(parts[1]) // _ITEM, len(parts[2]) // _ITEM

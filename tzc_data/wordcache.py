@@ -29,6 +29,15 @@ on what is cached (every entry is exact), so a build's bytes do not either.
 Encodings are kept as int32 bytes (native order, as ``array("i")``), joined in one C call. A word
 whose encoding holds a special id (content that spells ``<start_of_turn>``…) is cached as None:
 joining it fails, and the caller takes the slow path that names the offending token.
+
+Given ``decode_ids``, a word whose ids do not decode back to the word is cached as None too: a
+literal ``▁`` normalizes to the same symbol as a space, so ``"a▁b"`` gets the ids of ``"a b"``
+and training on them would teach other text than the example holds. Decoding is a concatenation
+of the pieces' texts, cut nowhere inside a character, so a text whose every word decodes back
+decodes back as a whole; the check runs once per word, on a miss, never on the hot path. An ASCII
+word skips it when every ASCII character decodes back alone (checked once, at construction): a
+piece's text is the text it matched, so only a character with no piece (``<unk>``) or a ``▁``,
+which no ASCII word holds, can come back otherwise; on real traces that halves what misses cost.
 """
 
 from __future__ import annotations
@@ -101,13 +110,17 @@ class _Generation(dict):
 
 class WordCache:
     """``encode(text)``: the text's ids as int32 bytes, or None when a word of it encodes to one
-    of ``special_ids``. ``encode_ids(text)`` is the plain encoder it memoises."""
+    of ``special_ids`` or (given ``decode_ids``) its ids do not decode back to the word.
+    ``encode_ids(text)`` is the plain encoder it memoises."""
 
     def __init__(self, encode_ids: Callable[[str], list[int]], special_ids: Collection[int], *,
-                 capacity: int = 1 << 16) -> None:
+                 decode_ids: Callable[[list[int]], str] | None = None, capacity: int = 1 << 16) -> None:
         if capacity < 1:
             raise ValueError(f"capacity {capacity}: must hold at least one word")
         self.encode_ids = encode_ids
+        self.decode_ids = decode_ids
+        self._ascii_decodes = decode_ids is not None and all(
+            decode_ids(encode_ids(c)) == c for c in map(chr, range(128)))
         self.special_ids = frozenset(special_ids)
         self.capacity = capacity
         self.lookups = self.misses = 0  # words looked up, and encoded afresh (the benchmark's hit rate)
@@ -120,7 +133,11 @@ class WordCache:
 
     def _encode_literal(self, word: str) -> Encoded:
         self.misses += 1
-        return checked_int32(self.encode_ids(word), self.special_ids)
+        ids = self.encode_ids(word)
+        decode = self.decode_ids
+        if decode is not None and not (self._ascii_decodes and word.isascii()) and decode(ids) != word:
+            return None
+        return checked_int32(ids, self.special_ids)
 
     def _encode_spaced(self, word: str) -> Encoded:
         return self._encode_literal(" " + word)

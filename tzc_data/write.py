@@ -13,8 +13,10 @@ names, sorted JSON keys, so two builds of the same inputs are byte-identical.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,13 +25,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from tzc_data.errors import OutputError
+from tzc_data.files import MANIFEST, atomic_open, atomic_path, file_digest
 from tzc_data.pack import DTYPE, FIELDS
 from tzc_data.record import Example
 from tzc_data.tokenize import sha256_file
 
 SHARD_DIR = "shards"
 STATS_DIR = "stats"
-MANIFEST = "manifest.json"
 _STATS_BATCH = 8192
 
 RECORD_COLUMNS = [
@@ -55,18 +58,30 @@ class Parts:
     that a resumed build can trust, and :meth:`merged` reads them back in fixed-size tables so the
     final file does not depend on where the parts were cut."""
 
-    def __init__(self, directory: str, stem: str, schema: pa.Schema, *, resume_parts: int | None = None):
+    def __init__(self, directory: str, stem: str, schema: pa.Schema, *, resume_parts: list[str] | None = None):
+        """``resume_parts``: the digests a checkpoint recorded of the parts written before it;
+        those parts must be there, unchanged, and any part written after it is removed."""
         os.makedirs(directory, exist_ok=True)
         self.directory, self.stem, self.schema = directory, stem, schema
-        self.count = resume_parts or 0
+        self.digests: list[str] = list(resume_parts or [])
+        self.count = len(self.digests)
         for stale in self.paths(start=self.count):  # written after the checkpoint we resume from
             os.remove(stale)
+        found = self.paths()
+        if [os.path.basename(p) for p in found] != [self._name(k) for k in range(self.count)] or \
+                [file_digest(p) for p in found] != self.digests:
+            raise OutputError(f"cannot resume: the {stem} part files in {directory} are not the {self.count} its "
+                              "checkpoint recorded; the staging folder is damaged: run without --resume to start over")
         self.columns: dict[str, list] = {name: [] for name in schema.names}
 
+    def _name(self, index: int) -> str:
+        return f".{self.stem}.part-{index:06d}.parquet"
+
     def paths(self, start: int = 0) -> list[str]:
-        prefix = f".{self.stem}.part-"
-        names = sorted(n for n in os.listdir(self.directory) if n.startswith(prefix))
-        return [os.path.join(self.directory, n) for n in names if int(n[len(prefix):len(prefix) + 6]) >= start]
+        """The part files, in order (from the ``start``-th)."""
+        pattern = re.compile(rf"\.{re.escape(self.stem)}\.part-(\d{{6}})\.parquet")
+        found = sorted((int(m.group(1)), n) for n in os.listdir(self.directory) if (m := pattern.fullmatch(n)))
+        return [os.path.join(self.directory, n) for k, n in found if k >= start]
 
     @property
     def buffered(self) -> int:
@@ -74,18 +89,16 @@ class Parts:
 
     def flush(self) -> None:
         if self.buffered:
-            path = os.path.join(self.directory, f".{self.stem}.part-{self.count:06d}.parquet")
-            pq.write_table(pa.table(self.columns, schema=self.schema), path)
+            path = os.path.join(self.directory, self._name(self.count))
+            with atomic_path(path) as temporary:
+                pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
+            self.digests.append(file_digest(path))
             self.count += 1
             self.columns = {name: [] for name in self.schema.names}
 
     def merged(self, size: int = _STATS_BATCH) -> Iterator[pa.Table]:
         self.flush()
         yield from _rebatch((b for p in self.paths() for b in pq.ParquetFile(p).iter_batches()), size)
-
-    def remove(self) -> None:
-        for path in self.paths():
-            os.remove(path)
 
 
 class RecordStats:
@@ -94,7 +107,7 @@ class RecordStats:
     pack, segment)."""
 
     def __init__(self, directory: str, score_names: Sequence[str], *, chunk_rows: int = _STATS_BATCH,
-                 resume_parts: int | None = None):
+                 resume_parts: list[str] | None = None):
         self.directory = directory
         self.score_names = list(score_names)
         self.chunk_rows = chunk_rows
@@ -133,7 +146,7 @@ class RecordStats:
         path = os.path.join(self.directory, "records.parquet")
         schema = pa.schema(list(self.parts.schema) + [pa.field(n, t) for n, t in PLACEMENT_COLUMNS])
         kept_so_far = 0
-        with pq.ParquetWriter(path, schema) as writer:
+        with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
             for batch in self.parts.merged():
                 kept = (batch.column("status").to_numpy(zero_copy_only=False) == "kept")
                 ordinals = kept_so_far + np.cumsum(kept) - 1
@@ -143,7 +156,6 @@ class RecordStats:
                 columns = list(batch.columns) + [pa.array(names, pa.string(), mask=~kept)]
                 columns += [pa.array(placed[:, k].astype(np.int32), mask=~kept) for k in (1, 2, 3)]
                 writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        self.parts.remove()
         return path
 
 
@@ -155,7 +167,7 @@ class RejectedRows:
     reason, detail and scores, for audits and ``tzc-data explain``. Parts are cut at the same
     checkpoints as the stats."""
 
-    def __init__(self, directory: str, score_names: Sequence[str], *, resume_parts: int | None = None):
+    def __init__(self, directory: str, score_names: Sequence[str], *, resume_parts: list[str] | None = None):
         self.directory = directory
         self.score_names = list(score_names)
         schema = pa.schema([("row", pa.int64()), ("status", pa.string()), ("detail", pa.string()),
@@ -173,10 +185,9 @@ class RejectedRows:
 
     def finish(self) -> str:
         path = os.path.join(self.directory, "rejected.parquet")
-        with pq.ParquetWriter(path, self.parts.schema) as writer:
+        with atomic_path(path) as temporary, pq.ParquetWriter(temporary, self.parts.schema) as writer:
             for table in self.parts.merged():
                 writer.write_table(table)
-        self.parts.remove()
         return path
 
 
@@ -202,29 +213,25 @@ def shard_name(index: int, count: int, split: str = "train") -> str:
 
 def write_shards(directory: str, rows: Iterable[np.ndarray], count: int, rows_per_shard: int,
                  options: str, split: str = "train") -> list[dict[str, Any]]:
-    """Write ``count`` packed rows of ``split`` into ArrayRecord shards; returns their manifest entries."""
+    """Write ``count`` packed rows of ``split`` into ArrayRecord shards of ``rows_per_shard`` rows,
+    each under a temporary name until it is closed; returns their manifest entries."""
     os.makedirs(directory, exist_ok=True)
     shard_count = max(1, -(-count // rows_per_shard))
+    rows = iter(rows)
     shards: list[dict[str, Any]] = []
-    writer = None
-    for index, row in enumerate(rows):
-        if index % rows_per_shard == 0:
-            if writer is not None:
-                shards[-1].update(_close(writer, directory, shards[-1]["file"]))
-            name = shard_name(len(shards), shard_count, split)
-            writer = ArrayRecordWriter(os.path.join(directory, name), options)
-            shards.append({"file": f"{SHARD_DIR}/{name}", "split": split, "records": 0})
-        writer.write(row.tobytes())
-        shards[-1]["records"] += 1
-    if writer is not None:
-        shards[-1].update(_close(writer, directory, shards[-1]["file"]))
+    for index in range(shard_count if count else 0):
+        name = shard_name(index, shard_count, split)
+        path = os.path.join(directory, name)
+        records = 0
+        with atomic_path(path) as temporary:
+            writer = ArrayRecordWriter(temporary, options)
+            for row in itertools.islice(rows, rows_per_shard):
+                writer.write(row.tobytes())
+                records += 1
+            writer.close()
+        shards.append({"file": f"{SHARD_DIR}/{name}", "split": split, "records": records,
+                       "sha256": sha256_file(path), "bytes": os.path.getsize(path)})
     return shards
-
-
-def _close(writer: ArrayRecordWriter, directory: str, relative: str) -> dict[str, Any]:
-    writer.close()
-    path = os.path.join(directory, os.path.basename(relative))
-    return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndarray]]) -> str:
@@ -237,7 +244,8 @@ def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndar
                                                               "fill")}
         columns["rows"] = pa.ListArray.from_arrays(pa.array(packs["rows_offsets"]), pa.array(packs["rows"]))
         tables.append(pa.table(columns))
-    pq.write_table(pa.concat_tables(tables), path)
+    with atomic_path(path) as temporary:
+        pq.write_table(pa.concat_tables(tables), temporary)
     return path
 
 
@@ -250,7 +258,8 @@ def write_hashes(directory: str, hashes: bytes | bytearray) -> dict[str, Any]:
     and ``verify`` compare between builds. Returns the manifest entry."""
     unique = np.unique(np.frombuffer(bytes(hashes), dtype=HASH_DTYPE))
     path = os.path.join(directory, HASHES)
-    unique.tofile(path)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
+    with atomic_path(path) as temporary:
+        unique.tofile(temporary)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
     return {"file": HASHES, "count": int(len(unique)), "sha256": sha256_file(path),
             "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt; sorted, unique, 16 bytes each"}
 
@@ -268,7 +277,7 @@ def read_hashes(directory: str, entry: dict[str, Any]) -> np.ndarray:
 
 def write_manifest(directory: str, manifest: dict[str, Any]) -> str:
     path = os.path.join(directory, MANIFEST)
-    with open(path, "w", encoding="utf-8") as handle:
+    with atomic_open(path, encoding="utf-8") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True, ensure_ascii=False)
         handle.write("\n")
     return path

@@ -1,86 +1,130 @@
-"""``tzc-train``: LoRA SFT of Gemma 2 on a tzc build (see ``tzc_train/train.py``)."""
+"""``tzc-train``: LoRA SFT of Gemma 2 on a tzc build (see ``tzc_train/train.py``).
+
+Subcommands: ``sample``, ``eval``, ``export``, ``plan``; no subcommand trains. Every command reports a
+user's mistake (a bad option, a missing build or run) as one line, ``tzc-train[ CMD]: error: …``,
+exit status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def _report(prog: str, action: Callable[[], int]) -> int:
+    """Run ``action``; a user's error becomes one line on stderr and exit status 2."""
+    from tzc_data.errors import TzcError
+
+    try:
+        return action()
+    except (TzcError, ValueError, OSError) as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that pick the model to decode with: base weights, adapters, mesh."""
+    parser.add_argument("--data", required=True, help="the build the run trained on (tokenizer, system prompt)")
+    parser.add_argument("--lora", help="a run's --out (its latest adapters) or a `tzc-train export`'s adapters/; "
+                                       "none: the base model")
+    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default=None,
+                        help="default: the run's when --lora is a run, else gemma2-2b")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT weights (HF safetensors dir or Kaggle Flax checkpoint); "
+                                          "default: the run's")
+    parser.add_argument("--tokenizer", help="the build's tokenizer when it is not found automatically")
+    parser.add_argument("--lora-rank", type=int, help="default: the run's (64 when unknown)")
+    parser.add_argument("--lora-alpha", type=float, help="default: the run's (64 when unknown)")
+    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4")
+    parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="default: the longest model turn of the build's eval split (train split without one)")
+
+
+def _decoding_request(args: argparse.Namespace) -> Any:
+    from tzc_train.evaluate import DecodeRequest
+
+    return DecodeRequest(data=args.data, lora=args.lora, model=args.model, weights=args.weights,
+                         tokenizer=args.tokenizer, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                         mesh=args.mesh, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
 
 
 def sample_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="tzc-train sample", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="Greedy completions of prompts with a trained run's adapters, and "
-                                                 "the share that is well formed (<reasoning> then <answer>).")
-    parser.add_argument("--data", required=True, help="the build the run trained on (tokenizer, system prompt)")
-    parser.add_argument("--lora", help="a run's --out (its latest adapters) or a `tzc-train export`'s adapters/; "
-                                       "none: the base model")
-    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
-    parser.add_argument("--weights", help="Gemma 2 2B-IT weights (HF safetensors dir or Kaggle Flax checkpoint)")
-    parser.add_argument("--tokenizer", help="the build's tokenizer when it is not found automatically")
+                                                 "the share that is well formed (<reasoning> then <answer>); "
+                                                 "completions cut by the token budget are counted apart.")
+    _model_options(parser)
     parser.add_argument("--prompts", required=True, help="a .jsonl file with 'prompt' fields, or one prompt per line")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--lora-rank", type=int, help="default: the run's (64 when unknown)")
-    parser.add_argument("--lora-alpha", type=float, help="default: the run's (64 when unknown)")
-    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4")
     args = parser.parse_args(argv)
-    import tzc_data
-    from tzc_data.look import build_tokenizer
-    from tzc_train.sample import sample
-    from tzc_train.train import TrainConfig, base_model, make_mesh, recorded_lora, restore_adapters, with_lora
 
-    rank, alpha = (recorded_lora(args.lora) if args.lora else None) or (64, 64.0)
-    args.lora_rank = args.lora_rank or rank
-    args.lora_alpha = args.lora_alpha or alpha
+    def run() -> int:
+        from tzc_train.evaluate import decode, read_prompts
 
-    try:
-        manifest = tzc_data.read_manifest(args.data)
-        tokenizer = build_tokenizer(manifest, args.tokenizer)
-        with open(args.prompts, encoding="utf-8") as handle:
-            lines = [line.strip() for line in handle if line.strip()]
-        prompts = [json.loads(line)["prompt"] if args.prompts.endswith(".jsonl") else line for line in lines]
-        config = TrainConfig(data=args.data, out=args.lora or ".", model=args.model, weights=args.weights,
-                             lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                             mesh=tuple(int(x) for x in args.mesh.split("x")) if args.mesh else None)
-        mesh = make_mesh(config.mesh)
-        with mesh:
-            base, model_config = base_model(config, manifest["tokenizer"]["vocab_size"], mesh)
-            model = base
-            if args.lora:
-                model = with_lora(base, config, mesh)
-                restore_adapters(model, args.lora, "--lora")
-            samples = sample(model, model_config, tokenizer, prompts, max_new_tokens=args.max_new_tokens)
-    except (ValueError, OSError, KeyError) as err:
-        print(f"tzc-train sample: error: {err}", file=sys.stderr)
-        return 2
-    for k, item in enumerate(samples, 1):
-        verdict = "ok" if item.well_formed else f"malformed: {item.problem}"
-        print(f"--- {k}: {verdict}\nprompt: {item.prompt}\n{item.completion}\n")
-    passed = sum(s.well_formed for s in samples)
-    print(f"Format Validation: {passed}/{len(samples)}")
-    return 0
+        samples = decode(_decoding_request(args), read_prompts(args.prompts))
+        for k, item in enumerate(samples, 1):
+            verdict = "ok" if item.well_formed else ("truncated" if item.truncated else f"malformed: {item.problem}")
+            print(f"--- {k}: {verdict}\nprompt: {item.prompt}\n{item.completion}\n")
+        passed = sum(s.well_formed for s in samples)
+        cut = sum(s.truncated for s in samples)
+        print(f"Format Validation: {passed}/{len(samples)}" + (f" ({cut} cut by the token budget)" if cut else ""))
+        return 0
+
+    return _report("tzc-train sample", run)
+
+
+def eval_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="tzc-train eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Decode the build's eval-split prompts greedily with a run's adapters and report format "
+                    "compliance, stop rate, truncations, reasoning and answer lengths, and exact match of the "
+                    "answer against the eval split's reference answers.")
+    parser.add_argument("--run", help="a tzc-train --out directory (same as --lora RUN)")
+    _model_options(parser)
+    parser.add_argument("--prompts", help="a .jsonl file with 'prompt' (and optional 'answer') fields instead of the "
+                                          "eval split")
+    parser.add_argument("--limit", type=int, default=64, help="at most this many prompts (0: all)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+    if args.run and args.lora and args.run != args.lora:
+        parser.error("give --run or --lora, not both")
+    args.lora = args.lora or args.run
+
+    def run() -> int:
+        from tzc_train.evaluate import evaluate, format_report
+
+        report = evaluate(_decoding_request(args), prompts=args.prompts, limit=args.limit)
+        print(json.dumps(report, indent=2) if args.json else format_report(report))
+        return 0
+
+    return _report("tzc-train eval", run)
 
 
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="tzc-train export",
         description="Write a run's latest adapters (OUT/adapters: safetensors + adapter_config.json, for --init-lora "
-                    "and `sample --lora`) and the adapters merged into the base weights (OUT/merged: a Hugging Face "
-                    "layout Gemma 2 checkpoint that tunix's safetensors loader and --weights read).")
+                    "and `sample --lora`) and the adapters merged into the base weights, twice: OUT/merged (Hugging "
+                    "Face layout safetensors, read by tunix's safetensors loader and --weights) and OUT/flax (the "
+                    "Kaggle Flax/orbax layout that tunix's gemma.params.load_and_format_params and "
+                    "Gemma.from_params read).")
     parser.add_argument("--run", required=True, help="a tzc-train --out directory")
-    parser.add_argument("--out", required=True, help="where adapters/ and merged/ go")
+    parser.add_argument("--out", required=True, help="where adapters/, merged/ and flax/ go")
     parser.add_argument("--weights", help="the base weights, when they moved since the run (otherwise the run's)")
     parser.add_argument("--no-merged", dest="merged", action="store_false",
-                        help="export the adapters only (without it: adapters and merged weights)")
+                        help="export the adapters only (without it: adapters and both merged layouts)")
     args = parser.parse_args(argv)
-    from tzc_train.train import export_run
 
-    try:
-        written = export_run(args.run, args.out, weights=args.weights, merged=args.merged)
-    except (ValueError, OSError) as err:
-        print(f"tzc-train export: error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(written))
-    return 0
+    def run() -> int:
+        from tzc_train.train import export_run
+
+        print(json.dumps(export_run(args.run, args.out, weights=args.weights, merged=args.merged)))
+        return 0
+
+    return _report("tzc-train export", run)
 
 
 def plan_main(argv: list[str]) -> int:
@@ -110,51 +154,56 @@ def plan_main(argv: list[str]) -> int:
                         help="XLA's least optimisation effort: about 4x faster, memory figures within a few percent")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args(argv)
-    from tzc_train.plan import PlanConfig, PlanError, plan
 
-    try:
-        mesh = tuple(int(x) for x in args.mesh.lower().split("x")) if args.mesh else None
+    def run() -> int:
+        from tzc_train.plan import DoesNotFit, PlanConfig, plan
+        from tzc_train.train import parse_mesh
+
         config = PlanConfig(data=args.data, model=args.model, topology=args.topology, batch_size=args.batch_size,
                             grad_accum=args.grad_accum, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                            lora_targets=args.lora_targets, mesh=mesh, remat=args.remat, attention=args.attention,
-                            epochs=args.epochs, steps=args.steps, mfu=args.mfu, hours=args.hours,
-                            fast_compile=args.fast_compile)
-        result = plan(config)
-    except (PlanError, ValueError, OSError) as err:
-        print(f"tzc-train plan: error: {err}", file=sys.stderr)
-        return 1
-    print(json.dumps(result.summary()) if args.json else result.report())
-    if result.hours > config.hours:
-        print(f"tzc-train plan: does not fit --hours {config.hours:g}: {result.hours:.2f} h projected at "
-              f"{config.mfu:.0%} MFU; bound each session with --steps", file=sys.stderr)
-        return 1
-    return 0
+                            lora_targets=args.lora_targets, mesh=parse_mesh(args.mesh), remat=args.remat,
+                            attention=args.attention, epochs=args.epochs, steps=args.steps, mfu=args.mfu,
+                            hours=args.hours, fast_compile=args.fast_compile)
+        try:
+            result = plan(config)
+        except DoesNotFit as verdict:  # the plan's answer, not a mistake: exit status 1
+            print(f"tzc-train plan: error: {verdict}", file=sys.stderr)
+            return 1
+        print(json.dumps(result.summary()) if args.json else result.report())
+        if result.hours > config.hours:
+            print(f"tzc-train plan: does not fit --hours {config.hours:g}: {result.hours:.2f} h projected at "
+                  f"{config.mfu:.0%} MFU; bound each session with --steps", file=sys.stderr)
+            return 1
+        return 0
+
+    return _report("tzc-train plan", run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["plan"]:
-        return plan_main(argv[1:])
-    if argv[:1] == ["sample"]:
-        return sample_main(argv[1:])
-    if argv[:1] == ["export"]:
-        return export_main(argv[1:])
+
+def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tzc-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh. "
-                                                 "`tzc-train sample --help` for greedy samples and the format check, "
-                                                 "`tzc-train export --help` for adapters and merged weights, "
-                                                 "`tzc-train plan --help` to check a run fits a TPU before you have one.")
+                                                 "`tzc-train eval --help` for the eval-split report, `tzc-train sample "
+                                                 "--help` for greedy samples of your prompts, `tzc-train export --help` "
+                                                 "for adapters and merged weights, `tzc-train plan --help` to check that a run "
+                                                 "fits a TPU before you have one.")
     parser.add_argument("--data", required=True, help="a tzc build (its train split; eval split when present)")
-    parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state) and TensorBoard logs")
+    parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state), TensorBoard logs, "
+                                                     "tzc_run.json (the options) and summary.json")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
                         help="tiny: a random Gemma 2-architecture model for tests and trying the tool")
     parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint")
     parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out (or its export)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out at its last checkpoint")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out at its last checkpoint (its options must be the run's)")
+    parser.add_argument("--time-limit", help="save and stop before this much time from the start, e.g. 8h40m "
+                                             "(compilation included); --resume continues")
     parser.add_argument("--epochs", type=float, default=1.0)
     parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")
-    parser.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
-    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="packed rows per micro-batch, all hosts together (a multiple of the mesh's fsdp axis)")
+    parser.add_argument("--grad-accum", type=int, default=1,
+                        help="micro-batches per optimizer step; the loss is the token mean over all of them")
     parser.add_argument("--lr", type=float, default=2e-5)
     parser.add_argument("--warmup-steps", type=int, default=10)
     parser.add_argument("--weight-decay", type=float, default=0.0)
@@ -168,29 +217,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", choices=["auto", "plain", "splash"], default="auto",
                         help="auto: splash attention (Pallas) on TPU, the plain reference elsewhere")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-every", type=int,
+                        help="steps between evals (default: about 20 a run, at least 50 steps apart)")
+    parser.add_argument("--eval-rows", type=int, default=256,
+                        help="packed rows of the eval split each eval uses: a fixed subset (0: no eval)")
     parser.add_argument("--save-every", type=int, default=50)
-    args = parser.parse_args(argv)
-    from tzc_train.train import LORA_TARGETS, TrainConfig, train
+    return parser
 
-    try:
-        mesh = tuple(int(x) for x in args.mesh.lower().split("x")) if args.mesh else None
+
+def train_main(argv: list[str], started: float) -> int:
+    args = train_parser().parse_args(argv)
+
+    def run() -> int:
+        from tzc_train.session import parse_duration
+        from tzc_train.train import LORA_TARGETS, TrainConfig, parse_mesh, train
+
         config = TrainConfig(data=args.data, out=args.out, model=args.model, weights=args.weights,
                              init_lora=args.init_lora, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                              grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
                              weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-                             lora_targets=args.lora_targets or LORA_TARGETS, mesh=mesh, seed=args.seed,
-                             eval_every=args.eval_every, save_every=args.save_every, resume=args.resume,
-                             remat=args.remat, attention=args.attention)
-        result = train(config)
-    except (ValueError, OSError) as err:
-        print(f"tzc-train: error: {err}", file=sys.stderr)
-        return 2
-    losses = result["losses"]
-    print(json.dumps({"steps": result["steps"], "trained_steps_this_run": len(losses),
-                      "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-                      "seconds": result["seconds"], "mesh": result["mesh"]}))
-    return 0
+                             lora_targets=args.lora_targets or LORA_TARGETS, mesh=parse_mesh(args.mesh), seed=args.seed,
+                             eval_every=args.eval_every, eval_rows=args.eval_rows, save_every=args.save_every,
+                             time_limit=parse_duration(args.time_limit) if args.time_limit else None,
+                             resume=args.resume, remat=args.remat, attention=args.attention)
+        result = train(config, started=started)
+        print(json.dumps({k: v for k, v in result.items() if k not in ("model", "losses", "sessions")}))
+        return 0
+
+    return _report("tzc-train", run)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"sample": sample_main, "eval": eval_main, "export": export_main,
+                                                   "plan": plan_main}
+
+
+def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # --time-limit counts from here: imports and compilation included
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    return train_main(argv, started)
 
 
 if __name__ == "__main__":

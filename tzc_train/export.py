@@ -3,12 +3,25 @@
     OUT/adapters/adapters.safetensors   float32 LoRA factors by module path (``layers/0/attn/q_einsum/w_lora_a``…)
     OUT/adapters/adapter_config.json    rank, alpha, target regex, base model, the run it came from
     OUT/merged/model.safetensors        a plain Gemma 2 checkpoint in Hugging Face's layout and names
-    OUT/merged/config.json              Hugging Face ``Gemma2ForCausalLM`` config
+    OUT/merged/config.json              Hugging Face ``Gemma2ForCausalLM`` config (special ids: the build's tokenizer's)
+    OUT/flax/                           the same merged weights as a Kaggle Flax (orbax) Gemma 2 checkpoint
 
-Both load again with tunix: ``--init-lora OUT/adapters`` (or ``tzc-train sample --lora``) puts the
-adapters back on a qwix LoRA model, and ``--weights OUT/merged`` is read by tunix's own
-``params_safetensors`` loader, the one that reads Google's HF checkpoints. The tests check that the
-merged model, loaded that way, gives the logits of the LoRA model.
+All load again with tunix: ``--init-lora OUT/adapters`` (or ``tzc-train sample --lora``) puts the
+adapters back on a qwix LoRA model; ``--weights OUT/merged`` is read by tunix's own
+``params_safetensors`` loader, the one that reads Google's HF checkpoints; ``OUT/flax`` by tunix's
+Kaggle path, ``gemma.params.load_and_format_params(OUT/flax)`` then
+``Gemma.from_params(params, version="2-2b-it")`` (what the original competition asked for: "not
+safetensors"). The tests check that the merged model, loaded each way, gives the logits and the
+greedy samples of the LoRA model.
+
+Kaggle layout (what tunix's loader inverts): a flat tree of ``transformer/...`` keys,
+``transformer/embedder`` {``input_embedding``}, ``transformer/final_norm`` {``scale``} and per layer
+``transformer/layer_{i}/attn/{q_einsum,kv_einsum,attn_vec_einsum}`` {``w``} in tunix's own axis
+order, ``mlp/gating_einsum`` {``w``: gate and up stacked, ``[2, embed, hidden]``}, ``mlp/linear``
+{``w``: ``[hidden, embed]``} and the norms ``pre_attention_norm``, ``post_attention_norm``,
+``pre_ffw_norm``, ``post_ffw_norm`` {``scale``}.
+
+Each directory is written under a temporary name beside it and renamed into place.
 
 Merging: qwix computes ``y = x·W + (x·A)·B · alpha/rank``; so ``W' = W + alpha/rank · A⊗B``,
 contracted over the rank, with the axes put back in the order of ``W``. Each Gemma projection has
@@ -23,9 +36,13 @@ weights are ``[out, in]``; norms and the embedding are stored as they are (both 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -33,7 +50,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 from tunix.models.gemma import model as gemma_lib
 
-ADAPTERS, MERGED = "adapters", "merged"
+ADAPTERS, MERGED, FLAX = "adapters", "merged", "flax"
 ADAPTER_FILE, ADAPTER_CONFIG = "adapters.safetensors", "adapter_config.json"
 
 # Last path component of the weight -> einsum from (A, B) to the weight's own axis order.
@@ -50,6 +67,22 @@ def _path(parts: tuple) -> str:
     return "/".join(map(str, parts))
 
 
+@contextlib.contextmanager
+def staged(directory: str) -> Iterator[str]:
+    """A path to write ``directory`` at, renamed into place when the block succeeds. The path is
+    inside a fresh temporary directory beside ``directory`` (removed, being this call's own, on
+    failure); ``directory`` itself may exist only as an empty directory."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+    try:
+        path = os.path.join(scratch, os.path.basename(directory))
+        yield path
+        os.replace(path, directory)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def param_arrays(model: nnx.Module, kind: Any = nnx.Param) -> dict[str, np.ndarray]:
     """The parameters of ``model`` that ``kind`` (an nnx filter) selects, as numpy arrays by path
     (``layers/0/attn/q_einsum/w``)."""
@@ -63,12 +96,13 @@ def adapter_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
 
 def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float, targets: str,
                   base: str, run: str | None = None) -> str:
-    os.makedirs(directory, exist_ok=True)
-    save_file(adapter_arrays(model), os.path.join(directory, ADAPTER_FILE))
-    with open(os.path.join(directory, ADAPTER_CONFIG), "w", encoding="utf-8") as handle:
-        json.dump({"format": "tzc-lora-1", "rank": rank, "alpha": alpha, "targets": targets, "base_model": base,
-                   "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
-                  handle, indent=2)
+    with staged(directory) as path:
+        os.makedirs(path)
+        save_file(adapter_arrays(model), os.path.join(path, ADAPTER_FILE))
+        with open(os.path.join(path, ADAPTER_CONFIG), "w", encoding="utf-8") as handle:
+            json.dump({"format": "tzc-lora-1", "rank": rank, "alpha": alpha, "targets": targets, "base_model": base,
+                       "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
+                      handle, indent=2)
     return directory
 
 
@@ -154,7 +188,8 @@ def hf_state_dict(params: dict[str, np.ndarray], config: gemma_lib.ModelConfig) 
     return out
 
 
-def hf_config(config: gemma_lib.ModelConfig, vocab_size: int, dtype: str) -> dict[str, Any]:
+def hf_config(config: gemma_lib.ModelConfig, vocab_size: int, dtype: str, special: dict[str, int]) -> dict[str, Any]:
+    """Hugging Face ``config.json``; ``special``: the tokenizer's ``bos``, ``eos`` and ``pad`` ids."""
     return {
         "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "vocab_size": vocab_size,
         "hidden_size": config.embed_dim, "intermediate_size": config.hidden_dim,
@@ -164,21 +199,72 @@ def hf_config(config: gemma_lib.ModelConfig, vocab_size: int, dtype: str) -> dic
         "attn_logit_softcapping": config.attn_logits_soft_cap, "final_logit_softcapping": config.final_logit_softcap,
         "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
         "max_position_embeddings": 8192, "tie_word_embeddings": True, "torch_dtype": dtype,
-        "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0,
+        "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
     }
 
 
-def save_merged(model: nnx.Module, directory: str, config: gemma_lib.ModelConfig, *, rank: int,
-                alpha: float) -> str:
-    params = merged_params(model, rank=rank, alpha=alpha)
+def save_merged(params: dict[str, np.ndarray], directory: str, config: gemma_lib.ModelConfig, *,
+                special: dict[str, int]) -> str:
+    """Merged weights (:func:`merged_params`) in Hugging Face's layout; ``special``: the tokenizer's
+    ``bos``, ``eos``, ``pad`` and ``end_of_turn`` ids (generation stops at ``eos`` or ``end_of_turn``)."""
     state = hf_state_dict(params, config)
     dtype = str(state["model.embed_tokens.weight"].dtype)
-    os.makedirs(directory, exist_ok=True)
-    save_file(state, os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as handle:
-        json.dump(hf_config(config, state["model.embed_tokens.weight"].shape[0], dtype), handle, indent=2)
+    with staged(directory) as path:
+        os.makedirs(path)
+        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
+            json.dump(hf_config(config, state["model.embed_tokens.weight"].shape[0], dtype, special), handle, indent=2)
+        with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as handle:
+            json.dump({"bos_token_id": special["bos"], "eos_token_id": [special["eos"], special["end_of_turn"]],
+                       "pad_token_id": special["pad"]}, handle, indent=2)
     return directory
 
 
-__all__ = ["adapter_arrays", "adapter_config", "hf_state_dict", "is_exported_adapters", "load_adapters",
-           "merged_params", "param_arrays", "save_adapters", "save_merged"]
+_KAGGLE_NORMS = {"pre_attention_norm": "pre_attention_norm", "post_attn_norm": "post_attention_norm",
+                 "pre_ffw_norm": "pre_ffw_norm", "post_ffw_norm": "post_ffw_norm"}
+
+
+def kaggle_params(params: dict[str, np.ndarray], config: gemma_lib.ModelConfig, *, vocab_rows: int = 0
+                  ) -> dict[str, dict[str, np.ndarray]]:
+    """tunix Gemma 2 parameters -> a Kaggle Flax checkpoint's flat tree (see the module docstring).
+
+    ``vocab_rows``: the embedding rows the loader's config has (Kaggle's Gemma 2 has 256,128, Hugging
+    Face's 256,000); missing rows are zeros, for ids no tokenizer piece has.
+    """
+    embedding = params["embedder/input_embedding"]
+    if vocab_rows > embedding.shape[0]:
+        embedding = np.concatenate([embedding, np.zeros((vocab_rows - embedding.shape[0], embedding.shape[1]),
+                                                        embedding.dtype)])
+    tree = {"transformer/embedder": {"input_embedding": embedding},
+            "transformer/final_norm": {"scale": params["final_norm/scale"]}}
+    for layer in range(config.num_layers):
+        ours, theirs = f"layers/{layer}", f"transformer/layer_{layer}"
+        for name in ("q_einsum", "kv_einsum", "qkv_einsum", "attn_vec_einsum"):
+            if f"{ours}/attn/{name}/w" in params:
+                tree[f"{theirs}/attn/{name}"] = {"w": params[f"{ours}/attn/{name}/w"]}
+        tree[f"{theirs}/mlp/gating_einsum"] = {"w": np.stack([params[f"{ours}/mlp/gate_proj/kernel"],
+                                                              params[f"{ours}/mlp/up_proj/kernel"]])}
+        tree[f"{theirs}/mlp/linear"] = {"w": params[f"{ours}/mlp/down_proj/kernel"]}
+        for name, kaggle in _KAGGLE_NORMS.items():
+            tree[f"{theirs}/{kaggle}"] = {"scale": params[f"{ours}/{name}/scale"]}
+    written = sum(len(leaves) for leaves in tree.values()) + config.num_layers  # gating_einsum holds two
+    if written != len(params):
+        raise ValueError(f"{len(params)} parameters but {written} in the Kaggle layout: a module it does not name")
+    return tree
+
+
+def save_flax(params: dict[str, np.ndarray], directory: str, config: gemma_lib.ModelConfig, *,
+              vocab_rows: int = 0) -> str:
+    """Merged weights (:func:`merged_params`) as a Kaggle Flax (orbax) Gemma 2 checkpoint at ``directory``."""
+    import orbax.checkpoint as ocp
+
+    tree = kaggle_params(params, config, vocab_rows=vocab_rows)
+    with staged(directory) as path:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(path, tree)
+        checkpointer.wait_until_finished()
+    return directory
+
+
+__all__ = ["adapter_arrays", "adapter_config", "hf_state_dict", "is_exported_adapters", "kaggle_params", "load_adapters",
+           "merged_params", "param_arrays", "save_adapters", "save_flax", "save_merged", "staged"]

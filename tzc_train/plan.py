@@ -6,8 +6,9 @@ host, and a program lowered with abstract inputs (``jax.ShapeDtypeStruct`` carry
 mesh of those chips) compiles with the TPU compiler. Nothing is allocated and no weights are read:
 
     abstract model (Gemma 2 2B shapes, bfloat16 base, float32 LoRA, AdamW state, tzc_train.model.prepare)
-      ─ tunix's own train step (PeftTrainer._train_step: value_and_grad over the adapters, optimizer update)
-        with tzc's packed inputs and loss ─ lower on the topology's mesh ─ compile
+      ─ the step ``tzc-train`` runs (tzc_train.trainer.Trainer: a scan over the ``--grad-accum``
+        micro-batches of value_and_grad over the adapters, then the optimizer update) with tzc's
+        packed inputs and loss ─ lower on the topology's mesh ─ compile
       ─ memory_analysis() (bytes per chip) and cost_analysis() (FLOPs; Pallas kernels not counted)
 
 An over-budget program fails to compile with ``RESOURCE_EXHAUSTED``: the plan then refuses in one
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import types
@@ -43,7 +45,11 @@ MODELS = ("tiny", "gemma2-2b")
 
 
 class PlanError(ValueError):
-    """The run does not fit (memory or hours), or the options cannot describe one."""
+    """The options cannot describe a run (a user's mistake)."""
+
+
+class DoesNotFit(PlanError):
+    """The plan's verdict: the run needs more memory than the chips have."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,9 +229,8 @@ def abstract_training_state(config: PlanConfig, vocab_size: int) -> tuple[Any, A
         model_config, dtype = gemma_lib.ModelConfig.gemma2_2b_it(), jnp.bfloat16
     provider = qwix.LoraProvider(module_path=config.lora_targets or LORA_TARGETS, rank=config.lora_rank,
                                  alpha=config.lora_alpha)
+    # As train.make_trainer builds it; accumulation happens inside the step (no optax.MultiSteps).
     optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-5, weight_decay=0.0)
-    if config.grad_accum > 1:
-        optimizer = optax.MultiSteps(optimizer, config.grad_accum)  # as tunix wraps it
 
     def build() -> tuple[Any, Any]:
         base = gemma_lib.Gemma(model_config, rngs=nnx.Rngs(0))
@@ -274,14 +279,24 @@ def model_flops(model_config: Any, adapter_elements: int, rows: int, seq_len: in
     return float(tokens * (4 * dense + 6 * adapter_elements) + rows * 3 * 4 * c.num_heads * c.head_dim * attention)
 
 
+def step_owner(input_fn: Any, loss_fn: Any, grad_accum: int) -> Any:
+    """What :class:`tzc_train.trainer.Trainer`'s step reads of its trainer (the input and loss functions
+    train.py gives it, the accumulation count), without building a trainer (checkpoints, logs)."""
+    from tzc_train.trainer import Trainer
+
+    owner = types.SimpleNamespace(gen_model_input_fn=input_fn, loss_fn=loss_fn, grad_accum=grad_accum)
+    owner._summed_loss = functools.partial(Trainer._summed_loss, owner)
+    return owner
+
+
 def plan(config: PlanConfig) -> Plan:
     """Compile the run's train step for ``config.topology`` and size it; raises :class:`PlanError` if it
     does not fit the chips' memory (the hours are judged by the caller: :attr:`Plan.hours`)."""
     import tzc_data
     from flax import nnx
-    from tunix.sft import peft_trainer
 
     from tzc_train.model import packed_inputs, packed_loss
+    from tzc_train.trainer import Trainer
 
     try:
         manifest = tzc_data.read_manifest(config.data)
@@ -305,15 +320,15 @@ def plan(config: PlanConfig) -> Plan:
         adapters = _sharded(nnx.state(model, nnx.LoRAParam), mesh)
         opt_state = _sharded(nnx.state(optimizer, nnx.optimizer.OptState), mesh)
         rows = NamedSharding(mesh, P("fsdp"))
-        batch = {name: jax.ShapeDtypeStruct((config.batch_size, seq_len), jnp.int32, sharding=rows)
+        # One iterator element of tzc-train: the whole optimizer step's rows, micro-batches stacked.
+        batch = {name: jax.ShapeDtypeStruct((config.batch_size * config.grad_accum, seq_len), jnp.int32,
+                                            sharding=rows)
                  for name in ("tokens", "segment_ids", "positions", "loss_mask")}
-        # tunix's own step body, with the input and loss functions a PeftTrainer is given in train.py.
-        trainer = types.SimpleNamespace(gen_model_input_fn=packed_inputs, loss_fn=packed_loss, _lora_enabled=True,
-                                        _has_aux=False)
+        trainer = step_owner(packed_inputs, packed_loss, config.grad_accum)
 
         def train_step(state: Any, batch: dict[str, jax.Array]) -> tuple[Any, jax.Array, jax.Array]:
             model, optimizer = nnx.merge(graph, state)
-            loss, _, grad_norm = peft_trainer.PeftTrainer._train_step(trainer, model, optimizer, batch)
+            loss, _, grad_norm = Trainer._accumulating_step(trainer, model, optimizer, batch)
             return nnx.state((model, optimizer)), loss, grad_norm
 
         out_shardings = (jax.tree.map(lambda x: x.sharding, state), NamedSharding(mesh, P()), NamedSharding(mesh, P()))
@@ -331,7 +346,7 @@ def plan(config: PlanConfig) -> Plan:
             if "RESOURCE_EXHAUSTED" not in text:
                 raise
             detail = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)
-            raise PlanError(f"does not fit: batch {config.batch_size} x {seq_len} tokens on {config.topology} "
+            raise DoesNotFit(f"does not fit: batch {config.batch_size} x {seq_len} tokens on {config.topology} "
                             f"needs more than the {hbm / 2**30:.2f} GiB a chip has ({detail[:300]}); "
                             "lower --batch-size (raise --grad-accum) or use --remat block") from None
 
@@ -352,9 +367,9 @@ def plan(config: PlanConfig) -> Plan:
                   tokens_per_step=examples_per_step * seq_len, fill=float(manifest["packing"].get("fill", 1.0)),
                   steps_per_epoch=steps_per_epoch, steps=steps, peak_flops=peak)
     if not result.fits_memory:
-        raise PlanError(f"does not fit: {peak_bytes / 2**30:.2f} GiB a chip needed, {hbm / 2**30:.2f} GiB available "
+        raise DoesNotFit(f"does not fit: {peak_bytes / 2**30:.2f} GiB a chip needed, {hbm / 2**30:.2f} GiB available "
                         f"({config.topology}, batch {config.batch_size} x {seq_len})")
     return result
 
 
-__all__ = ["CHIPS", "Plan", "PlanConfig", "PlanError", "model_flops", "plan", "topology_mesh"]
+__all__ = ["CHIPS", "DoesNotFit", "Plan", "PlanConfig", "PlanError", "model_flops", "plan", "topology_mesh"]

@@ -17,13 +17,14 @@ from tzc_data.tokenize import Tokenizer
 
 
 class PromptEncoder:
-    """What tunix's Sampler needs from a tokenizer, with tzc's prompt encoding."""
+    """What tunix's Sampler needs from a tokenizer, with tzc's prompt encoding. A prompt is text
+    (encoded as in training) or a list of token ids already so encoded (the eval split's)."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
 
-    def encode(self, prompt: str, **_: Any) -> list[int]:
-        return self.tokenizer.encode_prompt(prompt)
+    def encode(self, prompt: str | list[int], **_: Any) -> list[int]:
+        return list(prompt) if isinstance(prompt, list) else self.tokenizer.encode_prompt(prompt)
 
     def decode(self, ids: list[int], **_: Any) -> str:
         return self.tokenizer.decode(int(i) for i in ids)
@@ -40,10 +41,14 @@ class PromptEncoder:
 
 @dataclass(frozen=True)
 class Sample:
+    """One completion. ``truncated``: the budget ran out before ``<end_of_turn>`` / ``<eos>``."""
+
     prompt: str
     completion: str
     well_formed: bool
     problem: str = ""
+    truncated: bool = False
+    new_tokens: int = 0
 
 
 def check_format(completion: str) -> tuple[bool, str]:
@@ -58,20 +63,35 @@ def check_format(completion: str) -> tuple[bool, str]:
     return True, ""
 
 
-def sample(model: Any, model_config: Any, tokenizer: Tokenizer, prompts: list[str], *,
-           max_new_tokens: int = 1024) -> list[Sample]:
-    """Greedy completions of ``prompts`` (stops at ``<end_of_turn>`` or ``<eos>``)."""
+def sample(model: Any, model_config: Any, tokenizer: Tokenizer, prompts: list[str | list[int]], *,
+           max_new_tokens: int = 1024, batch_size: int = 8) -> list[Sample]:
+    """Greedy completions of ``prompts``, ``batch_size`` at a time (stops at ``<end_of_turn>`` or
+    ``<eos>``, or after ``max_new_tokens``).
+
+    Every batch has the same shapes (the last one is padded with repeats of its first prompt, and
+    every prompt is left-padded to the longest), so the sampler compiles once.
+    """
     from tunix.generate import sampler as sampler_lib
 
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"need --max-new-tokens >= 1 and --batch-size >= 1; got {max_new_tokens}, {batch_size}")
+    if not prompts:
+        return []
     encoder = PromptEncoder(tokenizer)
     longest = max(len(encoder.encode(p)) for p in prompts)
     cache = sampler_lib.CacheConfig(cache_size=longest + max_new_tokens + 8, num_layers=model_config.num_layers,
                                     num_kv_heads=model_config.num_kv_heads, head_dim=model_config.head_dim)
     sampler = sampler_lib.Sampler(model, encoder, cache)
-    output = sampler(prompts, max_generation_steps=max_new_tokens, max_prompt_length=longest,
-                     eos_tokens=[tokenizer.end_of_turn, tokenizer.eos], temperature=0.0)
     samples = []
-    for prompt, completion in zip(prompts, output.text):
-        ok, problem = check_format(completion)
-        samples.append(Sample(prompt, completion, ok, problem))
+    for at in range(0, len(prompts), batch_size):
+        batch = prompts[at:at + batch_size]
+        padded = batch + [batch[0]] * (batch_size - len(batch))
+        output = sampler(padded, max_generation_steps=max_new_tokens, max_prompt_length=longest,
+                         eos_tokens=[tokenizer.end_of_turn, tokenizer.eos], temperature=0.0)
+        for prompt, completion, tokens in zip(batch, output.text, output.tokens):
+            ok, problem = check_format(completion)
+            shown = prompt if isinstance(prompt, str) else encoder.decode(prompt)
+            # tunix cuts each output before its first stop token: a full budget means none came.
+            samples.append(Sample(shown, completion, ok, problem, truncated=len(tokens) >= max_new_tokens,
+                                  new_tokens=len(tokens)))
     return samples

@@ -1,13 +1,20 @@
 """LoRA SFT of Gemma 2 on a tzc build, with tunix, on a JAX device mesh. Read it top to bottom.
 
     mesh ─ model (tiny random | HF safetensors | Kaggle Flax) ─ qwix LoRA (float32 adapters)
-         ─ optax AdamW, warmup + cosine, gradient accumulation
-         ─ tunix PeftTrainer with tzc's packed inputs and loss ─ orbax checkpoints in --out
+         ─ optax AdamW, warmup + cosine
+         ─ tzc's Trainer (tunix PeftTrainer; token-mean loss over grad_accum micro-batches per step)
+         ─ orbax checkpoints, TensorBoard, tzc_run.json and summary.json in --out
+
+One step is ``--batch-size`` x ``--grad-accum`` packed rows (the effective batch); each host reads
+its share (``tzc_data.batches`` with ``shard_index = jax.process_index()``), so the rows of a step
+do not depend on the number of hosts. The loss is the mean over the step's target tokens.
 
 Resume: tunix restores the latest checkpoint in ``--out`` (adapters, optimizer state, step) and
 skips the batches already consumed; ``tzc_data.batches`` is a pure function of the seed, so the
-data position is exact. ``--init-lora`` starts a new run from another run's adapters (the
-original entry's "unrestricted mode").
+data position is exact as long as the options that shape the data and the schedule are the
+run's own (checked against ``tzc_run.json``). ``--time-limit`` ends a session with a checkpoint
+before the limit (``tzc_train/session.py``). ``--init-lora`` starts a new run from another run's
+adapters (the original entry's "unrestricted mode").
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 import tzc_data
 from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
 from tzc_train.model import REMAT, default_attention, packed_inputs, packed_loss, prepare, tiny_config, tiny_model
+from tzc_train.session import Deadline, Feed, write_summary
+from tzc_train.trainer import Trainer
 
 LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
 
@@ -49,7 +58,7 @@ class TrainConfig:
     init_lora: str | None = None
     epochs: float = 1.0
     steps: int | None = None  # bounds the run instead of epochs
-    batch_size: int = 8
+    batch_size: int = 8  # packed rows per micro-batch, all hosts together
     grad_accum: int = 1
     lr: float = 2e-5
     warmup_steps: int = 10
@@ -59,8 +68,10 @@ class TrainConfig:
     lora_targets: str = LORA_TARGETS
     mesh: tuple[int, int] | None = None  # (fsdp, tp); default: (devices / tp, tp) with tp = min(4, devices)
     seed: int = 0
-    eval_every: int = 50
+    eval_every: int | None = None  # default: see eval_interval
+    eval_rows: int = 256  # a fixed subset of the eval split; 0: no eval
     save_every: int = 50
+    time_limit: float | None = None  # seconds from the start of the command
     resume: bool = False
     remat: str = "block"  # none | block | decoder: tunix's RematConfig (tzc_train.model.prepare)
     attention: str = "auto"  # auto (splash on TPU, else plain) | plain | splash
@@ -78,6 +89,29 @@ class TrainConfig:
             raise ValueError("--batch-size, --grad-accum and --lora-rank must be >= 1 and --lr > 0")
         if self.steps is None and self.epochs <= 0:
             raise ValueError("--epochs must be > 0 (or give --steps)")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"--steps {self.steps}: must be >= 1")
+        if (self.eval_every is not None and self.eval_every < 1) or self.save_every < 1 or self.eval_rows < 0:
+            raise ValueError("--eval-every and --save-every must be >= 1, --eval-rows >= 0")
+        if self.time_limit is not None and not self.time_limit > 0:
+            raise ValueError(f"--time-limit {self.time_limit}: must be a positive number of seconds")
+
+
+# The options that decide which rows each step reads and what it does with them: a resume with
+# other values would continue another run from this one's checkpoint at the wrong data position.
+RESUME_FIELDS = ("data", "model", "weights", "epochs", "steps", "batch_size", "grad_accum", "lr", "warmup_steps",
+                 "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
+PATH_FIELDS = ("data", "out", "weights", "init_lora")
+
+
+def parse_mesh(text: str | None) -> tuple[int, int] | None:
+    """``--mesh 2x4`` (or ``2X4``) as (fsdp, tp)."""
+    if not text:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"--mesh {text!r}: write it as FSDPxTP, e.g. 2x4")
+    return int(parts[0]), int(parts[1])
 
 
 def make_mesh(shape: tuple[int, int] | None) -> jax.sharding.Mesh:
@@ -144,8 +178,8 @@ def restore_adapters(model: nnx.Module, path: str, option: str) -> None:
     if is_exported_adapters(path):
         load_adapters(model, path)
         return
-    restored, _ = checkpoint_manager.CheckpointManager(root_directory=path).maybe_restore(
-        model, None, restore_only_lora_params=True)
+    restored, _ = checkpoint_manager.CheckpointManager(root_directory=os.path.abspath(path)).maybe_restore(
+        model, None, restore_only_lora_params=True)  # orbax wants an absolute path
     if not restored:
         raise ValueError(f"{option} {path}: no checkpoint there (and no exported adapters)")
 
@@ -161,16 +195,23 @@ def recorded_lora(path: str) -> tuple[int, float] | None:
     return None
 
 
+def _recorded_fields(config: TrainConfig) -> dict[str, Any]:
+    fields = dataclasses.asdict(config)
+    for name in PATH_FIELDS:  # usable from any working directory
+        fields[name] = os.path.abspath(fields[name]) if fields[name] else None
+    return fields
+
+
 def write_run_config(config: TrainConfig) -> None:
-    """The run's options, beside its checkpoints: ``export`` and ``sample`` rebuild the same model."""
+    """The run's options, beside its checkpoints: ``export`` and ``sample`` rebuild the same model,
+    and ``--resume`` is checked against them. Written once, when the run starts."""
     os.makedirs(config.out, exist_ok=True)
     path = os.path.join(config.out, RUN_CONFIG)
     if not os.path.exists(path):
-        fields = dataclasses.asdict(config)
-        for name in ("data", "out", "weights", "init_lora"):  # usable from any working directory
-            fields[name] = os.path.abspath(fields[name]) if fields[name] else None
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(fields, handle, indent=2)
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(_recorded_fields(config), handle, indent=2)
+        os.replace(temporary, path)
 
 
 def read_run_config(run: str) -> TrainConfig:
@@ -180,118 +221,267 @@ def read_run_config(run: str) -> TrainConfig:
             fields = json.load(handle)
     except OSError as err:
         raise ValueError(f"{run} is not a tzc-train run directory (no {RUN_CONFIG}: {err.strerror})") from None
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields = {k: v for k, v in fields.items() if k in known}  # runs of older versions lack newer options
     fields["mesh"] = tuple(fields["mesh"]) if fields.get("mesh") else None
     return TrainConfig(**fields)
 
 
+def check_resume(config: TrainConfig) -> None:
+    """Refuse a ``--resume`` whose options differ from the run's where that changes the data
+    position or the optimisation, naming each difference."""
+    if not os.path.isfile(os.path.join(config.out, RUN_CONFIG)):
+        return
+    with open(os.path.join(config.out, RUN_CONFIG), encoding="utf-8") as handle:
+        recorded = json.load(handle)
+    now = _recorded_fields(config)
+    changed = [name for name in RESUME_FIELDS if name in recorded and recorded[name] != now[name]]
+    if changed:
+        listed = ", ".join(f"--{n.replace('_', '-')} {recorded[n]} (given: {now[n]})" for n in changed)
+        raise ValueError(f"--resume: the run in {config.out} was started with {listed}; resume with the run's "
+                         f"options (recorded in {os.path.join(config.out, RUN_CONFIG)}) or start a new --out")
+
+
+def saved_step(out: str) -> int | None:
+    """The latest checkpoint step in a run's ``--out``, or None."""
+    steps = [int(n) for n in os.listdir(out) if n.isdigit()] if os.path.isdir(out) else []
+    return max(steps) if steps else None
+
+
+def split_rows(manifest: dict[str, Any], split: str) -> int:
+    return int(manifest["packing"]["by_split"].get(split, {}).get("rows", 0)) if split in manifest["splits"] else 0
+
+
+def check_build(data: str, manifest: dict[str, Any]) -> int:
+    """The train split's packed rows; a build with none is refused (Grain would fail on 0 files)."""
+    rows = split_rows(manifest, "train")
+    if rows == 0:
+        counts = manifest.get("counts", {})
+        raise ValueError(f"--data {data}: the build has no packed rows in its train split (kept {counts.get('kept', 0)} "
+                         f"of {counts.get('read', 0)} rows read): nothing to train on")
+    return rows
+
+
+def check_batch(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    """A batch the data axis cannot split evenly would be replicated by tunix's sharding helper
+    (every device computing every row): refuse it, naming sizes that fit."""
+    data, hosts = mesh.shape["fsdp"], jax.process_count()
+    if config.batch_size % data:
+        lower = config.batch_size // data * data
+        fits = " or ".join(str(s) for s in (lower, lower + data) if s > 0)
+        raise ValueError(f"--batch-size {config.batch_size} does not split over the mesh's data axis (fsdp = {data} "
+                         f"devices): use a multiple of {data}, e.g. {fits}")
+    if config.batch_size % hosts:
+        raise ValueError(f"--batch-size {config.batch_size} does not split over {hosts} hosts: use a multiple of {hosts}")
+
+
+def host_batches(data: str, rows: int, *, seed: int, split: str = "train", num_epochs: int | None = None):
+    """``tzc_data.batches`` for this host: ``rows`` rows a batch over all hosts, this host's share
+    (every ``process_count``-th row of the global order), so hosts read disjoint rows."""
+    hosts = jax.process_count()
+    return tzc_data.batches(data, rows // hosts, seed=seed, split=split, num_epochs=num_epochs,
+                            shard_index=jax.process_index(), shard_count=hosts)
+
+
+def eval_set(config: TrainConfig, manifest: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], str]:
+    """A fixed subset of the eval split (the first ``eval_rows`` rows of its seeded order, whole
+    batches only), the same at every eval and in every session; and a line saying what it is."""
+    rows = split_rows(manifest, "eval")
+    if config.eval_rows == 0:
+        return [], "eval: off (--eval-rows 0)"
+    if rows < config.batch_size:
+        return [], f"eval: off (the build's eval split has {rows} packed rows, fewer than one batch of {config.batch_size})"
+    count = max(1, min(config.eval_rows, rows) // config.batch_size)
+    batches = host_batches(config.data, config.batch_size, seed=config.seed, split="eval", num_epochs=1)
+    subset = [next(batches) for _ in range(count)]
+    return subset, f"eval: {count * config.batch_size} of the eval split's {rows} packed rows"
+
+
+def eval_interval(config: TrainConfig, steps: int) -> int:
+    """``--eval-every``, or about 20 evals a run and never more often than every 50 steps."""
+    return config.eval_every or max(50, math.ceil(steps / 20))
+
+
 class ConsoleLine(hooks.TrainingHooks):
-    """One line per step: step, loss, tokens/s (non-padding), learning rate.
+    """One line per step: step, loss, tokens/s (non-padding), learning rate; one per eval.
 
     tunix reports a step's loss once the next step is under way, and the last one at the end, so
-    the interval between two reports can hold two steps or almost none (on CPU a 3-step run showed
-    993,045 tokens/s for its last step). The rate is therefore the average since the first report;
-    the first line's rate includes compilation.
+    the interval between two reports can hold two steps or almost none. The rate is therefore the
+    average since the first report; the first line's rate includes compilation. The learning rate
+    printed is the one the step used (optax's schedule at the step's 0-based index).
     """
 
-    def __init__(self, schedule: optax.Schedule, tokens_per_step: float, every: int = 1):
-        self.schedule, self.tokens_per_step, self.every = schedule, tokens_per_step, every
+    def __init__(self, schedule: optax.Schedule, feed: Feed, every: int = 1):
+        self.schedule, self.feed, self.every = schedule, feed, every
         self.started = time.perf_counter()
-        self.first: float | None = None
+        self.first: tuple[int, float] | None = None
         self.losses: list[float] = []
+        self.evals: list[tuple[int, float]] = []  # (step, token-mean eval loss)
+        self.restored = 0
+
+    def on_train_start(self, train_ctx: Any) -> None:
+        self.restored = train_ctx.train_steps
 
     def on_train_step_end(self, train_ctx: Any, train_step: int, train_loss: float) -> None:
         loss = float(train_loss)  # waits for the step
         now = time.perf_counter()
         self.losses.append(loss)
         if self.first is None:
-            self.first = now
-            rate = self.tokens_per_step / max(now - self.started, 1e-9)
+            self.first = (train_step, now)
+            tokens, seconds = self.feed.tokens(train_step) - self.feed.tokens(self.restored), now - self.started
         else:
-            rate = self.tokens_per_step * (len(self.losses) - 1) / max(now - self.first, 1e-9)
+            tokens, seconds = self.feed.tokens(train_step) - self.feed.tokens(self.first[0]), now - self.first[1]
         if train_step % self.every == 0:
-            print(f"step {train_step:>6}  loss {loss:.4f}  {rate:>9,.0f} tokens/s  "
-                  f"lr {float(self.schedule(train_step)):.2e}", file=sys.stderr, flush=True)
+            print(f"step {train_step:>6}  loss {loss:.4f}  {tokens / max(seconds, 1e-9):>9,.0f} tokens/s  "
+                  f"lr {float(self.schedule(train_step - 1)):.2e}", file=sys.stderr, flush=True)
 
     def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None:
-        print(f"eval loss {float(eval_loss):.4f}", file=sys.stderr, flush=True)
+        self.record_eval(train_ctx.train_steps, train_ctx.pop_eval_loss())
 
-    def on_train_start(self, train_ctx: Any) -> None: ...
+    def record_eval(self, step: int, loss: float | None) -> None:
+        if loss is not None:
+            self.evals.append((step, loss))
+            print(f"eval loss {loss:.4f}  perplexity {math.exp(min(loss, 700)):.3f}  (step {step})",
+                  file=sys.stderr, flush=True)
+
     def on_train_end(self, train_ctx: Any) -> None: ...
     def on_train_step_start(self, train_ctx: Any) -> None: ...
     def on_eval_step_start(self, train_ctx: Any) -> None: ...
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run; returns a summary (steps, first and last loss, seconds, mesh)."""
+def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any]:
+    """Run (or continue) a run; returns its summary (``summary.json``) plus this session's losses,
+    mesh and model. ``started``: a ``time.monotonic()`` reading that ``--time-limit`` counts from
+    (default: now)."""
+    started = time.monotonic() if started is None else started
     manifest = tzc_data.read_manifest(config.data)
     seq_len, vocab_size = manifest["config"]["seq_len"], manifest["tokenizer"]["vocab_size"]
     if os.path.isdir(config.out) and os.listdir(config.out) and not config.resume:
         raise ValueError(f"--out {config.out} already holds a run: pass --resume to continue it")
-    rows = manifest["packing"]["by_split"]["train"]["rows"]
+    if config.resume:
+        check_resume(config)
+    rows = check_build(config.data, manifest)
     examples_per_step = config.batch_size * config.grad_accum
     steps = config.steps or max(1, int(config.epochs * rows / examples_per_step))
 
     mesh = make_mesh(config.mesh)
+    check_batch(config, mesh)
     with mesh:
         base, model_config = base_model(config, vocab_size, mesh)
         model = with_lora(base, config, mesh)
         prepare(model, remat=config.remat,
                 attention=default_attention() if config.attention == "auto" else config.attention)
-        if config.init_lora:
+        if config.init_lora and saved_step(config.out) is None:  # a resumed run restores its own adapters
             restore_adapters(model, config.init_lora, "--init-lora")
-        write_run_config(config)
+        if jax.process_index() == 0:
+            write_run_config(config)
 
-        warmup = min(config.warmup_steps, steps - 1)
-        schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, max(steps, warmup + 1))
-        optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=config.weight_decay)
-        training = peft_trainer.TrainingConfig(
-            eval_every_n_steps=config.eval_every, max_steps=steps,
-            gradient_accumulation_steps=config.grad_accum if config.grad_accum > 1 else None,
-            checkpoint_root_directory=os.path.abspath(config.out),
-            checkpointing_options=checkpoint_manager.ocp.CheckpointManagerOptions(
-                save_interval_steps=config.save_every, max_to_keep=3),
-            metrics_logging_options=metrics_logger.MetricsLoggerOptions(
-                log_dir=os.path.join(os.path.abspath(config.out), "tensorboard")),
-        )
-        console = ConsoleLine(schedule, examples_per_step * seq_len * manifest["packing"]["fill"])
-        trainer = (peft_trainer.PeftTrainer(model, optimizer, training)
-                   .with_gen_model_input_fn(packed_inputs).with_loss_fn(packed_loss))
-        trainer.with_training_hooks(console)  # returns None, unlike the two above
-        eval_batches = None
-        if "eval" in manifest["splits"]:
-            eval_batches = list(tzc_data.batches(config.data, config.batch_size, seed=config.seed, split="eval",
-                                                 num_epochs=1, drop_remainder=True))
-        started = time.perf_counter()
-        trainer.train(tzc_data.batches(config.data, config.batch_size, seed=config.seed), eval_batches or None)
-        seconds = time.perf_counter() - started
-    return {"steps": steps, "losses": console.losses, "seconds": round(seconds, 2),
-            "mesh": dict(zip(mesh.axis_names, mesh.devices.shape)), "model": model}
+        trainer, schedule = make_trainer(config, model, steps)
+        feed = Feed(host_batches(config.data, examples_per_step, seed=config.seed),
+                    Deadline(config.time_limit, started), agree=agreement())
+        console = ConsoleLine(schedule, feed)
+        trainer.with_training_hooks(console)
+        eval_batches, eval_note = eval_set(config, manifest)
+        print(f"{steps} steps of {examples_per_step} packed rows ({config.batch_size} x {config.grad_accum}); "
+              f"{eval_note}, every {eval_interval(config, steps)} steps", file=sys.stderr, flush=True)
+        trainer.train(feed, eval_batches or None)
+        if eval_batches and feed.stopped != "time limit" and (not console.evals or
+                                                              console.evals[-1][0] != trainer.train_steps):
+            console.record_eval(trainer.train_steps, trainer.evaluate(eval_batches))
+        summary = record_session(config, steps, trainer.train_steps, feed, console, started, mesh)
+    return {**summary, "losses": console.losses, "mesh": summary["session"]["mesh"], "model": model}
+
+
+def make_trainer(config: TrainConfig, model: nnx.Module, steps: int) -> tuple[Trainer, optax.Schedule]:
+    """tzc's Trainer with AdamW on warmup + cosine, checkpoints and TensorBoard in ``--out``."""
+    warmup = min(config.warmup_steps, steps - 1)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, max(steps, warmup + 1))
+    optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=config.weight_decay)
+    training = peft_trainer.TrainingConfig(
+        eval_every_n_steps=eval_interval(config, steps), max_steps=steps,
+        checkpoint_root_directory=os.path.abspath(config.out),
+        checkpointing_options=checkpoint_manager.ocp.CheckpointManagerOptions(
+            save_interval_steps=config.save_every, max_to_keep=3),
+        metrics_logging_options=metrics_logger.MetricsLoggerOptions(
+            log_dir=os.path.join(os.path.abspath(config.out), "tensorboard")),
+    )
+    trainer = (Trainer(model, optimizer, training, grad_accum=config.grad_accum)
+               .with_gen_model_input_fn(packed_inputs).with_loss_fn(packed_loss))
+    return trainer, schedule
+
+
+def record_session(config: TrainConfig, steps: int, done: int, feed: Feed, console: ConsoleLine, started: float,
+                   mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """This session's entry and the run's totals, written to ``summary.json`` (by process 0)."""
+    stopped = "time limit" if feed.stopped == "time limit" else "finished" if done >= steps else feed.stopped
+    session = {"stopped": stopped, "first_step": console.restored + 1, "last_step": done,
+               "steps": done - console.restored,
+               "tokens": total_tokens(feed.tokens(done) - feed.tokens(console.restored)),
+               "wall_seconds": round(time.monotonic() - started, 1),
+               "mesh": dict(zip(mesh.axis_names, mesh.devices.shape))}
+    last_eval = console.evals[-1] if console.evals else (None, None)
+    totals = {"steps": done, "max_steps": steps, "tokens": total_tokens(feed.tokens(done)),
+              "train_loss": console.losses[-1] if console.losses else None, "eval_loss": last_eval[1],
+              "eval_step": last_eval[0]}
+    summary = write_summary(config.out, session, **totals) if jax.process_index() == 0 else totals
+    return {**summary, "session": session}
+
+
+def total_tokens(local: int) -> int:
+    """Tokens over all hosts (each host counts the rows it read)."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    return int(np.sum(multihost_utils.process_allgather(np.asarray(local, np.int64))))
+
+
+def agreement():
+    """How hosts agree to stop for the time limit: all as process 0 decides (one host stopping
+    alone would leave the others waiting in a collective). None on one host."""
+    if jax.process_count() == 1:
+        return None
+    from jax.experimental import multihost_utils
+
+    return lambda go_on: bool(multihost_utils.broadcast_one_to_all(np.asarray(go_on)))
 
 
 def export_run(run: str, out: str, *, weights: str | None = None, merged: bool = True) -> dict[str, Any]:
-    """Write ``out/adapters`` and (unless ``merged=False``) ``out/merged`` for a run's latest
-    checkpoint; see ``tzc_train/export.py``. ``weights`` overrides the base weights the run used."""
+    """Write ``out/adapters`` and (unless ``merged=False``) ``out/merged`` and ``out/flax`` for a
+    run's latest checkpoint; see ``tzc_train/export.py``. ``weights`` overrides the base weights
+    the run used. Refuses to write over a non-empty directory."""
+    from tzc_data.look import build_tokenizer
     from tzc_train import export
 
     config = read_run_config(run)
     if weights:
         config = dataclasses.replace(config, weights=weights)
-    targets = [os.path.join(out, export.ADAPTERS)] + ([os.path.join(out, export.MERGED)] if merged else [])
-    taken = [t for t in targets if os.path.exists(t) and os.listdir(t)]
+    names = [export.ADAPTERS] + ([export.MERGED, export.FLAX] if merged else [])
+    targets = {name: os.path.join(out, name) for name in names}
+    taken = [t for t in targets.values() if os.path.exists(t) and (not os.path.isdir(t) or os.listdir(t))]
     if taken:
         raise ValueError(f"{taken[0]} already exists and is not empty; choose another --out")
     manifest = tzc_data.read_manifest(config.data)
+    tokenizer = build_tokenizer(manifest, None)
+    special = {"bos": tokenizer.bos, "eos": tokenizer.eos, "pad": max(tokenizer.pad, 0),
+               "end_of_turn": tokenizer.end_of_turn}
     devices = len(jax.devices())
     mesh = make_mesh(config.mesh if config.mesh and config.mesh[0] * config.mesh[1] == devices else None)
     with mesh:
         base, model_config = base_model(config, manifest["tokenizer"]["vocab_size"], mesh)
         model = with_lora(base, config, mesh)
         restore_adapters(model, run, "--run")
-        written = {"adapters": export.save_adapters(model, targets[0], rank=config.lora_rank, alpha=config.lora_alpha,
-                                                    targets=config.lora_targets, base=config.model, run=os.path.abspath(run))}
+        written = {"adapters": export.save_adapters(model, targets[export.ADAPTERS], rank=config.lora_rank,
+                                                    alpha=config.lora_alpha, targets=config.lora_targets,
+                                                    base=config.model, run=os.path.abspath(run))}
         if merged:
-            written["merged"] = export.save_merged(model, targets[1], model_config, rank=config.lora_rank,
-                                                   alpha=config.lora_alpha)
+            params = export.merged_params(model, rank=config.lora_rank, alpha=config.lora_alpha)
+            written["merged"] = export.save_merged(params, targets[export.MERGED], model_config, special=special)
+            # Gemma.from_params builds Kaggle's config (256,128 embedding rows; Hugging Face's have 256,000)
+            rows = gemma_lib.ModelConfig.gemma2_2b_it().num_embed if config.model == "gemma2-2b" else 0
+            written["flax"] = export.save_flax(params, targets[export.FLAX], model_config, vocab_rows=rows)
     return written
 
 
@@ -305,5 +495,5 @@ def base_state(model: nnx.Module) -> dict[str, np.ndarray]:
     return param_arrays(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
 
 
-__all__ = ["TrainConfig", "base_state", "export_run", "lora_state", "make_mesh", "read_run_config", "recorded_lora",
-           "restore_adapters", "train"]
+__all__ = ["TrainConfig", "base_state", "check_batch", "export_run", "host_batches", "lora_state", "make_mesh",
+           "parse_mesh", "read_run_config", "recorded_lora", "restore_adapters", "train"]

@@ -122,3 +122,38 @@ def test_round_trip_property_catches_a_broken_parser(monkeypatch):
     failures = fuzz.run(50, derandomize=True)
     assert [f.prop for f in failures] == ["round_trip"]
     assert "AssertionError" in failures[0].report
+
+
+def test_split_stage_keeps_the_raw_response_only_when_asked():
+    from tzc_data.record import Example
+
+    raw = "<think>\n  some reasoning \n</think>\n\n the answer "
+    cleared, kept = (next(fmt.split_examples([Example(row=0, prompt="p", response=raw)], keep_response=keep))
+                     for keep in (False, True))
+    assert (cleared.reasoning, cleared.answer, cleared.response) == ("some reasoning", "the answer", "")
+    assert (kept.reasoning, kept.answer, kept.response) == ("some reasoning", "the answer", raw)
+
+
+def test_keep_rejected_holds_the_raw_response_of_rows_dropped_after_the_split(tmp_path, tiny_model_path):
+    import json
+
+    import polars as pl
+
+    from tzc_data.cli import main
+    from tzc_data.synthetic import generate
+
+    rows = [{"prompt": generate(5, i).prompt, "response": generate(5, i).response[:900] + "\n</think>\nDone."}
+            for i in range(10)]
+    rows[2]["response"] = "<think> a literal \u2581 here </think>  answer  "  # dropped by tokenize (lossy_tokens)
+    rows[5]["response"] = "<think>" + "word " * 3000 + "</think> long"  # dropped by a quality filter (loop)
+    rows[7]["response"] = "<think>cut off"  # dropped by the split itself
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    assert main(["build", "--source", str(src), "--range", "0:10", "--out", str(out), "--tokenizer", tiny_model_path,
+                 "--seq-len", "2048", "--keep-rejected", "--no-progress", "--min-kept-ratio", "0"]) == 0
+    rejected = pl.read_parquet(out / "rejected" / "rejected.parquet").sort("row")
+    assert rejected["row"].to_list() == [2, 5, 7]
+    assert rejected["status"].to_list() == ["lossy_tokens", "loop", "unterminated_think"]
+    assert rejected["response"].to_list() == [rows[2]["response"], rows[5]["response"], rows[7]["response"]]
+    assert rejected["reasoning"][0] == "a literal \u2581 here" and rejected["answer"][0] == "answer"

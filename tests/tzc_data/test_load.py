@@ -89,3 +89,58 @@ def test_torch_hf_and_parquet_adapters_give_the_same_rows(small_build, tmp_path)
     assert tzc_data.export_parquet(out, tmp_path / "e.parquet", "eval") == len(reference)
     table = pq.read_table(tmp_path / "e.parquet")
     assert table.column_names == list(FIELDS) and table["positions"][0].as_py() == reference[0]["positions"].tolist()
+
+
+@pytest.fixture(scope="module")
+def empty_splits(tmp_path_factory, tiny_model_path):
+    """A build whose eval split has no rows, and one that kept no row at all."""
+    from tzc_data.tokenize import Tokenizer
+
+    root = tmp_path_factory.mktemp("empty")
+    tok = Tokenizer(tiny_model_path)
+    no_eval = build(BuildConfig(out=str(root / "no-eval"), start=0, stop=100, source="synthetic", seq_len=8192,
+                                eval_fraction=0.001), tokenizer=tok, progress=False)
+    nothing = build(BuildConfig(out=str(root / "nothing"), start=0, stop=30, source="synthetic", max_tokens=16,
+                                min_kept_ratio=0.0), tokenizer=tok, progress=False)
+    assert no_eval["packing"]["by_split"]["eval"]["rows"] == 0 and no_eval["splits"]["eval"] == []
+    assert nothing["counts"]["kept"] == 0 and nothing["splits"]["train"] == []
+    return root / "no-eval", "eval", root / "nothing", "train"
+
+
+def test_a_split_without_rows_loads_empty_and_says_so_where_it_cannot_be(empty_splits, tmp_path, tiny_model_path,
+                                                                         capsys):
+    import pyarrow.parquet as pq
+
+    from tzc_data.cli import main
+    from tzc_data.verify import verify
+
+    for out, split in (empty_splits[:2], empty_splits[2:]):
+        assert len(tzc_data.load(out, split)) == 0 and list(tzc_data.iter_rows(out, split)) == []
+        assert list(tzc_data.batches(out, 2, seed=0, split=split, num_epochs=1)) == []
+        with pytest.raises(OutputError, match=f"split '{split}' of .* has no packed rows: there is nothing to repeat"):
+            tzc_data.batches(out, 2, seed=0, split=split)
+        target = tmp_path / f"{out.name}.parquet"
+        assert main(["export", str(out), "--split", split, "-o", str(target)]) == 0
+        assert pq.read_table(target).num_rows == 0
+        capsys.readouterr()
+        assert main(["inspect", str(out), "--split", split, "--row", "0", "--tokenizer", tiny_model_path]) == 2
+        assert capsys.readouterr().err == f"tzc-data: error: split '{split}' of {out} has no packed rows\n"
+        assert verify([str(out)], [tiny_model_path]) == []
+
+
+def test_the_loaders_read_the_manifests_shards_entries(small_build, tmp_path):
+    """``splits`` is only an index of ``shards``: a manifest where they differ is refused, not half read."""
+    import json
+    import shutil
+
+    out = tmp_path / "b"
+    shutil.copytree(small_build[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    from tzc_data.load import shard_paths
+
+    assert shard_paths(out, "eval") == [str(out / e["file"]) for e in manifest["shards"]
+                                                      if e["split"] == "eval"]
+    manifest["splits"]["eval"] = manifest["splits"]["train"][:1]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(OutputError, match=r"splits\['eval'\] is \[.*\], but the shards of split 'eval' are"):
+        tzc_data.load(out, "eval")

@@ -99,3 +99,41 @@ def test_property_the_batched_stage_equals_one_prompt_at_a_time(picks, batch):
     assert list(batched.rows) == list(reference.rows) and batched.sketches == reference.sketches
     probe = np.stack([fingerprint(p)[0] for p in prompts])
     assert np.array_equal(batched.lookup_many(probe), reference.lookup_many(probe))
+
+
+def _both_checks(prompts: list[str], batch: int = 256) -> list[Example]:
+    from tzc_data.dedupe import ExactIndex, hash_prompts
+
+    rows = hash_prompts([Example(row=i, prompt=p) for i, p in enumerate(prompts)])
+    return list(drop_near_duplicates(rows, NearDupIndex(0.8), exact=ExactIndex(), batch=batch))
+
+
+def test_an_exact_copy_of_a_near_duplicate_is_a_near_duplicate_of_the_kept_row():
+    """A, A' (one word changed), A': row 2 has no kept exact twin (row 1 was dropped), so it is a
+    near duplicate of row 0, the row that was kept."""
+    a = _prompt(5, 0)
+    a_prime = _near_variant(a, __import__("random").Random(1))
+    assert exact_jaccard(a, a_prime) >= 0.8
+    out = _both_checks([a, a_prime, a_prime])
+    assert [(e.status, e.twin) for e in out] == [("kept", None), ("near_duplicate", 0), ("near_duplicate", 0)]
+    out = _both_checks([a, a, a_prime])
+    assert [(e.status, e.twin) for e in out] == [("kept", None), ("duplicate", 0), ("near_duplicate", 0)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(0, 2)), min_size=1, max_size=30), st.integers(1, 7))
+def test_property_every_twin_is_an_earlier_kept_row(picks, batch):
+    """Whatever mix of copies and one-word variants, in whatever batches: a dropped row's twin is
+    a kept row before it, and no kept prompt has a kept exact copy."""
+    import random
+
+    bases = [_prompt(6, k) for k in range(6)]
+    prompts = [bases[k] if edit == 0 else _near_variant(bases[k], random.Random(edit * 100 + k)) for k, edit in picks]
+    out = _both_checks(prompts, batch)
+    kept = {e.row for e in out if e.kept}
+    for e in out:
+        if not e.kept:
+            assert e.twin in kept and e.twin < e.row, (e.row, e.status, e.twin)
+    kept_hashes = [e.prompt_hash for e in out if e.kept]
+    assert len(kept_hashes) == len(set(kept_hashes))
+    assert [(e.status, e.twin) for e in out] == [(e.status, e.twin) for e in _both_checks(prompts, 256)]

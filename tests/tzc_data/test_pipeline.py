@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import grain
@@ -158,7 +159,8 @@ def test_jsonl_with_malformed_lines_builds_and_accounts_for_them(tmp_path, tiny_
                  "--seq-len", "2048", "--no-progress"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"]["by_status"]["malformed"] == 2 and manifest["counts"]["read"] == 40
-    assert manifest["source"]["files"] == [{"path": "rows.jsonl", "bytes": os.path.getsize(src)}]
+    assert manifest["source"]["files"] == [{"path": "rows.jsonl", "bytes": os.path.getsize(src), "rows": 40,
+                                            "sha256": hashlib.sha256(src.read_bytes()).hexdigest()}]
     stats = pl.read_parquet(out / "stats" / "records.parquet")
     bad = stats.filter(pl.col("status") == "malformed")
     assert bad["row"].to_list() == [3, 7] and "line 4" in bad["detail"][0]
@@ -171,6 +173,10 @@ def test_jsonl_with_malformed_lines_builds_and_accounts_for_them(tmp_path, tiny_
     (["--range", "0:10", "--source", "/nonexistent/*.jsonl"], "not a file, a directory, or a glob"),
     (["--range", "0:10", "--tokenizer", "/nonexistent.model", "--source", "synthetic"], "does not exist"),
     (["--range", "0:10", "--system", "a <end_of_turn> b"], "--system"),
+    (["--range", "-5:10"], "--range -5:10: need 0 <= START < STOP"),
+    (["--range", "0:10", "--seq-len", "100000000"], "--seq-len 100000000: must be between 64 and 131,072"),
+    (["--range", "0:10", "--loop-min-repeats", "inf"], "--loop-min-repeats inf: must be a finite number"),
+    (["--range", "0:10", "--near-dup-threshold", "nan"], "--near-dup-threshold nan"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
     assert main(["build", "--out", str(tmp_path / "x"), *args]) == 2
@@ -264,6 +270,7 @@ def test_resume_after_sigkill_at_several_points_is_byte_identical(tmp_path):
 def test_resume_refuses_a_checkpoint_made_with_other_options(tmp_path, capsys):
     staging = tmp_path / ".run.tzc-partial"
     staging.mkdir()
+    (staging / ".tzc-staging.json").write_text(json.dumps({"pid": 1, "out": "run"}))  # one of ours
     (staging / ".checkpoint.json").write_text(json.dumps({"identity": {"config": "other"}, "next_row": 5}))
     assert _build(tmp_path / "run", "0:50", "--resume") == 2
     assert "run without --resume to start over" in capsys.readouterr().err
@@ -329,3 +336,415 @@ def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_
     assert not workers_alive()
     assert main(["build", "--out", str(out), *args, "--resume", "--workers", "2"]) == 0
     assert _files(out) == _files(reference)
+
+
+# -- never destroy, one writer, resumable at every moment (issue 13) ---------------------------------------
+
+# A build killed at an exact moment: a child forked, for each run, from a server process that
+# imported tzc and ran nothing (forking pytest itself, whose earlier tests left Arrow, Grain and
+# tokenizer threads behind, crashed children). The child's audit hook SIGKILLs it just before its
+# K-th file-system change under the server's folder, or records every change.
+_KILL_SERVER = r"""
+import json, os, signal, sys
+import tzc_data.cli, tzc_data.pipeline
+
+CHANGES = {"os.rename", "os.remove", "os.truncate", "os.mkdir", "os.rmdir", "shutil.rmtree", "shutil.copyfile"}
+ROOT = os.getcwd()
+
+def change(event, args):
+    if event == "open":
+        path, mode, flags = args
+        if not (mode and any(c in mode for c in "wax+")) and not (mode is None and flags & (os.O_WRONLY | os.O_RDWR)):
+            return None
+    elif event in CHANGES:
+        path = args[1] if event in ("os.rename", "shutil.copyfile") else args[0]
+    else:
+        return None
+    path = os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else ""
+    return f"{event} {os.path.relpath(path, ROOT)}" if path.startswith(ROOT) else None
+
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # this pipe carries the server's answers only
+        seen = []
+        def hook(event, args):
+            found = change(event, args)
+            if found is not None:
+                seen.append(found)
+                if len(seen) == request["kill_at"]:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        sys.addaudithook(hook)
+        code = tzc_data.cli.main(request["argv"])
+        with open(request["record"], "w") as handle:
+            json.dump(seen, handle)
+        os._exit(code)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+class _Killer:
+    """Runs ``tzc-data ARGV`` in a child of the server above: :meth:`events` lists the changes an
+    uninterrupted run makes, :meth:`kill` SIGKILLs a run just before its K-th change."""
+
+    def __init__(self, root: Path):
+        import subprocess
+        import sys
+
+        self.root = root
+        self.server = subprocess.Popen([sys.executable, "-c", _KILL_SERVER], cwd=root, text=True,
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def _run(self, argv: list[str], kill_at: int) -> int:
+        record = self.root / "events.json"
+        self.server.stdin.write(json.dumps({"argv": argv, "kill_at": kill_at, "record": str(record)}) + "\n")
+        self.server.stdin.flush()
+        return int(self.server.stdout.readline())
+
+    def events(self, argv: list[str]) -> list[str]:
+        assert self._run(argv, 0) == 0
+        record = self.root / "events.json"
+        events = json.loads(record.read_text())
+        record.unlink()
+        return events
+
+    def kill(self, argv: list[str], k: int) -> None:
+        status = self._run(argv, k)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, f"the build was not killed at change {k}"
+
+    def close(self) -> None:
+        self.server.stdin.close()
+        self.server.wait(timeout=30)
+
+
+def test_a_kill_at_every_file_the_build_writes_resumes_to_the_same_bytes(tmp_path, monkeypatch, tiny_model_path):
+    """Kill the build (SIGKILL) just before each file-system change it makes, in order, from the
+    first staging file to the removal of the build it replaces; each time, the same command with
+    --resume gives the uninterrupted build's bytes, and the replaced build survives until then."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--source", "synthetic", "--range", "0:120", "--tokenizer", tiny_model_path, "--seq-len", "8192",
+            "--checkpoint-every", "50", "--rows-per-shard", "16", "--eval-fraction", "0.2", "--keep-rejected",
+            "--min-kept-ratio", "0", "--no-progress", "--overwrite"]
+    assert main(["build", "--out", "ref", *args]) == 0
+    reference = _files(tmp_path / "ref")
+    previous = ["build", "--out", "run", *args, "--seed", "1"]
+    assert main(previous) == 0
+    old = _files(tmp_path / "run")
+    killer = _Killer(tmp_path)
+    try:
+        command = ["build", "--out", "run", *args]
+        events = killer.events(command)
+        assert any("records.part" in e for e in events) and "os.rename run" in events
+        kills = _first_and_last_of_each_kind(events)
+        assert len(kills) >= 30
+        print(f"{len(kills)} kill points of {len(events)} file-system changes")
+        for k in kills:
+            if _files(tmp_path / "run") != old:
+                assert main(previous) == 0
+            killer.kill(command, k)
+            now = _files(tmp_path / "run") if (tmp_path / "run").exists() else None
+            assert now is None or now in (old, reference), f"killed at {events[k - 1]}: the old build was damaged"
+            assert main([*command, "--resume"]) == 0, f"no resume after a kill at {events[k - 1]}"
+            assert _files(tmp_path / "run") == reference, f"killed at {events[k - 1]}: resume gave other bytes"
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["ref", "run"]
+    finally:
+        killer.close()
+
+
+def _first_and_last_of_each_kind(events: list[str]) -> list[int]:
+    """1-based positions of the first and the last change of each kind (the same event on a
+    file of the same name but for its numbers: every part file, shard and removal kind)."""
+    import re
+
+    where: dict[str, list[int]] = {}
+    for k, event in enumerate(events, 1):
+        where.setdefault(re.sub(r"\d+", "#", event), []).append(k)
+    return sorted({k for ks in where.values() for k in (ks[0], ks[-1])})
+
+
+def test_an_empty_out_is_refused_and_touches_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _build("", "0:20") == 2
+    assert "--out is empty" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_overwrite_never_empties_a_folder_that_is_not_a_build(tmp_path, capsys):
+    home = tmp_path / "home"
+    for name in ("thesis.txt", "photos/cat.jpg", ".ssh/id_ed25519"):
+        (home / name).parent.mkdir(parents=True, exist_ok=True)
+        (home / name).write_text("mine")
+    (home / "manifest.json").write_text('{"tzc_version": "0.1.0", "format_version": 1}')
+    before = _files(home)
+    assert _build(home, "0:20", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "is not a tzc build (it holds '.ssh'" in err and "--overwrite" not in err.split("error:")[1]
+    assert _files(home) == before and sorted(os.listdir(tmp_path)) == ["home"]
+
+
+def test_a_symlink_out_and_a_leftover_that_is_not_a_build_are_refused(tmp_path, capsys):
+    (tmp_path / "real").mkdir()
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    assert _build(tmp_path / "link", "0:20") == 2
+    assert "is a symlink" in capsys.readouterr().err
+    (tmp_path / ".run.tzc-partial.old").mkdir()
+    (tmp_path / ".run.tzc-partial.old" / "mine.txt").write_text("mine")
+    assert _build(tmp_path / "run", "0:20") == 2
+    assert "is left from an earlier replacement and is not a tzc build" in capsys.readouterr().err
+    assert (tmp_path / ".run.tzc-partial.old" / "mine.txt").read_text() == "mine"
+
+
+def test_report_and_export_never_write_over_a_build(synthetic_build, capsys):
+    before = _files(synthetic_build)
+    shard = json.loads((synthetic_build / "manifest.json").read_text())["shards"][0]["file"]
+    assert main(["report", str(synthetic_build), "-o", str(synthetic_build / "manifest.json")]) == 2
+    assert main(["export", str(synthetic_build), "-o", str(synthetic_build / shard)]) == 2
+    assert capsys.readouterr().err.count("is inside the tzc build") == 2
+    assert _files(synthetic_build) == before
+
+
+def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    first = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--source", "synthetic", "--range",
+                              "0:2000", "--out", str(out), "--tokenizer", str(gemma2_tokenizer_path()),
+                              "--no-progress"], stdout=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while not (staging / ".checkpoint.json").exists() and not (staging / "stats").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    assert _build(out, "0:2000", "--seed", "1") == 2
+    assert f"another build (pid {first.pid}) is writing --out {out}" in capsys.readouterr().err
+    assert first.wait(timeout=120) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 0
+
+
+def test_resume_refuses_a_spool_that_lost_its_tail(tmp_path, capsys):
+    args = ["--checkpoint-every", "100", "--no-near-dup"]
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    command = ["build", "--source", "synthetic", "--range", "0:400", "--out", str(out), "--tokenizer",
+               str(gemma2_tokenizer_path()), "--no-progress", *args]
+    killer = _Killer(tmp_path)
+    try:  # killed just before its third checkpoint: the second one stands
+        events = killer.events(command)
+        shutil.rmtree(out)
+        killer.kill(command, [k for k, e in enumerate(events, 1) if e == "os.rename .run.tzc-partial/.checkpoint.json"][2])
+    finally:
+        killer.close()
+    tokens = staging / ".spool.tokens"
+    os.truncate(tokens, tokens.stat().st_size // 2)
+    assert _build(out, "0:400", *args, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and ".spool.tokens" in err and "run without --resume" in err
+    assert staging.exists() and not out.exists()
+    assert _build(out, "0:400", *args) == 0  # starting over works
+
+
+def _tmpfs(path: Path, size: str) -> None:
+    import subprocess
+
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+
+
+def test_disk_full_is_one_line_and_the_build_resumes_once_there_is_room(tmp_path, capsys):
+    import subprocess
+
+    args = ["--checkpoint-every", "100", "--rows-per-shard", "64"]
+    assert _build(tmp_path / "ref", "0:600", *args) == 0
+    disk = tmp_path / "disk"
+    _tmpfs(disk, "2m")
+    try:
+        assert _build(disk / "run", "0:600", *args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "no space left on the device" in err and "--resume" in err
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        assert _build(disk / "run", "0:600", *args, "--resume") == 0
+        assert _files(disk / "run") == _files(tmp_path / "ref")
+        assert sorted(os.listdir(disk)) == ["run"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_read_only_out_is_one_line_naming_the_path(tmp_path, capsys):
+    import subprocess
+
+    disk = tmp_path / "ro"
+    _tmpfs(disk, "1m")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        assert _build(disk / "run", "0:20") == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{disk}/.run.tzc-partial: Read-only file system" in err
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_out_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "f").write_text("mine")
+    assert _build(tmp_path / "f" / "run", "0:20") == 2
+    assert f"{tmp_path}/f is not a directory" in capsys.readouterr().err
+
+
+def test_build_help_shows_no_default_for_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    text = capsys.readouterr().out
+    assert "(default: True)" not in text and "(default: False)" not in text and "(default: 4096)" in text
+
+
+def test_first_kept_wins_across_exact_and_near_dedup_and_survives_a_resume(tmp_path, clean_traces):
+    """Rows A, A' (one word changed), A': row 2's twin is row 0, the kept one, in an uninterrupted
+    build and in one killed at the checkpoint between rows 1 and 2 and resumed."""
+    import random
+
+    from tzc_data.synthetic import _near_variant, _prompt
+
+    a = _prompt(5, 0)
+    a_prime = _near_variant(a, random.Random(1))
+    prompts = [a, a_prime, a_prime] + [_prompt(5, k) for k in range(1, 6)]
+    source = tmp_path / "rows.jsonl"
+    source.write_text("".join(json.dumps({"prompt": p, "response": clean_traces[i]["response"]}) + "\n"
+                              for i, p in enumerate(prompts)))
+    args = ["--source", str(source), "--checkpoint-every", "2", "--min-kept-ratio", "0"]
+    assert _build(tmp_path / "ref", f"0:{len(prompts)}", *args) == 0
+    stats = pl.read_parquet(tmp_path / "ref" / "stats" / "records.parquet").head(3)
+    assert stats.select("status", "twin").rows() == [("kept", None), ("near_duplicate", 0), ("near_duplicate", 0)]
+    command = ["build", "--range", f"0:{len(prompts)}", "--out", str(tmp_path / "run"), "--tokenizer",
+               str(gemma2_tokenizer_path()), "--no-progress", *args]
+    killer = _Killer(tmp_path)
+    try:  # killed just before its second checkpoint: the first one, after row 1, stands
+        events = killer.events(command)
+        shutil.rmtree(tmp_path / "run")
+        killer.kill(command, [k for k, e in enumerate(events, 1) if e == "os.rename .run.tzc-partial/.checkpoint.json"][1])
+    finally:
+        killer.close()
+    assert _build(tmp_path / "run", f"0:{len(prompts)}", *args, "--resume") == 0
+    assert _files(tmp_path / "run") == _files(tmp_path / "ref")
+
+
+def _killed_staging(tmp_path: Path, args: list[str], before: str, nth: int = 0) -> Path:
+    """A build into ``tmp_path/run`` killed just before the ``nth`` change named ``before``."""
+    command = ["build", "--source", "synthetic", "--out", str(tmp_path / "run"), "--tokenizer",
+               str(gemma2_tokenizer_path()), "--no-progress", *args]
+    killer = _Killer(tmp_path)
+    try:
+        events = killer.events(command)
+        shutil.rmtree(tmp_path / "run")
+        killer.kill(command, [k for k, e in enumerate(events, 1) if e == before][nth])
+    finally:
+        killer.close()
+    return tmp_path / ".run.tzc-partial"
+
+
+CHECKPOINT_RENAME = "os.rename .run.tzc-partial/.checkpoint.json"
+
+
+@pytest.mark.parametrize("damage", ["spool byte", "journal byte", "near-dup journal byte", "parts swapped",
+                                    "part truncated", "part missing", "checkpoint edited", "checkpoint field"])
+def test_resume_refuses_a_staging_folder_whose_contents_changed(tmp_path, capsys, damage):
+    """Not only missing or short files: any byte changed before the checkpoint is refused, with
+    one line, and the folder is left as it was."""
+    args = ["--range", "0:400", "--checkpoint-every", "100"]
+    staging = _killed_staging(tmp_path, args, CHECKPOINT_RENAME, 3)
+
+    def flip(path: Path, at: int) -> None:
+        data = bytearray(path.read_bytes())
+        data[at] ^= 0x01
+        path.write_bytes(bytes(data))
+
+    parts = sorted((staging / "stats").glob(".records.part-*"))
+    checkpoint = json.loads((staging / ".checkpoint.json").read_text())
+    if damage == "spool byte":
+        flip(staging / ".spool.tokens", 4000)
+    elif damage == "journal byte":
+        flip(staging / ".spool.journal", 10)
+    elif damage == "near-dup journal byte":
+        flip(staging / ".near_dup.journal", 300)
+    elif damage == "parts swapped":
+        first, second = parts[0].read_bytes(), parts[1].read_bytes()
+        parts[0].write_bytes(second)
+        parts[1].write_bytes(first)
+    elif damage == "part truncated":
+        os.truncate(parts[1], 100)
+    elif damage == "part missing":
+        (staging / "stats" / ".records.part-abc").write_text("x")  # not a part name: ignored
+        os.remove(parts[0])
+    elif damage == "checkpoint edited":
+        checkpoint["next_row"] += 100
+        (staging / ".checkpoint.json").write_text(json.dumps(checkpoint))
+    else:
+        del checkpoint["spool"]
+        (staging / ".checkpoint.json").write_text(json.dumps(checkpoint))
+    before = set(_files(staging))
+    assert _build(tmp_path / "run", "0:400", *args[2:], "--resume") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tzc-data: error:") and err.count("\n") == 1 and "run without --resume" in err, err
+    after = set(_files(staging))  # at most a part written after the checkpoint is gone
+    assert after <= before and {".checkpoint.json", ".spool.tokens"} <= after and not (tmp_path / "run").exists()
+    assert _build(tmp_path / "run", "0:400", *args[2:], "--resume") == 2  # and it keeps refusing
+    assert capsys.readouterr().err == err
+
+
+def test_resume_of_a_published_build_is_a_no_op(tmp_path, capsys):
+    assert _build(tmp_path / "run", "0:40") == 0
+    before = _files(tmp_path / "run")
+    assert _build(tmp_path / "run", "0:40", "--resume") == 0
+    assert _files(tmp_path / "run") == before
+    assert _build(tmp_path / "run", "0:40", "--seed", "1", "--resume") == 2  # another build: --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+
+
+def test_a_file_put_into_a_finished_staging_folder_is_not_published(tmp_path, capsys):
+    staging = _killed_staging(tmp_path, ["--range", "0:100"], "os.remove .run.tzc-partial/.tzc-staging.json")
+    (staging / "notes.txt").write_text("mine")
+    assert _build(tmp_path / "run", "0:100", "--resume") == 2
+    assert "is not publishable: it holds 'notes.txt'" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and (staging / "notes.txt").read_text() == "mine"
+    (staging / "notes.txt").unlink()
+    assert _build(tmp_path / "run", "0:100", "--resume") == 0
+
+
+def test_a_build_replaced_while_a_new_one_runs_is_not_renamed_aside(tmp_path, synthetic_build):
+    """--overwrite checked --out when it started; if --out stopped being a build meanwhile (a user
+    wrote into it), publishing refuses before renaming anything."""
+    from tzc_data import files
+    from tzc_data.errors import OutputError
+    from tzc_data.pipeline import _publish
+
+    staging, out = tmp_path / ".run.tzc-partial", tmp_path / "run"
+    shutil.copytree(synthetic_build, staging)
+    (staging / files.STAGING_MARKER).write_text("{}")
+    shutil.copytree(synthetic_build, out)
+    (out / "thesis.txt").write_text("mine")
+    with pytest.raises(OutputError, match="is no longer a tzc build"):
+        _publish(str(staging), str(out), overwrite=True)
+    assert (out / "thesis.txt").read_text() == "mine" and (staging / "manifest.json").exists()
+    assert sorted(os.listdir(tmp_path)) == [".run.tzc-partial", "run"]
+
+
+def test_a_symlink_where_the_replaced_build_goes_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    os.symlink(tmp_path / "empty", tmp_path / ".run.tzc-partial.old")
+    assert _build(tmp_path / "run", "0:20") == 2
+    assert "is a symlink where tzc keeps a build it replaces" in capsys.readouterr().err
+
+
+def test_outputs_through_a_symlinked_folder_or_to_an_unwritable_place_are_one_line(synthetic_build, tmp_path, capsys):
+    os.symlink(synthetic_build / "stats", tmp_path / "statslink")
+    before = _files(synthetic_build)
+    assert main(["report", str(synthetic_build), "-o", str(tmp_path / "statslink" / "records.parquet")]) == 2
+    assert "is inside the tzc build" in capsys.readouterr().err
+    assert main(["report", str(synthetic_build), "-o", "/proc/report.html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tzc-data: error:") and err.count("\n") == 1
+    assert main(["explain", str(synthetic_build), "--reason", "loop", "-n", "-5"]) == 2
+    assert "-n -5: must be at least 1" in capsys.readouterr().err
+    assert main(["build", "--source", "synthetic", "--range", "0:10", "--out", str(tmp_path / "x"),
+                 "--tokenizer", str(tmp_path)]) == 2
+    assert "is a directory, not a SentencePiece model file" in capsys.readouterr().err
+    assert _files(synthetic_build) == before

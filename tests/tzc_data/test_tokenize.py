@@ -66,3 +66,62 @@ def test_missing_or_unsuitable_tokenizer_is_a_clear_error(tmp_path):
     junk.write_bytes(b"not a model")
     with pytest.raises(TokenizerError, match="not a SentencePiece model"):
         Tokenizer(junk)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tokens of every kept example decode to its rendered text; a literal '▁' would not
+
+LOWER_BLOCK = "\u2581"  # SentencePiece's space symbol, as a character of the text
+
+
+def lossy_content():
+    from hypothesis import strategies as st
+
+    piece = st.one_of(fuzz.content(), st.sampled_from([LOWER_BLOCK, f" {LOWER_BLOCK}", f"a{LOWER_BLOCK}b", "  "]))
+    return st.lists(piece, max_size=4).map("".join)
+
+
+@pytest.mark.parametrize("name", ["gemma_tokenizer", "tiny_tokenizer"])
+def test_content_with_a_literal_space_symbol_is_dropped_with_its_own_reason(request, name):
+    tok = request.getfixturevalue(name)
+    live = Example(row=0, prompt="p", reasoning="r", answer="a")
+    lossy = Example(row=1, prompt="p", reasoning=f"two{LOWER_BLOCK}words", answer="a")
+    out = list(tokenize([live, lossy], tok))
+    assert out[0].kept and tok.decode(out[0].tokens) == fmt.render("p", "r", "a", system=tok.system)
+    assert out[1].status == "lossy_tokens" and out[1].tokens is None
+    assert out[1].detail == "reasoning: its tokens decode to other text: character 3, '▁' (U+2581), comes back as ' '"
+    with pytest.raises(fmt.FormatError) as err:
+        tok.encode_example(f"a{LOWER_BLOCK}", "r", "a")
+    assert err.value.reason == "lossy_tokens"
+    assert tok.refusal("two words") is None and tok.refusal("x <start_of_turn>")[0] == "control_in_content"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(lossy_content(), lossy_content(), lossy_content())
+def test_property_kept_examples_decode_to_their_rendered_text_and_refusals_are_justified(gemma_tokenizer, p, r, a):
+    tok = gemma_tokenizer
+    formatted = next(fmt.format_examples([Example(row=0, prompt=p, reasoning=r, answer=a)]))
+    if not formatted.kept:
+        return  # refused by format (tested in test_format.py)
+    parts = (formatted.prompt, formatted.reasoning, formatted.answer)
+    out = next(tokenize([formatted], tok))
+    if out.kept:
+        assert tok.decode(out.tokens) == fmt.render(p, r, a, system=tok.system)
+    elif out.status == "lossy_tokens":
+        assert any(tok.sp.decode(tok.sp.encode(t)) != t for t in parts)
+    else:
+        assert out.status == "control_in_content"
+
+
+def test_a_system_prompt_whose_tokens_decode_to_other_text_is_refused(gemma_tokenizer, tiny_model_path, tmp_path,
+                                                                      capsys):
+    from tzc_data.cli import main
+    from tzc_data.errors import TokenizerError
+
+    with pytest.raises(TokenizerError, match=r"--system cannot be used with .*: its tokens decode to other text: "
+                                             r"character 4, '▁' \(U\+2581\)"):
+        Tokenizer(gemma_tokenizer.path, system=f"Be a{LOWER_BLOCK}good assistant.")
+    code = main(["build", "--source", "synthetic", "--range", "0:10", "--out", str(tmp_path / "b"),
+                 "--tokenizer", tiny_model_path, "--system", f"Think {LOWER_BLOCK} twice.", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("tzc-data: error: --system cannot be used with")

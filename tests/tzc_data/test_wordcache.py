@@ -106,3 +106,49 @@ def test_tokenizer_with_and_without_the_cache_give_the_same_examples(gemma_token
         parts = (row["prompt"].strip(), reasoning.replace("<think>", "").strip(), answer.strip())
         assert gemma_tokenizer.encode_example(*parts) == plain.encode_example(*parts)
     assert json.dumps(gemma_tokenizer.encode_prompt("hi  there")) == json.dumps(plain.encode_prompt("hi  there"))
+
+
+@settings(max_examples=800, deadline=None, derandomize=True)
+@given(texts())
+def test_property_with_decode_a_text_is_refused_exactly_when_its_ids_do_not_decode_back(gemma_tokenizer, text):
+    """The verdict per word equals the verdict on the whole text (a literal '▁' is the usual culprit)."""
+    sp = gemma_tokenizer.sp
+    cache = WordCache(sp.encode, gemma_tokenizer.special_ids, decode_ids=sp.decode, capacity=8)
+    expected = sp.encode(text)
+    refused = not gemma_tokenizer.special_ids.isdisjoint(expected) or sp.decode(expected) != text
+    for _ in range(2):
+        assert ids_of(cache, text) == (None if refused else expected)
+
+
+def test_the_decode_verdict_is_cached_per_word(gemma_tokenizer):
+    sp = gemma_tokenizer.sp
+    calls = []
+
+    def decode(ids):
+        calls.append(ids)
+        return sp.decode(ids)
+
+    cache = WordCache(sp.encode, gemma_tokenizer.special_ids, decode_ids=decode)
+    assert cache._ascii_decodes and len(calls) == 128  # each ASCII character, once
+    del calls[:]
+    assert cache.encode("one two two one") is not None and calls == []  # ASCII words: proven, not decoded
+    assert cache.encode("caf\u00e9 na\u00efve caf\u00e9") is not None and len(calls) == 3  # "café", " naïve", " café"
+    assert cache.encode("a\u2581b and more") is None  # "\u2581b": '▁' comes back as ' '
+    assert ids_of(cache, "a b and more") == sp.encode("a b and more")
+    seen = len(calls)
+    assert cache.encode("a\u2581b and more") is None and cache.encode("caf\u00e9 one na\u00efve") is not None
+    assert len(calls) == seen  # every word's verdict came from the cache
+
+
+def test_without_the_ascii_proof_every_word_is_decoded():
+    """A model whose ASCII characters do not all decode back (here 'x' comes back as 'y')."""
+    def encode(text):
+        return [ord(c) for c in text]
+
+    def decode(ids):
+        return "".join(map(chr, ids)).replace("x", "y")
+
+    cache = WordCache(encode, (), decode_ids=decode)
+    assert not cache._ascii_decodes
+    assert cache.encode("a b") is not None and cache.encode("a box") is None and cache.encode("box") is None
+    assert WordCache(encode, ()).encode("a box") is not None  # no decode_ids: ids only, as before

@@ -1,15 +1,20 @@
 """The trainer end to end on a tiny random Gemma 2 over 8 fake CPU devices, on a real small build."""
 
+import functools
 import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
+import tzc_data
 from tzc_data.cli import main as tzc_data_main
+from tzc_data.look import build_tokenizer
 from tzc_train import train as train_module
+from tzc_train.session import Deadline
 from tzc_train.train import TrainConfig, base_model, lora_state, make_mesh, train
 
 SYSTEM = "Answer with reasoning, then the answer."
@@ -32,7 +37,7 @@ def short_build(tmp_path_factory, tiny_model_path):
 
 def _config(build, out, **overrides):
     settings = dict(data=str(build), out=str(out), model="tiny", steps=24, batch_size=4, lr=1e-2, lora_rank=8,
-                    lora_alpha=8.0, warmup_steps=2, save_every=8, eval_every=8)
+                    lora_alpha=8.0, warmup_steps=2, save_every=8, eval_every=8, eval_rows=8)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -57,18 +62,34 @@ def test_loss_falls_and_only_adapters_change(full_run, short_build):
     assert any(np.abs(v).sum() > 0 for v in lora_state(result["model"]).values())
 
 
-def test_resume_after_a_crash_gives_the_same_adapters(short_build, full_run, tmp_path, monkeypatch):
-    out = tmp_path / "crashed"
+def test_a_time_limit_stops_saves_and_resumes_to_the_same_adapters(short_build, full_run, tmp_path, monkeypatch):
+    """Session 1 stops for --time-limit (its clock jumps past the limit after step 10) and saves;
+    session 2 resumes and crashes at step 19 (after the checkpoint at 16); session 3 resumes from
+    16 and finishes. The adapters equal those of the uninterrupted run, and summary.json adds up."""
+    out = tmp_path / "sessions"
+    jump = [0.0]
     original = train_module.ConsoleLine.on_train_step_end
 
-    def crash(self, ctx, step, loss):
+    def clock():
+        return time.monotonic() + jump[0]
+
+    def at_step_end(self, ctx, step, loss, crash_at=None):
         original(self, ctx, step, loss)
-        if step == 19:  # after the checkpoint at step 16
+        if step == 10:
+            jump[0] = 1e6
+        if step == crash_at:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", crash)
+    monkeypatch.setattr(train_module, "Deadline", functools.partial(Deadline, clock=clock))
+    monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", at_step_end)
+    first = train(_config(short_build, out, time_limit=3600.0), started=clock())
+    assert first["status"] == "time limit" and 10 <= first["steps"] < 16
+    assert str(first["steps"]) in {p.name for p in out.iterdir()}  # saved at the step it stopped
+    assert first["eval_loss"] is not None and first["eval_step"] == 8
+
+    monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", functools.partialmethod(at_step_end, crash_at=19))
     with pytest.raises(KeyboardInterrupt):
-        train(_config(short_build, out))
+        train(_config(short_build, out, resume=True))
     monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", original)
     with pytest.raises(ValueError, match="--resume"):
         train(_config(short_build, out))
@@ -77,6 +98,140 @@ def test_resume_after_a_crash_gives_the_same_adapters(short_build, full_run, tmp
     expected = lora_state(full_run[1]["model"])
     for name, value in lora_state(resumed["model"]).items():
         np.testing.assert_allclose(value, expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+    summary = json.loads((out / "summary.json").read_text())
+    whole = full_run[1]
+    assert summary["status"] == "finished" and summary["steps"] == 24 and summary["tokens"] == whole["tokens"]
+    assert [s["stopped"] for s in summary["sessions"]] == ["time limit", "finished"]  # the crash wrote none
+    assert summary["sessions"][1]["first_step"] == 17 and summary["eval_step"] == 24
+    assert abs(summary["train_loss"] - whole["train_loss"]) < 1e-4
+    assert abs(summary["train_perplexity"] - np.exp(summary["train_loss"])) < 1e-6 * summary["train_perplexity"]
+
+
+def test_the_summary_of_a_run(full_run, short_build):
+    run_dir, result = full_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == summary["max_steps"] == 24
+    assert summary["train_loss"] == result["losses"][-1] and summary["eval_step"] == 24
+    assert 0 < summary["eval_loss"] < 7  # a token mean near ln(600) = 6.4, not a sum over batches
+    assert abs(summary["eval_perplexity"] - np.exp(summary["eval_loss"])) < 1e-3
+    padding_free = sum(int(np.count_nonzero(b["segment_ids"]))
+                       for b, _ in zip(train_module.host_batches(str(short_build), 4, seed=0), range(24)))
+    assert summary["tokens"] == padding_free and summary["wall_seconds"] > 0
+
+
+def test_resume_with_other_options_is_refused_naming_them(short_build, full_run):
+    run_dir, _ = full_run
+    with pytest.raises(ValueError, match=r"--batch-size 4 \(given: 8\).*--grad-accum 1 \(given: 2\)"):
+        train(_config(short_build, run_dir, resume=True, batch_size=8, grad_accum=2))
+    with pytest.raises(ValueError, match=r"--seed 0 \(given: 3\)"):
+        train(_config(short_build, run_dir, resume=True, seed=3))
+
+
+def test_a_batch_the_data_axis_cannot_split_is_refused(short_build, tmp_path):
+    with pytest.raises(ValueError, match=r"--batch-size 5 does not split .*fsdp = 2.* e\.g\. 4 or 6"):
+        train(_config(short_build, tmp_path / "odd", batch_size=5))
+    with pytest.raises(ValueError, match=r"fsdp = 8.*e\.g\. 8"):
+        train(_config(short_build, tmp_path / "odd", batch_size=4, mesh=(8, 1)))
+
+
+def test_hosts_read_disjoint_shares_of_the_same_global_batches(short_build, monkeypatch):
+    """Two hosts of a multi-host job: each reads half of every global batch, and together they read
+    exactly what one host reads."""
+    def first_batches(index, count):
+        monkeypatch.setattr(train_module.jax, "process_index", lambda: index)
+        monkeypatch.setattr(train_module.jax, "process_count", lambda: count)
+        batches = train_module.host_batches(str(short_build), 8, seed=0)
+        return [next(batches)["tokens"] for _ in range(3)]
+
+    alone = first_batches(0, 1)
+    host0, host1 = first_batches(0, 2), first_batches(1, 2)
+    for whole, a, b in zip(alone, host0, host1):
+        assert a.shape == b.shape == (4, whole.shape[1])
+        rows = lambda x: sorted(map(bytes, x))  # noqa: E731
+        assert rows(np.concatenate([a, b])) == rows(whole) and not set(rows(a)) & set(rows(b))
+
+
+def test_eval_uses_a_fixed_bounded_subset_at_a_sensible_cadence(short_build):
+    manifest = json.loads((short_build / "manifest.json").read_text())
+    config = _config(short_build, "unused", eval_rows=5)
+    first, note = train_module.eval_set(config, manifest)
+    again, _ = train_module.eval_set(config, manifest)
+    assert len(first) == 1 and "4 of the eval split's" in note  # whole batches of 4 within 5 rows
+    np.testing.assert_array_equal(first[0]["tokens"], again[0]["tokens"])
+    assert train_module.eval_set(_config(short_build, "unused", eval_rows=0), manifest) == ([], "eval: off (--eval-rows 0)")
+    assert "fewer than one batch" in train_module.eval_set(_config(short_build, "u", batch_size=64), manifest)[1]
+    every = functools.partial(train_module.eval_interval, _config(short_build, "u", eval_every=None))
+    assert every(100) == 50 and every(22_500) == 1125 and train_module.eval_interval(config, 100) == 8
+
+
+def test_a_build_with_no_rows_gets_a_clear_error(tiny_model_path, tmp_path):
+    source = tmp_path / "bad.jsonl"
+    source.write_text(json.dumps({"prompt": "a", "response": "no think tags"}) + "\n")
+    assert tzc_data_main(["build", "--source", str(source), "--range", "0:1", "--out", str(tmp_path / "empty"),
+                          "--tokenizer", tiny_model_path, "--seq-len", "256", "--no-near-dup", "--no-progress",
+                          "--min-kept-ratio", "0"]) == 0
+    with pytest.raises(ValueError, match="no packed rows in its train split .kept 0 of 1"):
+        train(_config(tmp_path / "empty", tmp_path / "run"))
+
+
+def test_cli_errors_are_one_line(short_build, tmp_path, capsys):
+    from tzc_train.cli import main
+
+    cases = [(["--model", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+              "tzc-train: error: .*nope is not a finished tzc build"),
+             (["--model", "tiny", "--data", str(short_build), "--out", str(tmp_path / "o"), "--time-limit", "8x"],
+              "tzc-train: error: --time-limit '8x'"),
+             (["--model", "tiny", "--data", str(short_build), "--out", str(tmp_path / "o"), "--mesh", "2by4"],
+              "tzc-train: error: --mesh '2by4'"),
+             (["sample", "--data", str(short_build), "--prompts", str(tmp_path / "p.txt")],
+              "tzc-train sample: error: --prompts .*p.txt: No such file"),
+             (["sample", "--data", str(tmp_path / "nope"), "--prompts", str(short_build / "manifest.json")],
+              "tzc-train sample: error: .*not a finished tzc build"),
+             (["eval", "--data", str(short_build), "--run", str(tmp_path)], "tzc-train eval: error: .*not a tzc-train run")]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_time_limits_parse():
+    from tzc_train.session import parse_duration
+
+    assert parse_duration("8h40m") == 8 * 3600 + 40 * 60 and parse_duration("90m") == 5400
+    assert parse_duration("1.5h") == 5400 and parse_duration("45s") == 45 and parse_duration("3600") == 3600
+    for bad in ("", "8x", "h", "0", "-5m", "8h 40m"):
+        with pytest.raises(ValueError, match="--time-limit"):
+            parse_duration(bad)
+
+
+def test_a_deadline_leaves_room_for_the_steps_in_flight_and_the_save():
+    now = [100.0]
+    deadline = Deadline(limit=200.0, started=0.0, reserve=60.0, clock=lambda: now[0])
+    assert deadline.leaves_room_for(10.0)  # 100 + 2 x 10 + 60 < 200
+    assert not deadline.leaves_room_for(21.0)
+    now[0] = 139.0
+    assert deadline.leaves_room_for(0.0) and not deadline.leaves_room_for(1.0)
+    assert Deadline(limit=None, started=0.0).leaves_room_for(1e9)
+
+
+def test_the_feed_counts_tokens_and_stops_when_the_next_steps_would_not_fit():
+    from tzc_train.session import Feed
+
+    now = [0.0]
+    batches = iter([{"segment_ids": np.array([[1, 1, 0], [1, 2, 2]])}] * 30)
+    feed = Feed(batches, Deadline(limit=200.0, started=0.0, reserve=10.0, clock=lambda: now[0]))
+    times = []
+    for step_seconds in [50.0, 5.0, 20.0] + [5.0] * 30:  # compilation, then steps
+        try:
+            next(feed)
+        except StopIteration:
+            break
+        times.append(now[0])
+        now[0] += step_seconds
+    # the longest step after the first is 20 s: the feed stops at t = 150 (150 + 2 x 20 + 10 = 200)
+    assert feed.stopped == "time limit" and times[-1] == 145.0 and len(times) == 18
+    assert feed.tokens(3) == 15 and feed.tokens(99) == 18 * 5
 
 
 def test_init_lora_starts_from_saved_adapters(short_build, full_run, tmp_path):
@@ -87,20 +242,37 @@ def test_init_lora_starts_from_saved_adapters(short_build, full_run, tmp_path):
         np.testing.assert_allclose(value, expected[name], atol=1e-6, err_msg=name)
 
 
-def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path):
+def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path, capsys):
+    """Session 1's --time-limit 1s is spent before the first step (imports and model loading take
+    longer): it saves step 0 and exits 0 with status 'time limit'. Session 2 (--resume) trains."""
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "tzc_train.cli", "--model", "tiny", "--data", str(short_build), "--out", str(out),
-               "--steps", "6", "--batch-size", "4", "--lr", "1e-2", "--lora-rank", "4", "--save-every", "3"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+               "--steps", "6", "--batch-size", "4", "--lr", "1e-2", "--lora-rank", "4", "--save-every", "3",
+               "--eval-rows", "4", "--mesh", "2X4"]
+    spent = subprocess.run(command + ["--time-limit", "1s"], capture_output=True, text=True, timeout=300)
+    assert spent.returncode == 0, spent.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "time limit" and summary["steps"] == 0 and summary["tokens"] == 0
+    assert summary["train_loss"] is None and summary["eval_step"] == 0  # the eval at the start ran
+
+    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["trained_steps_this_run"] == 6 and summary["mesh"] == {"fsdp": 2, "tp": 4}
-    assert "step      1  loss" in done.stderr and "tokens/s  lr" in done.stderr and "eval loss" in done.stderr
+    assert summary["status"] == "finished" and summary["steps"] == 6 and summary["session"]["steps"] == 6
+    assert summary["mesh"] == {"fsdp": 2, "tp": 4}
+    recorded = json.loads((out / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k not in ("session", "mesh")} == {
+        k: v for k, v in recorded.items() if k != "sessions"}
+    assert [s["stopped"] for s in recorded["sessions"]] == ["time limit", "finished"]
+    # warmup 5 steps from 0: step 1 ran at lr 0 and step 2 at 2e-3 (not the next step's rates)
+    assert re.search(r"step      1  loss [\d.]+ +[\d,]+ tokens/s  lr 0\.00e\+00", done.stderr)
+    assert re.search(r"step      2  loss .*lr 2\.00e-03", done.stderr)
+    evals = [float(x) for x in re.findall(r"eval loss ([\d.]+)", done.stderr)]
+    assert len(evals) == 2 and all(0 < x < 7 for x in evals)  # at step 0 and at the end; means, not sums
     assert (out / "tensorboard").is_dir() and (out / "6").is_dir()
-    again = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["trained_steps_this_run"] == 0
-    refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "pass --resume" in refused.stderr
+    from tzc_train.cli import main
+
+    assert main(command[3:]) == 2 and "pass --resume" in capsys.readouterr().err  # in-process: no second start-up
 
 
 def test_format_check_accepts_only_reasoning_then_answer():
@@ -118,12 +290,15 @@ def test_sample_command_reports_format_validation(short_build, full_run, tmp_pat
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"What is {i} mod 17?"}) + "\n" for i in (3, 50, 99)))
     command = [sys.executable, "-m", "tzc_train.cli", "sample", "--model", "tiny", "--data", str(short_build),
-               "--lora", str(run_dir), "--lora-rank", "8", "--lora-alpha", "8", "--prompts", str(prompts),
-               "--max-new-tokens", "12"]
+               "--lora", str(run_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--batch-size", "2",
+               "--mesh", "2X4"]  # rank, alpha and model: the run's
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("\nprompt: What is ") == 3
-    assert re.search(r"Format Validation: \d/3", done.stdout)
+    verdicts = re.findall(r"--- \d: (ok|truncated|malformed)", done.stdout)
+    passed = re.search(r"Format Validation: (\d)/3(?: \((\d) cut by the token budget\))?", done.stdout)
+    assert len(verdicts) == 3 and passed and int(passed.group(1)) == verdicts.count("ok")
+    assert int(passed.group(2) or 0) == verdicts.count("truncated")
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +309,7 @@ def exported(full_run, tmp_path_factory):
     done = subprocess.run([sys.executable, "-m", "tzc_train.cli", "export", "--run", str(run_dir), "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert set(json.loads(done.stdout.strip().splitlines()[-1])) == {"adapters", "merged"}
+    assert set(json.loads(done.stdout.strip().splitlines()[-1])) == {"adapters", "merged", "flax"}
     return out
 
 
@@ -169,6 +344,38 @@ def test_merged_export_loads_in_tunix_and_gives_the_trained_models_logits(full_r
         assert np.abs(_logits(base, vocab) - trained).max() > 1e-3  # the adapters matter: the test can fail
     config = json.loads((exported / "merged" / "config.json").read_text())
     assert config["architectures"] == ["Gemma2ForCausalLM"] and config["vocab_size"] == vocab
+    tokenizer = build_tokenizer(json.loads((short_build / "manifest.json").read_text()), None)
+    assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (
+        tokenizer.bos, tokenizer.eos, tokenizer.pad)
+    generation = json.loads((exported / "merged" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [tokenizer.eos, tokenizer.end_of_turn]
+
+
+def test_flax_export_loads_with_tunixs_kaggle_gemma_loader(full_run, exported, short_build, run_samples, monkeypatch):
+    """OUT/flax through tunix's own Kaggle path, exactly as a competition notebook calls it:
+    ``params.load_and_format_params`` then ``Gemma.from_params(params, version="2-2b-it")`` (its
+    config replaced by the tiny one: no real weights are reachable). A plain Gemma 2 with the
+    trained model's logits and greedy samples."""
+    from flax import nnx
+    from tunix.models.gemma import model as gemma_lib
+    from tunix.models.gemma import params as gemma_params
+
+    from tzc_train.model import tiny_config
+    from tzc_train.sample import sample
+
+    _, result = full_run
+    manifest = json.loads((short_build / "manifest.json").read_text())
+    vocab = manifest["tokenizer"]["vocab_size"]
+    tiny = tiny_config(vocab)
+    monkeypatch.setattr(gemma_lib.ModelConfig, "gemma2_2b_it", classmethod(lambda cls: tiny))
+    plain = gemma_lib.Gemma.from_params(gemma_params.load_and_format_params(str(exported / "flax")), version="2-2b-it")
+    assert not any("lora" in "/".join(map(str, p)) for p, _ in nnx.state(plain).flat_state())
+    with make_mesh(None):
+        trained = _logits(result["model"], vocab)
+    np.testing.assert_allclose(_logits(plain, vocab), trained, atol=2e-5)
+    prompts, expected = run_samples
+    got = sample(plain, tiny, build_tokenizer(manifest, None), prompts, max_new_tokens=10)
+    assert [s.completion for s in got] == expected
 
 
 def test_exported_adapters_load_again_with_init_lora(short_build, full_run, exported, tmp_path):
@@ -184,22 +391,32 @@ def test_exported_adapters_load_again_with_init_lora(short_build, full_run, expo
         train(_config(short_build, tmp_path / "wrong-rank", init_lora=str(exported / "adapters"), lora_rank=4, steps=1))
 
 
-def test_sampling_the_merged_weights_equals_sampling_the_run(short_build, full_run, exported):
-    """Greedy completions from `--weights EXPORT/merged` (plain Gemma) and from the run's adapters."""
-    from tzc_data.look import build_tokenizer
+@pytest.fixture(scope="module")
+def run_samples(short_build, full_run):
+    """Greedy completions of two prompts by the trained run (its LoRA model)."""
+    from tzc_train.model import tiny_config
     from tzc_train.sample import sample
 
-    _, result = full_run
     manifest = json.loads((short_build / "manifest.json").read_text())
-    tokenizer = build_tokenizer(manifest, None)
     prompts = [f"What is {i} mod 17?" for i in (3, 50)]
+    with make_mesh(None):
+        samples = sample(full_run[1]["model"], tiny_config(manifest["tokenizer"]["vocab_size"]),
+                         build_tokenizer(manifest, None), prompts, max_new_tokens=10)
+    return prompts, [s.completion for s in samples]
+
+
+def test_sampling_the_merged_weights_equals_sampling_the_run(short_build, exported, run_samples):
+    """Greedy completions from `--weights EXPORT/merged` (plain Gemma) and from the run's adapters."""
+    from tzc_train.sample import sample
+
+    manifest = json.loads((short_build / "manifest.json").read_text())
+    prompts, expected = run_samples
     mesh = make_mesh(None)
     with mesh:
         merged, model_config = base_model(_config("x", "y", weights=str(exported / "merged")),
                                           manifest["tokenizer"]["vocab_size"], mesh)
-        from_export = sample(merged, model_config, tokenizer, prompts, max_new_tokens=10)
-        from_run = sample(result["model"], model_config, tokenizer, prompts, max_new_tokens=10)
-    assert [s.completion for s in from_export] == [s.completion for s in from_run]
+        from_export = sample(merged, model_config, build_tokenizer(manifest, None), prompts, max_new_tokens=10)
+    assert [s.completion for s in from_export] == expected
 
 
 def test_export_refuses_a_directory_that_is_not_a_run(tmp_path):
@@ -208,29 +425,12 @@ def test_export_refuses_a_directory_that_is_not_a_run(tmp_path):
     assert main(["export", "--run", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
 
 
-def _kaggle_layout(params, num_layers):
-    """A Kaggle Flax Gemma 2 checkpoint's tree (flat '/' keys, as the Kaggle files hold it):
-    ``gating_einsum`` stacks gate and up as [2, embed, hidden], ``linear`` is [hidden, embed]."""
-    flat = {"transformer/embedder": {"input_embedding": params["embedder/input_embedding"]},
-            "transformer/final_norm": {"scale": params["final_norm/scale"]}}
-    for i in range(num_layers):
-        ours, theirs = f"layers/{i}", f"transformer/layer_{i}"
-        for name in ("q_einsum", "kv_einsum", "attn_vec_einsum"):
-            flat[f"{theirs}/attn/{name}"] = {"w": params[f"{ours}/attn/{name}/w"]}
-        flat[f"{theirs}/mlp/gating_einsum"] = {"w": np.stack([params[f"{ours}/mlp/gate_proj/kernel"],
-                                                              params[f"{ours}/mlp/up_proj/kernel"]])}
-        flat[f"{theirs}/mlp/linear"] = {"w": params[f"{ours}/mlp/down_proj/kernel"]}
-        for name, kaggle in (("pre_attention_norm", "pre_attention_norm"), ("post_attn_norm", "post_attention_norm"),
-                             ("pre_ffw_norm", "pre_ffw_norm"), ("post_ffw_norm", "post_ffw_norm")):
-            flat[f"{theirs}/{kaggle}"] = {"scale": params[f"{ours}/{name}/scale"]}
-    return flat
-
-
 def test_a_kaggle_flax_checkpoint_loads_as_the_base_model(tmp_path):
     """--weights with a Kaggle-layout orbax checkpoint (written here at tiny size: no real weights are
     reachable) gives the model whose parameters were written, on the mesh."""
     import orbax.checkpoint as ocp
 
+    from tzc_train.export import kaggle_params
     from tzc_train.model import tiny_config
 
     mesh = make_mesh(None)
@@ -238,7 +438,7 @@ def test_a_kaggle_flax_checkpoint_loads_as_the_base_model(tmp_path):
         tiny, _ = base_model(_config("x", "y"), 600, mesh)
     params = train_module.base_state(tiny)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(tmp_path / "kaggle", _kaggle_layout(params, tiny_config(600).num_layers))
+    checkpointer.save(tmp_path / "kaggle", kaggle_params(params, tiny_config(600)))
     checkpointer.wait_until_finished()
     with mesh:
         loaded, _ = base_model(_config("x", "y", weights=str(tmp_path / "kaggle")), 600, mesh)
@@ -248,3 +448,42 @@ def test_a_kaggle_flax_checkpoint_loads_as_the_base_model(tmp_path):
         np.testing.assert_array_equal(got[name], value, err_msg=name)
     with pytest.raises(ValueError, match="not a Kaggle Flax checkpoint"), mesh:
         base_model(_config("x", "y", weights=str(tmp_path / "missing")), 600, mesh)
+
+
+def test_eval_split_prompts_are_the_trained_prefixes_with_their_answers(short_build):
+    from tzc_train.evaluate import default_budget, eval_split_prompts
+
+    manifest = json.loads((short_build / "manifest.json").read_text())
+    tokenizer = build_tokenizer(manifest, None)
+    prompts = eval_split_prompts(str(short_build), tokenizer, 0)
+    assert len(prompts) == manifest["packing"]["by_split"]["eval"]["examples"]
+    for item in prompts:
+        number = int(re.search(r"What is (\d+) mod 17", tokenizer.decode(item.prompt)).group(1))
+        assert item.prompt == tokenizer.encode_prompt(f"What is {number} mod 17?")
+        assert item.answer == f"The answer is {number % 17}." and item.reasoning_tokens > 0
+    assert len(eval_split_prompts(str(short_build), tokenizer, 3)) == 3
+    longest = max(int(np.sum(row["loss_mask"][row["segment_ids"] == k]))
+                  for row in tzc_data.iter_rows(str(short_build), "eval")
+                  for k in range(1, int(row["segment_ids"].max()) + 1))
+    assert default_budget(str(short_build), manifest) == longest
+
+
+def test_eval_command_reports_on_the_eval_split(short_build, full_run, capsys, monkeypatch):
+    from tzc_train.cli import main
+
+    run_dir, _ = full_run
+    monkeypatch.chdir(run_dir.parent)  # a relative --run (orbax itself wants absolute paths)
+    argv = ["eval", "--run", run_dir.name, "--data", str(short_build), "--limit", "3", "--batch-size", "2",
+            "--max-new-tokens", "8"]
+    assert main(argv + ["--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prompts"] == 3 and report["budget"] == 8 and report["with_reference"] == 3
+    assert report["stopped"] + report["truncated"] == 3
+    assert report["well_formed"] + report["malformed_stopped"] + sum(
+        not r["well_formed"] and not r["stopped"] for r in report["samples"]) == 3
+    for row in report["samples"]:
+        assert row["stopped"] == (row["new_tokens"] < 8) and row["reference"].startswith("The answer is ")
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    for label in ("format compliance", "stop rate", "truncations", "exact match", "reasoning tokens", "answer tokens"):
+        assert label in table

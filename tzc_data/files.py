@@ -1,0 +1,330 @@
+"""What tzc may write and what it may delete: the one module that removes files.
+
+Promises, each checked here rather than at the call sites:
+
+- **Nothing is written in place.** Every output file is written under a temporary name in its
+  final directory and renamed over the final name once complete (:func:`atomic_path`), so a
+  reader sees the old file or the new one, never half of one.
+- **Only a tzc build is ever replaced.** A directory is a build when its ``manifest.json`` is a
+  tzc manifest and every entry in it is one that a build writes (:func:`not_a_build` says why
+  not). Replacing one removes exactly those entries (:func:`remove_build`), never a folder
+  wholesale: a user's ``thesis.txt`` beside a stray ``manifest.json`` makes the folder not a
+  build, and it is refused, not emptied.
+- **One writer per output.** A build holds an exclusive lock on its staging directory
+  (:func:`lock_staging`) for its whole life; a second build into the same ``--out`` is refused,
+  naming the first one's pid. Staging directories carry a marker, so a folder that merely has
+  the staging name is never taken for ours.
+- **No command writes over a build.** :func:`check_output_file` refuses an output path inside
+  a build directory (``report -o BUILD/manifest.json``).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import xxhash
+
+from tzc_data.errors import OutputError
+
+MANIFEST = "manifest.json"
+STAGING_MARKER = ".tzc-staging.json"
+
+# Every entry a finished build may hold: top-level names, and for each folder the names inside it.
+_BUILD_FILES = frozenset({MANIFEST, "prompt_hashes.bin", "near_dup.bin"})
+_BUILD_FOLDERS = {
+    "shards": re.compile(r"[a-z][a-z0-9_]*-\d{5}-of-\d{5}\.array_record"),
+    "stats": re.compile(r"(records|packs)\.parquet"),
+    "rejected": re.compile(r"rejected\.parquet"),
+}
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``,
+    on failure removed. For writers that want a file name (Parquet, ArrayRecord, numpy)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.tzc-tmp-{os.getpid()}")
+    try:
+        yield temporary
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+        raise
+
+
+@contextmanager
+def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator:
+    """``open`` for writing, through :func:`atomic_path`."""
+    with atomic_path(path) as temporary:
+        with open(temporary, mode, **kwargs) as handle:
+            yield handle
+
+
+def _read_marker_manifest(path: str) -> str | None:
+    """None when ``path/manifest.json`` is a tzc manifest, else why not."""
+    manifest = os.path.join(path, MANIFEST)
+    if os.path.islink(manifest) or not os.path.isfile(manifest):
+        return f"it has no {MANIFEST}"
+    try:
+        with open(manifest, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError):
+        return f"its {MANIFEST} is not readable JSON"
+    if not isinstance(data, dict) or "tzc_version" not in data or "format_version" not in data:
+        return f"its {MANIFEST} is not a tzc manifest"
+    return None
+
+
+def _listed_sizes(path: str) -> dict[str, int | None]:
+    """The files a manifest says its build holds, with their recorded sizes where it records one."""
+    with open(os.path.join(path, MANIFEST), encoding="utf-8") as handle:
+        manifest = json.load(handle)
+    listed: dict[str, int | None] = {MANIFEST: None}
+    for entry in manifest.get("shards") or []:
+        listed[entry["file"]] = entry.get("bytes")
+    for name, entry in (manifest.get("stats") or {}).items():
+        listed[name] = entry.get("bytes")
+    for key in ("hashes", "near_dup"):
+        if isinstance(manifest.get(key), dict):
+            listed[manifest[key]["file"]] = None
+    return listed
+
+
+def not_a_build(path: str) -> str | None:
+    """None when ``path`` is provably a finished tzc build (see the module docstring), else the
+    reason it is not, for an error message: a tzc manifest, and every file in the folder one
+    that a build writes and that the manifest lists (with its recorded size)."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return "it is not a directory"
+    why = _read_marker_manifest(path)
+    if why:
+        return why
+    try:
+        listed = _listed_sizes(path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {MANIFEST} does not list its files"
+    stray = stray_entry(path, listed)
+    if stray:
+        return stray
+    for relative, size in listed.items():
+        full = os.path.join(path, relative)
+        if size is not None and os.path.isfile(full) and os.path.getsize(full) != size:
+            return f"its {relative} is not the size its {MANIFEST} records"
+    return None
+
+
+def stray_entry(path: str, listed: dict[str, int | None] | None = None) -> str | None:
+    """Why the build folder ``path`` holds something besides its build (a file a build does not
+    write, or one its manifest does not list), or None. ``verify`` reports it too."""
+    listed = _listed_sizes(path) if listed is None else listed
+    for relative in _entries(path):
+        if relative.startswith("!"):
+            return relative[1:]
+        if relative not in listed:
+            return f"it holds {relative!r}, which its {MANIFEST} does not list"
+    return None
+
+
+def _entries(path: str) -> Iterator[str]:
+    """The build files under ``path`` as relative paths, or ``"!reason"`` for the first entry that
+    a build does not write."""
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name == STAGING_MARKER:  # a finished staging folder still has it until it is renamed
+            continue
+        if name in _BUILD_FILES and os.path.isfile(full) and not os.path.islink(full):
+            yield name
+            continue
+        pattern = _BUILD_FOLDERS.get(name)
+        if pattern is None or os.path.islink(full) or not os.path.isdir(full):
+            yield f"!it holds {name!r}, which a build does not write"
+            return
+        for inner in sorted(os.listdir(full)):
+            item = os.path.join(full, inner)
+            if not pattern.fullmatch(inner) or os.path.islink(item) or not os.path.isfile(item):
+                yield f"!it holds {name}/{inner!r}, which a build does not write"
+                return
+            yield f"{name}/{inner}"
+
+
+def remove_build(path: str) -> None:
+    """Delete a finished build: only the files a build writes, then its (now empty) folders.
+    Refuses anything that :func:`not_a_build` does not accept."""
+    why = not_a_build(path)
+    if why:
+        raise OutputError(f"{path} is not a tzc build ({why}); refusing to delete it")
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        if name in _BUILD_FOLDERS:
+            for inner in os.listdir(full):
+                os.remove(os.path.join(full, inner))
+            os.rmdir(full)
+        elif name != MANIFEST:
+            os.remove(full)
+    os.remove(os.path.join(path, MANIFEST))  # last: until now the folder still says what it is
+    os.rmdir(path)
+
+
+def is_staging(path: str) -> bool:
+    """A staging directory of ours: it carries the marker, or it is a complete build that only
+    needs publishing (the marker is removed just before the rename)."""
+    return os.path.isfile(os.path.join(path, STAGING_MARKER)) or not_a_build(path) is None
+
+
+def clear_staging(path: str, keep: tuple[str, ...] = (STAGING_MARKER,)) -> None:
+    """Empty one of our staging directories (a build that starts over), keeping ``keep``."""
+    if not is_staging(path):
+        raise OutputError(f"{path} is not a tzc staging directory; refusing to empty it")
+    for name in os.listdir(path):
+        if name in keep:
+            continue
+        full = os.path.join(path, name)
+        if os.path.isdir(full) and not os.path.islink(full):
+            shutil.rmtree(full)
+        else:
+            os.remove(full)
+
+
+def lock_staging(path: str, out: str) -> int:
+    """Create (if needed) and lock the staging directory ``path`` for the build into ``out``;
+    returns the lock's file descriptor (closing it releases the lock).
+
+    A directory of that name that is neither empty nor ours is refused; so is one that another
+    live build holds (the lock is ``flock`` on the directory, released by the kernel when that
+    process dies, however it dies)."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if os.path.islink(path) or not os.path.isdir(path):
+            raise OutputError(f"{path} (the staging name for --out {out}) exists and is not a directory") from None
+        if os.listdir(path) and not is_staging(path):
+            raise OutputError(f"{path} (the staging name for --out {out}) exists and is not tzc's; "
+                              "move it away") from None
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        os.close(fd)
+        if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise
+        raise OutputError(f"another build{_owner(path)} is writing --out {out} (staging {path}); "
+                          "wait for it to finish or stop it") from None
+    # Written in place, not through a temporary name: its presence is what makes the folder ours,
+    # so a build killed while writing it must leave it (empty at worst), not a temporary file.
+    with open(os.path.join(path, STAGING_MARKER), "w", encoding="utf-8") as handle:
+        json.dump({"pid": os.getpid(), "out": out}, handle)
+    return fd
+
+
+def _owner(path: str) -> str:
+    try:
+        with open(os.path.join(path, STAGING_MARKER), encoding="utf-8") as handle:
+            return f" (pid {int(json.load(handle)['pid'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def check_output_file(path: str, option: str = "-o") -> str:
+    """The absolute path a command may write its output file to: not empty, not a directory,
+    and not inside a tzc build (a build's files are its own; a stray file would also make the
+    build no longer provably one). Raises OutputError naming ``option``."""
+    if not path or not path.strip():
+        raise OutputError(f"{option} is empty")
+    full = os.path.realpath(path)  # a symlinked folder must not lead into a build
+    if os.path.isdir(full):
+        raise OutputError(f"{option} {path} is a directory; give a file name")
+    folder = os.path.dirname(full)
+    if not os.path.isdir(folder):
+        raise OutputError(f"{option} {path}: the folder {folder} does not exist")
+    probe = folder
+    while True:
+        if _read_marker_manifest(probe) is None:
+            raise OutputError(f"{option} {path} is inside the tzc build {probe}; write it elsewhere")
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return full
+        probe = parent
+
+
+def remove_scratch(staging: str) -> None:
+    """Remove what a staging directory holds besides the build itself (spool, journals, part
+    files, checkpoint, temporaries: every hidden name), keeping the marker. Run once the
+    manifest is written, so every moment before it can still resume."""
+    if not is_staging(staging):
+        raise OutputError(f"{staging} is not a tzc staging directory; refusing to clean it")
+    for folder in (staging, *(os.path.join(staging, name) for name in _BUILD_FOLDERS)):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            full = os.path.join(folder, name)
+            if name.startswith(".") and name != STAGING_MARKER and not os.path.isdir(full):
+                os.remove(full)
+
+
+def remove_marker(staging: str) -> None:
+    """The last step before a finished staging directory is renamed into place."""
+    marker = os.path.join(staging, STAGING_MARKER)
+    if os.path.lexists(marker):
+        os.remove(marker)
+
+
+class PrefixDigest:
+    """The xxh3-128 digest of a growing append-only file's first ``size`` bytes, for checkpoints.
+
+    :meth:`advance` reads only the bytes added since the last call (just written, so in the page
+    cache): a build that checkpoints N times reads its spool back once in all, not N times. A
+    resumed build checks the prefix against the recorded digest before it trusts a byte of it."""
+
+    def __init__(self, path: str):
+        self.path, self.size, self._hash = path, 0, xxhash.xxh3_128()
+
+    def advance(self, size: int) -> str:
+        if size < self.size:
+            raise ValueError(f"{self.path}: a checkpoint cannot move back from {self.size} to {size} bytes")
+        with open(self.path, "rb") as handle:
+            handle.seek(self.size)
+            while self.size < size:
+                chunk = handle.read(min(1 << 22, size - self.size))
+                if not chunk:
+                    raise OSError(errno.EIO, f"{self.path} ended at {self.size:,} of {size:,} bytes", self.path)
+                self._hash.update(chunk)
+                self.size += len(chunk)
+        return self._hash.hexdigest()
+
+
+def file_digest(path: str) -> str:
+    """xxh3-128 of a whole (closed, small) file: what a checkpoint records of each part file."""
+    digest = PrefixDigest(path)
+    return digest.advance(os.path.getsize(path))
+
+
+def truncate_to_checkpoint(path: str, size: int, digest: str | None = None, record_size: int = 1) -> PrefixDigest:
+    """Cut an append-only file back to the size a checkpoint recorded, after checking that its
+    bytes up to there are the ones the checkpoint saw (``digest``); returns the file's
+    :class:`PrefixDigest`, ready to go on. A file that is shorter than the checkpoint (a broken
+    disk, a truncation) or whose bytes changed is refused: ``truncate`` would pad it with zeros
+    that read back as tokens, and changed bytes would be packed as they are."""
+    have = os.path.getsize(path) if os.path.isfile(path) else None
+    if have is None or have < size or size % record_size:
+        found = "is missing" if have is None else f"holds {have:,} bytes"
+        raise OutputError(f"cannot resume: {path} {found}, its checkpoint recorded {size:,}; the staging "
+                          "folder is damaged: run without --resume to start over")
+    prefix = PrefixDigest(path)
+    if digest is not None and prefix.advance(size) != digest:
+        raise OutputError(f"cannot resume: the first {size:,} bytes of {path} are not the ones its checkpoint "
+                          "recorded; the staging folder is damaged: run without --resume to start over")
+    os.truncate(path, size)
+    return prefix

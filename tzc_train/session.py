@@ -1,0 +1,160 @@
+"""Sessions that end on time: ``--time-limit``, the train feed that stops before it, the run summary.
+
+A Kaggle TPU session stops hard after 9 hours. A run given ``--time-limit 8h40m`` stops handing
+batches to the trainer once the next step could not finish and be saved before the limit,
+measured from the start of the command (imports, model loading and compilation included). tunix
+then ends its loop the way it ends at the end of the data: it saves a checkpoint at the last step
+and closes, and ``--resume`` in the next session continues from there with the same data order.
+
+The run's summary (``--out/summary.json``) is rewritten at the end of every session: steps, tokens,
+wall time, the last train and eval losses and perplexities, and one line per session.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SUMMARY = "summary.json"
+
+# Kept free at the end for what follows the last step: the steps still in flight (tunix runs up
+# to two ahead) are budgeted from the longest step seen; this covers the final checkpoint (LoRA
+# factors and optimizer state: about 0.5 GB at Gemma 2 2B, rank 64), the summary and exit.
+SAVE_RESERVE_S = 60.0
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``8h40m``, ``90m``, ``1h``, ``45s``, ``1.5h`` or a plain number of seconds."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = _DURATION.findall(value)
+        if not parts or "".join(n + u for n, u in parts) != value:
+            raise ValueError(f"--time-limit {text!r}: write it like 8h40m, 90m or 3600 (seconds)") from None
+        seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    if not seconds > 0 or math.isinf(seconds):
+        raise ValueError(f"--time-limit {text!r}: must be a positive duration")
+    return seconds
+
+
+@dataclass
+class Deadline:
+    """``limit`` seconds after ``started`` (a ``clock()`` reading), or never (``limit=None``)."""
+
+    limit: float | None
+    started: float
+    reserve: float = SAVE_RESERVE_S
+    clock: Callable[[], float] = time.monotonic
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def leaves_room_for(self, step_seconds: float) -> bool:
+        """Whether one more step can start: its own time and the steps in flight (2 x the longest
+        step), then the final save, still end before the limit."""
+        if self.limit is None:
+            return True
+        return self.elapsed() + 2 * step_seconds + self.reserve < self.limit
+
+
+@dataclass
+class Feed:
+    """The train iterator tunix reads: hands out ``batches`` until ``deadline`` nears.
+
+    Counts the non-padding tokens of every batch it hands out (also the ones tunix skips on
+    resume, which are the earlier sessions' steps): ``tokens(k)`` is the number in the first ``k``.
+    The step time it budgets is the longest interval between two requests after the first
+    (the first holds the step's compilation), or that first one while it is all there is.
+    """
+
+    batches: Iterator[dict[str, np.ndarray]]
+    deadline: Deadline
+    agree: Callable[[bool], bool] | None = None  # multi-host: every host takes process 0's decision
+    stopped: str | None = None
+    _cumulative: list[int] = field(default_factory=lambda: [0])
+    _first: float | None = None  # the first interval (compilation), then the longest since
+    _longest: float | None = None
+    _last: float | None = None
+
+    def __iter__(self) -> Feed:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        now = self.deadline.clock()
+        if self._last is not None:
+            if self._first is None:
+                self._first = now - self._last
+            else:
+                self._longest = max(self._longest or 0.0, now - self._last)
+        step = self._longest if self._longest is not None else (self._first or 0.0)
+        go_on = self.deadline.leaves_room_for(step)
+        if self.agree is not None:
+            go_on = self.agree(go_on)
+        if not go_on:
+            self.stopped = "time limit"
+            raise StopIteration
+        try:
+            batch = next(self.batches)
+        except StopIteration:
+            self.stopped = "end of data"
+            raise
+        self._cumulative.append(self._cumulative[-1] + int(np.count_nonzero(batch["segment_ids"])))
+        self._last = self.deadline.clock()
+        return batch
+
+    def tokens(self, steps: int) -> int:
+        """Non-padding tokens in the first ``steps`` batches handed out."""
+        return self._cumulative[min(steps, len(self._cumulative) - 1)]
+
+
+def read_summary(out: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(out, SUMMARY), encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+
+
+def perplexity(loss: float | None) -> float | None:
+    return None if loss is None else float(math.exp(min(loss, 700.0)))
+
+
+def write_summary(out: str, session: dict[str, Any], *, steps: int, max_steps: int, tokens: int,
+                  train_loss: float | None, eval_loss: float | None, eval_step: int | None) -> dict[str, Any]:
+    """Rewrite ``out/summary.json`` with this session appended; returns what it wrote.
+
+    ``train_loss`` / ``eval_loss`` of None (a session that trained no step or ran no eval) keep
+    the earlier session's values. Written to a temporary name and renamed into place.
+    """
+    previous = read_summary(out) or {}
+    sessions = previous.get("sessions", []) + [session]
+    if train_loss is None:
+        train_loss = previous.get("train_loss")
+    if eval_loss is None:
+        eval_loss, eval_step = previous.get("eval_loss"), previous.get("eval_step")
+    summary = {
+        "status": session["stopped"], "steps": steps, "max_steps": max_steps, "tokens": tokens,
+        "wall_seconds": round(sum(s["wall_seconds"] for s in sessions), 1),
+        "train_loss": train_loss, "train_perplexity": perplexity(train_loss),
+        "eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss), "eval_step": eval_step,
+        "sessions": sessions,
+    }
+    temporary = os.path.join(out, f".{SUMMARY}.tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(summary, handle, indent=2)
+    os.replace(temporary, os.path.join(out, SUMMARY))
+    return summary
+
+
+__all__ = ["Deadline", "Feed", "SAVE_RESERVE_S", "SUMMARY", "parse_duration", "read_summary", "write_summary"]
