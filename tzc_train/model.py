@@ -50,9 +50,9 @@ def tiny_config(vocab_size: int, **overrides: Any) -> gemma_lib.ModelConfig:
     Heads (8 query, 4 key/value) keep the real model's ratio and divide a ``tp`` axis of 4.
     ``overrides``: other ``ModelConfig`` fields (a short ``sliding_window_size`` in the tests).
     """
-    return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), num_layers=2, num_embed=vocab_size,
-                               embed_dim=64, hidden_dim=128, num_heads=8, head_dim=16, num_kv_heads=4,
-                               **overrides)
+    toy = dict(num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=8, head_dim=16,
+               num_kv_heads=4)
+    return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), **{**toy, **overrides})
 
 
 def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh, **overrides: Any) -> gemma_lib.Gemma:
@@ -84,11 +84,31 @@ def prepare(model: nnx.Module, *, remat: str, attention: str, interpret: bool = 
     """
     if remat not in REMAT:
         raise ValueError(f"--remat {remat!r}: choose one of {', '.join(REMAT)}")
+    _set_remat(model, REMAT[remat])
+    return attention_lib.install(model, attention, interpret=interpret)
+
+
+def _set_remat(model: nnx.Module, remat: gemma_lib.RematConfig) -> None:
     for layer in model.layers:  # tunix reads these at call time; the parameters are untouched
-        config = dataclasses.replace(layer.config, remat_config=REMAT[remat])
+        config = dataclasses.replace(layer.config, remat_config=remat)
         layer.config = layer.mlp.config = config
         layer.attn.remat_config = config.remat_config
-    return attention_lib.install(model, attention, interpret=interpret)
+
+
+def for_decoding(model: nnx.Module) -> nnx.Module:
+    """The model to decode with: the same arrays, rematerialisation off; ``model`` is unchanged.
+
+    Remat only pays in a backward pass, and tunix's ``nnx.remat`` writes its outputs back into the
+    module's variables, which the sampler's KV-cache loop (plain JAX transforms) does not allow:
+    decoding a ``--remat block`` model fails with flax's TraceContextError. A model without remat
+    is returned as it is.
+    """
+    if all(layer.config.remat_config == gemma_lib.RematConfig.NONE
+           and layer.attn.remat_config == gemma_lib.RematConfig.NONE for layer in model.layers):
+        return model
+    view = nnx.merge(*nnx.split(model), copy=True)  # new module objects over the same arrays
+    _set_remat(view, gemma_lib.RematConfig.NONE)
+    return view
 
 
 def default_attention() -> str:
