@@ -214,3 +214,21 @@ def test_a_bfloat16_base_computes_in_bfloat16_with_float32_master_adapters():
     vocab = list(_dots(jax.make_jaxpr(lambda h, e: chunked_cross_entropy(
         h, e, jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8)), softcap=30.0, chunk=4))(h, e).jaxpr))
     assert vocab and all(d.outvars[0].aval.dtype == jnp.float32 for d in vocab if d.outvars[0].aval.shape[-1] == 50)
+
+
+def test_the_decoding_view_has_remat_off_shares_the_arrays_and_leaves_the_training_model_alone(mesh):
+    """Sampling a --remat block model (tunix's nnx.remat) failed with flax's TraceContextError: the
+    sampler decodes tzc_train.model.for_decoding(model), which has remat off over the same arrays."""
+    from tunix.models.gemma import model as gemma_lib
+
+    from tzc_train.model import for_decoding
+
+    with mesh:
+        trained = prepare(tiny_model(1024, mesh), remat="block", attention="plain")
+    view = for_decoding(trained)
+    assert view is not trained
+    assert {layer.config.remat_config for layer in view.layers} == {gemma_lib.RematConfig.NONE}
+    assert {layer.attn.remat_config for layer in view.layers} == {gemma_lib.RematConfig.NONE}
+    assert {layer.config.remat_config for layer in trained.layers} == {gemma_lib.RematConfig.BLOCK}
+    assert view.layers[0].attn.q_einsum.w.get_value() is trained.layers[0].attn.q_einsum.w.get_value()
+    assert for_decoding(view) is view
