@@ -41,7 +41,7 @@ from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
 from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
-from tzc_train.model import check_seq_len, packed_inputs, packed_loss, tiny_config, tiny_model
+from tzc_train.model import REMAT, default_attention, packed_inputs, packed_loss, prepare, tiny_config, tiny_model
 from tzc_train.session import Deadline, Feed, write_summary
 from tzc_train.trainer import Trainer
 
@@ -75,6 +75,8 @@ class TrainConfig:
     save_every: int = 50
     time_limit: float | None = None  # seconds from the start of the command
     resume: bool = False
+    remat: str = "block"  # none | block | decoder: tunix's RematConfig (tzc_train.model.prepare)
+    attention: str = "auto"  # auto (splash on TPU, else plain) | plain | splash
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str):  # a list of one is that build: the same run, the same tzc_run.json
@@ -90,6 +92,10 @@ class TrainConfig:
             if not all(math.isfinite(w) and w > 0 for w in self.data_weights):
                 raise ValueError(f"--data-weights {','.join(map(str, self.data_weights))}: weights must be positive "
                                  "finite numbers")
+        if self.remat not in REMAT:
+            raise ValueError(f"--remat {self.remat!r}: choose one of {', '.join(REMAT)}")
+        if self.attention not in ("auto", "plain", "splash"):
+            raise ValueError(f"--attention {self.attention!r}: choose auto, plain or splash")
         if self.model not in ("tiny", "gemma2-2b"):
             raise ValueError(f"--model {self.model!r}: choose tiny or gemma2-2b")
         if self.model == "gemma2-2b" and not self.weights:
@@ -187,7 +193,8 @@ def kaggle_model(path: str, model_config: gemma_lib.ModelConfig) -> gemma_lib.Ge
 
 
 def with_lora(base: nnx.Module, config: TrainConfig, mesh: jax.sharding.Mesh) -> nnx.Module:
-    """qwix LoRA on the attention and MLP projections; adapters in float32 whatever the base."""
+    """qwix LoRA on the attention and MLP projections; adapters in float32 whatever the base (master
+    copies: the loss casts them to the base dtype for the forward pass, ``model.compute_view``)."""
     provider = qwix.LoraProvider(module_path=config.lora_targets, rank=config.lora_rank, alpha=config.lora_alpha)
     model = qwix.apply_lora_to_model(base, provider, rngs=nnx.Rngs(config.seed), **base.get_model_input())
     adapters = nnx.state(model, nnx.LoRAParam)
@@ -429,8 +436,9 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
     check_batch(config, mesh)
     with mesh:
         base, model_config = base_model(config, vocab_size, mesh)
-        check_seq_len(seq_len, model_config)
         model = with_lora(base, config, mesh)
+        prepare(model, remat=config.remat,
+                attention=default_attention() if config.attention == "auto" else config.attention)
         if config.init_lora and saved_step(config.out) is None:  # a resumed run restores its own adapters
             restore_adapters(model, config.init_lora, "--init-lora")
         if jax.process_index() == 0:
