@@ -28,22 +28,32 @@ def read_jsonl(name: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_path(tmp_path_factory) -> str:
-    """A 600-piece SentencePiece model with Gemma's special ids and pieces, trained in a second."""
+def train_tiny_tokenizer(path: Path, vocab_size: int = 600) -> str:
+    """A SentencePiece model with Gemma's special ids and pieces, trained in a second, written to ``path``."""
     texts = [generate(7, i).response[:3000] for i in range(300)]
     texts += [generate(7, i).prompt for i in range(300)]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts), model_writer=model, vocab_size=600, model_type="unigram",
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type="unigram",
         pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
         unk_piece="<unk>", user_defined_symbols=["<mask>", "<start_of_turn>", "<end_of_turn>", "\n", "\n\n"],
         byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=False,
         remove_extra_whitespaces=False, max_sentence_length=100000, minloglevel=2, num_threads=1,
     )
-    path = tmp_path_factory.mktemp("tok") / "tiny.model"
     path.write_bytes(model.getvalue())
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> str:
+    """A 600-piece SentencePiece model with Gemma's special ids and pieces, trained in a second."""
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tiny.model")
+
+
+@pytest.fixture(scope="session")
+def other_model_path(tmp_path_factory) -> str:
+    """A second throwaway tokenizer (576 pieces): another sha256, for builds that must not mix."""
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tok2") / "other.model", vocab_size=576)
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ Errors the user can fix (:class:`TzcError`) print one line, ``tzc-data: error: .
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -340,7 +341,19 @@ def _joined_ranges(argv: list[str]) -> list[str]:
     return joined
 
 
+def _arrow_allocator() -> None:
+    """The system allocator for Arrow in a ``tzc-data`` process and the worker processes it spawns.
+
+    Arrow's default (mimalloc) keeps the memory of every table a build writes and reads back: peak
+    RSS grew by about 1 KB per row; the system allocator gives it back. Arrow reads the variable
+    once, when it loads: only before that, and only when the user has not chosen a pool. Here, not
+    on ``import tzc_data``: a library import changes no process-wide setting."""
+    if "pyarrow" not in sys.modules:
+        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _arrow_allocator()
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
     parser.add_argument("--version", action="version", version=f"tzc-data {__version__}")
@@ -361,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tzc-data: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = "; the same command with --resume continues from the last checkpoint" if args.command == "build" else ""
+        hint = "; the same command with --resume keeps the units it finished" if args.command == "build" else ""
         print(f"tzc-data: interrupted{hint}", file=sys.stderr)
         return 130
 

@@ -44,6 +44,7 @@ class Outcomes:
     twins: np.ndarray
     jaccards: np.ndarray
     builds: dict[int, str]
+    index_bytes: int = 0  # what the dedup pass held in its indexes and key arrays
 
     @property
     def kept(self) -> np.ndarray:
@@ -55,6 +56,53 @@ def _candidates(staging: str, index: int, columns: list[str]) -> pa.Table:
     return table.filter(pc.equal(table.column("status"), KEPT))
 
 
+def fixed_width(column: pa.ChunkedArray | pa.Array, width: int) -> np.ndarray:
+    """A fixed-size binary column without nulls as a ``uint8[n, width]`` array, without a Python
+    object per value."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    data = np.frombuffer(array.buffers()[1], dtype=np.uint8)
+    return data[array.offset * width:(array.offset + len(array)) * width].reshape(-1, width)
+
+
+def _all_keys(staging: str, done: Sequence[units.UnitDone], near: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every candidate's prompt hash (``uint8[n, 16]``) and, with near dedup, band keys (``uint64[n, 16]``)."""
+    hashes, bands = [], []
+    for unit in done:
+        table = _candidates(staging, unit.index, ["hash16", "bands"] if near else ["hash16"])
+        hashes.append(fixed_width(table.column("hash16"), 16))
+        if near:
+            bands.append(fixed_width(table.column("bands"), 8 * BANDS).view("<u8"))
+    joined = np.concatenate(hashes) if hashes else np.zeros((0, 16), np.uint8)
+    return joined, (np.concatenate(bands) if bands else np.zeros((0, BANDS), "<u8")) if near else None
+
+
+def sharing_a_key(hashes: np.ndarray | None, bands: np.ndarray | None, near: NearDupIndex | None) -> np.ndarray:
+    """Which candidates share a key with another candidate or with an excluded build: the first 8
+    bytes of the prompt hash (exact dedup; a superset of the true matches) or any LSH band key.
+
+    Only these can be dropped, or be anyone's twin: a candidate with no shared key is kept,
+    whatever else is in the build, and never changes another's outcome. So the serial pass runs
+    on these alone and decides exactly what a pass over every candidate would. One sort per key
+    column, on numpy arrays: no Python object per row.
+    """
+    count = len(hashes) if hashes is not None else len(bands)
+    involved = np.zeros(count, dtype=bool)
+    columns = [hashes[:, :8].copy().view("<u8").reshape(-1)] if hashes is not None else []
+    columns += [bands[:, b] for b in range(BANDS)] if bands is not None else []
+    for keys in columns:
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        same = ordered[1:] == ordered[:-1]
+        shared = np.zeros(count, dtype=bool)
+        shared[1:] |= same
+        shared[:-1] |= same
+        involved[order[shared]] = True
+    if near is not None and len(near) and bands is not None:  # keys of the builds given to --exclude
+        for lo in range(0, count, 1 << 16):
+            involved[lo:lo + (1 << 16)] |= (near.lookup_many(bands[lo:lo + (1 << 16)]) >= 0).any(axis=1)
+    return involved
+
+
 def first_kept_wins(staging: str, done: Sequence[units.UnitDone], config: BuildConfig,
                     near: NearDupIndex | None) -> Outcomes:
     """Decide every candidate of the units, in order; ``near`` holds the excluded builds' keys."""
@@ -64,26 +112,35 @@ def first_kept_wins(staging: str, done: Sequence[units.UnitDone], config: BuildC
     exact = ExactIndex() if config.dedup else None
     if exact is None and near is None:
         return Outcomes(codes, twins, jaccards, builds)
+    hashes, bands = _all_keys(staging, done, near is not None)
+    involved = sharing_a_key(hashes if exact is not None else None, bands, near)
+    del bands
     at = 0
     for unit in done:
-        table = _candidates(staging, unit.index, _KEYS[:1] + _KEYS[2:] if near is not None else ["row", "hash16"])
+        table = _candidates(staging, unit.index, ["row", "hash16"] + (["bands", "sketch"] if near is not None else []))
+        mine = np.flatnonzero(involved[at:at + table.num_rows])
+        ordinals = at + mine
+        at += table.num_rows
+        if not len(mine):
+            continue
+        table = table.take(pa.array(mine))
         rows = table.column("row").to_numpy()
-        hashes = table.column("hash16").to_pylist()
+        unit_hashes = [bytes(h) for h in fixed_width(table.column("hash16"), 16)]
         keys = sketches = None
         if near is not None:
-            keys = np.frombuffer(b"".join(table.column("bands").to_pylist()), "<u8").reshape(-1, BANDS)
-            sketches = np.frombuffer(b"".join(table.column("sketch").to_pylist()), np.uint8).reshape(-1, NUM_PERM)
+            keys = fixed_width(table.column("bands"), 8 * BANDS).view("<u8")
+            sketches = fixed_width(table.column("sketch"), NUM_PERM)
         for lo in range(0, len(rows), _BATCH):
             hi = min(lo + _BATCH, len(rows))
-            decided = decide_batch(rows[lo:hi].tolist(), hashes[lo:hi], None if keys is None else keys[lo:hi],
+            decided = decide_batch(rows[lo:hi].tolist(), unit_hashes[lo:hi], None if keys is None else keys[lo:hi],
                                    None if sketches is None else sketches[lo:hi], near, exact)
-            for k, outcome in enumerate(decided, at + lo):
+            for k, outcome in zip(ordinals[lo:hi].tolist(), decided):
                 if outcome is not None:
                     codes[k], twins[k], jaccards[k], build = outcome
                     if build is not None:
                         builds[k] = build
-        at += len(rows)
-    return Outcomes(codes, twins, jaccards, builds)
+    held = (exact.nbytes() if exact is not None else 0) + (near.nbytes() if near is not None else 0)
+    return Outcomes(codes, twins, jaccards, builds, held + involved.nbytes + hashes.nbytes)
 
 
 def kept_examples(staging: str, done: Sequence[units.UnitDone], outcomes: Outcomes) -> Kept:
@@ -101,8 +158,7 @@ def kept_examples(staging: str, done: Sequence[units.UnitDone], outcomes: Outcom
         parts["lengths"].append(lengths[keep])
         parts["prompt"].append(table.column("prompt_tokens").to_numpy().astype(np.int32)[keep])
         parts["splits"].append(table.column("split").to_numpy().astype(np.uint8)[keep])
-        hashes = np.frombuffer(b"".join(table.column("hash16").to_pylist()), "S16")
-        parts["hashes"].append(hashes[keep])
+        parts["hashes"].append(fixed_width(table.column("hash16"), 16)[keep].copy().view("S16").reshape(-1))
         parts["units"].append(np.full(int(keep.sum()), unit.index, np.int32))
         parts["offsets"].append(offsets.astype(np.int64)[keep])
     joined = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
@@ -122,9 +178,8 @@ def write_near_dup(path: str, staging: str, done: Sequence[units.UnitDone], outc
             keep = outcomes.kept[at:at + table.num_rows]
             at += table.num_rows
             records = np.empty(int(keep.sum()), dtype=RECORD)
-            records["bands"] = np.frombuffer(b"".join(table.column("bands").to_pylist()), "<u8").reshape(-1, BANDS)[keep]
-            records["sketch"] = np.frombuffer(b"".join(table.column("sketch").to_pylist()),
-                                              np.uint8).reshape(-1, NUM_PERM)[keep]
+            records["bands"] = fixed_width(table.column("bands"), 8 * BANDS).view("<u8")[keep]
+            records["sketch"] = fixed_width(table.column("sketch"), NUM_PERM)[keep]
             records["row"] = table.column("row").to_numpy()[keep]
             out.write(records.tobytes())
 

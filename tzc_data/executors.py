@@ -27,29 +27,52 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
+from tzc_data.config import ENGINES
 from tzc_data.errors import TzcError
 from tzc_data.units import UnitDone
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
-from tzc_data.config import ENGINES
 
 
-class Executor(Protocol):
+class Executor:
+    """An engine: :meth:`run` maps the row stage over units; :meth:`map` runs other independent
+    tasks (one per output shard), here one after another unless an engine does better."""
+
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         """``stage(unit)`` for every unit; the markers as the units finish (in any order)."""
+        raise NotImplementedError
+
+    def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``[task(item) for item in items]``, in order."""
+        return [task(item) for item in items]
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         for unit in units:
             yield stage(unit)
 
 
-class ProcessExecutor:
+class ProcessExecutor(Executor):
     def __init__(self, workers: int, *, ahead: int = 2):
         self.workers, self.ahead = workers, ahead
+
+    def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """The tasks in ``workers`` spawned processes; results in order."""
+        if len(items) < 2:
+            return [task(item) for item in items]
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context,
+                                     initializer=_die_with, initargs=(os.getpid(),)) as pool:
+                return list(pool.map(task, items))
+        except BrokenProcessPool:
+            raise TzcError("a worker process died while writing shards (out of memory?); run again with "
+                           "--resume, or with fewer --workers") from None
 
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         if not units:
@@ -118,8 +141,8 @@ def _next_result(results: Any, pool: list[Any], in_flight: dict[int, Any]) -> tu
                                f"were in flight ({where}); run again with --resume, or with fewer --workers") from None
 
 
-def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
-    """A worker's life: die with the parent, then run units until told to stop."""
+def _die_with(parent: int) -> None:
+    """Make this worker die with ``parent`` (a build killed with SIGKILL cannot stop its workers)."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -128,6 +151,11 @@ def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: A
             pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
+    """A worker's life: die with the parent, then run units until told to stop."""
+    _die_with(parent)
     while (unit := tasks.get()) is not None:
         results.put((unit.index, *run_unit(stage, unit)))
 

@@ -21,6 +21,7 @@ Promises, each checked here rather than at the call sites:
 from __future__ import annotations
 
 import errno
+import hashlib
 import fcntl
 import json
 import os
@@ -287,50 +288,19 @@ def remove_marker(staging: str) -> None:
         os.remove(marker)
 
 
-class PrefixDigest:
-    """The xxh3-128 digest of a growing append-only file's first ``size`` bytes, for checkpoints.
-
-    :meth:`advance` reads only the bytes added since the last call (just written, so in the page
-    cache): a build that checkpoints N times reads its spool back once in all, not N times. A
-    resumed build checks the prefix against the recorded digest before it trusts a byte of it."""
-
-    def __init__(self, path: str):
-        self.path, self.size, self._hash = path, 0, xxhash.xxh3_128()
-
-    def advance(self, size: int) -> str:
-        if size < self.size:
-            raise ValueError(f"{self.path}: a checkpoint cannot move back from {self.size} to {size} bytes")
-        with open(self.path, "rb") as handle:
-            handle.seek(self.size)
-            while self.size < size:
-                chunk = handle.read(min(1 << 22, size - self.size))
-                if not chunk:
-                    raise OSError(errno.EIO, f"{self.path} ended at {self.size:,} of {size:,} bytes", self.path)
-                self._hash.update(chunk)
-                self.size += len(chunk)
-        return self._hash.hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB pieces: what a manifest records of each file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_digest(path: str) -> str:
-    """xxh3-128 of a whole (closed, small) file: what a checkpoint records of each part file."""
-    digest = PrefixDigest(path)
-    return digest.advance(os.path.getsize(path))
-
-
-def truncate_to_checkpoint(path: str, size: int, digest: str | None = None, record_size: int = 1) -> PrefixDigest:
-    """Cut an append-only file back to the size a checkpoint recorded, after checking that its
-    bytes up to there are the ones the checkpoint saw (``digest``); returns the file's
-    :class:`PrefixDigest`, ready to go on. A file that is shorter than the checkpoint (a broken
-    disk, a truncation) or whose bytes changed is refused: ``truncate`` would pad it with zeros
-    that read back as tokens, and changed bytes would be packed as they are."""
-    have = os.path.getsize(path) if os.path.isfile(path) else None
-    if have is None or have < size or size % record_size:
-        found = "is missing" if have is None else f"holds {have:,} bytes"
-        raise OutputError(f"cannot resume: {path} {found}, its checkpoint recorded {size:,}; the staging "
-                          "folder is damaged: run without --resume to start over")
-    prefix = PrefixDigest(path)
-    if digest is not None and prefix.advance(size) != digest:
-        raise OutputError(f"cannot resume: the first {size:,} bytes of {path} are not the ones its checkpoint "
-                          "recorded; the staging folder is damaged: run without --resume to start over")
-    os.truncate(path, size)
-    return prefix
+    """xxh3-128 of a whole file, read in 1 MiB pieces: what a unit's done-marker records of its files."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while piece := handle.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()

@@ -7,11 +7,15 @@ Grain is imported lazily: the build itself does not need it.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
+import math
+import numbers
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Union
 
-from tzc_data.errors import OutputError
+from tzc_data.errors import ConfigError, OutputError
 from tzc_data.files import MANIFEST, atomic_path, check_output_file
 from tzc_data.pack import decode_row
 
@@ -254,11 +258,21 @@ def _grain():
     return grain
 
 
-def load(directory: str | os.PathLike, split: str = "train"):
+def load(directory: Builds, split: str = "train", *, weights: Sequence[float] | None = None):
     """Packed rows of ``split`` as a ``grain.MapDataset`` of dicts of int32 ``[seq_len]`` arrays
-    (``tokens``, ``segment_ids``, ``positions``, ``loss_mask``), in shard order; random access."""
-    records, seq_len = _records(directory, split)
-    return records.map(functools.partial(decode_row, seq_len=seq_len))
+    (``tokens``, ``segment_ids``, ``positions``, ``loss_mask``), in shard order; random access.
+
+    ``directory`` may be a list of builds: their rows mixed by ``weights`` (see :func:`mixture`),
+    unshuffled, ending when the first build runs out; without weights that is every row once."""
+    builds = _as_builds(directory)
+    if len(builds) == 1:
+        _check_weights(builds, weights)
+        records, seq_len = _records(builds[0], split)
+        return records.map(functools.partial(decode_row, seq_len=seq_len))
+    grain = _grain()
+    parts, seq_len, proportions = _mixture_parts(builds, split, weights)
+    decode = functools.partial(decode_row, seq_len=seq_len)
+    return grain.MapDataset.mix([records.map(decode) for records in parts], proportions)
 
 
 # Measured on this project's machine (tools/bench_loader.py): with ReadOptions(num_threads=0,
@@ -268,9 +282,10 @@ def load(directory: str | os.PathLike, split: str = "train"):
 READ_OPTIONS = {"num_threads": 0, "prefetch_buffer_size": 0}
 
 
-def batches(directory: str | os.PathLike, batch_size: int, *, seed: int, split: str = "train",
+def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "train",
             num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1,
-            drop_remainder: bool = True, read_options: dict[str, int] | None = None):
+            drop_remainder: bool = True, read_options: dict[str, int] | None = None,
+            weights: Sequence[float] | None = None):
     """A shuffled, repeatable, checkpointable iterator of batches: dicts of int32 ``[batch, seq_len]``.
 
     * The order is a pure function of ``seed``: each epoch is a new permutation of the packed rows.
@@ -280,16 +295,27 @@ def batches(directory: str | os.PathLike, batch_size: int, *, seed: int, split: 
       the global shuffled sequence, so hosts see disjoint rows and together see all of them.
     * The iterator has ``get_state()`` / ``set_state(state)`` (Grain): save the state with a
       checkpoint and a resumed job continues with the next batch.
+    * A list of builds is a mixture (:func:`mixture`): each build shuffled and repeated on its own,
+      then drawn from by ``weights``; with a finite ``num_epochs`` it ends when the first build has
+      given its ``num_epochs`` passes. A list of one build reads that build exactly as on its own.
     """
     grain = _grain()
     if batch_size < 1 or not 0 <= shard_index < shard_count:
         raise ValueError(f"need batch_size >= 1 and 0 <= shard_index < shard_count; got {batch_size}, "
                          f"{shard_index}, {shard_count}")
-    records, seq_len = _records(directory, split)
-    if len(records) == 0 and num_epochs is None:
-        raise OutputError(f"split {split!r} of {directory} has no packed rows: there is nothing to repeat "
-                          "batches of (a finite num_epochs gives an empty iterator)")
-    rows = records.seed(seed).shuffle().repeat(num_epochs)[shard_index::shard_count]
+    builds = _as_builds(directory)
+    if len(builds) == 1:
+        _check_weights(builds, weights)
+        records, seq_len = _records(builds[0], split)
+        if len(records) == 0 and num_epochs is None:
+            raise OutputError(f"split {split!r} of {builds[0]} has no packed rows: there is nothing to repeat "
+                              "batches of (a finite num_epochs gives an empty iterator)")
+        rows = records.seed(seed).shuffle().repeat(num_epochs)
+    else:
+        parts, seq_len, proportions = _mixture_parts(builds, split, weights)
+        rows = grain.MapDataset.mix([records.seed(_build_seed(seed, k)).shuffle().repeat(num_epochs)
+                                     for k, records in enumerate(parts)], proportions)
+    rows = rows[shard_index::shard_count]
     # Batch the raw records and decode a whole batch into one array: a quarter faster than
     # decoding rows and stacking them (measured, tools/bench_loader.py).
     rows = rows.batch(batch_size, drop_remainder=drop_remainder,
@@ -298,13 +324,121 @@ def batches(directory: str | os.PathLike, batch_size: int, *, seed: int, split: 
     return iter(rows.to_iter_dataset(options))
 
 
-def _records(directory: str | os.PathLike, split: str):
+Builds = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+
+def _as_builds(directory: Builds) -> list[str]:
+    """One build (a path) or several (a list or tuple of paths), as a list of paths."""
+    if isinstance(directory, (str, os.PathLike)):
+        return [os.fspath(directory)]
+    if not isinstance(directory, Sequence) or not all(isinstance(d, (str, os.PathLike)) for d in directory):
+        raise TypeError(f"a build is a path, and a mixture a list of paths; got {type(directory).__name__}")
+    if not directory:
+        raise ConfigError("no builds given: a mixture needs at least one")
+    return [os.fspath(d) for d in directory]
+
+
+def _check_weights(builds: Sequence[str], weights: Sequence[float] | None) -> list[float] | None:
+    """``weights`` normalised to sum to 1 (None stays None); one positive finite number per build."""
+    if weights is None:
+        return None
+    weights = list(weights)
+    if len(weights) != len(builds):
+        raise ConfigError(f"{len(weights)} weight(s) for {len(builds)} build(s) ({', '.join(builds)}): "
+                          "give one weight per build")
+    for build, weight in zip(builds, weights):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight <= 0:
+            raise ConfigError(f"weight {weight!r} of build {build}: weights must be positive finite numbers")
+    largest = max(float(weight) for weight in weights)  # scaled first: huge weights would overflow the sum
+    scaled = [float(weight) / largest for weight in weights]
+    return [weight / math.fsum(scaled) for weight in scaled]
+
+
+def mixture(directories: Builds, weights: Sequence[float] | None = None,
+            split: str = "train") -> list[float]:
+    """Check that ``directories`` can be mixed and return their weights, normalised to sum to 1.
+
+    Refused, each with one line naming the builds (:class:`ConfigError`): a build given twice,
+    builds of different ``seq_len`` (the record layout) or tokenizer (its sha256), builds that
+    ``tzc-data verify A B`` reports as sharing rows (overlapping row ranges of one source, shared
+    or near-duplicate prompts: :func:`tzc_data.verify.check_disjoint`, which reads the builds'
+    prompt hashes and near-dup signatures), a split without packed rows, and weights that are not
+    one positive finite number per build. Without weights, each build weighs its packed rows of
+    ``split``: every row is equally likely, as if the builds were one.
+
+    Grain mixes by a deterministic interleaving (``grain.MapDataset.mix``), not by sampling: any
+    stretch of the mixture holds each build in proportion, to Grain's rounding of the weights to
+    integers (the smallest scaled to 100: 0.7/0.3 draws 233 of every 333).
+    """
+    _, _, proportions = _mixture_parts(_as_builds(directories), split, weights)
+    return proportions
+
+
+def _mixture_parts(builds: list[str], split: str, weights: Sequence[float] | None):
+    """The records of each build's ``split``, their common seq_len and the normalised weights."""
+    proportions = _check_weights(builds, weights)
+    manifests = [read_manifest(build) for build in builds]
+    _check_compatible(builds, manifests)
+    parts = []
+    for build, manifest in zip(builds, manifests):
+        records, _ = _records(build, split, manifest)
+        if len(records) == 0:
+            raise ConfigError(f"split {split!r} of {build} has no packed rows: a mixture cannot draw from it")
+        parts.append(records)
+    if proportions is None:
+        total = sum(len(records) for records in parts)
+        proportions = [len(records) / total for records in parts]
+    return parts, manifests[0]["config"]["seq_len"], proportions
+
+
+def _check_compatible(builds: list[str], manifests: list[dict[str, Any]]) -> None:
+    """Refuse builds that cannot be mixed: see :func:`mixture`."""
+    from tzc_data import verify
+    from tzc_data.write import read_hashes
+
+    first, head = builds[0], manifests[0]
+    seen: dict[str, str] = {}
+    for build in builds:
+        real = os.path.realpath(build)
+        if real in seen:
+            raise ConfigError(f"refusing to mix: {seen[real]} and {build} are the same build, given twice")
+        seen[real] = build
+    for build, manifest in zip(builds[1:], manifests[1:]):
+        if manifest["config"]["seq_len"] != head["config"]["seq_len"]:
+            raise ConfigError(f"refusing to mix: {first} has seq_len {head['config']['seq_len']} and {build} "
+                              f"{manifest['config']['seq_len']}; their packed rows differ in layout")
+        if manifest["tokenizer"]["sha256"] != head["tokenizer"]["sha256"]:
+            raise ConfigError(f"refusing to mix: {first} and {build} were tokenized by different tokenizers "
+                              f"(sha256 {head['tokenizer']['sha256'][:12]}... and "
+                              f"{manifest['tokenizer']['sha256'][:12]}...)")
+    hashes = []
+    for build, manifest in zip(builds, manifests):
+        try:
+            hashes.append(read_hashes(build, manifest["hashes"]))
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"refusing to mix: {build}: its prompt hashes cannot be read ({_first_line(err)}); "
+                              f"tzc-data verify {build} says what else is wrong") from None
+    for a, b in itertools.combinations(range(len(builds)), 2):
+        problems = verify.check_disjoint(builds[a], manifests[a], hashes[a], builds[b], manifests[b], hashes[b])
+        if problems:
+            raise ConfigError(f"refusing to mix: {problems[0]} (tzc-data verify {builds[a]} {builds[b]} lists "
+                              "every problem)")
+
+
+def _build_seed(seed: int, k: int) -> int:
+    """The shuffle seed of the ``k``-th build of a mixture: independent permutations per build."""
+    import numpy as np
+
+    return int(np.random.SeedSequence((seed, k)).generate_state(1, dtype=np.uint32)[0])
+
+
+def _records(directory: str | os.PathLike, split: str, manifest: dict[str, Any] | None = None):
     """The raw records of ``split`` as a Grain MapDataset, and the build's seq_len.
 
     The shards are the manifest's ``shards`` entries of ``split`` (:func:`shard_entries`), the
     list ``verify`` checks; a split without packed rows gives an empty dataset."""
     grain = _grain()
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory) if manifest is None else manifest
     paths = shard_paths(directory, split, manifest)
     if not paths:
         return grain.MapDataset.source([]), manifest["config"]["seq_len"]

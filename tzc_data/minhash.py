@@ -14,7 +14,6 @@ Step by step, for each prompt that survived everything else (first kept occurren
   4. otherwise the prompt is kept and its band keys enter the index.
 Memory per kept prompt: 128 bytes of sketch, an 8-byte row, and 16 band keys in an open-addressing
 table of 8-byte keys and 4-byte values at most 70% full (274 to 548 bytes); no document is stored.
-The index is append-only on disk too, so a build resumes it from a checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import numpy as np
 import rensa
 
 from tzc_data.dedupe import ExactIndex, normalise
-from tzc_data.files import PrefixDigest, truncate_to_checkpoint
 from tzc_data.record import Example
 
 NUM_PERM = 128
@@ -96,14 +94,12 @@ def fingerprint(prompt: str, normalised: str | None = None) -> tuple[np.ndarray,
 class NearDupIndex:
     """Kept prompts' band keys and sketches; see the module docstring.
 
-    Load excluded builds first (:meth:`load`), then :meth:`attach_journal`: the order in which
-    prompts enter decides which twin a later prompt finds, so a resumed build must repeat it.
+    Load excluded builds first (:meth:`load`), then this build's prompts in row order: the order in
+    which prompts enter decides which twin a later prompt finds.
     """
 
     def __init__(self, threshold: float = 0.8):
         self.threshold = threshold
-        self._journal = None
-        self._journal_digest: PrefixDigest | None = None
         self._clear()
 
     def _clear(self) -> None:
@@ -130,25 +126,10 @@ class NearDupIndex:
         return None
 
     def load(self, path: str, label: str | None = None) -> int:
-        """Add every record of a ``near_dup.bin`` file or journal; returns how many."""
+        """Add every record of a ``near_dup.bin`` file; returns how many."""
         records = np.fromfile(path, dtype=RECORD)
         self._insert(records["bands"], records["sketch"], records["row"].tolist(), label)
         return len(records)
-
-    def attach_journal(self, path: str, *, resume_at: int | None = None, digest: str | None = None) -> None:
-        """Append this build's kept prompts to ``path``; on resume, check its first ``resume_at``
-        bytes against ``digest`` (see :meth:`journal_digest`), truncate it there and reload it."""
-        if resume_at is None:
-            open(path, "wb").close()
-            self._journal_digest = PrefixDigest(path)
-        else:
-            self._journal_digest = truncate_to_checkpoint(path, resume_at, digest, record_size=RECORD.itemsize)
-            self.load(path)
-        self._journal = open(path, "ab")
-
-    def journal_digest(self, size: int) -> str:
-        """The digest of the journal's first ``size`` bytes (a size :meth:`sync` returned)."""
-        return self._journal_digest.advance(size)
 
     def find(self, keys: np.ndarray, sketch: np.ndarray) -> tuple[int, float, str | None] | None:
         """(row, estimated Jaccard, build label) of the first indexed twin, or None."""
@@ -180,29 +161,10 @@ class NearDupIndex:
     def add_many(self, keys: np.ndarray, sketches: np.ndarray, rows: list[int]) -> None:
         """:meth:`add` for m prompts at once, in order (a key already present keeps its earlier prompt)."""
         self._insert(keys, sketches, rows, None)
-        if self._journal is not None:
-            records = np.empty(len(rows), dtype=RECORD)
-            records["bands"], records["sketch"], records["row"] = keys, sketches, rows
-            self._journal.write(records.tobytes())
-
-    def sync(self, before_row: int | None = None) -> int:
-        """Flush the journal; returns the size a checkpoint records: the whole journal, or only the
-        records of rows before ``before_row`` (the batched stage may have indexed a few rows past
-        the checkpoint; a resumed build must not find those as twins of themselves)."""
-        if self._journal is None:
-            return 0
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
-        if before_row is None:
-            return self._journal.tell()
-        own = self.rows[self.excluded_count:]  # this build's rows, ascending
-        return bisect.bisect_left(own, before_row) * RECORD.itemsize
 
     def close(self) -> None:
-        """Close the journal and let go of the tables: a closed index holds nothing and finds
-        nothing. The build closes it before packing, whose memory would otherwise come on top."""
-        if self._journal is not None and not self._journal.closed:
-            self._journal.close()
+        """Let go of the tables: a closed index holds nothing and finds nothing. The build closes
+        it before packing, whose memory would otherwise come on top."""
         self._clear()
 
     # -- open addressing, vectorised over many keys at once: key 0 marks an empty slot ---------

@@ -96,6 +96,12 @@ class Kept:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def subset(self, members: np.ndarray) -> Kept:
+        """The examples ``members``, renumbered 0..n-1 (what one shard's writer needs)."""
+        return Kept(self.tokens_paths, rows=self.rows[members], lengths=self.lengths[members],
+                    prompt_lengths=self.prompt_lengths[members], splits=self.splits[members],
+                    hashes=self.hashes[members], units=self.units[members], offsets=self.offsets[members])
+
     def items(self, split: int) -> np.ndarray:
         """Indices of the examples assigned to ``split``, in row order."""
         return np.flatnonzero(self.splits == split)

@@ -41,17 +41,17 @@ from tzc_data import __version__, files, units
 from tzc_data.config import BuildConfig
 from tzc_data.dedup_pass import Outcomes, final_batches, first_kept_wins, kept_examples, write_near_dup
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
-from tzc_data.executors import executor
+from tzc_data.executors import Executor, executor
 from tzc_data.load import read_manifest
-from tzc_data.minhash import NearDupIndex
+from tzc_data.minhash import NearDupIndex, outcome_reason
 from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
 from tzc_data.sources import Source, Unit, open_source, source_identity
 from tzc_data.record import KEPT, REASONS
 from tzc_data.rowstage import RowStage, score_names
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file
-from tzc_data.write import (MANIFEST, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR, TEXT_COLUMNS,
-                            read_hashes, record_layout, stats_schema, write_hashes, write_manifest, write_pack_stats,
-                            write_records, write_rejected, write_shards)
+from tzc_data.write import (MANIFEST, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR, TEXT_COLUMNS, ShardTask,
+                            read_hashes, record_layout, shard_tasks, stats_schema, write_hashes, write_manifest,
+                            write_pack_stats, write_records, write_rejected, write_shard)
 
 FORMAT_VERSION = 1
 
@@ -256,8 +256,9 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
         pa.set_memory_pool(pa.system_memory_pool())
         try:
             stage = RowStage.of(config, source, staging, tokenizer, excluded)
-            done, reused = _map_units(stage, planned, config, progress)
-            manifest, index_bytes = _write_build(staging, config, source, tokenizer, excluded, near, done)
+            engine = executor(config.engine, config.workers, ray_address=config.ray_address)
+            done, reused = _map_units(engine, stage, planned, config, progress)
+            manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done)
         except (GuardrailError, ConfigError):
             files.clear_staging(staging, keep=())  # finished, or never started: nothing to resume
             os.rmdir(staging)
@@ -273,7 +274,7 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
     return manifest
 
 
-def _map_units(stage: RowStage, planned: Sequence[Unit], config: BuildConfig,
+def _map_units(engine: Executor, stage: RowStage, planned: Sequence[Unit], config: BuildConfig,
                progress: bool | None) -> tuple[list[units.UnitDone], int]:
     """Every unit's files: those an interrupted build finished are checked and kept, the others
     run on the chosen engine. Returns the markers in unit order, and how many were reused."""
@@ -286,7 +287,7 @@ def _map_units(stage: RowStage, planned: Sequence[Unit], config: BuildConfig,
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
     kept = sum(d.counts.get(KEPT, 0) for d in done.values())
-    for finished in executor(config.engine, config.workers, ray_address=config.ray_address).run(stage, todo):
+    for finished in engine.run(stage, todo):
         done[finished.index] = finished
         kept += finished.counts.get(KEPT, 0)
         bar.update(finished.stop - finished.start)
@@ -333,12 +334,12 @@ def _os_error_line(err: OSError, out: str, staging: str, *, resumable: bool) -> 
     """One line for a file-system error while writing a build: the path, the cause, what next."""
     path = err.filename or staging
     cause = "no space left on the device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-    hint = (f"; {staging} keeps the last checkpoint: fix the cause and run the same command with --resume"
+    hint = (f"; {staging} keeps the finished units: fix the cause and run the same command with --resume"
             if resumable and os.path.isdir(staging) else "")
     return f"cannot write the build for --out {out}: {path}: {cause}{hint}"
 
 
-def _write_build(staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
+def _write_build(engine: Executor, staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
                  excluded: dict[bytes, str], near: NearDupIndex | None,
                  done: Sequence[units.UnitDone]) -> tuple[dict[str, Any], int]:
     """Everything after the map, from the units' files: dedup, the guardrail, packing, shards,
@@ -346,13 +347,13 @@ def _write_build(staging: str, config: BuildConfig, source: Source, tokenizer: T
     killed anywhere in here resumes by doing it again, with the same bytes. Nothing the map left
     is removed here; the caller removes it once the manifest is written."""
     outcomes = first_kept_wins(staging, done, config, near)
-    index_bytes = near.nbytes() if near is not None else 0
+    index_bytes = outcomes.index_bytes
     if near is not None:
         near.close()  # the dedup indexes are done with: their memory goes before packing's comes
     counts = _counts(done, outcomes)
     _guardrail(counts, sum(counts.values()), config)
     kept = kept_examples(staging, done, outcomes)
-    where, packs_by_split, shards, bound = _pack(staging, config, kept)
+    where, packs_by_split, shards, bound = _pack(engine, staging, config, kept)
     hashes = write_hashes(staging, kept.hashes.tobytes())
     near_entry = None
     if near is not None:
@@ -376,17 +377,17 @@ def _counts(done: Sequence[units.UnitDone], outcomes: Outcomes) -> Counter:
     dropped = Counter(outcomes.codes[outcomes.codes > 0].tolist())
     for code, n in dropped.items():
         counts[KEPT] -= n
-        counts[{1: "duplicate", 2: "near_duplicate", 3: "in_excluded_split"}[code]] += n
+        counts[outcome_reason(code, 0, 0.0, None)[0]] += n
     return Counter({k: v for k, v in counts.items() if v})
 
 
-def _pack(staging: str, config: BuildConfig, kept: Kept) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]],
+def _pack(engine: Executor, staging: str, config: BuildConfig, kept: Kept) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]],
                                                                  list[dict[str, Any]], int]:
     """Best-fit-decreasing per split, and the shards: (split, shard, pack, segment) of each kept
     example, the packs' stats columns per split, the shards' manifest entries, the rows' lower bound."""
     where = np.zeros((len(kept), 4), dtype=np.int32)
     packs_by_split: dict[str, dict[str, np.ndarray]] = {}
-    shards: list[dict[str, Any]] = []
+    tasks: list[ShardTask] = []
     bound = 0
     for code, name in enumerate(config.split_names):
         items = kept.items(code)
@@ -395,8 +396,9 @@ def _pack(staging: str, config: BuildConfig, kept: Kept) -> tuple[np.ndarray, di
         bound += rows_lower_bound(lengths, config.seq_len)
         where[items, 0] = code
         packs_by_split[name] = placement(bins, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
-        shards += write_shards(os.path.join(staging, SHARD_DIR), kept.read_rows(bins, config.seq_len), len(bins),
-                               config.rows_per_shard, config.array_record_options, name)
+        tasks += shard_tasks(os.path.join(staging, SHARD_DIR), kept, bins, config.rows_per_shard, config.seq_len,
+                             config.array_record_options, name)
+    shards = engine.map(write_shard, tasks)
     return where, packs_by_split, shards, bound
 
 

@@ -52,16 +52,17 @@ from typing import Any
 
 from tzc_data import units as unit_files
 from tzc_data.errors import ConfigError, OutputError, TzcError
-from tzc_data.executors import run_unit
+from tzc_data.executors import Executor, run_unit
 from tzc_data.units import UnitDone
 
 RETRIES = 2  # times a unit whose actor died is run again (on a restarted actor) before the build fails
 _RAY_VERSION = "2.60.0"
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Run units on Ray: ``address`` None starts a local instance (unless this process is already
-    connected to one); ``actors`` None is the cluster's CPUs less one."""
+    connected to one); ``actors`` None is the cluster's CPUs less one. Shards are written by the
+    driver, one after another (:meth:`Executor.map`)."""
 
     def __init__(self, *, address: str | None = None, actors: int | None = None, retries: int = RETRIES):
         self.address, self.actors, self.retries = address, actors, retries

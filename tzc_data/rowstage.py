@@ -31,7 +31,7 @@ from tzc_data.format import format_examples, split_examples
 from tzc_data.minhash import band_keys, signature
 from tzc_data.record import Example
 from tzc_data.sources import Source, Unit
-from tzc_data.tokenize import Tokenizer, tokenize
+from tzc_data.tokenize import Tokenizer, chunks, tokenize
 from tzc_data.write import UnitRows
 
 _BATCH = 256  # rows whose MinHash signatures are computed together
@@ -115,7 +115,7 @@ class RowStage:
         os.makedirs(units.folder(self.staging), exist_ok=True)
         with files.atomic_path(units.tokens_path(self.staging, unit.index)) as temporary, \
                 open(temporary, "wb") as out:
-            for batch in _batches(examples, _BATCH):
+            for batch in chunks(examples, _BATCH):
                 keys = _dedup_keys([e for e in batch if e.kept]) if config.near_dup else {}
                 for example in batch:
                     if example.row != expected:
@@ -137,17 +137,6 @@ class RowStage:
         table.write(units.table_path(self.staging, unit.index))
         return units.mark_done(self.staging, index=unit.index, start=unit.start, stop=unit.stop, counts=counts,
                                candidates=candidates, tokens=tokens)
-
-
-def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
-    batch: list[Example] = []
-    for example in examples:
-        batch.append(example)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def _dedup_keys(examples: list[Example]) -> dict[int, tuple[bytes, bytes]]:

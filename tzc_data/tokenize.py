@@ -38,6 +38,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from tzc_data import format as fmt
+from tzc_data.files import sha256_file  # noqa: F401  (tzc_data.tokenize.sha256_file is public)
 from tzc_data.errors import TokenizerError
 from tzc_data.record import Example
 from tzc_data.wordcache import WordCache, checked_int32, why_not_exact
@@ -54,14 +55,6 @@ _UNUSED = re.compile(r"<unused\d+>")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def gemma2_tokenizer_path() -> Path:
@@ -268,7 +261,7 @@ def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: in
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tzc-tokenize", initializer=_yield_to_main) as pool:
         pending: deque[tuple[list[Example], Future]] = deque()
-        for batch in _batches(examples, _BATCH):
+        for batch in chunks(examples, _BATCH):
             pending.append((batch, pool.submit(_encode, batch, tokenizer)))
             if len(pending) > lookahead:
                 yield from _attach_batch(*pending.popleft(), tokenizer)
@@ -288,7 +281,8 @@ def _yield_to_main() -> None:
         pass
 
 
-def _batches(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+def chunks(examples: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    """Consecutive lists of ``size`` examples (the last one shorter)."""
     batch: list[Example] = []
     for example in examples:
         batch.append(example)

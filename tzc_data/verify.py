@@ -30,7 +30,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,14 +42,16 @@ from tzc_data.dedupe import prompt_hash, split_of
 from tzc_data.errors import TzcError
 from tzc_data.files import stray_entry
 from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json
-from tzc_data.look import find_tokenizer
 from tzc_data.minhash import RECORD as NEAR_RECORD
 from tzc_data.minhash import NearDupIndex
 from tzc_data.pack import check_row, decode_row
 from tzc_data.sources import source_identity
 from tzc_data.record import REASONS
-from tzc_data.tokenize import Tokenizer, sha256_file
+from tzc_data.files import sha256_file
 from tzc_data.write import MANIFEST, PLACEMENT_COLUMNS, RECORD_COLUMNS, read_hashes, record_layout
+
+if TYPE_CHECKING:
+    from tzc_data.tokenize import Tokenizer
 
 _PER_SHARD = 20  # problems listed per shard (and per stats file) before the rest are counted
 _READ_CHUNK = 64  # records read from a shard at a time
@@ -114,6 +116,8 @@ def check_build(build: str, manifest: dict[str, Any], tokenizers: Sequence[str] 
 def _tokenizer(manifest: dict[str, Any], paths: Sequence[str], cache: dict[str, Tokenizer]) -> Tokenizer:
     key = f"{manifest['tokenizer']['sha256']} {manifest['config']['system']}"
     if key not in cache:
+        from tzc_data.look import find_tokenizer  # here: checking a mixture of builds loads no SentencePiece
+
         cache[key] = find_tokenizer(manifest, paths, memo=False)
     return cache[key]
 

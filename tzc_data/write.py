@@ -13,11 +13,11 @@ names, sorted JSON keys, so two builds of the same inputs are byte-identical.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,9 +29,9 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tzc_data.errors import OutputError
 from tzc_data.files import MANIFEST, atomic_open, atomic_path
 from tzc_data.minhash import BANDS, NUM_PERM
-from tzc_data.pack import DTYPE, FIELDS
+from tzc_data.pack import DTYPE, FIELDS, Kept
 from tzc_data.record import Example
-from tzc_data.tokenize import sha256_file
+from tzc_data.files import sha256_file
 
 SHARD_DIR = "shards"
 STATS_DIR = "stats"
@@ -173,27 +173,49 @@ def shard_name(index: int, count: int, split: str = "train") -> str:
     return f"{split}-{index:05d}-of-{count:05d}.array_record"
 
 
-def write_shards(directory: str, rows: Iterable[np.ndarray], count: int, rows_per_shard: int,
-                 options: str, split: str = "train") -> list[dict[str, Any]]:
-    """Write ``count`` packed rows of ``split`` into ArrayRecord shards of ``rows_per_shard`` rows,
-    each under a temporary name until it is closed; returns their manifest entries."""
-    os.makedirs(directory, exist_ok=True)
-    shard_count = max(1, -(-count // rows_per_shard))
-    rows = iter(rows)
-    shards: list[dict[str, Any]] = []
-    for index in range(shard_count if count else 0):
-        name = shard_name(index, shard_count, split)
-        path = os.path.join(directory, name)
-        records = 0
-        with atomic_path(path) as temporary:
-            writer = ArrayRecordWriter(temporary, options)
-            for row in itertools.islice(rows, rows_per_shard):
-                writer.write(row.tobytes())
-                records += 1
-            writer.close()
-        shards.append({"file": f"{SHARD_DIR}/{name}", "split": split, "records": records,
-                       "sha256": sha256_file(path), "bytes": os.path.getsize(path)})
-    return shards
+@dataclass(frozen=True, kw_only=True)
+class ShardTask:
+    """One output shard, everything needed to write it anywhere: its path and name, and its packed
+    rows as bins of the examples in ``kept`` (only this shard's examples; their tokens are read
+    from the units' files). Small to ship: about 30 bytes an example plus the tokens files' paths."""
+
+    directory: str
+    name: str
+    split: str
+    kept: Kept
+    bins: list[list[int]]
+    seq_len: int
+    options: str
+
+
+def shard_tasks(directory: str, kept: Kept, bins: list[list[int]], rows_per_shard: int, seq_len: int,
+                options: str, split: str = "train") -> list[ShardTask]:
+    """The shards of one split's packed rows (``bins`` of indices into ``kept``), ``rows_per_shard`` each."""
+    count = -(-len(bins) // rows_per_shard)
+    tasks = []
+    for index in range(count):
+        chunk = bins[index * rows_per_shard:(index + 1) * rows_per_shard]
+        members = np.fromiter((i for b in chunk for i in b), dtype=np.int64)
+        local, at = [], 0
+        for b in chunk:
+            local.append(list(range(at, at + len(b))))
+            at += len(b)
+        tasks.append(ShardTask(directory=directory, name=shard_name(index, count, split), split=split,
+                               kept=kept.subset(members), bins=local, seq_len=seq_len, options=options))
+    return tasks
+
+
+def write_shard(task: ShardTask) -> dict[str, Any]:
+    """Write one shard under a temporary name until it is closed; returns its manifest entry."""
+    os.makedirs(task.directory, exist_ok=True)
+    path = os.path.join(task.directory, task.name)
+    with atomic_path(path) as temporary:
+        writer = ArrayRecordWriter(temporary, task.options)
+        for row in task.kept.read_rows(task.bins, task.seq_len):
+            writer.write(row.tobytes())
+        writer.close()
+    return {"file": f"{SHARD_DIR}/{task.name}", "split": task.split, "records": len(task.bins),
+            "sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndarray]]) -> str:

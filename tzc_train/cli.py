@@ -1,6 +1,6 @@
 """``tzc-train``: LoRA SFT of Gemma 2 on a tzc build (see ``tzc_train/train.py``).
 
-Subcommands: ``sample``, ``eval``, ``export``; no subcommand trains. Every command reports a
+Subcommands: ``sample``, ``eval``, ``export``, ``plan``; no subcommand trains. Every command reports a
 user's mistake (a bad option, a missing build or run) as one line, ``tzc-train[ CMD]: error: …``,
 exit status 2; anything else is a bug and keeps its traceback.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -127,18 +128,79 @@ def export_main(argv: list[str]) -> int:
     return _report("tzc-train export", run)
 
 
+def plan_main(argv: list[str]) -> int:
+    """``tzc-train plan``: compile the train step for a TPU topology here and size it (tzc_train/plan.py)."""
+    parser = argparse.ArgumentParser(
+        prog="tzc-train plan", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Compile the training step ahead of time for a TPU topology on this machine (no TPU, no "
+                    "weights: Gemma 2 2B shapes) and print memory per chip, FLOPs per step, steps per epoch "
+                    "from the build's manifest and the projected hours at an assumed MFU. Exits 1 when the run "
+                    "does not fit the chips' memory or --hours.")
+    parser.add_argument("--data", required=True, help="the tzc build to train on (its manifest: rows, seq_len)")
+    parser.add_argument("--topology", default="v5e:2x4", help="TPU topology: v5e:2x4 is one v5e-8 host")
+    parser.add_argument("--hours", type=float, default=9.0, help="the time budget (a Kaggle TPU session: 9 h)")
+    parser.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation for the projection")
+    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")
+    parser.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
+    parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    parser.add_argument("--lora-rank", type=int, default=64)
+    parser.add_argument("--lora-alpha", type=float, default=64.0)
+    parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
+    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: chips/tp x tp, tp = gcd(chips, 4))")
+    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block")
+    parser.add_argument("--attention", choices=["plain", "splash"], default="splash")
+    parser.add_argument("--fast-compile", action="store_true",
+                        help="XLA's least optimisation effort: about 4x faster, memory figures within a few percent")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from tzc_train.plan import DoesNotFit, PlanConfig, plan
+        from tzc_train.train import parse_mesh
+
+        config = PlanConfig(data=args.data, model=args.model, topology=args.topology, batch_size=args.batch_size,
+                            grad_accum=args.grad_accum, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                            lora_targets=args.lora_targets, mesh=parse_mesh(args.mesh), remat=args.remat,
+                            attention=args.attention, epochs=args.epochs, steps=args.steps, mfu=args.mfu,
+                            hours=args.hours, fast_compile=args.fast_compile)
+        try:
+            result = plan(config)
+        except DoesNotFit as verdict:  # the plan's answer, not a mistake: exit status 1
+            print(f"tzc-train plan: error: {verdict}", file=sys.stderr)
+            return 1
+        print(json.dumps(result.summary()) if args.json else result.report())
+        if result.hours > config.hours:
+            print(f"tzc-train plan: does not fit --hours {config.hours:g}: {result.hours:.2f} h projected at "
+                  f"{config.mfu:.0%} MFU; bound each session with --steps", file=sys.stderr)
+            return 1
+        return 0
+
+    return _report("tzc-train plan", run)
+
+
+
 def train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tzc-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh. "
                                                  "`tzc-train eval --help` for the eval-split report, `tzc-train sample "
                                                  "--help` for greedy samples of your prompts, `tzc-train export --help` "
-                                                 "for adapters and merged weights.")
-    parser.add_argument("--data", required=True, help="a tzc build (its train split; eval split when present)")
+                                                 "for adapters and merged weights, `tzc-train plan --help` to check that a run "
+                                                 "fits a TPU before you have one.")
+    parser.add_argument("--data", required=True, action="append", metavar="BUILD",
+                        help="a tzc build (its train split; eval split when present); repeat it to train on a "
+                             "mixture of builds (same seq_len and tokenizer, no shared rows: tzc_data.mixture)")
+    parser.add_argument("--data-weights", metavar="W1,W2,...",
+                        help="the mixture's weights, one per --data in order, e.g. 0.7,0.3 (normalised); without "
+                             "it each build weighs its packed rows, so every row is equally likely. An epoch is the "
+                             "builds' packed rows together")
     parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state), TensorBoard logs, "
                                                      "tzc_run.json (the options) and summary.json")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
                         help="tiny: a random Gemma 2-architecture model for tests and trying the tool")
-    parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint "
+                                          "(the model's weights; a mixture's are --data-weights)")
     parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out (or its export)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out at its last checkpoint (its options must be the run's)")
@@ -157,6 +219,11 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lora-alpha", type=float, default=64.0)
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: devices/tp x tp, tp = gcd(devices, 4))")
+    parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block",
+                        help="recompute each attention/MLP block (block) or each layer (decoder) in the backward "
+                             "pass; block needed the least memory in `tzc-train plan` (README)")
+    parser.add_argument("--attention", choices=["auto", "plain", "splash"], default="auto",
+                        help="auto: splash attention (Pallas) on TPU, the plain reference elsewhere")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int,
                         help="steps between evals (default: about 20 a run, at least 50 steps apart)")
@@ -166,21 +233,36 @@ def train_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _mixture_weights_as_model_weights(weights: str | None) -> bool:
+    """``--weights 0.7,0.3`` (numbers, not a path): a mixture's weights given to the model's option."""
+    if not weights or os.path.exists(weights):
+        return False
+    try:
+        [float(part) for part in weights.split(",")]
+    except ValueError:
+        return False
+    return True
+
+
 def train_main(argv: list[str], started: float) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> int:
         from tzc_train.session import parse_duration
-        from tzc_train.train import LORA_TARGETS, TrainConfig, parse_mesh, train
+        from tzc_train.train import LORA_TARGETS, TrainConfig, parse_data_weights, parse_mesh, train
 
-        config = TrainConfig(data=args.data, out=args.out, model=args.model, weights=args.weights,
+        if _mixture_weights_as_model_weights(args.weights):
+            raise ValueError(f"--weights {args.weights}: --weights is the model's weights (a path); a mixture's "
+                             f"weights are --data-weights {args.weights}")
+        config = TrainConfig(data=args.data, data_weights=parse_data_weights(args.data_weights), out=args.out,
+                             model=args.model, weights=args.weights,
                              init_lora=args.init_lora, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
                              grad_accum=args.grad_accum, lr=args.lr, warmup_steps=args.warmup_steps,
                              weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                              lora_targets=args.lora_targets or LORA_TARGETS, mesh=parse_mesh(args.mesh), seed=args.seed,
                              eval_every=args.eval_every, eval_rows=args.eval_rows, save_every=args.save_every,
                              time_limit=parse_duration(args.time_limit) if args.time_limit else None,
-                             resume=args.resume)
+                             resume=args.resume, remat=args.remat, attention=args.attention)
         result = train(config, started=started)
         print(json.dumps({k: v for k, v in result.items() if k not in ("model", "losses", "sessions")}))
         return 0
@@ -188,7 +270,8 @@ def train_main(argv: list[str], started: float) -> int:
     return _report("tzc-train", run)
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"sample": sample_main, "eval": eval_main, "export": export_main}
+COMMANDS: dict[str, Callable[[list[str]], int]] = {"sample": sample_main, "eval": eval_main, "export": export_main,
+                                                   "plan": plan_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,17 @@ token predicted from the previous example: a target counts only when it and the 
 are in the same segment. It projects the final hidden states on the vocabulary a slice of
 positions at a time, so the whole logits never exist (:func:`packed_loss`).
 
-Pitfall (tunix 0.1.7): Gemma 2's sliding-window mask compares query *positions* with key *indices*;
-with per-example positions it is wrong once a packed row is longer than the window. Rows longer
-than the window are refused (:func:`check_seq_len`).
+The model trains through :mod:`tzc_train.attention` (:func:`prepare`): tunix's attention layers
+take the ``[B, L]`` segment ids and build the mask themselves, or run splash attention on TPU. That
+also mends a tunix 0.1.7 pitfall: its sliding-window mask compares query *positions* with key
+*indices*, wrong once a packed example starts past the window (4096 for Gemma 2), so rows longer than
+the window are now correct (tested at 2x the window).
+
+Precision: the base weights stay in their dtype (bfloat16 for Gemma 2 2B) and so does the compute;
+the LoRA factors are float32 master copies that the optimizer updates, cast to the base dtype inside
+the forward pass (:func:`compute_view`), since qwix adds ``x @ A @ B`` to the base output and float32
+factors would promote every activation to float32. The vocabulary projection of the loss
+accumulates in float32 before the soft-cap.
 """
 
 from __future__ import annotations
@@ -30,32 +38,33 @@ from tunix.models import dummy_model_creator
 from tunix.models.gemma import model as gemma_lib
 from tunix.rl import reshard
 
+from tzc_train import attention as attention_lib
 
-def tiny_config(vocab_size: int) -> gemma_lib.ModelConfig:
+REMAT = {"none": gemma_lib.RematConfig.NONE, "block": gemma_lib.RematConfig.BLOCK,
+         "decoder": gemma_lib.RematConfig.DECODER}
+
+
+def tiny_config(vocab_size: int, **overrides: Any) -> gemma_lib.ModelConfig:
     """Gemma 2 2B's architecture at toy size (2 layers, width 64), for tests and trying the tool.
 
     Heads (8 query, 4 key/value) keep the real model's ratio and divide a ``tp`` axis of 4.
+    ``overrides``: other ``ModelConfig`` fields (a short ``sliding_window_size`` in the tests).
     """
-    return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), num_layers=2, num_embed=vocab_size,
-                               embed_dim=64, hidden_dim=128, num_heads=8, head_dim=16, num_kv_heads=4)
+    toy = dict(num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=8, head_dim=16,
+               num_kv_heads=4)
+    return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), **{**toy, **overrides})
 
 
-def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh) -> gemma_lib.Gemma:
+def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh, **overrides: Any) -> gemma_lib.Gemma:
     """A tiny Gemma 2 with deterministic random weights (seed 0), placed on ``mesh``.
 
     Created unsharded, then placed: tunix 0.1.7's ``dummy_model_creator``, given a mesh, draws a
     fresh key for every device's shard, so replicated parameters (the norm scales) differed from
     device to device, and no checkpoint or export could reproduce the model's outputs.
     """
-    model = dummy_model_creator.create_dummy_model(gemma_lib.Gemma, tiny_config(vocab_size), mesh=None, scale=0.02)
+    model = dummy_model_creator.create_dummy_model(gemma_lib.Gemma, tiny_config(vocab_size, **overrides), mesh=None,
+                                                   scale=0.02)
     return reshard.reshard_model_to_mesh(model, mesh)
-
-
-def check_seq_len(seq_len: int, config: gemma_lib.ModelConfig) -> None:
-    window = config.sliding_window_size
-    if window is not None and seq_len > window:
-        raise ValueError(f"packed rows of {seq_len} tokens are longer than the model's sliding window ({window}): "
-                         "tunix's local attention would then mix examples; build with --seq-len <= the window")
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -66,6 +75,47 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
     return causal & same & (segment_ids[:, None, :] != 0)
 
 
+def prepare(model: nnx.Module, *, remat: str, attention: str, interpret: bool = False) -> nnx.Module:
+    """Set up a tunix Gemma (with or without LoRA) for training on packed rows; in place.
+
+    ``remat``: ``none``, ``block`` (recompute each attention and MLP block in the backward pass) or
+    ``decoder`` (each whole layer), tunix's own ``RematConfig``. ``attention``: ``plain`` or
+    ``splash`` (:mod:`tzc_train.attention`); ``interpret`` runs splash in Pallas' interpreter (CPU).
+    """
+    if remat not in REMAT:
+        raise ValueError(f"--remat {remat!r}: choose one of {', '.join(REMAT)}")
+    _set_remat(model, REMAT[remat])
+    return attention_lib.install(model, attention, interpret=interpret)
+
+
+def _set_remat(model: nnx.Module, remat: gemma_lib.RematConfig) -> None:
+    for layer in model.layers:  # tunix reads these at call time; the parameters are untouched
+        config = dataclasses.replace(layer.config, remat_config=remat)
+        layer.config = layer.mlp.config = config
+        layer.attn.remat_config = config.remat_config
+
+
+def for_decoding(model: nnx.Module) -> nnx.Module:
+    """The model to decode with: the same arrays, rematerialisation off; ``model`` is unchanged.
+
+    Remat only pays in a backward pass, and tunix's ``nnx.remat`` writes its outputs back into the
+    module's variables, which the sampler's KV-cache loop (plain JAX transforms) does not allow:
+    decoding a ``--remat block`` model fails with flax's TraceContextError. A model without remat
+    is returned as it is.
+    """
+    if all(layer.config.remat_config == gemma_lib.RematConfig.NONE
+           and layer.attn.remat_config == gemma_lib.RematConfig.NONE for layer in model.layers):
+        return model
+    view = nnx.merge(*nnx.split(model), copy=True)  # new module objects over the same arrays
+    _set_remat(view, gemma_lib.RematConfig.NONE)
+    return view
+
+
+def default_attention() -> str:
+    """Splash attention on TPU, the plain reference anywhere else."""
+    return "splash" if jax.default_backend() == "tpu" else "plain"
+
+
 def packed_inputs(batch: dict[str, Any]) -> dict[str, jax.Array]:
     """Model inputs of a batch of packed rows (``tzc_data.batches`` output); runs inside jit."""
     tokens, segments = jnp.asarray(batch["tokens"]), jnp.asarray(batch["segment_ids"])
@@ -73,13 +123,25 @@ def packed_inputs(batch: dict[str, Any]) -> dict[str, jax.Array]:
     same_as_previous = segments[:, 1:] == segments[:, :-1]
     target_mask = (loss_mask[:, 1:] == 1) & same_as_previous & (segments[:, 1:] != 0)
     return {"input_tokens": tokens, "positions": jnp.asarray(batch["positions"]),
-            "attention_mask": attention_mask(segments), "target_mask": target_mask}
+            "segment_ids": segments.astype(jnp.int32), "target_mask": target_mask}
+
+
+def compute_view(model: nnx.Module) -> nnx.Module:
+    """The same model with its LoRA factors cast to the base weights' dtype, for the forward pass.
+
+    A new module over the same (traced) arrays; gradients flow through the cast back to the
+    float32 masters, and the model the optimizer holds is not changed.
+    """
+    dtype = model.embedder.input_embedding.get_value().dtype
+    graph, adapters, rest = nnx.split(model, nnx.LoRAParam, ...)
+    adapters = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, adapters)
+    return nnx.merge(graph, adapters, rest)
 
 
 LOSS_CHUNK = 512  # positions per slice of the vocabulary projection in the loss
 
 
-def packed_loss(model: Any, input_tokens: jax.Array, positions: jax.Array, attention_mask: jax.Array,
+def packed_loss(model: Any, input_tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array,
                 target_mask: jax.Array) -> jax.Array:
     """Mean cross entropy over the target tokens of a batch of packed rows.
 
@@ -88,9 +150,12 @@ def packed_loss(model: Any, input_tokens: jax.Array, positions: jax.Array, atten
     tied embedding ``LOSS_CHUNK`` positions at a time, each slice rematerialised in the backward
     pass, so the loss needs ``[B, LOSS_CHUNK, vocab]`` at a time. The logits the model returns are
     unused, and XLA drops their computation. Same softcap and same result as the full logits
-    (tested to 1e-5).
+    (tested to 1e-5). The model must have been through :func:`prepare`.
     """
-    model(input_tokens, positions, None, attention_mask, output_hidden_states=True)
+    if not attention_lib.is_installed(model):
+        raise ValueError("packed_loss needs a model set up by tzc_train.model.prepare (segment-id attention)")
+    model = compute_view(model)
+    model(input_tokens, positions, None, segment_ids, output_hidden_states=True)
     (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
     return chunked_cross_entropy(hidden[:, :-1], model.embedder.input_embedding.get_value(), input_tokens[:, 1:],
                                  target_mask.astype(jnp.float32), softcap=model.final_logits_softcap)
@@ -109,7 +174,7 @@ def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, labels: jax.A
 
     @jax.checkpoint
     def one_slice(h: jax.Array, y: jax.Array, w: jax.Array) -> jax.Array:
-        logits = jnp.dot(h, embedding.T).astype(jnp.float32)
+        logits = jnp.dot(h, embedding.T, preferred_element_type=jnp.float32)
         if softcap is not None:
             logits = jnp.tanh(logits / softcap) * softcap
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, y) * w)

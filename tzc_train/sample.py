@@ -73,6 +73,8 @@ def sample(model: Any, model_config: Any, tokenizer: Tokenizer, prompts: list[st
     """
     from tunix.generate import sampler as sampler_lib
 
+    from tzc_train.model import for_decoding
+
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need --max-new-tokens >= 1 and --batch-size >= 1; got {max_new_tokens}, {batch_size}")
     if not prompts:
@@ -81,7 +83,7 @@ def sample(model: Any, model_config: Any, tokenizer: Tokenizer, prompts: list[st
     longest = max(len(encoder.encode(p)) for p in prompts)
     cache = sampler_lib.CacheConfig(cache_size=longest + max_new_tokens + 8, num_layers=model_config.num_layers,
                                     num_kv_heads=model_config.num_kv_heads, head_dim=model_config.head_dim)
-    sampler = sampler_lib.Sampler(model, encoder, cache)
+    sampler = sampler_lib.Sampler(for_decoding(model), encoder, cache)
     samples = []
     for at in range(0, len(prompts), batch_size):
         batch = prompts[at:at + batch_size]

@@ -20,6 +20,7 @@ adapters (the original entry's "unrestricted mode").
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
 from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
-from tzc_train.model import check_seq_len, packed_inputs, packed_loss, tiny_config, tiny_model
+from tzc_train.model import REMAT, default_attention, packed_inputs, packed_loss, prepare, tiny_config, tiny_model
 from tzc_train.session import Deadline, Feed, write_summary
 from tzc_train.trainer import Trainer
 
@@ -51,7 +52,8 @@ LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.
 class TrainConfig:
     """One run. Validated on construction; every field is a ``tzc-train`` option."""
 
-    data: str
+    data: str | tuple[str, ...]  # a build, or several mixed (tzc_data.batches): --data A --data B
+    data_weights: tuple[float, ...] | None = None  # the mixture's weights; default: each build's packed rows
     out: str
     model: str = "tiny"  # "tiny" (random, for tests and trying the tool) or "gemma2-2b"
     weights: str | None = None  # HF safetensors directory or Kaggle Flax checkpoint (gemma2-2b)
@@ -73,8 +75,27 @@ class TrainConfig:
     save_every: int = 50
     time_limit: float | None = None  # seconds from the start of the command
     resume: bool = False
+    remat: str = "block"  # none | block | decoder: tunix's RematConfig (tzc_train.model.prepare)
+    attention: str = "auto"  # auto (splash on TPU, else plain) | plain | splash
 
     def __post_init__(self) -> None:
+        if not isinstance(self.data, str):  # a list of one is that build: the same run, the same tzc_run.json
+            builds = tuple(self.data)
+            object.__setattr__(self, "data", builds[0] if len(builds) == 1 else builds)
+            if not builds:
+                raise ValueError("--data: give at least one build")
+        if self.data_weights is not None:
+            object.__setattr__(self, "data_weights", tuple(self.data_weights))
+            if len(self.data_weights) != len(self.builds):
+                raise ValueError(f"--data-weights gives {len(self.data_weights)} weight(s) for {len(self.builds)} "
+                                 "--data build(s): one per build, in the order of --data")
+            if not all(math.isfinite(w) and w > 0 for w in self.data_weights):
+                raise ValueError(f"--data-weights {','.join(map(str, self.data_weights))}: weights must be positive "
+                                 "finite numbers")
+        if self.remat not in REMAT:
+            raise ValueError(f"--remat {self.remat!r}: choose one of {', '.join(REMAT)}")
+        if self.attention not in ("auto", "plain", "splash"):
+            raise ValueError(f"--attention {self.attention!r}: choose auto, plain or splash")
         if self.model not in ("tiny", "gemma2-2b"):
             raise ValueError(f"--model {self.model!r}: choose tiny or gemma2-2b")
         if self.model == "gemma2-2b" and not self.weights:
@@ -90,12 +111,29 @@ class TrainConfig:
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"--time-limit {self.time_limit}: must be a positive number of seconds")
 
+    @property
+    def builds(self) -> tuple[str, ...]:
+        """The builds the run reads: one, or the mixture's, in the order of --data."""
+        return (self.data,) if isinstance(self.data, str) else self.data
+
 
 # The options that decide which rows each step reads and what it does with them: a resume with
 # other values would continue another run from this one's checkpoint at the wrong data position.
-RESUME_FIELDS = ("data", "model", "weights", "epochs", "steps", "batch_size", "grad_accum", "lr", "warmup_steps",
-                 "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
+RESUME_FIELDS = ("data", "data_weights", "model", "weights", "epochs", "steps", "batch_size", "grad_accum", "lr",
+                 "warmup_steps", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
 PATH_FIELDS = ("data", "out", "weights", "init_lora")
+
+
+def parse_data_weights(text: str | None) -> tuple[float, ...] | None:
+    """``--data-weights 0.7,0.3``: one positive number per ``--data``, in order."""
+    if not text:
+        return None
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--data-weights {text!r}: write one number per --data, comma-separated, "
+                         "e.g. 0.7,0.3") from None
+    return weights
 
 
 def parse_mesh(text: str | None) -> tuple[int, int] | None:
@@ -155,7 +193,8 @@ def kaggle_model(path: str, model_config: gemma_lib.ModelConfig) -> gemma_lib.Ge
 
 
 def with_lora(base: nnx.Module, config: TrainConfig, mesh: jax.sharding.Mesh) -> nnx.Module:
-    """qwix LoRA on the attention and MLP projections; adapters in float32 whatever the base."""
+    """qwix LoRA on the attention and MLP projections; adapters in float32 whatever the base (master
+    copies: the loss casts them to the base dtype for the forward pass, ``model.compute_view``)."""
     provider = qwix.LoraProvider(module_path=config.lora_targets, rank=config.lora_rank, alpha=config.lora_alpha)
     model = qwix.apply_lora_to_model(base, provider, rngs=nnx.Rngs(config.seed), **base.get_model_input())
     adapters = nnx.state(model, nnx.LoRAParam)
@@ -191,7 +230,11 @@ def recorded_lora(path: str) -> tuple[int, float] | None:
 def _recorded_fields(config: TrainConfig) -> dict[str, Any]:
     fields = dataclasses.asdict(config)
     for name in PATH_FIELDS:  # usable from any working directory
-        fields[name] = os.path.abspath(fields[name]) if fields[name] else None
+        if isinstance(fields[name], tuple):
+            fields[name] = [os.path.abspath(path) for path in fields[name]]
+        else:
+            fields[name] = os.path.abspath(fields[name]) if fields[name] else None
+    fields["data_weights"] = list(config.data_weights) if config.data_weights else None  # as JSON reads it back
     return fields
 
 
@@ -219,6 +262,7 @@ def read_run_config(run: str) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     fields = {k: v for k, v in fields.items() if k in known}  # runs of older versions lack newer options
     fields["mesh"] = tuple(fields["mesh"]) if fields.get("mesh") else None
+    fields["data"] = fields["data"] if isinstance(fields.get("data"), str) else tuple(fields.get("data") or ())
     return TrainConfig(**fields)
 
 
@@ -270,26 +314,52 @@ def check_batch(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
         raise ValueError(f"--batch-size {config.batch_size} does not split over {hosts} hosts: use a multiple of {hosts}")
 
 
-def host_batches(data: str, rows: int, *, seed: int, split: str = "train", num_epochs: int | None = None):
+def host_batches(data: str | tuple[str, ...], rows: int, *, seed: int, split: str = "train",
+                 num_epochs: int | None = None, weights: tuple[float, ...] | None = None):
     """``tzc_data.batches`` for this host: ``rows`` rows a batch over all hosts, this host's share
-    (every ``process_count``-th row of the global order), so hosts read disjoint rows."""
+    (every ``process_count``-th row of the global order), so hosts read disjoint rows. Several
+    builds are a mixture by ``weights``."""
     hosts = jax.process_count()
+    data = data if isinstance(data, str) else list(data)
     return tzc_data.batches(data, rows // hosts, seed=seed, split=split, num_epochs=num_epochs,
-                            shard_index=jax.process_index(), shard_count=hosts)
+                            shard_index=jax.process_index(), shard_count=hosts, weights=weights)
 
 
 def eval_set(config: TrainConfig, manifest: dict[str, Any]) -> tuple[list[dict[str, np.ndarray]], str]:
     """A fixed subset of the eval split (the first ``eval_rows`` rows of its seeded order, whole
-    batches only), the same at every eval and in every session; and a line saying what it is."""
-    rows = split_rows(manifest, "eval")
+    batches only), the same at every eval and in every session; and a line saying what it is.
+    A mixture evaluates on the mixture (same weights) of the eval splits of its builds that have one."""
     if config.eval_rows == 0:
         return [], "eval: off (--eval-rows 0)"
+    if len(config.builds) > 1:
+        return mixture_eval_set(config)
+    rows = split_rows(manifest, "eval")
     if rows < config.batch_size:
         return [], f"eval: off (the build's eval split has {rows} packed rows, fewer than one batch of {config.batch_size})"
     count = max(1, min(config.eval_rows, rows) // config.batch_size)
     batches = host_batches(config.data, config.batch_size, seed=config.seed, split="eval", num_epochs=1)
     subset = [next(batches) for _ in range(count)]
     return subset, f"eval: {count * config.batch_size} of the eval split's {rows} packed rows"
+
+
+def mixture_eval_set(config: TrainConfig) -> tuple[list[dict[str, np.ndarray]], str]:
+    """:func:`eval_set` of a mixture: the first ``eval_rows`` rows (whole batches) of the seeded
+    mixture of the eval splits, one pass, over the builds whose eval split has packed rows."""
+    weights = config.data_weights or (None,) * len(config.builds)
+    chosen = [(build, weight, split_rows(tzc_data.read_manifest(build), "eval"))
+              for build, weight in zip(config.builds, weights)]
+    chosen = [(build, weight, rows) for build, weight, rows in chosen if rows > 0]
+    rows = sum(r for _, _, r in chosen)
+    if rows < config.batch_size:
+        return [], (f"eval: off (the builds' eval splits have {rows} packed rows, fewer than one batch of "
+                    f"{config.batch_size})")
+    count = max(1, min(config.eval_rows, rows) // config.batch_size)
+    given = None if config.data_weights is None else tuple(w for _, w, _ in chosen)
+    batches = host_batches(tuple(b for b, _, _ in chosen), config.batch_size, seed=config.seed, split="eval",
+                           num_epochs=1, weights=given)
+    subset = list(itertools.islice(batches, count))  # a weighted pass may end before every row is drawn
+    return subset, (f"eval: {len(subset) * config.batch_size} rows of the mixed eval splits of {len(chosen)} of "
+                    f"{len(config.builds)} builds ({rows} packed rows)")
 
 
 def eval_interval(config: TrainConfig, steps: int) -> int:
@@ -349,30 +419,33 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
     mesh and model. ``started``: a ``time.monotonic()`` reading that ``--time-limit`` counts from
     (default: now)."""
     started = time.monotonic() if started is None else started
-    manifest = tzc_data.read_manifest(config.data)
+    manifest = tzc_data.read_manifest(config.builds[0])  # a mixture's builds share seq_len and tokenizer
     seq_len, vocab_size = manifest["config"]["seq_len"], manifest["tokenizer"]["vocab_size"]
     if os.path.isdir(config.out) and os.listdir(config.out) and not config.resume:
         raise ValueError(f"--out {config.out} already holds a run: pass --resume to continue it")
     if config.resume:
         check_resume(config)
-    rows = check_build(config.data, manifest)
+    rows = check_build(config.builds[0], manifest)
+    rows += sum(check_build(build, tzc_data.read_manifest(build)) for build in config.builds[1:])
     examples_per_step = config.batch_size * config.grad_accum
-    steps = config.steps or max(1, int(config.epochs * rows / examples_per_step))
+    steps = config.steps or max(1, int(config.epochs * rows / examples_per_step))  # an epoch: all builds' rows
+    # the train batches first: a mixture that cannot be (tzc_data.mixture) is refused before the model loads
+    batches = host_batches(config.data, examples_per_step, seed=config.seed, weights=config.data_weights)
 
     mesh = make_mesh(config.mesh)
     check_batch(config, mesh)
     with mesh:
         base, model_config = base_model(config, vocab_size, mesh)
-        check_seq_len(seq_len, model_config)
         model = with_lora(base, config, mesh)
+        prepare(model, remat=config.remat,
+                attention=default_attention() if config.attention == "auto" else config.attention)
         if config.init_lora and saved_step(config.out) is None:  # a resumed run restores its own adapters
             restore_adapters(model, config.init_lora, "--init-lora")
         if jax.process_index() == 0:
             write_run_config(config)
 
         trainer, schedule = make_trainer(config, model, steps)
-        feed = Feed(host_batches(config.data, examples_per_step, seed=config.seed),
-                    Deadline(config.time_limit, started), agree=agreement())
+        feed = Feed(batches, Deadline(config.time_limit, started), agree=agreement())
         console = ConsoleLine(schedule, feed)
         trainer.with_training_hooks(console)
         eval_batches, eval_note = eval_set(config, manifest)
@@ -455,7 +528,7 @@ def export_run(run: str, out: str, *, weights: str | None = None, merged: bool =
     taken = [t for t in targets.values() if os.path.exists(t) and (not os.path.isdir(t) or os.listdir(t))]
     if taken:
         raise ValueError(f"{taken[0]} already exists and is not empty; choose another --out")
-    manifest = tzc_data.read_manifest(config.data)
+    manifest = tzc_data.read_manifest(config.builds[0])
     tokenizer = build_tokenizer(manifest, None)
     special = {"bos": tokenizer.bos, "eos": tokenizer.eos, "pad": max(tokenizer.pad, 0),
                "end_of_turn": tokenizer.end_of_turn}
@@ -488,4 +561,4 @@ def base_state(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 __all__ = ["TrainConfig", "base_state", "check_batch", "export_run", "host_batches", "lora_state", "make_mesh",
-           "parse_mesh", "read_run_config", "recorded_lora", "restore_adapters", "train"]
+           "parse_data_weights", "parse_mesh", "read_run_config", "recorded_lora", "restore_adapters", "train"]

@@ -77,7 +77,10 @@ class Trainer(peft_trainer.PeftTrainer):
         graphdef, adapters, rest = nnx.split(model, nnx.LoRAParam, ...)
 
         def micro_loss(adapters: nnx.State, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-            return self._summed_loss(nnx.merge(graphdef, adapters, rest), micro)
+            # copy=True: variables of this trace (the scan body's). Merged without it, the module reuses
+            # the variables split at the step's level, and tunix's nnx.remat (--remat block/decoder),
+            # which writes its outputs back into them, fails with flax's TraceContextError.
+            return self._summed_loss(nnx.merge(graphdef, adapters, rest, copy=True), micro)
 
         grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 

@@ -47,3 +47,19 @@ def test_explain_shows_examples_with_the_trigger_marked(tmp_path, capsys):
     (out / "rejected" / "rejected.parquet").unlink()  # texts then come from the source again
     assert main(["explain", str(out), "--reason", "control_in_content", "-n", "1", "--no-colour"]) == 0
     assert "[[<" in capsys.readouterr().out
+
+
+def test_a_tzc_data_process_puts_arrow_on_the_system_allocator():
+    """The choice that ``import tzc_data`` no longer makes: the CLI makes it before Arrow loads
+    (mimalloc kept the memory of every table a build writes), unless the user chose a pool."""
+    import os
+
+    code = ("import contextlib, io, sys; from tzc_data.cli import main\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--version'])\n"
+            "import pyarrow as pa; print(pa.default_memory_pool().backend_name)")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    for chosen, expected in ((None, "system"), ("jemalloc", "jemalloc")):
+        run_env = env if chosen is None else {**env, "ARROW_DEFAULT_MEMORY_POOL": chosen}
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == expected

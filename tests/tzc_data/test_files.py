@@ -130,12 +130,3 @@ def test_a_folder_that_merely_has_the_staging_name_is_not_taken(tmp_path):
     assert (staging / "notes.txt").read_text() == "mine"
 
 
-def test_truncate_to_checkpoint_refuses_a_file_shorter_than_its_checkpoint(tmp_path):
-    path = tmp_path / ".spool.tokens"
-    path.write_bytes(b"\1" * 100)
-    files.truncate_to_checkpoint(str(path), 60)
-    assert path.read_bytes() == b"\1" * 60
-    for size, record in ((80, 1), (30, 8)):
-        with pytest.raises(OutputError, match="cannot resume"):
-            files.truncate_to_checkpoint(str(path), size, record_size=record)
-    assert path.stat().st_size == 60  # never padded

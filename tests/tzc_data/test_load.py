@@ -1,5 +1,7 @@
 """Reading builds back: Grain, batches, numpy, PyTorch, Hugging Face, Parquet export."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -144,3 +146,177 @@ def test_the_loaders_read_the_manifests_shards_entries(small_build, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(OutputError, match=r"splits\['eval'\] is \[.*\], but the shards of split 'eval' are"):
         tzc_data.load(out, "eval")
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixtures
+
+
+def _jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
+    return path
+
+
+def _cli_build(source, out, tokenizer, *options):
+    from tzc_data.cli import main
+
+    assert main(["build", "--source", str(source), "--out", str(out), "--tokenizer", tokenizer, "--seq-len", "256",
+                 "--no-near-dup", "--no-progress", *options]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def mix_builds(tmp_path_factory, tiny_model_path, other_model_path):
+    """Short arithmetic builds of 256-token rows: A and B (other sources, other prompts) mix;
+    the rest each differ from A in one way that must refuse the mixture."""
+    root = tmp_path_factory.mktemp("mix")
+    mod = _jsonl(root / "mod.jsonl", [(f"What is {i} mod 17?", f"<think>{i} = 17 x {i // 17} + {i % 17}.</think>"
+                                       f"The answer is {i % 17}.") for i in range(300)])
+    add = _jsonl(root / "add.jsonl", [(f"Add {i} and {2 * i + 1}.", f"<think>{i} + {2 * i + 1} = {3 * i + 1}.</think>"
+                                       f"It is {3 * i + 1}.") for i in range(200)])
+    copied = _jsonl(root / "copied.jsonl",
+                    [(f"What is {i} mod 17?", "<think>Copied prompt.</think>Same.") for i in range(5)]
+                    + [(f"What is {i} mod 13?", f"<think>It is {i % 13}.</think>{i % 13}.") for i in range(40)])
+    tok = tiny_model_path
+    builds = {
+        "a": _cli_build(mod, root / "a", tok, "--range", "0:300"),
+        "b": _cli_build(add, root / "b", tok, "--range", "0:200"),
+        "a_tail": _cli_build(mod, root / "a_tail", tok, "--range", "250:300"),  # rows 250:300 of A's source
+        "copied": _cli_build(copied, root / "copied", tok, "--range", "0:45"),  # 5 of A's prompts
+        "seq_len": _cli_build(add, root / "seq_len", tok, "--range", "0:50", "--seq-len", "512"),
+        "tokenizer": _cli_build(add, root / "tokenizer", other_model_path, "--range", "0:50"),
+        "empty": _cli_build(_jsonl(root / "long.jsonl", [("What is 1 mod 17?", "<think>Long.</think>1.")]),
+                            root / "empty", tok, "--range", "0:1", "--max-tokens", "16", "--min-kept-ratio", "0"),
+    }
+    return {name: str(path) for name, path in builds.items()}
+
+
+def _origins(*builds):
+    """Packed row bytes -> the build it comes from (the builds' rows are all distinct)."""
+    origin = {}
+    for build in builds:
+        for row in tzc_data.iter_rows(build):
+            key = row["tokens"].tobytes() + row["segment_ids"].tobytes()
+            assert key not in origin
+            origin[key] = build
+    return origin
+
+
+def _rows_of(batch):
+    return [batch["tokens"][k].tobytes() + batch["segment_ids"][k].tobytes() for k in range(len(batch["tokens"]))]
+
+
+def test_a_mixture_draws_each_build_in_proportion(mix_builds):
+    """3,000 rows drawn at 0.7/0.3 from builds of 300 and 200 packed rows (so B repeats): each
+    build's count is within 4 binomial standard deviations of its weight's share (sqrt(n w (1 - w))
+    = 25 rows here), the bound that i.i.d. sampling would meet with probability 1 - 6e-5; Grain's
+    interleaving is deterministic and lands within a few rows of it."""
+    a, b = mix_builds["a"], mix_builds["b"]
+    origin = _origins(a, b)
+    it = tzc_data.batches([a, b], 10, seed=5, weights=[7, 3])  # normalised: 0.7, 0.3
+    drawn = [origin[row] for _ in range(300) for row in _rows_of(next(it))]
+    n, share = len(drawn), 0.7
+    assert abs(drawn.count(a) - n * share) <= 4 * (n * share * (1 - share)) ** 0.5
+    assert drawn.count(a) + drawn.count(b) == n
+    # every batch holds both builds in about that share: the interleaving spreads them out
+    assert all(5 <= sum(o == a for o in drawn[k:k + 10]) <= 9 for k in range(0, n, 10))
+    # without weights each build weighs its packed rows: every row is as likely as in one build
+    rows_a, rows_b = len(tzc_data.load(a)), len(tzc_data.load(b))
+    assert tzc_data.mixture([a, b]) == pytest.approx([rows_a / (rows_a + rows_b), rows_b / (rows_a + rows_b)])
+    once = [origin[row] for batch in tzc_data.batches([a, b], 1, seed=0, num_epochs=1) for row in _rows_of(batch)]
+    assert rows_a + rows_b - 2 <= len(once) <= rows_a + rows_b  # Grain's integer proportions may drop the last
+    assert len(set(once)) == 2 and len(tzc_data.load([a, b])) == len(once)
+
+
+def test_a_mixture_is_repeatable_and_resumes_from_its_state(mix_builds):
+    a, b = mix_builds["a"], mix_builds["b"]
+    stream = [_rows_of(batch) for batch, _ in zip(tzc_data.batches([a, b], 3, seed=2, weights=[0.5, 0.5]), range(40))]
+    again = [_rows_of(batch) for batch, _ in zip(tzc_data.batches([a, b], 3, seed=2, weights=[1, 1]), range(40))]
+    other = [_rows_of(batch) for batch, _ in zip(tzc_data.batches([a, b], 3, seed=3, weights=[1, 1]), range(40))]
+    assert stream == again and stream != other
+    it = tzc_data.batches([a, b], 3, seed=2, weights=[0.5, 0.5])
+    for _ in range(17):
+        next(it)
+    state = it.get_state()
+    expected = [_rows_of(next(it)) for _ in range(10)]
+    assert expected == stream[17:27]
+    resumed = tzc_data.batches([a, b], 3, seed=2, weights=[0.5, 0.5])
+    resumed.set_state(state)
+    assert [_rows_of(next(resumed)) for _ in range(10)] == expected
+    # hosts split the mixture: disjoint shares of the same global sequence
+    hosts = [tzc_data.batches([a, b], 1, seed=2, weights=[1, 1], shard_index=h, shard_count=2) for h in range(2)]
+    interleaved = [row for _ in range(30) for host in hosts for row in _rows_of(next(host))]
+    assert interleaved == [row for rows in stream[:20] for row in rows]
+
+
+def test_one_build_reads_the_same_alone_or_in_a_list(small_build):
+    out, _ = small_build
+    alone = [_rows_of(b) for b in tzc_data.batches(out, 2, seed=3, num_epochs=1)]
+    listed = [_rows_of(b) for b in tzc_data.batches([str(out)], 2, seed=3, num_epochs=1, weights=[1.0])]
+    assert alone == listed and len(alone) > 3
+    assert len(tzc_data.load([out])) == len(tzc_data.load(out))
+
+
+def test_builds_that_cannot_be_mixed_are_refused_naming_them(mix_builds):
+    from tzc_data.errors import ConfigError
+
+    a, b = mix_builds["a"], mix_builds["b"]
+    cases = [
+        ([a, a], None, f"refusing to mix: {a} and {a} are the same build, given twice"),
+        ([a, b, a + "/"], None, f"refusing to mix: {a} and {a}/ are the same build, given twice"),
+        ([a, mix_builds["seq_len"]], None, f"refusing to mix: {a} has seq_len 256 and {mix_builds['seq_len']} 512"),
+        ([a, mix_builds["tokenizer"]], None, f"refusing to mix: {a} and {mix_builds['tokenizer']} were tokenized by "
+                                             "different tokenizers"),
+        ([a, mix_builds["a_tail"]], None, f"refusing to mix: builds {a} and {mix_builds['a_tail']}: row ranges "
+                                          "overlap at rows 250:300 of the same source"),
+        ([b, mix_builds["copied"], a], None, f"refusing to mix: builds {mix_builds['copied']} and {a} share 5 prompt "
+                                             "hashes"),
+        ([a, b], [0.7], f"1 weight.s. for 2 build.s. .{a}, {b}.: give one weight per build"),
+        ([a, b], [0.7, 0], f"weight 0 of build {b}: weights must be positive finite numbers"),
+        ([a, b], [float("nan"), 1], f"weight nan of build {a}"),
+        ([a, b], [1, float("inf")], f"weight inf of build {b}"),
+        ([a, b], [-1, 2], f"weight -1 of build {a}"),
+        ([], None, "no builds given"),
+    ]
+    for builds, weights, message in cases:
+        for call in (lambda: tzc_data.batches(builds, 2, seed=0, weights=weights),
+                     lambda: tzc_data.load(builds, weights=weights)):
+            with pytest.raises(ConfigError) as caught:
+                call()
+            text = str(caught.value)
+            assert re.match(re.escape(message) if "refusing" in message else message, text), (text, message)
+            assert "\n" not in text
+    # verify agrees: what the mixture refuses as overlapping, verify reports
+    from tzc_data.verify import verify
+
+    assert any("row ranges overlap" in p for p in verify([a, mix_builds["a_tail"]], ()))
+
+
+def test_a_mixture_with_an_empty_split_is_refused(mix_builds):
+    from tzc_data.errors import ConfigError
+
+    empty = mix_builds["empty"]
+    for num_epochs in (None, 1):
+        with pytest.raises(ConfigError, match=f"split 'train' of {empty} has no packed rows: a mixture cannot draw"):
+            tzc_data.batches([mix_builds["b"], empty], 2, seed=0, num_epochs=num_epochs)
+    with pytest.raises(OutputError, match=f"{mix_builds['a']}: no split 'eval'"):
+        tzc_data.load([mix_builds["a"], mix_builds["b"]], "eval")
+
+
+def test_importing_the_loaders_is_light_and_changes_no_setting():
+    """A trainer imports tzc_data: no SentencePiece, JAX or tzc_train comes with it, nor with the
+    checks a mixture of builds runs (``verify``), and no environment variable changes (Arrow's
+    allocator is the build CLI's choice)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; before = dict(os.environ); import tzc_data, tzc_data.load, tzc_data.verify; "
+            "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'sentencepiece', 'jax', 'tzc_train'}); "
+            "changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)); "
+            "print(heavy, changed)")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[] []"

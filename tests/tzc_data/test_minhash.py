@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tzc_data.minhash import NearDupIndex, drop_near_duplicates, exact_jaccard, fingerprint, signature
+from tzc_data.minhash import RECORD, NearDupIndex, drop_near_duplicates, exact_jaccard, fingerprint, signature
 from tzc_data.record import Example
 from tzc_data.synthetic import _near_variant, _prompt, generate
 
@@ -52,21 +52,20 @@ def test_signatures_are_identical_in_another_process():
     assert [int(v) for v in other.strip()[1:-1].split(",")] == signature(prompt).tolist()
 
 
-def test_journal_resume_restores_the_same_index(tmp_path):
-    prompts = [_prompt(5, i) for i in range(50)]
+def test_a_closed_index_holds_nothing_and_a_loaded_one_finds_its_twins(tmp_path):
+    prompts = [_prompt(5, i) for i in range(30)]
     index = NearDupIndex(0.8)
-    index.attach_journal(str(tmp_path / "j"))
-    for i, p in enumerate(prompts[:30]):
-        index.add(*fingerprint(p), i)
-    at = index.sync()
-    index.add(*fingerprint(prompts[30]), 30)  # after the checkpoint: must be forgotten
+    records = np.empty(len(prompts), dtype=RECORD)
+    for i, p in enumerate(prompts):
+        keys, sketch = fingerprint(p)
+        index.add(keys, sketch, i)
+        records[i] = (keys, sketch, i)
+    records.tofile(tmp_path / "near_dup.bin")
     index.close()
     assert len(index) == 0 and index.nbytes() < 20_000  # closed: the build packs without the tables
-    resumed = NearDupIndex(0.8)
-    resumed.attach_journal(str(tmp_path / "j"), resume_at=at)
-    assert list(resumed.rows) == list(range(30))
-    assert resumed.find(*fingerprint(prompts[3]))[0] == 3 and resumed.find(*fingerprint(prompts[30])) is None
-    assert np.array_equal(np.frombuffer(resumed.sketches, np.uint8)[:128], fingerprint(prompts[0])[1])
+    loaded = NearDupIndex(0.8)
+    assert loaded.load(str(tmp_path / "near_dup.bin"), label="earlier") == 30
+    assert loaded.find(*fingerprint(prompts[3]))[0] == 3 and loaded.label(3) == "earlier"
 
 
 def _one_by_one(examples, index):

@@ -1,5 +1,6 @@
 """The trainer end to end on a tiny random Gemma 2 over 8 fake CPU devices, on a real small build."""
 
+import dataclasses
 import functools
 import json
 import re
@@ -23,15 +24,19 @@ SYSTEM = "Answer with reasoning, then the answer."
 @pytest.fixture(scope="module")
 def short_build(tmp_path_factory, tiny_model_path):
     """400 short arithmetic examples, tokenized with the throwaway tokenizer, in rows of 256 tokens."""
-    root = tmp_path_factory.mktemp("train")
+    rows = [(f"What is {i} mod 17?", f"<think>{i} = 17 x {i // 17} + {i % 17}.</think>The answer is {i % 17}.")
+            for i in range(400)]
+    return _small_build(tmp_path_factory.mktemp("train"), rows, tiny_model_path, eval_fraction=0.05)
+
+
+def _small_build(root, rows: list[tuple[str, str]], tokenizer: str, *, eval_fraction: float):
+    """A build of (prompt, response) rows in rows of 256 tokens, with the tests' system prompt."""
     src = root / "rows.jsonl"
-    src.write_text("".join(json.dumps({"prompt": f"What is {i} mod 17?", "response":
-                                       f"<think>{i} = 17 x {i // 17} + {i % 17}.</think>The answer is {i % 17}."}) + "\n"
-                           for i in range(400)))
+    src.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in rows))
     out = root / "build"
-    assert tzc_data_main(["build", "--source", str(src), "--range", "0:400", "--out", str(out), "--tokenizer",
-                          tiny_model_path, "--seq-len", "256", "--system", SYSTEM, "--eval-fraction", "0.05",
-                          "--no-near-dup", "--no-progress"]) == 0
+    assert tzc_data_main(["build", "--source", str(src), "--range", f"0:{len(rows)}", "--out", str(out),
+                          "--tokenizer", tokenizer, "--seq-len", "256", "--system", SYSTEM, "--eval-fraction",
+                          str(eval_fraction), "--no-near-dup", "--no-progress"]) == 0
     return out
 
 
@@ -273,6 +278,60 @@ def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path, capsys):
     from tzc_train.cli import main
 
     assert main(command[3:]) == 2 and "pass --resume" in capsys.readouterr().err  # in-process: no second start-up
+
+
+@pytest.fixture(scope="module")
+def other_build(tmp_path_factory, tiny_model_path):
+    """A second small build that mixes with short_build: same tokenizer and seq_len, other prompts."""
+    rows = [(f"Add {i} and {2 * i + 1}.", f"<think>{i} + {2 * i + 1} = {3 * i + 1}.</think>It is {3 * i + 1}.")
+            for i in range(200)]
+    return _small_build(tmp_path_factory.mktemp("other"), rows, tiny_model_path, eval_fraction=0.1)
+
+
+def test_cli_trains_on_a_mixture_of_builds(short_build, other_build, tmp_path, capsys):
+    """--data A --data B --data-weights 0.7,0.3 trains (in-process, 2 steps of the tiny model, no
+    eval: its compilation is the slow part) on batches of both builds; the eval set of a mixture
+    mixes the eval splits; misuse is one line."""
+    from tzc_train.cli import main
+
+    out = tmp_path / "mixed"
+    base = ["--model", "tiny", "--data", str(short_build), "--data", str(other_build), "--steps", "2", "--batch-size",
+            "4", "--lr", "1e-2", "--lora-rank", "4", "--eval-rows", "0", "--mesh", "2x4"]
+    assert main(base + ["--out", str(out), "--data-weights", "0.7,0.3"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["status"] == "finished" and summary["steps"] == 2 and summary["train_loss"] is not None
+    recorded = json.loads((out / "tzc_run.json").read_text())
+    assert recorded["data"] == [str(short_build.resolve()), str(other_build.resolve())]
+    assert recorded["data_weights"] == [0.7, 0.3]
+    assert train_module.read_run_config(str(out)).builds == (str(short_build.resolve()), str(other_build.resolve()))
+    # the steps' rows come from both builds, 0.7/0.3
+    origin = {row["tokens"].tobytes(): build for build in (short_build, other_build)
+              for row in tzc_data.iter_rows(build)}
+    drawn = [origin[row.tobytes()] for b, _ in zip(train_module.host_batches(
+        (str(short_build), str(other_build)), 10, seed=0, weights=(0.7, 0.3)), range(20)) for row in b["tokens"]]
+    assert 120 <= drawn.count(short_build) <= 160  # 4 binomial sigmas (26 rows) around 140 of 200
+    config = train_module.read_run_config(str(out))
+    evals, note = train_module.eval_set(dataclasses.replace(config, eval_rows=8), tzc_data.read_manifest(short_build))
+    assert note == "eval: 8 rows of the mixed eval splits of 2 of 2 builds (23 packed rows)"
+    held_out = {row["tokens"].tobytes(): build for build in (short_build, other_build)
+                for row in tzc_data.iter_rows(build, "eval")}
+    assert {held_out[row.tobytes()] for b in evals for row in b["tokens"]} == {short_build, other_build}
+    with pytest.raises(ValueError, match="--resume: the run in .* was started with --data-weights \\[0.7, 0.3\\] "
+                                         "\\(given: \\[0.5, 0.5\\]\\)"):
+        train_module.check_resume(_config(short_build, out, data=(str(short_build), str(other_build)),
+                                           data_weights=(0.5, 0.5), resume=True))
+
+    cases = [(["--data-weights", "0.7"], "--data-weights gives 1 weight.s. for 2 --data build.s."),
+             (["--data-weights", "0.7,x"], "--data-weights '0.7,x': write one number per --data"),
+             (["--data-weights", "0.7,-1"], "--data-weights 0.7,-1.0: weights must be positive"),
+             (["--weights", "0.7,0.3"], "--weights 0.7,0.3: --weights is the model's weights .a path.; a mixture's "
+                                        "weights are --data-weights 0.7,0.3"),
+             (["--data", str(short_build)], f"refusing to mix: {short_build} and {short_build} are the same build")]
+    for extra, message in cases:
+        assert main(base + ["--out", str(tmp_path / "refused")] + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert re.search("tzc-train: error: " + message, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "refused").exists()  # refused before anything is written
 
 
 def test_format_check_accepts_only_reasoning_then_answer():

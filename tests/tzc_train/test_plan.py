@@ -1,0 +1,65 @@
+"""``tzc-train plan``: the train step compiled ahead of time for one v5e-8 host (libtpu, no TPU here)."""
+
+import json
+import re
+
+import pytest
+from tzc_data.cli import main as tzc_data_main
+from tzc_train.cli import main
+from tzc_train.plan import PlanConfig, PlanError, model_flops, plan
+
+# The README's training command for a v5e-8 (its "Training at the entry's scale" part).
+README_SETTINGS = ["--batch-size", "8", "--grad-accum", "4", "--remat", "block"]
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory, tiny_model_path):
+    """A small real build in rows of 4096 tokens (the plan reads its manifest: rows, seq_len, fill)."""
+    out = tmp_path_factory.mktemp("plan") / "build"
+    assert tzc_data_main(["build", "--source", "synthetic", "--range", "0:300", "--out", str(out), "--tokenizer",
+                          tiny_model_path, "--seq-len", "4096", "--no-near-dup", "--no-progress"]) == 0
+    return out
+
+
+def test_the_readme_settings_fit_a_v5e_8(build, capsys):
+    """The whole 26-layer step at Gemma 2 2B shapes (the README's figures: 5.58 GiB a chip)."""
+    assert main(["plan", "--data", str(build), "--epochs", "4", "--fast-compile", *README_SETTINGS]) == 0
+    out = capsys.readouterr().out
+    assert "v5e:2x4 (8 chips, mesh fsdp x tp = 2x4)" in out and "fits" in out and "DOES NOT FIT" not in out
+    peak = float(re.search(r"peak\s+([\d.]+) GiB of\s+16.00 GiB", out).group(1))
+    assert 1.0 < peak < 16.0
+    manifest = json.loads((build / "manifest.json").read_text())
+    rows = manifest["packing"]["by_split"]["train"]["rows"]
+    assert f"steps: {max(1, rows // 32):,} per epoch, {max(1, int(4 * rows / 32)):,} in all" in out
+
+
+def test_an_oversized_batch_is_refused_in_one_line(build, capsys):
+    """Compiled for the TPU, the program does not fit its 16 GiB: RESOURCE_EXHAUSTED becomes one line.
+    (The tiny model without remat and a huge batch: the same compiler verdict, in seconds.)"""
+    code = main(["plan", "--data", str(build), "--model", "tiny", "--batch-size", "4096", "--remat", "none",
+                 "--fast-compile"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("tzc-train plan: error: does not fit: batch 4096 x 4096 tokens on v5e:2x4")
+    assert "Traceback" not in err
+
+
+def test_options_the_plan_cannot_honour_are_refused(build):
+    with pytest.raises(PlanError, match="fsdp axis"):
+        plan(PlanConfig(data=str(build), model="tiny", batch_size=3))
+    with pytest.raises(PlanError, match="--topology"):
+        PlanConfig(data=str(build), topology="h100:8")
+    with pytest.raises(PlanError, match="--mesh 4x4 needs 16 chips"):
+        plan(PlanConfig(data=str(build), model="tiny", mesh=(4, 4)))
+
+
+def test_model_flops_of_gemma2_2b_match_its_parameter_count():
+    """4 FLOPs per frozen weight per token (forward, backward through the activations) plus attention:
+    Gemma 2 2B has 2.61e9 parameters, 0.59e9 of them the (tied) embedding."""
+    from tunix.models.gemma import model as gemma_lib
+
+    config = gemma_lib.ModelConfig.gemma2_2b_it()
+    one_token = model_flops(config, 0, rows=1, seq_len=1)
+    assert 4 * 2.55e9 < one_token < 4 * 2.7e9
+    long = model_flops(config, 0, rows=1, seq_len=4096) / 4096
+    assert long > one_token  # attention grows with the row

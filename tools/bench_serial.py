@@ -1,0 +1,172 @@
+"""The serial parts of a build at the whole dataset's scale, measured on synthetic keys and lengths.
+
+Everything after the map runs in one process (``tzc_data/pipeline.py``): the dedup pass over the
+candidates' keys, packing their lengths, and finalising the stats. The map scales with machines;
+these do not, so they bound a cluster build. Each part runs here in its own process (so its peak
+RSS is its own, read from VmHWM) at ``--rows`` candidates (default: GlaiveAI's 22.2M rows):
+
+1. dedup: :func:`tzc_data.dedup_pass.sharing_a_key` over every candidate's prompt hash and 16 LSH
+   band keys, then the serial first-kept-wins check (:func:`tzc_data.minhash.decide_batch`) on the
+   rows that share a key. Keys are random except for planted duplicates: ``--dup-share`` of the rows
+   repeat an earlier prompt exactly, ``--near-share`` are near copies of one (12 of 16 bands equal,
+   a sketch with 10% of its bytes changed: estimated Jaccard about 0.85);
+2. pack: :func:`tzc_data.pack.best_fit_decreasing` over GlaiveAI-like lengths (log-normal, median
+   2,000 tokens, clipped to 64..4,096) into 4,096-token rows;
+3. stats: unit tables of ``--stats-rows`` rows in 20,000-row units (the stats columns a build writes,
+   random values), through :func:`tzc_data.dedup_pass.final_batches` into ``records.parquet``.
+
+    python tools/bench_serial.py [--rows 22200000] [--stats-rows 2220000] [--out docs/serial.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _peak_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _keys(rows: int, dup_share: float, near_share: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    hashes = rng.integers(0, 256, size=(rows, 16), dtype=np.uint8)
+    bands = rng.integers(1, 2**63, size=(rows, 16), dtype=np.uint64)
+    planted = rng.random(rows)
+    exact = np.flatnonzero(planted < dup_share)
+    near = np.flatnonzero((planted >= dup_share) & (planted < dup_share + near_share))
+    for chosen, whole in ((exact, True), (near, False)):
+        chosen = chosen[chosen > 0]
+        source = (rng.random(len(chosen)) * chosen).astype(np.int64)  # an earlier row
+        if whole:
+            hashes[chosen], bands[chosen] = hashes[source], bands[source]
+        else:
+            bands[chosen, :12] = bands[source, :12]
+    return hashes, bands, near, seed
+
+
+def dedup(rows: int, dup_share: float, near_share: float) -> dict:
+    from tzc_data.dedup_pass import sharing_a_key
+    from tzc_data.dedupe import ExactIndex
+    from tzc_data.minhash import NearDupIndex, decide_batch
+
+    hashes, bands, near_rows, seed = _keys(rows, dup_share, near_share)
+    started = time.perf_counter()
+    involved = np.flatnonzero(sharing_a_key(hashes, bands, None))
+    grouped = time.perf_counter() - started
+    rng = np.random.default_rng(seed + 1)
+    sketches = rng.integers(0, 256, size=(len(involved), 128), dtype=np.uint8)  # only the involved rows' are read
+    by_hash: dict[bytes, int] = {}
+    for k, row in enumerate(involved.tolist()):  # a near copy's sketch: its source's with 10% changed
+        key = bands[row, :12].tobytes()
+        first = by_hash.setdefault(key, k)
+        if first != k:
+            sketches[k] = sketches[first]
+            flip = rng.random(128) < 0.10
+            sketches[k, flip] = rng.integers(0, 256, size=int(flip.sum()), dtype=np.uint8)
+    del by_hash
+    started = time.perf_counter()
+    exact, near = ExactIndex(), NearDupIndex(0.8)
+    dropped = 0
+    for lo in range(0, len(involved), 4096):
+        chosen = involved[lo:lo + 4096]
+        decided = decide_batch(chosen.tolist(), [bytes(h) for h in hashes[chosen]], bands[chosen],
+                               sketches[lo:lo + 4096], near, exact)
+        dropped += sum(d is not None for d in decided)
+    serial = time.perf_counter() - started
+    return {"part": "dedup", "rows": rows, "involved": int(len(involved)), "dropped": dropped,
+            "group_s": round(grouped, 1), "serial_s": round(serial, 1), "seconds": round(grouped + serial, 1),
+            "peak_mib": round(_peak_mib())}
+
+
+def pack(rows: int) -> dict:
+    from tzc_data.pack import best_fit_decreasing, rows_lower_bound
+
+    rng = np.random.default_rng(2)
+    lengths = np.clip(rng.lognormal(np.log(2000), 0.6, rows), 64, 4096).astype(np.int32)
+    started = time.perf_counter()
+    bins = best_fit_decreasing(lengths, 4096)
+    seconds = time.perf_counter() - started
+    return {"part": "pack", "rows": rows, "packed_rows": len(bins), "fill": round(int(lengths.sum()) / (len(bins) * 4096), 4),
+            "lower_bound": rows_lower_bound(lengths, 4096), "seconds": round(seconds, 1), "peak_mib": round(_peak_mib())}
+
+
+def stats(rows: int) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tzc_data import units
+    from tzc_data.dedup_pass import Outcomes, final_batches
+    from tzc_data.write import stats_schema, unit_schema, write_records
+
+    names = ["english_score", "loop_repeats", "repeated_share", "compression_ratio", "near_dup_jaccard"]
+    schema = unit_schema(names, text=False)
+    rng = np.random.default_rng(3)
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as staging:
+        os.makedirs(units.folder(staging))
+        done, candidates = [], 0
+        for index, lo in enumerate(range(0, rows, 20_000)):
+            n = min(20_000, rows - lo)
+            kept = rng.random(n) < 0.85
+            columns = {f.name: pa.nulls(n, f.type) for f in schema}
+            columns["row"] = pa.array(np.arange(lo, lo + n))
+            columns["status"] = pa.array(np.where(kept, "kept", "loop").astype(object), pa.string())
+            columns["detail"] = pa.array([""] * n, pa.string())
+            columns["prompt_hash"] = pa.array([f"{v:032x}" for v in rng.integers(0, 2**62, n)], pa.string())
+            for name in ("prompt_chars", "reasoning_chars", "answer_chars", "tokens", "loss_tokens", "answer_tokens"):
+                columns[name] = pa.array(rng.integers(10, 4000, n).astype(np.int32))
+            for name in names[:-1]:
+                columns[name] = pa.array(rng.random(n))
+            pq.write_table(pa.table(columns, schema=schema), units.table_path(staging, index))
+            done.append(units.UnitDone(index=index, start=lo, stop=lo + n, counts={}, candidates=int(kept.sum()),
+                                       tokens=0, files={}))
+            candidates += int(kept.sum())
+        codes = np.zeros(candidates, np.uint8)
+        codes[rng.random(candidates) < 0.04] = 1
+        outcomes = Outcomes(codes, rng.integers(0, rows, candidates), np.full(candidates, np.nan), {})
+        where = np.zeros((int((codes == 0).sum()), 4), np.int32)
+        started = time.perf_counter()
+        path = os.path.join(staging, "records.parquet")
+        write_records(path, final_batches(staging, done, outcomes, where, ["train"], stats_schema(names).names[:-4]),
+                      names)
+        seconds = time.perf_counter() - started
+        size = os.path.getsize(path)
+    return {"part": "stats", "rows": rows, "units": len(done), "records_mib": round(size / 2**20),
+            "seconds": round(seconds, 1), "peak_mib": round(_peak_mib())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=22_200_000)
+    parser.add_argument("--stats-rows", type=int, default=22_200_000)
+    parser.add_argument("--dup-share", type=float, default=0.03)
+    parser.add_argument("--near-share", type=float, default=0.02)
+    parser.add_argument("--part", choices=["dedup", "pack", "stats"])
+    args = parser.parse_args()
+    if args.part:  # one part, in this process: its peak RSS is its own
+        result = {"dedup": lambda: dedup(args.rows, args.dup_share, args.near_share), "pack": lambda: pack(args.rows),
+                  "stats": lambda: stats(args.stats_rows)}[args.part]()
+        print(json.dumps(result))
+        return
+    for part in ("dedup", "pack", "stats"):
+        done = subprocess.run([sys.executable, __file__, "--part", part, "--rows", str(args.rows), "--stats-rows",
+                               str(args.stats_rows), "--dup-share", str(args.dup_share), "--near-share",
+                               str(args.near_share)], capture_output=True, text=True, check=True)
+        print(done.stdout.strip(), flush=True)
+
+
+if __name__ == "__main__":
+    main()

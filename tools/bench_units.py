@@ -1,0 +1,76 @@
+"""Per-unit row-stage throughput on one core: the map's cost, which scales with machines.
+
+Runs :class:`tzc_data.rowstage.RowStage` (read, filters, format, tokenize with the Gemma 2
+tokenizer, length bound, MinHash keys, the unit's files) over every unit of a source in this one
+process, and reports rows and tokens per CPU second. Sources: the synthetic source, and the real
+long R1 traces of ``../shared/data/r1_long_clean.jsonl`` (118 traces of 8k-64k characters, one
+unit; ``--repeat`` copies them, which flatters the word cache: the default is one copy). From these and ``tools/bench_serial.py``'s figures,
+:func:`projection` gives the wall time of a 22.2M-row build on a cluster.
+
+    python tools/bench_units.py [--rows 4096] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from tzc_data.config import BuildConfig  # noqa: E402
+from tzc_data.sources import local_source, open_source  # noqa: E402
+from tzc_data.rowstage import RowStage  # noqa: E402
+from tzc_data.tokenize import gemma2_tokenizer_path, load_tokenizer  # noqa: E402
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
+
+
+def measure(name: str, source, start: int, stop: int, config: BuildConfig) -> dict:
+    tokenizer = load_tokenizer(str(gemma2_tokenizer_path()))
+    with tempfile.TemporaryDirectory() as staging:
+        stage = RowStage.of(config, source, staging, tokenizer, {})
+        units = source.plan(start, stop)
+        stage._tools  # built once per worker: not part of a unit's cost. The word cache starts cold.
+        wall, cpu = time.perf_counter(), time.process_time()
+        done = [stage(u) for u in units]
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    rows = sum(d.stop - d.start for d in done)
+    tokens = sum(d.tokens for d in done)
+    return {"source": name, "units": len(done), "rows": rows, "passed": sum(d.candidates for d in done),
+            "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "rows_per_cpu_s": round(rows / cpu, 1),
+            "tokens_per_cpu_s": round(tokens / cpu)}
+
+
+def projection(rows_per_core_s: float, serial_s: float, *, rows: int = 22_200_000, machines: int = 16,
+               cores: int = 2) -> float:
+    """Hours for ``rows`` on ``machines`` x ``cores``: the map spread over every core, then the serial part."""
+    return (rows / (rows_per_core_s * machines * cores) + serial_s) / 3600
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=4096, help="synthetic rows")
+    parser.add_argument("--repeat", type=int, default=1, help="copies of the 118 long traces")
+    args = parser.parse_args()
+    results = [measure("synthetic", open_source("synthetic"), 0, args.rows,
+                       BuildConfig(out="x", start=0, stop=args.rows, source="synthetic"))]
+    with tempfile.TemporaryDirectory() as folder:
+        with open(os.path.join(SHARED, "r1_long_clean.jsonl"), encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip()]
+        path = os.path.join(folder, "long.jsonl")
+        with open(path, "w", encoding="utf-8") as out:
+            for _ in range(args.repeat):
+                out.writelines(lines)
+        rows = len(lines) * args.repeat
+        results.append(measure("r1_long_clean (real, 8k-64k chars)", local_source(path), 0, rows,
+                               BuildConfig(out="x", start=0, stop=rows, source=path, seq_len=16384)))
+    for result in results:
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
