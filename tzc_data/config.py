@@ -85,6 +85,9 @@ class BuildConfig:
             raise ConfigError("--out is empty (an unset shell variable?): give the output directory")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.type in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)  # 0 and 0.0 are one option: the manifest records one spelling
+                object.__setattr__(self, field.name, value)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"--{field.name.replace('_', '-')} {value}: must be a finite number")
         if self.start < 0 or self.stop <= self.start:

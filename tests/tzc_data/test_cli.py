@@ -63,3 +63,12 @@ def test_a_tzc_data_process_puts_arrow_on_the_system_allocator():
         result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=run_env, timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected
+
+
+def test_a_whole_number_for_a_float_option_is_recorded_as_the_cli_records_it():
+    """BuildConfig(min_kept_ratio=0) from Python and --min-kept-ratio 0 from the CLI are one build:
+    the manifest (and so a resume's check) records 0.0 for both."""
+    from tzc_data.config import BuildConfig
+
+    config = BuildConfig(out="x", start=0, stop=5, min_kept_ratio=0, eval_fraction=0)
+    assert repr(config.recorded()["min_kept_ratio"]) == "0.0" and repr(config.eval_fraction) == "0.0"
