@@ -288,12 +288,14 @@ def _look_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="a self-contained HTML page of plots about a build")
     p.add_argument("build", metavar="DIR")
     p.add_argument("-o", "--output", default="report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file when it exists")
     p.set_defaults(run=_run_report)
     p = sub.add_parser("export", help="export packed rows for other tools (Parquet)")
     p.add_argument("build", metavar="DIR")
     p.add_argument("--format", choices=["parquet"], default="parquet")
     p.add_argument("--split", default="train")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace the output file when it exists")
     p.set_defaults(run=_run_export)
 
 
@@ -317,14 +319,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
 def _run_report(args: argparse.Namespace) -> int:
     from tzc_data.report import write_report
 
-    print(f"wrote {write_report(args.build, args.output)}")
+    print(f"wrote {write_report(args.build, args.output, overwrite=args.overwrite)}")
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
     from tzc_data.load import export_parquet
 
-    count = export_parquet(args.build, args.output, args.split)
+    count = export_parquet(args.build, args.output, args.split, overwrite=args.overwrite)
     print(f"wrote {count:,} packed rows of {args.split} to {args.output}")
     return 0
 

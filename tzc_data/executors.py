@@ -25,10 +25,12 @@ import os
 import queue
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from tzc_data.config import ENGINES
@@ -66,13 +68,20 @@ class ProcessExecutor(Executor):
         if len(items) < 2:
             return [task(item) for item in items]
         context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context, initializer=_die_with,
+                                   initargs=(os.getpid(),))
         try:
-            with ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context,
-                                     initializer=_die_with, initargs=(os.getpid(),)) as pool:
-                return list(pool.map(task, items))
+            with _children_ignore_sigint():  # the pool starts its processes as the tasks are submitted
+                results = pool.map(task, items)
+            done = list(results)
         except BrokenProcessPool:
             raise TzcError("a worker process died while writing shards (out of memory?); run again with "
                            "--resume, or with fewer --workers") from None
+        except BaseException:  # Ctrl-C: do not wait for the shards in flight (the workers die with us)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return done
 
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         if not units:
@@ -82,8 +91,10 @@ class ProcessExecutor(Executor):
         count = min(self.workers, len(units))
         pool = [context.Process(target=_serve, args=(os.getpid(), stage, tasks, results), daemon=True)
                 for _ in range(count)]
-        for process in pool:
-            process.start()
+        with _children_ignore_sigint():
+            for process in pool:
+                process.start()
+        finished = False
         try:
             pending = iter(units)
             in_flight: dict[int, Any] = {}
@@ -99,13 +110,16 @@ class ProcessExecutor(Executor):
                     tasks.put(more)
                     in_flight[more.index] = more
                 yield done
+            finished = True
         finally:
             for _ in pool:
                 tasks.put(None)
             for process in pool:
-                process.join(timeout=5)
+                if finished:  # idle now: they stop when told; after a failure or Ctrl-C, at once
+                    process.join(timeout=5)
                 if process.is_alive():
                     process.kill()
+                    process.join()
             tasks.close()
             results.close()
 
@@ -139,6 +153,21 @@ def _next_result(results: Any, pool: list[Any], in_flight: dict[int, Any]) -> tu
                 where = ", ".join(u.where for u in list(in_flight.values())[:2])
                 raise TzcError(f"a worker process died (exit code {dead[0].exitcode}; out of memory?) while units "
                                f"were in flight ({where}); run again with --resume, or with fewer --workers") from None
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (an ignored signal stays ignored through the exec of
+    a spawned child, and Python keeps it so): a Ctrl-C interrupts the build, which stops its
+    workers, instead of raising KeyboardInterrupt with a traceback in every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _die_with(parent: int) -> None:

@@ -19,7 +19,7 @@ from tzc_data.filters.repetition import lowered, repeating_tail
 from tzc_data.load import RECORDS, read_manifest, read_stats
 from tzc_data.look import printable
 from tzc_data.sources import Source, changed_since, read, reopen
-from tzc_data.record import REASONS
+from tzc_data.record import REASONS, controlled_by
 from tzc_data.write import REJECTED_DIR
 
 
@@ -71,7 +71,7 @@ def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = No
     if reason not in REASONS and reason != "kept":
         raise TzcError(f"unknown reason {reason!r}; reasons are: {', '.join(REASONS)}")
     lines = [f"{reason}: {total:,} of {stats.height:,} rows ({total / max(stats.height, 1):.1%}) in {directory}"
-             + (f" - {REASONS[reason][0]}; controlled by {REASONS[reason][1]}" if reason in REASONS else "")]
+             + (f" - {REASONS[reason][0]}; {controlled_by(reason)}" if reason in REASONS else "")]
     rejected_name = f"{REJECTED_DIR}/rejected.parquet"
     texts = {}
     if rejected_name in manifest["stats"] and os.path.lexists(os.path.join(directory, rejected_name)):

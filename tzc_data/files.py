@@ -26,7 +26,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -45,6 +44,9 @@ _BUILD_FOLDERS = {
     "stats": re.compile(r"(records|packs)\.parquet"),
     "rejected": re.compile(r"rejected\.parquet"),
 }
+# What else a staging directory holds: the units' files (tzc_data.units) and atomic_path's temporaries.
+_UNIT_FILE = re.compile(r"u\d{6,}\.(parquet|tokens|json)|plan\.json")
+_TEMPORARY = re.compile(r"\..+\.tzc-tmp-\d+")
 
 
 @contextmanager
@@ -186,18 +188,40 @@ def is_staging(path: str) -> bool:
     return os.path.isfile(os.path.join(path, STAGING_MARKER)) or not_a_build(path) is None
 
 
+def _staging_entries(path: str) -> list[tuple[str, bool]]:
+    """Every entry of the staging directory ``path`` as (relative path, is a folder), folders after
+    their contents; raises OutputError naming the first entry a build does not write there (its
+    marker, the build's own files, ``.units/`` and temporaries), so emptying one never removes a
+    file that is not ours, whatever its marker says."""
+    found: list[tuple[str, bool]] = []
+    for name in sorted(os.listdir(path)):
+        full = os.path.join(path, name)
+        plain_file = os.path.isfile(full) and not os.path.islink(full)
+        if plain_file and (name in _BUILD_FILES or name == STAGING_MARKER or _TEMPORARY.fullmatch(name)):
+            found.append((name, False))
+            continue
+        pattern = _UNIT_FILE if name == UNITS_DIR else _BUILD_FOLDERS.get(name)
+        if pattern is None or os.path.islink(full) or not os.path.isdir(full):
+            raise OutputError(f"{path} holds {name!r}, which a build does not write; move it away")
+        for inner in sorted(os.listdir(full)):
+            item = os.path.join(full, inner)
+            if not (pattern.fullmatch(inner) or _TEMPORARY.fullmatch(inner)) or os.path.islink(item) \
+                    or not os.path.isfile(item):
+                raise OutputError(f"{path} holds {name}/{inner!r}, which a build does not write; move it away")
+            found.append((f"{name}/{inner}", False))
+        found.append((name, True))
+    return found
+
+
 def clear_staging(path: str, keep: tuple[str, ...] = (STAGING_MARKER,)) -> None:
-    """Empty one of our staging directories (a build that starts over), keeping ``keep``."""
+    """Empty one of our staging directories (a build that starts over), keeping ``keep``: only
+    the entries a build writes there are removed, and any other entry refuses the whole clear."""
     if not is_staging(path):
         raise OutputError(f"{path} is not a tzc staging directory; refusing to empty it")
-    for name in os.listdir(path):
-        if name in keep:
+    for relative, is_folder in _staging_entries(path):
+        if relative in keep:
             continue
-        full = os.path.join(path, name)
-        if os.path.isdir(full) and not os.path.islink(full):
-            shutil.rmtree(full)
-        else:
-            os.remove(full)
+        (os.rmdir if is_folder else os.remove)(os.path.join(path, relative))
 
 
 def lock_staging(path: str, out: str) -> int:
@@ -239,10 +263,11 @@ def _owner(path: str) -> str:
         return ""
 
 
-def check_output_file(path: str, option: str = "-o") -> str:
-    """The absolute path a command may write its output file to: not empty, not a directory,
-    and not inside a tzc build (a build's files are its own; a stray file would also make the
-    build no longer provably one). Raises OutputError naming ``option``."""
+def check_output_file(path: str, option: str = "-o", *, overwrite: bool = False) -> str:
+    """The absolute path a command may write its output file to: not empty, not a directory, not
+    an existing file unless ``overwrite`` (it may be a user's; nothing proves it ours), and not
+    inside a tzc build (a build's files are its own; a stray file would also make the build no
+    longer provably one). Raises OutputError naming ``option``."""
     if not path or not path.strip():
         raise OutputError(f"{option} is empty")
     full = os.path.realpath(path)  # a symlinked folder must not lead into a build
@@ -251,34 +276,37 @@ def check_output_file(path: str, option: str = "-o") -> str:
     folder = os.path.dirname(full)
     if not os.path.isdir(folder):
         raise OutputError(f"{option} {path}: the folder {folder} does not exist")
-    probe = folder
+    build = enclosing_build(folder)
+    if build:
+        raise OutputError(f"{option} {path} is inside the tzc build {build}; write it elsewhere")
+    if os.path.lexists(path) and not overwrite:
+        raise OutputError(f"{option} {path} exists; pass --overwrite to replace it")
+    return full
+
+
+def enclosing_build(folder: str) -> str | None:
+    """The tzc build that ``folder`` is, or is inside (symlinks resolved), or None: a build's
+    folders hold only its own files, so nothing else may be written there."""
+    probe = os.path.realpath(folder)
     while True:
         if _read_marker_manifest(probe) is None:
-            raise OutputError(f"{option} {path} is inside the tzc build {probe}; write it elsewhere")
+            return probe
         parent = os.path.dirname(probe)
         if parent == probe:
-            return full
+            return None
         probe = parent
 
 
 def remove_scratch(staging: str) -> None:
     """Remove what a staging directory holds besides the build itself (the units' files, and
-    temporaries: every hidden name), keeping the marker. Run once the
-    manifest is written, so every moment before it can still resume."""
+    temporaries), keeping the marker. Run once the manifest is written, so every moment before
+    it can still resume."""
     if not is_staging(staging):
         raise OutputError(f"{staging} is not a tzc staging directory; refusing to clean it")
-    for folder in (staging, *(os.path.join(staging, name) for name in _BUILD_FOLDERS)):
-        if not os.path.isdir(folder):
-            continue
-        for name in os.listdir(folder):
-            full = os.path.join(folder, name)
-            if name.startswith(".") and name != STAGING_MARKER and not os.path.isdir(full):
-                os.remove(full)
-    units = os.path.join(staging, UNITS_DIR)
-    if os.path.isdir(units) and not os.path.islink(units):
-        for name in os.listdir(units):  # the units' files, done-markers, plan and temporaries
-            os.remove(os.path.join(units, name))
-        os.rmdir(units)
+    for relative, is_folder in _staging_entries(staging):
+        scratch = relative.startswith(UNITS_DIR) or _TEMPORARY.fullmatch(os.path.basename(relative))
+        if scratch:
+            (os.rmdir if is_folder else os.remove)(os.path.join(staging, relative))
 
 
 def remove_marker(staging: str) -> None:

@@ -497,14 +497,15 @@ def torch_dataset(directory: str | os.PathLike, split: str = "train"):
 
 
 def export_parquet(directory: str | os.PathLike, out: str | os.PathLike, split: str = "train",
-                   rows_per_group: int = 256) -> int:
-    """Write the packed rows of ``split`` as Parquet (four ``list<int32>`` columns); returns rows written."""
+                   rows_per_group: int = 256, *, overwrite: bool = False) -> int:
+    """Write the packed rows of ``split`` as Parquet (four ``list<int32>`` columns); returns rows
+    written. An existing ``out`` is replaced only when ``overwrite``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from tzc_data.pack import FIELDS
 
-    out = check_output_file(os.fspath(out))
+    out = check_output_file(os.fspath(out), overwrite=overwrite)
     rows = load(directory, split)
     schema = pa.schema([(name, pa.list_(pa.int32())) for name in FIELDS])
     with atomic_path(out) as temporary, pq.ParquetWriter(temporary, schema) as writer:
@@ -524,5 +525,5 @@ def hf_dataset(directory: str | os.PathLike, split: str = "train", *, cache_dir:
     folder = cache_dir or tempfile.mkdtemp(prefix="tzc-hf-")
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, f"{split}.parquet")
-    export_parquet(directory, target, split)
+    export_parquet(directory, target, split, overwrite=True)  # the export this cache holds
     return datasets.Dataset.from_parquet(target, cache_dir=cache_dir)

@@ -46,12 +46,13 @@ from tzc_data.load import read_manifest
 from tzc_data.minhash import NearDupIndex, outcome_reason
 from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
 from tzc_data.sources import Source, Unit, open_source, source_identity
-from tzc_data.record import KEPT, REASONS
+from tzc_data.record import KEPT, REASONS, controlled_by
 from tzc_data.rowstage import RowStage, score_names
 from tzc_data.tokenize import Tokenizer, load_tokenizer, sha256_file
-from tzc_data.write import (MANIFEST, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR, TEXT_COLUMNS, ShardTask,
-                            read_hashes, record_layout, shard_tasks, stats_schema, write_hashes, write_manifest,
-                            write_pack_stats, write_records, write_rejected, write_shard)
+from tzc_data.write import (MANIFEST, REJECTED_BATCH, REJECTED_COLUMNS, REJECTED_DIR, SHARD_DIR, STATS_DIR,
+                            TEXT_COLUMNS, ShardTask, read_hashes, record_layout, shard_tasks, stats_schema,
+                            write_hashes, write_manifest, write_pack_stats, write_records, write_rejected,
+                            write_shard)
 
 FORMAT_VERSION = 1
 
@@ -70,6 +71,10 @@ def _check_output(out: str, overwrite: bool) -> None:
     parent = os.path.dirname(out)
     if os.path.lexists(parent) and not os.path.isdir(parent):
         raise OutputError(f"--out {out}: {parent} is not a directory")
+    inside = os.path.lexists(parent) and files.enclosing_build(parent)
+    if inside:
+        raise OutputError(f"--out {out} is inside the tzc build {inside}; a build's folders hold only its own "
+                          "files: write it elsewhere")
     old = staging_path(out) + ".old"
     if os.path.islink(old):
         raise OutputError(f"{old} is a symlink where tzc keeps a build it replaces; move it away")
@@ -141,7 +146,7 @@ def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
         raise GuardrailError(
             f"only {kept:,} of {read_rows:,} rows kept ({kept / read_rows:.1%} < --min-kept-ratio "
             f"{config.min_kept_ratio}); most were dropped as {worst!r} ({worst_count:,}: {REASONS[worst][0]}), "
-            f"controlled by {REASONS[worst][1]}. Drops: {listing}"
+            f"{controlled_by(worst)}. Drops: {listing}"
         )
 
 
@@ -213,6 +218,10 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     started = time.perf_counter()
     source = source or open_source(config.source, revision=config.revision, seed=config.seed, format=config.format,
                                    dataset=config.dataset, split=config.hub_split)
+    for folder in source.folders():
+        if os.path.commonpath([os.path.realpath(out), folder]) == folder:
+            raise OutputError(f"--out {config.out} is inside the source folder {folder}: the build would be read "
+                              "as a source next time; write it elsewhere")
     planned = source.plan(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
     identity = _identity(config, source, tokenizer)
@@ -249,7 +258,8 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
         resume = config.resume and os.path.exists(os.path.join(units.folder(staging), units.PLAN))
         if not resume:
             files.clear_staging(staging)
-        units.start_plan(staging, identity, [(u.start, u.stop) for u in planned], resume=resume)
+        units.start_plan(staging, identity, [(u.start, u.stop) for u in planned], resume=resume,
+                          stamp=source.resume_stamp())
         # Arrow's mimalloc pool kept the memory of every stats table and of the final merge: peak
         # RSS grew by about 1 KB per row. The system pool gives it back; a few tables at a time, it costs nothing.
         arrow_pool = pa.default_memory_pool()
@@ -415,7 +425,8 @@ def _write_stats(staging: str, config: BuildConfig, done: Sequence[units.UnitDon
     if config.keep_rejected:
         wanted = list(dict.fromkeys(REJECTED_COLUMNS + columns + [n for n, _ in TEXT_COLUMNS]))
         paths.append(write_rejected(os.path.join(staging, REJECTED_DIR, "rejected.parquet"),
-                                    final_batches(staging, done, outcomes, where, config.split_names, wanted), names))
+                                    final_batches(staging, done, outcomes, where, config.split_names, wanted,
+                                                  REJECTED_BATCH), names))
     return paths
 
 

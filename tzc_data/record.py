@@ -41,6 +41,15 @@ REASONS: dict[str, tuple[str, str]] = {
 }
 
 
+def controlled_by(reason: str) -> str:
+    """How a reason's drops are controlled, as words for a message: "controlled by --no-dedup", or
+    "no option keeps these (never trainable)"."""
+    option = REASONS[reason][1]
+    if option.startswith("none"):
+        return "no option keeps these" + option.removeprefix("none")
+    return f"controlled by {option}"
+
+
 @dataclass(slots=True)
 class Example:
     """One input row on its way through the pipeline.

@@ -118,10 +118,11 @@ of {manifest['packing']['seq_len']:,} tokens, fill {manifest['packing']['fill']:
 """
 
 
-def write_report(directory: str, out: str) -> str:
+def write_report(directory: str, out: str, *, overwrite: bool = False) -> str:
     """Render, then write ``out`` through a temporary name: the build is read in full before
-    anything is written, and ``out`` may not be inside a build."""
-    out = check_output_file(out)
+    anything is written, ``out`` may not be inside a build, and replaces a file only when
+    ``overwrite``."""
+    out = check_output_file(out, overwrite=overwrite)
     page = render_report(directory)
     with atomic_open(out, encoding="utf-8") as handle:
         handle.write(page)

@@ -103,11 +103,13 @@ def read_done(staging: str, index: int, start: int, stop: int) -> UnitDone | Non
     return done
 
 
-def start_plan(staging: str, identity: dict[str, Any], plan: Sequence[tuple[int, int]], *, resume: bool) -> None:
+def start_plan(staging: str, identity: dict[str, Any], plan: Sequence[tuple[int, int]], *, resume: bool,
+               stamp: Any = None) -> None:
     """Record what the units are made of (a fresh build), or check it against the interrupted
-    build's record (``resume``): other inputs or options are refused."""
+    build's record (``resume``): other inputs or options, or a source file changed since (its
+    ``stamp``, see ``Source.resume_stamp``), are refused, naming the first difference."""
     path = os.path.join(folder(staging), PLAN)
-    record = json.loads(json.dumps({"identity": identity, "units": [list(u) for u in plan]}))
+    record = json.loads(json.dumps({"identity": identity, "units": [list(u) for u in plan], "stamp": stamp}))
     if resume and os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as handle:
@@ -115,9 +117,45 @@ def start_plan(staging: str, identity: dict[str, Any], plan: Sequence[tuple[int,
         except (OSError, ValueError):
             raise OutputError(f"cannot resume: {path} is damaged; run without --resume to start over") from None
         if found != record:
-            raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options; "
-                              "run without --resume to start over")
+            raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options "
+                              f"({_difference(found, record)}); run without --resume to start over")
         return
     os.makedirs(folder(staging), exist_ok=True)
     with files.atomic_open(path, encoding="utf-8") as handle:
         json.dump(record, handle, sort_keys=True)
+
+
+def _difference(found: Any, record: dict[str, Any]) -> str:
+    """The first difference between an interrupted build's plan record and this build's, in words."""
+    if not isinstance(found, dict):
+        return "its plan.json is not a record"
+    if found.get("identity") == record["identity"] and found.get("units") == record["units"]:
+        files_now = record["identity"].get("source", {}).get("files") or []
+        for k, (before, now) in enumerate(zip(found.get("stamp") or [], record["stamp"] or [])):
+            if before != now and k < len(files_now):
+                return f"the source file {files_now[k]['path']} changed since: its size or modification time"
+        return "a source file changed since"
+    where = _first_difference(found.get("identity"), record["identity"], "")
+    if where is None:
+        return "the source's units differ"
+    key, before, now = where
+    if key.startswith("config.") and key.count(".") == 1 and "[" not in key:
+        key = "--" + key.removeprefix("config.").replace("_", "-")  # the option, as the user wrote it
+    return f"{key} was {before!r}, now {now!r}"
+
+
+def _first_difference(before: Any, now: Any, key: str) -> tuple[str, Any, Any] | None:
+    """(dotted key, old value, new value) of the first leaf where two JSON values differ, or None."""
+    if isinstance(before, dict) and isinstance(now, dict):
+        for name in sorted(set(before) | set(now)):
+            found = _first_difference(before.get(name), now.get(name), f"{key}.{name}" if key else name)
+            if found:
+                return found
+        return None
+    if isinstance(before, list) and isinstance(now, list) and len(before) == len(now):
+        for k, (a, b) in enumerate(zip(before, now)):
+            found = _first_difference(a, b, f"{key}[{k}]")
+            if found:
+                return found
+        return None
+    return None if before == now else (key, before, now)

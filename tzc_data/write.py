@@ -137,19 +137,28 @@ def write_records(path: str, batches: Iterable[pa.Table], score_names: Sequence[
 
 REJECTED_DIR = "rejected"
 REJECTED_COLUMNS = ["row", "status", "detail", "prompt", "response", "reasoning", "answer", "twin"]
+# Rows of full text held at a time: the batches read in, and the dropped rows of a row group out.
+REJECTED_BATCH = 512
 
 
 def write_rejected(path: str, batches: Iterable[pa.Table], score_names: Sequence[str]) -> str:
     """``rejected/rejected.parquet`` (``--keep-rejected``): every dropped row with its full text,
-    reason, detail and scores, for audits and ``tzc-data explain``."""
+    reason, detail and scores, for audits and ``tzc-data explain``. ``batches`` should be small
+    (:data:`REJECTED_BATCH` rows: they carry every row's text); the dropped rows are written in
+    row groups of that many, so memory is bounded by the texts of two of them."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     types = dict(RECORD_COLUMNS + TEXT_COLUMNS)
     names = REJECTED_COLUMNS + list(score_names)
     schema = pa.schema([(n, types.get(n, pa.float64())) for n in names])
-    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+
+    def dropped_rows() -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            dropped = pc.not_equal(batch.column("status"), "kept")
-            writer.write_table(batch.filter(dropped).select(names).cast(schema))
+            dropped = batch.filter(pc.not_equal(batch.column("status"), "kept"))
+            yield from dropped.select(names).cast(schema).combine_chunks().to_batches()
+
+    with atomic_path(path) as temporary, pq.ParquetWriter(temporary, schema) as writer:
+        for table in _rebatch(dropped_rows(), REJECTED_BATCH):
+            writer.write_table(table)
     return path
 
 

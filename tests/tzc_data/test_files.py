@@ -130,3 +130,27 @@ def test_a_folder_that_merely_has_the_staging_name_is_not_taken(tmp_path):
     assert (staging / "notes.txt").read_text() == "mine"
 
 
+
+
+def test_a_staging_folder_is_emptied_only_of_what_a_build_writes_there(tmp_path):
+    """A marker proves the folder ours, but not every file in it: a foreign file refuses the whole
+    clear (nothing removed), and a clear of our own files leaves the marker."""
+    staging = tmp_path / ".b.tzc-partial"
+    (staging / ".units").mkdir(parents=True)
+    (staging / files.STAGING_MARKER).write_text("{}")
+    (staging / ".units" / "u000000.tokens").write_bytes(b"x")
+    (staging / ".units" / "u1000000.json").write_bytes(b"x")
+    (staging / ".units" / ".plan.json.tzc-tmp-12").write_bytes(b"x")
+    (staging / "sub").mkdir()
+    (staging / "sub" / "x").write_text("mine")
+    with pytest.raises(OutputError, match="holds 'sub', which a build does not write"):
+        files.clear_staging(str(staging))
+    assert (staging / "sub" / "x").read_text() == "mine" and (staging / ".units" / "u000000.tokens").exists()
+    (staging / "sub" / "x").unlink()
+    (staging / "sub").rmdir()
+    (staging / ".units" / "thesis.txt").write_text("mine")
+    with pytest.raises(OutputError, match=r"holds .units/'thesis.txt'"):
+        files.remove_scratch(str(staging))
+    (staging / ".units" / "thesis.txt").unlink()
+    files.clear_staging(str(staging))
+    assert os.listdir(staging) == [files.STAGING_MARKER]

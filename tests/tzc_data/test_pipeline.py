@@ -175,6 +175,7 @@ def test_jsonl_with_malformed_lines_builds_and_accounts_for_them(tmp_path, tiny_
     (["--range", "0:10", "--tokenizer", "/nonexistent.model", "--source", "synthetic"], "does not exist"),
     (["--range", "0:10", "--system", "a <end_of_turn> b"], "--system"),
     (["--range", "-5:10"], "--range -5:10: need 0 <= START < STOP"),
+    (["--range", "0:99999999999999999999", "--source", "synthetic"], "goes past the end of the synthetic source: it holds 33,554,432 rows"),
     (["--range", "0:10", "--seq-len", "100000000"], "--seq-len 100000000: must be between 64 and 131,072"),
     (["--range", "0:10", "--loop-min-repeats", "inf"], "--loop-min-repeats inf: must be a finite number"),
     (["--range", "0:10", "--near-dup-threshold", "nan"], "--near-dup-threshold nan"),
@@ -270,13 +271,34 @@ def _markers(staging: Path) -> list[Path]:
     return sorted(p for p in (staging / ".units").glob("u*.json"))
 
 
-def test_resume_refuses_units_made_with_other_options(tmp_path, capsys):
-    staging = tmp_path / ".run.tzc-partial"
-    (staging / ".units").mkdir(parents=True)
-    (staging / ".tzc-staging.json").write_text(json.dumps({"pid": 1, "out": "run"}))  # one of ours
-    (staging / ".units" / "plan.json").write_text(json.dumps({"identity": {"config": "other"}, "units": [[0, 50]]}))
-    assert _build(tmp_path / "run", "0:50", "--resume") == 2
-    assert "run without --resume to start over" in capsys.readouterr().err
+def test_resume_refuses_units_made_with_other_options_naming_the_first(tmp_path, capsys):
+    staging = _killed_staging(tmp_path, ["--range", "0:600"], MARKER, 1)
+    assert _build(tmp_path / "run", "0:600", "--seed", "3", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "made from other inputs or options (--seed was 0, now 3); run without --resume to start over" in err
+    assert (staging / ".units" / "u000000.json").exists()  # refused, not cleared
+
+
+def test_resume_refuses_a_source_file_edited_in_place_since(tmp_path, capsys):
+    """One response byte changed in place: the Parquet footer (what the manifest fingerprints) is
+    the same, its size too; the file's modification time is not, and the resume is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [generate(0, r) for r in range(400)]
+    src = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"prompt": [r.prompt for r in rows], "response": [r.response for r in rows]}), src,
+                   row_group_size=100, compression="none", use_dictionary=False, write_statistics=False)
+    staging = _killed_staging(tmp_path, ["--source", str(src), "--range", "0:400", "--min-kept-ratio", "0"], MARKER, 1)
+    data = bytearray(src.read_bytes())
+    at = data.index(b"</think>")
+    data[at - 1] = ord("x") if data[at - 1] != ord("x") else ord("y")
+    with open(src, "r+b") as handle:
+        handle.write(bytes(data))
+    assert _build(tmp_path / "run", "0:400", "--source", str(src), "--min-kept-ratio", "0", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "(the source file rows.parquet changed since: its size or modification time)" in err, err
+    assert err.count("\n") == 1 and staging.exists()
 
 
 def test_exclude_also_drops_near_duplicates_of_the_excluded_build(tmp_path):
@@ -338,6 +360,25 @@ def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_
         time.sleep(0.1)
     assert not workers_alive()
     assert main(["build", "--out", str(out), *args, "--resume", "--workers", "2"]) == 0
+    assert _files(out) == _files(reference)
+
+    # Ctrl-C reaches the whole process group: one line from the build, none from its workers.
+    out, staging = tmp_path / "ctrl-c", tmp_path / ".ctrl-c.tzc-partial"
+    process = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args,
+                                "--workers", "2"], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while process.poll() is None and not _markers(staging) and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "the build ended before it could be interrupted"
+    os.killpg(process.pid, signal.SIGINT)
+    err = process.communicate(timeout=30)[1]
+    assert process.returncode == 130 and err == ("tzc-data: interrupted; the same command with --resume keeps the "
+                                                 "units it finished\n"), err
+    deadline = time.time() + 10
+    while workers_alive() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not workers_alive()
+    assert main(["build", "--out", str(out), *args, "--resume"]) == 0
     assert _files(out) == _files(reference)
 
 
@@ -474,6 +515,23 @@ def test_an_empty_out_is_refused_and_touches_nothing(tmp_path, monkeypatch, caps
     assert os.listdir(tmp_path) == ["notes.txt"]
 
 
+def test_out_inside_a_build_or_inside_the_source_folder_is_refused(synthetic_build, tmp_path, capsys):
+    """A build's folders hold only its files (a stray one makes it no longer provably a build), and a
+    build inside a folder source would be read as input by the next build of that folder."""
+    for inside in (synthetic_build / "stats" / "sub", synthetic_build / "new"):
+        assert _build(inside, "0:20") == 2
+        assert f"is inside the tzc build {synthetic_build}" in capsys.readouterr().err
+        assert not inside.exists()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "rows.jsonl").write_text(json.dumps({"prompt": "p", "response": "<think>r</think>a"}) + "\n")
+    for spec in (str(src), str(src / "**" / "*.jsonl")):
+        assert main(["build", "--source", spec, "--range", "0:1", "--out", str(src / "out"), "--tokenizer",
+                     str(gemma2_tokenizer_path()), "--no-progress", "--min-kept-ratio", "0"]) == 2
+        assert f"is inside the source folder {src}" in capsys.readouterr().err
+    assert os.listdir(src) == ["rows.jsonl"]
+
+
 def test_overwrite_never_empties_a_folder_that_is_not_a_build(tmp_path, capsys):
     home = tmp_path / "home"
     for name in ("thesis.txt", "photos/cat.jpg", ".ssh/id_ed25519"):
@@ -506,6 +564,17 @@ def test_report_and_export_never_write_over_a_build(synthetic_build, capsys):
     assert main(["export", str(synthetic_build), "-o", str(synthetic_build / shard)]) == 2
     assert capsys.readouterr().err.count("is inside the tzc build") == 2
     assert _files(synthetic_build) == before
+
+
+def test_report_and_export_replace_an_existing_file_only_with_overwrite(synthetic_build, tmp_path, capsys):
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("mine")
+    for command in (["report", str(synthetic_build)], ["export", str(synthetic_build), "--format", "parquet"]):
+        assert main([*command, "-o", str(thesis)]) == 2
+        assert capsys.readouterr().err == f"tzc-data: error: -o {thesis} exists; pass --overwrite to replace it\n"
+        assert thesis.read_text() == "mine"
+    assert main(["report", str(synthetic_build), "-o", str(thesis), "--overwrite"]) == 0
+    assert thesis.read_text().startswith("<!doctype html>")
 
 
 def test_a_second_build_into_the_same_out_is_refused_naming_the_first(tmp_path, capsys):
@@ -708,7 +777,7 @@ def test_a_file_put_into_a_finished_staging_folder_is_not_published(tmp_path, ca
     staging = _killed_staging(tmp_path, ["--range", "0:100"], "os.remove .run.tzc-partial/.tzc-staging.json")
     (staging / "notes.txt").write_text("mine")
     assert _build(tmp_path / "run", "0:100", "--resume") == 2
-    assert "is not publishable: it holds 'notes.txt'" in capsys.readouterr().err
+    assert ".run.tzc-partial holds 'notes.txt', which a build does not write; move it away" in capsys.readouterr().err
     assert not (tmp_path / "run").exists() and (staging / "notes.txt").read_text() == "mine"
     (staging / "notes.txt").unlink()
     assert _build(tmp_path / "run", "0:100", "--resume") == 0

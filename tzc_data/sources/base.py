@@ -77,6 +77,17 @@ class Source(abc.ABC):
         any row is read (the build calls it first; a range past the end would otherwise fail only
         after streaming every row there is)."""
 
+    def folders(self) -> tuple[str, ...]:
+        """The local folders (real paths) every file under which this source reads: no build may
+        be written there. None by default."""
+        return ()
+
+    def resume_stamp(self) -> Any:
+        """What a resumed build checks besides :meth:`describe`: facts of the input that a copy
+        need not share, so they stay out of the manifest (a local file's size and mtime). None
+        by default."""
+        return None
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """What the manifest records to make the build reproducible (no timestamps)."""

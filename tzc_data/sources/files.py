@@ -70,6 +70,14 @@ class FileSetSource(Source):
     opener: Callable[[str], Any] | None = None
     layout: tuple[FileLayout, ...] | None = None
     format: Format = parse_format(GLAIVE)
+    read_folders: tuple[str, ...] = ()  # local folders whose every file is read (a folder, a ** glob)
+    stamp: tuple[tuple[int, int], ...] = ()  # each local file's (size, mtime_ns), for a resume
+
+    def folders(self) -> tuple[str, ...]:
+        return self.read_folders
+
+    def resume_stamp(self) -> Any:
+        return [list(entry) for entry in self.stamp] or None
 
     @property
     def file_rows(self) -> tuple[int, ...] | None:
@@ -241,7 +249,28 @@ def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSON
         layouts.append(layout)
     return FileSetSource(fs=fsspec.filesystem("file"), paths=tuple(os.path.abspath(p) for p in paths),
                          description={"kind": "local", "spec": spec, "files": files}, layout=tuple(layouts),
-                         format=fmt)
+                         format=fmt, read_folders=_folders_read(spec), stamp=tuple(_stamp(p) for p in paths))
+
+
+def _folders_read(spec: str) -> tuple[str, ...]:
+    """The folder a directory source reads whole, or the fixed part of a recursive glob."""
+    if os.path.isdir(spec):
+        return (os.path.realpath(spec),)
+    if "**" in spec:
+        fixed = []
+        for part in spec.split(os.sep):
+            if glob.has_magic(part):
+                break
+            fixed.append(part)
+        return (os.path.realpath(os.sep.join(fixed) or "."),)
+    return ()
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    """A file's size and modification time: an edit in place since the build started changes them,
+    even one that keeps a Parquet footer's bytes."""
+    info = os.stat(path)
+    return info.st_size, info.st_mtime_ns
 
 
 def survey(path: str, *, fmt: Format = parse_format(GLAIVE),

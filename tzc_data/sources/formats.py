@@ -159,6 +159,8 @@ def _in(where: str, example: Example) -> Example:
 
 
 def _is_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):  # pandas' categoricals, or a writer that kept Arrow's dictionary type
+        return _is_text(kind.value_type)
     return (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
             or pa.types.is_large_binary(kind) or pa.types.is_null(kind) or str(kind) in ("string_view", "binary_view"))
 

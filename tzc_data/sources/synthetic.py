@@ -20,6 +20,7 @@ from tzc_data.sources.formats import GLAIVE
 from tzc_data.synthetic import generate
 
 UNIT_ROWS = 256
+ROWS = 1 << 25  # 33,554,432: more than GlaiveAI's 22.2M rows; a plan of them is 131,072 units
 GENERATOR = "tzc_data.synthetic v1"
 
 
@@ -30,7 +31,7 @@ class SyntheticSource(Source):
     seed: int = 0
 
     def plan(self, start: int, stop: int) -> list[Unit]:
-        check_start(start, stop)
+        self.check_range(start, stop)
         return whole_units(start, stop, UNIT_ROWS, where=_where, locator=lambda lo, hi: ())
 
     def read_unit(self, unit: Unit) -> Iterator[Example]:
@@ -39,8 +40,12 @@ class SyntheticSource(Source):
             yield validate(i, {"prompt": row.prompt, "response": row.response})
 
     def check_range(self, start: int, stop: int) -> None:
-        """Every row index exists: row ``i`` is generated from ``(seed, i)``."""
+        """Row ``i`` is generated from ``(seed, i)``, for every ``i`` below :data:`ROWS` (a bound, so
+        that a mistyped range is an error, not a plan that fills the memory)."""
         check_start(start, stop)
+        if stop > ROWS:
+            raise SourceError(f"range {start:,}:{stop:,} goes past the end of the synthetic source: it holds "
+                              f"{ROWS:,} rows (more than GlaiveAI's 22.2M)")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "synthetic", "seed": self.seed, "generator": GENERATOR}

@@ -64,6 +64,21 @@ def test_parquet_with_a_missing_column_or_wrong_type_is_refused_naming_the_colum
     assert got[1].detail == "b.parquet row group 0: field 'prompt' is null"
 
 
+def test_dictionary_encoded_text_columns_read_as_their_text(tmp_path):
+    """pandas' categoricals and writers that keep Arrow's dictionary type store text as dictionary<string>."""
+    prompts = pa.array(["p1", "p2", "p1"]).dictionary_encode()
+    responses = pa.array(["<think>r</think>a", "<think>s</think>b", "<think>r</think>a"]).dictionary_encode()
+    pq.write_table(pa.table({"prompt": prompts, "response": responses}), tmp_path / "d.parquet")
+    assert str(pq.ParquetFile(tmp_path / "d.parquet").schema_arrow.field("prompt").type).startswith("dictionary")
+    got = list(read(local_source(str(tmp_path)), 0, 3))
+    assert [(e.status, e.prompt, e.response) for e in got] == [
+        ("kept", "p1", "<think>r</think>a"), ("kept", "p2", "<think>s</think>b"), ("kept", "p1", "<think>r</think>a")]
+    pq.write_table(pa.table({"prompt": prompts, "response": pa.array([1, 2, 1]).dictionary_encode()}),
+                   tmp_path / "d.parquet")
+    with pytest.raises(SourceError, match=r"column 'response' is int64, not text"):  # Parquet keeps no int dictionary type
+        local_source(str(tmp_path))
+
+
 def test_parquet_with_two_columns_of_one_name_is_malformed_per_row_naming_the_file(tmp_path):
     table = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["c", "d"]), pa.array(["r", "s"])],
                                  names=["prompt", "prompt", "response"])
