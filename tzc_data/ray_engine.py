@@ -208,8 +208,9 @@ def _connect(ray: Any, address: str | None) -> bool:
     _check_reachable(address)
     if ray.is_initialized():
         return False
+    # Errors only: Ray's Python side otherwise warns, on every start, that token authentication is on.
     try:
-        info = ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+        info = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
                         configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as err:
         where = f"--ray-address {address}" if address else "a local Ray instance"
