@@ -100,7 +100,7 @@ class FileSetSource(Source):
         with self._open(path) as handle:
             if path.endswith(".parquet"):
                 footer = parquet.parquet_file(handle, path)
-                parquet.readable_columns(footer, os.path.basename(path), self.format)
+                parquet.readable_columns(footer, self.name_of(k), self.format)
                 groups = parquet.group_rows(footer)
                 return FileLayout(rows=sum(groups), groups=groups)
             rows, _, blocks = jsonl.scan(handle, path, JSONL_UNIT_ROWS)
@@ -143,7 +143,7 @@ class FileSetSource(Source):
 
     def _parquet_units(self, k: int, layout: FileLayout, first_row: int, start: int, stop: int,
                        index: int) -> list[Unit]:
-        name = os.path.basename(self.paths[k])
+        name = self.name_of(k)
         begin, begins = first_row, []
         for rows in layout.groups:
             begins.append(begin)
@@ -166,7 +166,7 @@ class FileSetSource(Source):
             for block in range(lo // size, (hi - 1) // size + 1):
                 offset, line_number = layout.blocks[block]
                 pieces.append((max(lo, block * size), min(hi, (block + 1) * size), offset, line_number, block * size))
-        name = os.path.basename(path)
+        name = self.name_of(k)
         return [Unit(index=index + n, start=first_row + a, stop=first_row + b,
                      where=f"{name} row {a:,}" if b - a == 1 else f"{name} rows {a:,}..{b - 1:,}",
                      locator=jsonl.locator(k, offset, line_number, at, a - at))
@@ -176,7 +176,15 @@ class FileSetSource(Source):
         path = self.paths[unit.locator[0]]
         with self._open(path) as handle:
             reader = parquet.read_group if path.endswith(".parquet") else jsonl.read_block
-            yield from reader(handle, path, unit, self.format)
+            yield from reader(handle, path, unit, self.format, self.name_of(unit.locator[0]))
+
+    def name_of(self, k: int) -> str:
+        """File ``k`` as details and unit names say it: its path in the source (as the manifest
+        records it), so that two folders' ``rows.jsonl`` are told apart."""
+        listed = self.description.get("files") or []
+        entry = listed[k] if k < len(listed) else None
+        name = entry.get("path") if isinstance(entry, dict) else entry
+        return name if isinstance(name, str) and name else os.path.basename(self.paths[k])
 
     @classmethod
     def identity(cls, description: dict[str, Any]) -> tuple:
@@ -236,7 +244,7 @@ def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSON
     paths = sorted(p for p in paths if p.endswith(SUFFIXES))
     if not paths:
         raise SourceError(f"source {spec!r} holds no .parquet, .jsonl or .jsonl.gz files")
-    root = spec if os.path.isdir(spec) else os.path.dirname(spec) or "."
+    root = spec if os.path.isdir(spec) else _fixed_part(spec) if glob.has_magic(spec) else os.path.dirname(spec) or "."
     sizes = [_regular_file_size(p) for p in paths]
     jsonl_bytes = sum(size for p, size in zip(paths, sizes) if not p.endswith(".parquet"))
     if jsonl_bytes >= _SCAN_NOTICE_BYTES:
@@ -257,13 +265,19 @@ def _folders_read(spec: str) -> tuple[str, ...]:
     if os.path.isdir(spec):
         return (os.path.realpath(spec),)
     if "**" in spec:
-        fixed = []
-        for part in spec.split(os.sep):
-            if glob.has_magic(part):
-                break
-            fixed.append(part)
-        return (os.path.realpath(os.sep.join(fixed) or "."),)
+        return (os.path.realpath(_fixed_part(spec)),)
     return ()
+
+
+def _fixed_part(pattern: str) -> str:
+    """The folder a glob starts from: its path up to the first part with a wildcard
+    (``data/**/*.jsonl`` -> ``data``); the manifest records the files' paths from there."""
+    fixed = []
+    for part in pattern.split(os.sep):
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or ("/" if pattern.startswith(os.sep) else ".")
 
 
 def _stamp(path: str) -> tuple[int, int]:

@@ -104,8 +104,10 @@ def locator(file: int, offset: int, line_number: int, file_row: int, skip: int) 
     return (file, offset, line_number, file_row, skip)
 
 
-def read_block(raw: Any, path: str, unit: Unit, fmt: Format) -> Iterator[Example]:
-    """The rows of one JSONL unit from an open binary file, as ``fmt`` reads them (see the module docstring)."""
+def read_block(raw: Any, path: str, unit: Unit, fmt: Format, name: str | None = None) -> Iterator[Example]:
+    """The rows of one JSONL unit from an open binary file, as ``fmt`` reads them (see the module
+    docstring); a row's detail names the file as ``name`` (its path in the source; by default its
+    base name)."""
     _, offset, line_number, file_row, skip = unit.locator
     row = unit.start - skip  # the global index of the row at ``offset``
     first_row = row - file_row  # ... and of the file's first row
@@ -121,7 +123,7 @@ def read_block(raw: Any, path: str, unit: Unit, fmt: Format) -> Iterator[Example
             if not line.strip():
                 continue  # blank lines are not rows (a trailing newline is not a row either)
             if row >= unit.start:
-                yield decode_line(row, line, path, number, fmt)
+                yield decode_line(row, line, name or os.path.basename(path), number, fmt)
             row += 1
             if row >= unit.stop:
                 return
@@ -131,8 +133,8 @@ def read_block(raw: Any, path: str, unit: Unit, fmt: Format) -> Iterator[Example
                       f"at least {unit.stop - first_row:,} when the source was opened")
 
 
-def decode_line(row: int, line: bytes, path: str, line_number: int, fmt: Format) -> Example:
-    where = f"{os.path.basename(path)} line {line_number}"
+def decode_line(row: int, line: bytes, name: str, line_number: int, fmt: Format) -> Example:
+    where = f"{name} line {line_number}"
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as err:

@@ -73,10 +73,12 @@ def locator(file: int, group: int, skip: int, rows_in_group: int, rows_in_file: 
     return (file, group, skip, rows_in_group, rows_in_file)
 
 
-def read_group(handle: Any, path: str, unit: Unit, fmt: Format) -> Iterator[Example]:
-    """The rows of one row group unit from an open file, as ``fmt`` reads them (see the module docstring)."""
+def read_group(handle: Any, path: str, unit: Unit, fmt: Format, name: str | None = None) -> Iterator[Example]:
+    """The rows of one row group unit from an open file, as ``fmt`` reads them (see the module
+    docstring); a row's detail names the file as ``name`` (its path in the source; by default its
+    base name)."""
     _, group, skip, rows_in_group, rows_in_file = unit.locator
-    name = os.path.basename(path)
+    name = name or os.path.basename(path)
     parquet = parquet_file(handle, path)
     meta = parquet.metadata
     if meta.num_rows != rows_in_file or group >= meta.num_row_groups or meta.row_group(group).num_rows != rows_in_group:

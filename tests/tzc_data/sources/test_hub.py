@@ -57,9 +57,9 @@ def test_a_plan_reads_footers_only_and_its_units_are_row_groups_clipped(hub_tree
     per_file = GROUPS * GROUP_ROWS
     units = source.plan(GROUP_ROWS * 3 + 10, per_file + GROUP_ROWS + 1)
     assert [(u.index, u.start, u.stop, u.where) for u in units] == [
-        (0, 190, 240, "train-00000-of-00003.parquet row group 3"),
-        (1, 240, 300, "train-00001-of-00003.parquet row group 0"),
-        (2, 300, 301, "train-00001-of-00003.parquet row group 1"),
+        (0, 190, 240, "data/train-00000-of-00003.parquet row group 3"),  # their paths in the repository
+        (1, 240, 300, "data/train-00001-of-00003.parquet row group 0"),
+        (2, 300, 301, "data/train-00001-of-00003.parquet row group 1"),
     ]
     for name, lo, hi in log:  # each file's last 64 KiB (the footer, read speculatively), no row group
         assert lo >= os.path.getsize(name) - 64 * 1024 or hi == lo

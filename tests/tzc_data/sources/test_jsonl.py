@@ -166,3 +166,15 @@ def test_gzip_units_read_the_same_rows_as_one_pass(blocks):
     source = local_source(str(folder / "b.jsonl.gz"), jsonl_unit_rows=2)
     assert len(source.plan(0, 9)) == 1
     assert as_tuples(read(source, 3, 7)) == as_tuples(read(source, 0, 9))[3:7]
+
+
+def test_details_name_a_file_by_its_path_in_the_source(tmp_path):
+    """Two folders' rows.jsonl are told apart; a glob's files are named from its fixed part."""
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "rows.jsonl").write_text('{"prompt": "p", "response": "<think>r</think>x"}\nnot json\n')
+    for spec in (str(tmp_path), str(tmp_path / "**" / "*.jsonl")):
+        source = local_source(spec)
+        assert [f["path"] for f in source.describe()["files"]] == ["a/rows.jsonl", "b/rows.jsonl"]
+        details = [e.detail for e in read(source, 0, 4) if e.status == "malformed"]
+        assert [d.split(":")[0] for d in details] == ["a/rows.jsonl line 2", "b/rows.jsonl line 2"]
