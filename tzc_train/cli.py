@@ -141,12 +141,12 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--hours", type=float, default=9.0, help="the time budget (a Kaggle TPU session: 9 h)")
     parser.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation for the projection")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the train split (a fraction is fine)")
     parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")
     parser.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    parser.add_argument("--lora-rank", type=int, default=64)
-    parser.add_argument("--lora-alpha", type=float, default=64.0)
+    parser.add_argument("--lora-rank", type=int, default=64, help="rank of each LoRA adapter")
+    parser.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA scale: the update is x A B alpha/rank")
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: chips/tp x tp, tp = gcd(chips, 4))")
     parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block")
@@ -206,17 +206,18 @@ def train_parser() -> argparse.ArgumentParser:
                         help="continue the run in --out at its last checkpoint (its options must be the run's)")
     parser.add_argument("--time-limit", help="save and stop before this much time from the start, e.g. 8h40m "
                                              "(compilation included); --resume continues")
-    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--epochs", type=float, default=1.0, help="passes over the train split (a fraction is fine)")
     parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="packed rows per micro-batch, all hosts together (a multiple of the mesh's fsdp axis)")
     parser.add_argument("--grad-accum", type=int, default=1,
                         help="micro-batches per optimizer step; the loss is the token mean over all of them")
-    parser.add_argument("--lr", type=float, default=2e-5)
-    parser.add_argument("--warmup-steps", type=int, default=10)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
-    parser.add_argument("--lora-rank", type=int, default=64)
-    parser.add_argument("--lora-alpha", type=float, default=64.0)
+    parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW), after linear warmup, "
+                                                                "then cosine decay to 0")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="optimizer steps of linear warmup from 0")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of the adapters")
+    parser.add_argument("--lora-rank", type=int, default=64, help="rank of each LoRA adapter")
+    parser.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA scale: the update is x A B alpha/rank")
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: devices/tp x tp, tp = gcd(devices, 4))")
     parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block",
@@ -224,12 +225,13 @@ def train_parser() -> argparse.ArgumentParser:
                              "pass; block needed the least memory in `tzc-train plan` (README)")
     parser.add_argument("--attention", choices=["auto", "plain", "splash"], default="auto",
                         help="auto: splash attention (Pallas) on TPU, the plain reference elsewhere")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the data order and the adapters' initialisation")
     parser.add_argument("--eval-every", type=int,
                         help="steps between evals (default: about 20 a run, at least 50 steps apart)")
     parser.add_argument("--eval-rows", type=int, default=256,
                         help="packed rows of the eval split each eval uses: a fixed subset (0: no eval)")
-    parser.add_argument("--save-every", type=int, default=50)
+    parser.add_argument("--save-every", type=int, default=50, help="optimizer steps between checkpoints (a run "
+                                                                    "also saves when it ends or stops for --time-limit)")
     return parser
 
 

@@ -134,7 +134,7 @@ def _decode(request: DecodeRequest, prompts: list[Prompt]) -> tuple[list[Sample]
     manifest = tzc_data.read_manifest(request.data)
     tokenizer = build_tokenizer(manifest, request.tokenizer)
     config = decoding_config(request)
-    budget = request.max_new_tokens or default_budget(request.data, manifest)
+    budget = default_budget(request.data, manifest) if request.max_new_tokens is None else request.max_new_tokens
     mesh = make_mesh(parse_mesh(request.mesh))
     started = time.perf_counter()
     with mesh:

@@ -83,8 +83,9 @@ class PlanConfig:
             raise PlanError("--batch-size, --grad-accum and --lora-rank must be >= 1")
         if not 0 < self.mfu <= 1:
             raise PlanError(f"--mfu {self.mfu}: a fraction in (0, 1]")
-        if self.hours <= 0 or (self.steps is None and self.epochs <= 0):
-            raise PlanError("--hours and --epochs must be > 0")
+        if not (self.hours > 0 and math.isfinite(self.hours)) or (
+                self.steps is None and not (self.epochs > 0 and math.isfinite(self.epochs))):
+            raise PlanError(f"--hours {self.hours} and --epochs {self.epochs}: must be finite numbers > 0")
         if self.topology.split(":")[0] not in CHIPS:
             raise PlanError(f"--topology {self.topology!r}: one of {', '.join(CHIPS)} then :AxB, e.g. v5e:2x4")
 
@@ -348,7 +349,7 @@ def plan(config: PlanConfig) -> Plan:
             detail = next((line.strip() for line in text.splitlines() if "RESOURCE_EXHAUSTED" in line), text)
             raise DoesNotFit(f"does not fit: batch {config.batch_size} x {seq_len} tokens on {config.topology} "
                             f"needs more than the {hbm / 2**30:.2f} GiB a chip has ({detail[:300]}); "
-                            "lower --batch-size (raise --grad-accum) or use --remat block") from None
+                            f"lower --batch-size (raise --grad-accum){_remat_advice(config.remat)}") from None
 
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
@@ -370,6 +371,12 @@ def plan(config: PlanConfig) -> Plan:
         raise DoesNotFit(f"does not fit: {peak_bytes / 2**30:.2f} GiB a chip needed, {hbm / 2**30:.2f} GiB available "
                         f"({config.topology}, batch {config.batch_size} x {seq_len})")
     return result
+
+
+def _remat_advice(remat: str) -> str:
+    """What else to try, for a plan that does not fit: ``block`` needs the least memory of the three
+    (README, "Training at the entry's scale"), so only the others are told to use it."""
+    return "" if remat == "block" else " or use --remat block"
 
 
 __all__ = ["CHIPS", "DoesNotFit", "Plan", "PlanConfig", "PlanError", "model_flops", "plan", "topology_mesh"]

@@ -130,22 +130,25 @@ def perplexity(loss: float | None) -> float | None:
     return None if loss is None else float(math.exp(min(loss, 700.0)))
 
 
-def write_summary(out: str, session: dict[str, Any], *, steps: int, max_steps: int, tokens: int,
+def write_summary(out: str, new: list[dict[str, Any]], *, steps: int, max_steps: int, tokens: int,
                   train_loss: float | None, eval_loss: float | None, eval_step: int | None) -> dict[str, Any]:
-    """Rewrite ``out/summary.json`` with this session appended; returns what it wrote.
+    """Rewrite ``out/summary.json`` with the ``new`` sessions appended (this one, after any interrupted
+    one it found: such an entry's ``wall_seconds`` is unknown, None, and not in the total);
+    returns what it wrote.
 
     ``train_loss`` / ``eval_loss`` of None (a session that trained no step or ran no eval) keep
     the earlier session's values. Written to a temporary name and renamed into place.
     """
     previous = read_summary(out) or {}
-    sessions = previous.get("sessions", []) + [session]
+    sessions = previous.get("sessions", []) + list(new)
+    session = sessions[-1]
     if train_loss is None:
         train_loss = previous.get("train_loss")
     if eval_loss is None:
         eval_loss, eval_step = previous.get("eval_loss"), previous.get("eval_step")
     summary = {
         "status": session["stopped"], "steps": steps, "max_steps": max_steps, "tokens": tokens,
-        "wall_seconds": round(sum(s["wall_seconds"] for s in sessions), 1),
+        "wall_seconds": round(sum(s["wall_seconds"] or 0 for s in sessions), 1),
         "train_loss": train_loss, "train_perplexity": perplexity(train_loss),
         "eval_loss": eval_loss, "eval_perplexity": perplexity(eval_loss), "eval_step": eval_step,
         "sessions": sessions,

@@ -42,7 +42,7 @@ from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 import tzc_data
 from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
 from tzc_train.model import REMAT, default_attention, packed_inputs, packed_loss, prepare, tiny_config, tiny_model
-from tzc_train.session import Deadline, Feed, write_summary
+from tzc_train.session import Deadline, Feed, read_summary, write_summary
 from tzc_train.trainer import Trainer
 
 LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
@@ -100,6 +100,10 @@ class TrainConfig:
             raise ValueError(f"--model {self.model!r}: choose tiny or gemma2-2b")
         if self.model == "gemma2-2b" and not self.weights:
             raise ValueError("--model gemma2-2b needs --weights (HF safetensors dir or Kaggle Flax checkpoint)")
+        for name in ("epochs", "lr", "weight_decay", "lora_alpha"):  # NaN passes every comparison
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"--{name.replace('_', '-')} {value}: must be a finite number")
         if self.batch_size < 1 or self.grad_accum < 1 or self.lora_rank < 1 or self.lr <= 0:
             raise ValueError("--batch-size, --grad-accum and --lora-rank must be >= 1 and --lr > 0")
         if self.steps is None and self.epochs <= 0:
@@ -108,7 +112,7 @@ class TrainConfig:
             raise ValueError(f"--steps {self.steps}: must be >= 1")
         if (self.eval_every is not None and self.eval_every < 1) or self.save_every < 1 or self.eval_rows < 0:
             raise ValueError("--eval-every and --save-every must be >= 1, --eval-rows >= 0")
-        if self.time_limit is not None and not self.time_limit > 0:
+        if self.time_limit is not None and not (self.time_limit > 0 and math.isfinite(self.time_limit)):
             raise ValueError(f"--time-limit {self.time_limit}: must be a positive number of seconds")
 
     @property
@@ -266,6 +270,20 @@ def read_run_config(run: str) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+def check_out(config: TrainConfig) -> None:
+    """``--out`` is absent, empty, or a run (``tzc_run.json``): a run continues only with
+    ``--resume``, and a folder holding anything else is never written into, resume or not."""
+    if os.path.lexists(config.out) and not os.path.isdir(config.out):
+        raise ValueError(f"--out {config.out} exists and is not a directory")
+    if not os.path.isdir(config.out) or not os.listdir(config.out):
+        return
+    if not os.path.isfile(os.path.join(config.out, RUN_CONFIG)):
+        raise ValueError(f"--out {config.out} is not empty and holds no tzc-train run (no {RUN_CONFIG}); "
+                         "choose another --out")
+    if not config.resume:
+        raise ValueError(f"--out {config.out} already holds a run: pass --resume to continue it")
+
+
 def check_resume(config: TrainConfig) -> None:
     """Refuse a ``--resume`` whose options differ from the run's where that changes the data
     position or the optimisation, naming each difference."""
@@ -421,8 +439,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
     started = time.monotonic() if started is None else started
     manifest = tzc_data.read_manifest(config.builds[0])  # a mixture's builds share seq_len and tokenizer
     seq_len, vocab_size = manifest["config"]["seq_len"], manifest["tokenizer"]["vocab_size"]
-    if os.path.isdir(config.out) and os.listdir(config.out) and not config.resume:
-        raise ValueError(f"--out {config.out} already holds a run: pass --resume to continue it")
+    check_out(config)
     if config.resume:
         check_resume(config)
     rows = check_build(config.builds[0], manifest)
@@ -490,8 +507,16 @@ def record_session(config: TrainConfig, steps: int, done: int, feed: Feed, conso
     totals = {"steps": done, "max_steps": steps, "tokens": total_tokens(feed.tokens(done)),
               "train_loss": console.losses[-1] if console.losses else None, "eval_loss": last_eval[1],
               "eval_step": last_eval[0]}
-    summary = write_summary(config.out, session, **totals) if jax.process_index() == 0 else totals
-    return {**summary, "session": session}
+    if jax.process_index() != 0:
+        return {**totals, "session": session}
+    sessions = [session]
+    recorded = ((read_summary(config.out) or {}).get("sessions") or [{"last_step": 0}])[-1]["last_step"]
+    if console.restored > recorded:  # a session killed or crashed after a checkpoint wrote no entry: its saved steps
+        sessions.insert(0, {"stopped": "interrupted", "first_step": recorded + 1, "last_step": console.restored,
+                            "steps": console.restored - recorded,
+                            "tokens": total_tokens(feed.tokens(console.restored) - feed.tokens(recorded)),
+                            "wall_seconds": None, "mesh": None})
+    return {**write_summary(config.out, sessions, **totals), "session": session}
 
 
 def total_tokens(local: int) -> int:
