@@ -8,6 +8,21 @@ import os
 # 8 fake CPU devices for the trainer's mesh tests; must be set before anything imports JAX.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A persistent compilation cache for this session (and the CLI subprocesses it starts, which inherit
+# the environment): XLA:CPU reloads a program it compiled before instead of compiling it again. The
+# tests build many trainers, samplers and CLI runs of the same tiny model, and each compiles the
+# same step programs afresh (jit's in-memory cache is per function object and per process). A cache
+# entry is keyed on the program, its compile options and the devices, so a hit is the same
+# executable and cannot change a result. A fresh directory each session, removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _jax_cache = tempfile.mkdtemp(prefix="tzc-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import io
 import json

@@ -3,6 +3,7 @@
 import json
 import re
 
+import jax
 import pytest
 from tzc_data.cli import main as tzc_data_main
 from tzc_train.cli import main
@@ -10,6 +11,16 @@ from tzc_train.plan import PlanConfig, PlanError, model_flops, plan
 
 # The README's training command for a v5e-8 (its "Training at the entry's scale" part).
 README_SETTINGS = ["--batch-size", "8", "--grad-accum", "4", "--remat", "block"]
+
+
+@pytest.fixture(autouse=True)
+def _tpu_programs_stay_out_of_the_compilation_cache():
+    """Each TPU program here compiles once a session: writing it to the session's compilation cache
+    (tests/conftest.py; 48 MB for the 2B step) would only cost time."""
+    previous = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1e9)
+    yield
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", previous)
 
 
 @pytest.fixture(scope="module")
