@@ -119,23 +119,30 @@ def test_loss_by_slices_equals_the_loss_on_the_whole_logits():
     # on 2 cores ("Termination timeout ... only 3 of them arrived"), and the loss needs no mesh.
     one = jax.make_mesh((1, 1), ("fsdp", "tp"), devices=jax.devices()[:1],
                         axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    with one:
-        model = prepare(tiny_model(1024, one), remat="none", attention="plain")
+
+    @nnx.jit  # compiled, as training runs it (eager op-by-op calls are slow)
+    def full_logits_loss(model, inputs):
         logits, _ = model(inputs["input_tokens"], inputs["positions"], None, inputs["segment_ids"])
         full = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32),
                                                                inputs["input_tokens"][:, 1:])
         weights = inputs["target_mask"].astype(jnp.float32)
-        expected = jnp.sum(full * weights) / jnp.sum(weights)
-        assert abs(float(packed_loss(model, **inputs)) - float(expected)) < 1e-5
+        return jnp.sum(full * weights) / jnp.sum(weights)
+
+    with one:
+        model = prepare(tiny_model(1024, one), remat="none", attention="plain")
+        expected = full_logits_loss(model, inputs)
+        assert abs(float(nnx.jit(packed_loss)(model, **inputs)) - float(expected)) < 1e-5
 
     rng = np.random.default_rng(3)
     hidden, embedding = jnp.asarray(rng.normal(size=(2, 30, 16)), jnp.float32), jnp.asarray(rng.normal(size=(50, 16)))
     labels, mask = jnp.asarray(rng.integers(0, 50, (2, 30))), jnp.asarray(rng.random((2, 30)) < 0.6, jnp.float32)
 
+    @jax.jit
     def whole(h, e):
         z = jnp.tanh((h @ e.T) / 30.0) * 30.0
         return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(z, labels) * mask) / jnp.sum(mask)
 
+    @jax.jit
     def sliced(h, e):  # 30 positions in slices of 7: the last one padded
         return chunked_cross_entropy(h, e, labels, mask, softcap=30.0, chunk=7)
 
@@ -203,9 +210,11 @@ def test_a_bfloat16_base_computes_in_bfloat16_with_float32_master_adapters():
                         remat="block", attention="plain")
         assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam))} == {jnp.dtype(jnp.float32)}
         args = (inputs["input_tokens"], inputs["positions"], None, inputs["segment_ids"])
-        assert model(*args)[0].dtype == jnp.float32  # uncast: promoted
-        assert compute_view(model)(*args)[0].dtype == jnp.bfloat16
-        grads = nnx.grad(packed_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(model, **inputs)
+        # Dtypes are the trace's: evaluated abstractly (eager op-by-op calls took half a minute)
+        assert nnx.eval_shape(lambda m: m(*args)[0], model).dtype == jnp.float32  # uncast: promoted
+        assert nnx.eval_shape(lambda m: compute_view(m)(*args)[0], model).dtype == jnp.bfloat16
+        grads = nnx.eval_shape(lambda m: nnx.grad(packed_loss, argnums=nnx.DiffState(0, nnx.LoRAParam))(m, **inputs),
+                               model)
         assert {x.dtype for x in jax.tree.leaves(grads)} == {jnp.dtype(jnp.float32)}
         jaxpr = jax.make_jaxpr(lambda m: packed_loss(m, **inputs))(model).jaxpr
     model_dots = [e for e in _dots(jaxpr) if e.outvars[0].aval.shape[-1] != 1024]

@@ -1,7 +1,9 @@
 """The trainer end to end on a tiny random Gemma 2 over 8 fake CPU devices, on a real small build."""
 
+import contextlib
 import dataclasses
 import functools
+import io
 import json
 import re
 import subprocess
@@ -10,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from flax import nnx
 
 import tzc_data
 from tzc_data.cli import main as tzc_data_main
@@ -289,17 +292,19 @@ def other_build(tmp_path_factory, tiny_model_path):
 
 
 def test_cli_trains_on_a_mixture_of_builds(short_build, other_build, tmp_path, capsys):
-    """--data A --data B --data-weights 0.7,0.3 trains (in-process, 2 steps of the tiny model, no
-    eval: its compilation is the slow part) on batches of both builds; the eval set of a mixture
-    mixes the eval splits; misuse is one line."""
+    """--data A --data B --data-weights 0.7,0.3 trains (in-process, 6 steps of the tiny model, no
+    eval: its compilation is the slow part, and these are the step options of
+    test_cli_end_to_end_with_the_tiny_model, whose compiled step the session's compilation cache
+    holds) on batches of both builds; the eval set of a mixture mixes the eval splits; misuse is
+    one line."""
     from tzc_train.cli import main
 
     out = tmp_path / "mixed"
-    base = ["--model", "tiny", "--data", str(short_build), "--data", str(other_build), "--steps", "2", "--batch-size",
+    base = ["--model", "tiny", "--data", str(short_build), "--data", str(other_build), "--steps", "6", "--batch-size",
             "4", "--lr", "1e-2", "--lora-rank", "4", "--eval-rows", "0", "--mesh", "2x4"]
     assert main(base + ["--out", str(out), "--data-weights", "0.7,0.3"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["status"] == "finished" and summary["steps"] == 2 and summary["train_loss"] is not None
+    assert summary["status"] == "finished" and summary["steps"] == 6 and summary["train_loss"] is not None
     recorded = json.loads((out / "tzc_run.json").read_text())
     assert recorded["data"] == [str(short_build.resolve()), str(other_build.resolve())]
     assert recorded["data_weights"] == [0.7, 0.3]
@@ -344,31 +349,36 @@ def test_format_check_accepts_only_reasoning_then_answer():
     assert not check_format("<reasoning>r</reasoning>\n<answer>a")[0]  # cut before </answer>
 
 
-def test_sample_command_reports_format_validation(short_build, full_run, tmp_path):
+def test_sample_command_reports_format_validation(short_build, full_run, tmp_path, capsys):
+    from tzc_train.cli import main
+
     run_dir, _ = full_run
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"What is {i} mod 17?"}) + "\n" for i in (3, 50, 99)))
-    command = [sys.executable, "-m", "tzc_train.cli", "sample", "--model", "tiny", "--data", str(short_build),
-               "--lora", str(run_dir), "--prompts", str(prompts), "--max-new-tokens", "12", "--batch-size", "2",
-               "--mesh", "2X4"]  # rank, alpha and model: the run's
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("\nprompt: What is ") == 3
-    verdicts = re.findall(r"--- \d: (ok|truncated|malformed)", done.stdout)
-    passed = re.search(r"Format Validation: (\d)/3(?: \((\d) cut by the token budget\))?", done.stdout)
+    argv = ["sample", "--model", "tiny", "--data", str(short_build), "--lora", str(run_dir), "--prompts", str(prompts),
+            "--max-new-tokens", "12", "--batch-size", "2", "--mesh", "2X4"]  # rank, alpha and model: the run's
+    # in-process (test_cli_end_to_end_with_the_tiny_model runs the CLI as its own process)
+    code, done = main(argv), capsys.readouterr()
+    assert code == 0, done.err[-2000:]
+    assert done.out.count("\nprompt: What is ") == 3
+    verdicts = re.findall(r"--- \d: (ok|truncated|malformed)", done.out)
+    passed = re.search(r"Format Validation: (\d)/3(?: \((\d) cut by the token budget\))?", done.out)
     assert len(verdicts) == 3 and passed and int(passed.group(1)) == verdicts.count("ok")
     assert int(passed.group(2) or 0) == verdicts.count("truncated")
 
 
 @pytest.fixture(scope="module")
 def exported(full_run, tmp_path_factory):
-    """`tzc-train export` of the trained run, through the CLI."""
+    """`tzc-train export` of the trained run, through the CLI (in-process: its own process adds only
+    the start-up, which test_cli_end_to_end_with_the_tiny_model covers)."""
+    from tzc_train.cli import main
+
     run_dir, _ = full_run
     out = tmp_path_factory.mktemp("export") / "session1"
-    done = subprocess.run([sys.executable, "-m", "tzc_train.cli", "export", "--run", str(run_dir), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert set(json.loads(done.stdout.strip().splitlines()[-1])) == {"adapters", "merged", "flax"}
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
+    assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])) == {"adapters", "merged", "flax"}
     return out
 
 
@@ -379,7 +389,13 @@ def _logits(model, vocab):
     tokens = jnp.asarray(rng.integers(3, vocab, (2, 40)), dtype=jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(40), (2, 40))
     mask = jnp.broadcast_to(jnp.tril(jnp.ones((40, 40), dtype=bool)), (2, 40, 40))
-    return np.asarray(model(tokens, positions, None, mask)[0])
+    return np.asarray(_forward(model, tokens, positions, mask))
+
+
+@nnx.jit
+def _forward(model, tokens, positions, mask):
+    """One compiled forward pass (eager op-by-op calls over 8 fake devices are slow)."""
+    return model(tokens, positions, None, mask)[0]
 
 
 def test_merged_export_loads_in_tunix_and_gives_the_trained_models_logits(full_run, exported, short_build):
