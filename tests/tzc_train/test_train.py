@@ -110,8 +110,13 @@ def test_a_time_limit_stops_saves_and_resumes_to_the_same_adapters(short_build, 
     summary = json.loads((out / "summary.json").read_text())
     whole = full_run[1]
     assert summary["status"] == "finished" and summary["steps"] == 24 and summary["tokens"] == whole["tokens"]
-    assert [s["stopped"] for s in summary["sessions"]] == ["time limit", "finished"]  # the crash wrote none
-    assert summary["sessions"][1]["first_step"] == 17 and summary["eval_step"] == 24
+    # the crash wrote no entry: the session that resumed it adds its checkpointed steps, wall time unknown
+    assert [s["stopped"] for s in summary["sessions"]] == ["time limit", "interrupted", "finished"]
+    crashed = summary["sessions"][1]
+    assert (crashed["first_step"], crashed["last_step"], crashed["wall_seconds"]) == (first["steps"] + 1, 16, None)
+    assert summary["sessions"][2]["first_step"] == 17 and summary["eval_step"] == 24
+    assert sum(s["tokens"] for s in summary["sessions"]) == summary["tokens"]
+    assert sum(s["steps"] for s in summary["sessions"]) == 24
     assert abs(summary["train_loss"] - whole["train_loss"]) < 1e-4
     assert abs(summary["train_perplexity"] - np.exp(summary["train_loss"])) < 1e-6 * summary["train_perplexity"]
 
@@ -186,6 +191,10 @@ def test_a_build_with_no_rows_gets_a_clear_error(tiny_model_path, tmp_path):
 def test_cli_errors_are_one_line(short_build, tmp_path, capsys):
     from tzc_train.cli import main
 
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("precious")
+
     cases = [(["--model", "tiny", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
               "tzc-train: error: .*nope is not a finished tzc build"),
              (["--model", "tiny", "--data", str(short_build), "--out", str(tmp_path / "o"), "--time-limit", "8x"],
@@ -196,11 +205,19 @@ def test_cli_errors_are_one_line(short_build, tmp_path, capsys):
               "tzc-train sample: error: --prompts .*p.txt: No such file"),
              (["sample", "--data", str(tmp_path / "nope"), "--prompts", str(short_build / "manifest.json")],
               "tzc-train sample: error: .*not a finished tzc build"),
-             (["eval", "--data", str(short_build), "--run", str(tmp_path)], "tzc-train eval: error: .*not a tzc-train run")]
+             (["eval", "--data", str(short_build), "--run", str(tmp_path)], "tzc-train eval: error: .*not a tzc-train run"),
+             (["--model", "tiny", "--data", str(short_build), "--out", str(tmp_path / "o"), "--lr", "nan"],
+              "tzc-train: error: --lr nan: must be a finite number"),
+             (["plan", "--data", str(short_build), "--hours", "nan"], "tzc-train plan: error: --hours nan"),
+             (["--model", "tiny", "--data", str(short_build), "--out", str(mine), "--resume"],
+              f"tzc-train: error: --out {mine} is not empty and holds no tzc-train run"),
+             (["--model", "tiny", "--data", str(short_build), "--out", str(mine / "keep.txt")],
+              "tzc-train: error: --out .*keep.txt exists and is not a directory")]
     for argv, message in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert re.search(message, err) and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in mine.iterdir()) == ["keep.txt"]  # refused before anything is written
 
 
 def test_time_limits_parse():
