@@ -442,6 +442,11 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
     check_out(config)
     if config.resume:
         check_resume(config)
+        finished = read_summary(config.out)
+        if finished and finished.get("status") == "finished" and saved_step(config.out) == finished.get("max_steps"):
+            print(f"tzc-train: the run in {config.out} finished at step {finished['steps']}; nothing to resume",
+                  file=sys.stderr, flush=True)  # a re-run notebook: no model load, no eval, no empty session
+            return {**finished, "session": None}
     rows = check_build(config.builds[0], manifest)
     rows += sum(check_build(build, tzc_data.read_manifest(build)) for build in config.builds[1:])
     examples_per_step = config.batch_size * config.grad_accum

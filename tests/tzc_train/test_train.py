@@ -133,6 +133,15 @@ def test_the_summary_of_a_run(full_run, short_build):
     assert summary["tokens"] == padding_free and summary["wall_seconds"] > 0
 
 
+def test_resuming_a_finished_run_says_so_and_changes_nothing(short_build, full_run, capsys):
+    run_dir, _ = full_run
+    before = (run_dir / "summary.json").read_text()
+    again = train(_config(short_build, run_dir, resume=True))
+    assert again["status"] == "finished" and again["steps"] == 24 and again["session"] is None
+    assert "finished at step 24; nothing to resume" in capsys.readouterr().err
+    assert (run_dir / "summary.json").read_text() == before
+
+
 def test_resume_with_other_options_is_refused_naming_them(short_build, full_run):
     run_dir, _ = full_run
     with pytest.raises(ValueError, match=r"--batch-size 4 \(given: 8\).*--grad-accum 1 \(given: 2\)"):
