@@ -29,7 +29,7 @@ from tzc_data.minhash import (BANDS, DUPLICATE, NEAR_EXCLUDED, NUM_PERM, RECORD,
                               outcome_reason)
 from tzc_data.pack import Kept
 from tzc_data.record import KEPT
-from tzc_data.write import unit_batches
+from tzc_data.write import STATS_BATCH, unit_batches
 
 _BATCH = 4096
 _KEYS = ["row", "status", "hash16", "bands", "sketch"]
@@ -185,15 +185,14 @@ def write_near_dup(path: str, staging: str, done: Sequence[units.UnitDone], outc
 
 
 def final_batches(staging: str, done: Sequence[units.UnitDone], outcomes: Outcomes, where: np.ndarray,
-                  split_names: Sequence[str], columns: list[str], size: int | None = None) -> Iterator[pa.Table]:
-    """The units' rows as the final stats see them, in tables of ``size`` rows (the stats' row
-    groups by default): dedup's outcome applied to each candidate (status, detail, twin,
-    ``near_dup_jaccard``) and the placement of each kept row (split, shard, pack, segment:
-    ``where[k]`` for the k-th kept example)."""
+                  split_names: Sequence[str], columns: list[str], size: int = STATS_BATCH) -> Iterator[pa.Table]:
+    """The units' rows as the final stats see them, in tables of ``size`` rows: dedup's outcome
+    applied to each candidate (status, detail, twin, ``near_dup_jaccard``) and the placement of
+    each kept row (split, shard, pack, segment: ``where[k]`` for the k-th kept example)."""
     paths = [units.table_path(staging, d.index) for d in done]
     candidates_before = kept_before = 0
     names = np.array(list(split_names), dtype=object)
-    for batch in unit_batches(paths, columns, **({} if size is None else {"size": size})):
+    for batch in unit_batches(paths, columns, size):
         status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
         candidate = status == KEPT
         ordinals = candidates_before + np.arange(int(candidate.sum()))

@@ -134,34 +134,52 @@ def stray_entry(path: str, listed: dict[str, int | None] | None = None) -> str |
     """Why the build folder ``path`` holds something besides its build (a file a build does not
     write, or one its manifest does not list), or None. ``verify`` reports it too."""
     listed = _listed_sizes(path) if listed is None else listed
-    for relative in _entries(path):
-        if relative.startswith("!"):
-            return relative[1:]
-        if relative not in listed:
-            return f"it holds {relative!r}, which its {MANIFEST} does not list"
+    try:
+        for relative, is_folder in _entries(path):
+            if not is_folder and relative != STAGING_MARKER and relative not in listed:
+                return f"it holds {relative!r}, which its {MANIFEST} does not list"
+    except _NotOurs as why:
+        return f"it holds {why}, which a build does not write"
     return None
 
 
-def _entries(path: str) -> Iterator[str]:
-    """The build files under ``path`` as relative paths, or ``"!reason"`` for the first entry that
-    a build does not write."""
+class _NotOurs(Exception):
+    """An entry that a build does not write (its name, quoted, as the message)."""
+
+
+def _entries(path: str, *, staging: bool = False) -> list[tuple[str, bool]]:
+    """Every entry under the build folder ``path`` as (relative path, is a folder), each folder after
+    its contents; raises :class:`_NotOurs` naming the first one a build does not write. A
+    ``staging`` folder (a build in progress) may also hold ``.units/`` and atomic_path's
+    temporaries. The marker a staging folder carries until its rename is one of them either way."""
+    folders = {**_BUILD_FOLDERS, UNITS_DIR: _UNIT_FILE} if staging else _BUILD_FOLDERS
+    found: list[tuple[str, bool]] = []
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
-        if name == STAGING_MARKER:  # a finished staging folder still has it until it is renamed
+        plain_file = os.path.isfile(full) and not os.path.islink(full)
+        if plain_file and (name in _BUILD_FILES or name == STAGING_MARKER or staging and _TEMPORARY.fullmatch(name)):
+            found.append((name, False))
             continue
-        if name in _BUILD_FILES and os.path.isfile(full) and not os.path.islink(full):
-            yield name
-            continue
-        pattern = _BUILD_FOLDERS.get(name)
+        pattern = folders.get(name)
         if pattern is None or os.path.islink(full) or not os.path.isdir(full):
-            yield f"!it holds {name!r}, which a build does not write"
-            return
+            raise _NotOurs(repr(name))
         for inner in sorted(os.listdir(full)):
             item = os.path.join(full, inner)
-            if not pattern.fullmatch(inner) or os.path.islink(item) or not os.path.isfile(item):
-                yield f"!it holds {name}/{inner!r}, which a build does not write"
-                return
-            yield f"{name}/{inner}"
+            if not (pattern.fullmatch(inner) or staging and _TEMPORARY.fullmatch(inner)) or os.path.islink(item) \
+                    or not os.path.isfile(item):
+                raise _NotOurs(f"{name}/{inner!r}")
+            found.append((f"{name}/{inner}", False))
+        found.append((name, True))
+    return found
+
+
+def _staging_entries(path: str) -> list[tuple[str, bool]]:
+    """:func:`_entries` of a staging folder, or OutputError naming what a build does not write there:
+    emptying one never removes a file that is not ours, whatever its marker says."""
+    try:
+        return _entries(path, staging=True)
+    except _NotOurs as why:
+        raise OutputError(f"{path} holds {why}, which a build does not write; move it away") from None
 
 
 def remove_build(path: str) -> None:
@@ -170,16 +188,15 @@ def remove_build(path: str) -> None:
     why = not_a_build(path)
     if why:
         raise OutputError(f"{path} is not a tzc build ({why}); refusing to delete it")
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        if name in _BUILD_FOLDERS:
-            for inner in os.listdir(full):
-                os.remove(os.path.join(full, inner))
-            os.rmdir(full)
-        elif name != MANIFEST:
-            os.remove(full)
+    _remove(path, [entry for entry in _entries(path) if entry[0] != MANIFEST])
     os.remove(os.path.join(path, MANIFEST))  # last: until now the folder still says what it is
     os.rmdir(path)
+
+
+def _remove(path: str, entries: list[tuple[str, bool]]) -> None:
+    """Remove these entries of :func:`_entries` under ``path`` (folders come after their contents)."""
+    for relative, is_folder in entries:
+        (os.rmdir if is_folder else os.remove)(os.path.join(path, relative))
 
 
 def is_staging(path: str) -> bool:
@@ -188,40 +205,12 @@ def is_staging(path: str) -> bool:
     return os.path.isfile(os.path.join(path, STAGING_MARKER)) or not_a_build(path) is None
 
 
-def _staging_entries(path: str) -> list[tuple[str, bool]]:
-    """Every entry of the staging directory ``path`` as (relative path, is a folder), folders after
-    their contents; raises OutputError naming the first entry a build does not write there (its
-    marker, the build's own files, ``.units/`` and temporaries), so emptying one never removes a
-    file that is not ours, whatever its marker says."""
-    found: list[tuple[str, bool]] = []
-    for name in sorted(os.listdir(path)):
-        full = os.path.join(path, name)
-        plain_file = os.path.isfile(full) and not os.path.islink(full)
-        if plain_file and (name in _BUILD_FILES or name == STAGING_MARKER or _TEMPORARY.fullmatch(name)):
-            found.append((name, False))
-            continue
-        pattern = _UNIT_FILE if name == UNITS_DIR else _BUILD_FOLDERS.get(name)
-        if pattern is None or os.path.islink(full) or not os.path.isdir(full):
-            raise OutputError(f"{path} holds {name!r}, which a build does not write; move it away")
-        for inner in sorted(os.listdir(full)):
-            item = os.path.join(full, inner)
-            if not (pattern.fullmatch(inner) or _TEMPORARY.fullmatch(inner)) or os.path.islink(item) \
-                    or not os.path.isfile(item):
-                raise OutputError(f"{path} holds {name}/{inner!r}, which a build does not write; move it away")
-            found.append((f"{name}/{inner}", False))
-        found.append((name, True))
-    return found
-
-
 def clear_staging(path: str, keep: tuple[str, ...] = (STAGING_MARKER,)) -> None:
     """Empty one of our staging directories (a build that starts over), keeping ``keep``: only
     the entries a build writes there are removed, and any other entry refuses the whole clear."""
     if not is_staging(path):
         raise OutputError(f"{path} is not a tzc staging directory; refusing to empty it")
-    for relative, is_folder in _staging_entries(path):
-        if relative in keep:
-            continue
-        (os.rmdir if is_folder else os.remove)(os.path.join(path, relative))
+    _remove(path, [entry for entry in _staging_entries(path) if entry[0] not in keep])
 
 
 def lock_staging(path: str, out: str) -> int:
@@ -303,10 +292,8 @@ def remove_scratch(staging: str) -> None:
     it can still resume."""
     if not is_staging(staging):
         raise OutputError(f"{staging} is not a tzc staging directory; refusing to clean it")
-    for relative, is_folder in _staging_entries(staging):
-        scratch = relative.startswith(UNITS_DIR) or _TEMPORARY.fullmatch(os.path.basename(relative))
-        if scratch:
-            (os.rmdir if is_folder else os.remove)(os.path.join(staging, relative))
+    _remove(staging, [(relative, is_folder) for relative, is_folder in _staging_entries(staging)
+                      if relative.startswith(UNITS_DIR) or _TEMPORARY.fullmatch(os.path.basename(relative))])
 
 
 def remove_marker(staging: str) -> None:

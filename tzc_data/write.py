@@ -35,7 +35,7 @@ from tzc_data.files import sha256_file
 
 SHARD_DIR = "shards"
 STATS_DIR = "stats"
-_STATS_BATCH = 8192
+STATS_BATCH = 8192  # rows a stats table (and a row group of records.parquet) holds
 
 RECORD_COLUMNS = [
     ("row", pa.int64()), ("status", pa.string()), ("detail", pa.string()), ("prompt_hash", pa.string()),
@@ -120,7 +120,7 @@ def stats_schema(score_names: Sequence[str]) -> pa.Schema:
 
 
 def unit_batches(paths: Iterable[str], columns: list[str] | None = None,
-                 size: int = _STATS_BATCH) -> Iterator[pa.Table]:
+                 size: int = STATS_BATCH) -> Iterator[pa.Table]:
     """The units' tables, one after another, in tables of exactly ``size`` rows (the last shorter):
     the final files' row groups do not depend on where the units were cut."""
     yield from _rebatch((b for p in paths for b in pq.ParquetFile(p).iter_batches(columns=columns)), size)

@@ -19,7 +19,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import sys
 import zlib
 from collections.abc import Iterator
@@ -104,10 +103,9 @@ def locator(file: int, offset: int, line_number: int, file_row: int, skip: int) 
     return (file, offset, line_number, file_row, skip)
 
 
-def read_block(raw: Any, path: str, unit: Unit, fmt: Format, name: str | None = None) -> Iterator[Example]:
+def read_block(raw: Any, path: str, unit: Unit, fmt: Format, name: str) -> Iterator[Example]:
     """The rows of one JSONL unit from an open binary file, as ``fmt`` reads them (see the module
-    docstring); a row's detail names the file as ``name`` (its path in the source; by default its
-    base name)."""
+    docstring); a row's detail names the file as ``name`` (its path in the source)."""
     _, offset, line_number, file_row, skip = unit.locator
     row = unit.start - skip  # the global index of the row at ``offset``
     first_row = row - file_row  # ... and of the file's first row
@@ -123,7 +121,7 @@ def read_block(raw: Any, path: str, unit: Unit, fmt: Format, name: str | None = 
             if not line.strip():
                 continue  # blank lines are not rows (a trailing newline is not a row either)
             if row >= unit.start:
-                yield decode_line(row, line, name or os.path.basename(path), number, fmt)
+                yield decode_line(row, line, name, number, fmt)
             row += 1
             if row >= unit.stop:
                 return

@@ -10,7 +10,6 @@ which batch fails is a property of the file, not of the range.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -73,12 +72,10 @@ def locator(file: int, group: int, skip: int, rows_in_group: int, rows_in_file: 
     return (file, group, skip, rows_in_group, rows_in_file)
 
 
-def read_group(handle: Any, path: str, unit: Unit, fmt: Format, name: str | None = None) -> Iterator[Example]:
+def read_group(handle: Any, path: str, unit: Unit, fmt: Format, name: str) -> Iterator[Example]:
     """The rows of one row group unit from an open file, as ``fmt`` reads them (see the module
-    docstring); a row's detail names the file as ``name`` (its path in the source; by default its
-    base name)."""
+    docstring); a row's detail names the file as ``name`` (its path in the source)."""
     _, group, skip, rows_in_group, rows_in_file = unit.locator
-    name = name or os.path.basename(path)
     parquet = parquet_file(handle, path)
     meta = parquet.metadata
     if meta.num_rows != rows_in_file or group >= meta.num_row_groups or meta.row_group(group).num_rows != rows_in_group:
