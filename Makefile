@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,train,tpu,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train,tpu,ray,notebook]'
 	$(BIN)/python -m pip install --quiet --no-deps google-tunix==0.1.7
 	touch $(STAMP)
 

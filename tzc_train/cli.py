@@ -1,6 +1,6 @@
 """``tzc-train``: LoRA SFT of Gemma 2 on a tzc build (see ``tzc_train/train.py``).
 
-Subcommands: ``sample``, ``eval``, ``export``, ``plan``; no subcommand trains. Every command reports a
+Subcommands: ``sample``, ``eval``, ``export``, ``notebook``, ``plan``; no subcommand trains. Every command reports a
 user's mistake (a bad option, a missing build or run) as one line, ``tzc-train[ CMD]: error: …``,
 exit status 2; anything else is a bug and keeps its traceback.
 """
@@ -42,7 +42,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
     parser.add_argument("--max-new-tokens", type=int,
-                        help="default: the longest model turn of the build's eval split (train split without one)")
+                        help="new tokens at most (default: 768, the competition's MAX_GENERATION_STEPS)")
 
 
 def _decoding_request(args: argparse.Namespace) -> Any:
@@ -107,16 +107,18 @@ def eval_main(argv: list[str]) -> int:
 def export_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="tzc-train export",
-        description="Write a run's latest adapters (OUT/adapters: safetensors + adapter_config.json, for --init-lora "
-                    "and `sample --lora`) and the adapters merged into the base weights, twice: OUT/merged (Hugging "
-                    "Face layout safetensors, read by tunix's safetensors loader and --weights) and OUT/flax (the "
-                    "Kaggle Flax/orbax layout that tunix's gemma.params.load_and_format_params and "
-                    "Gemma.from_params read).")
-    parser.add_argument("--run", required=True, help="a tzc-train --out directory")
-    parser.add_argument("--out", required=True, help="where adapters/, merged/ and flax/ go")
+        description="Write a run's latest adapters for the competition and for everyone else: OUT/kaggle (the "
+                    "unrestricted-mode deliverable: the LoRA parameters as the orbax checkpoint the judges' cells "
+                    "restore into lora_policy; upload this folder as the Kaggle model's files, see the README), "
+                    "OUT/adapters (safetensors + adapter_config.json, for --init-lora and `sample --lora`), and the "
+                    "adapters merged into the base weights, for Hugging Face and tunix users (the competition loads "
+                    "neither): OUT/merged (Hugging Face layout safetensors) and OUT/flax (the Kaggle Flax layout of "
+                    "base weights, read by tunix's gemma.params.load_and_format_params and Gemma.from_params).")
+    parser.add_argument("--run", required=True, help="a tzc-train --out directory (the competition's CKPT_DIR)")
+    parser.add_argument("--out", required=True, help="where kaggle/, adapters/, merged/ and flax/ go")
     parser.add_argument("--weights", help="the base weights, when they moved since the run (otherwise the run's)")
     parser.add_argument("--no-merged", dest="merged", action="store_false",
-                        help="export the adapters only (without it: adapters and both merged layouts)")
+                        help="export kaggle/ and adapters/ only (without it: the merged layouts too)")
     args = parser.parse_args(argv)
 
     def run() -> int:
@@ -126,6 +128,33 @@ def export_main(argv: list[str]) -> int:
         return 0
 
     return _report("tzc-train export", run)
+
+
+def notebook_main(argv: list[str]) -> int:
+    from tzc_train.notebook import DEFAULT_PACKAGE
+
+    parser = argparse.ArgumentParser(
+        prog="tzc-train notebook", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Write the competition's submission notebook from a run: the template's writeup sections "
+                    "filled with the build's and the run's facts, a parameters cell, and code that installs tzc, "
+                    "builds (or attaches) the data, trains with the run's options inside the 9-hour session, and "
+                    "defines lora_policy, tokenizer, model_config, MAX_PROMPT_LENGTH, PROMPT_TEMPLATE and "
+                    "MAX_GENERATION_STEPS for the judges' cells.")
+    parser.add_argument("--run", required=True, help="a tzc-train --out directory: its options and build")
+    parser.add_argument("--out", required=True, help="the notebook to write, e.g. submission.ipynb")
+    parser.add_argument("--package", default=DEFAULT_PACKAGE,
+                        help="what the notebook gives `pip install` for tzc: its wheel attached as a Kaggle dataset "
+                             "(`python -m pip wheel --no-deps . -w dist`), or a source folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        from tzc_train.notebook import write_notebook
+
+        print(write_notebook(args.run, args.out, package=args.package, overwrite=args.overwrite))
+        return 0
+
+    return _report("tzc-train notebook", run)
 
 
 def plan_main(argv: list[str]) -> int:
@@ -138,7 +167,11 @@ def plan_main(argv: list[str]) -> int:
                     "does not fit the chips' memory or --hours.")
     parser.add_argument("--data", required=True, help="the tzc build to train on (its manifest: rows, seq_len)")
     parser.add_argument("--topology", default="v5e:2x4", help="TPU topology: v5e:2x4 is one v5e-8 host")
-    parser.add_argument("--hours", type=float, default=9.0, help="the time budget (a Kaggle TPU session: 9 h)")
+    parser.add_argument("--hours", type=float, default=9.0, help="the session's length (a Kaggle TPU session: 9 h)")
+    parser.add_argument("--time-limit", help="tzc-train's --time-limit, e.g. 8h40m (default: --hours); the run's "
+                                             "steps must fit it less loading, compiling, evals and the final save")
+    parser.add_argument("--eval-rows", type=int, default=256, help="tzc-train's --eval-rows (0: no eval)")
+    parser.add_argument("--eval-every", type=int, help="tzc-train's --eval-every (default: about 20 evals a run)")
     parser.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation for the projection")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the train split (a fraction is fine)")
@@ -148,7 +181,8 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--lora-rank", type=int, default=64, help="rank of each LoRA adapter")
     parser.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA scale: the update is x A B alpha/rank")
     parser.add_argument("--lora-targets", help="regex of module paths that get adapters")
-    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: chips/tp x tp, tp = gcd(chips, 4))")
+    parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: compile every layout the model and batch allow, "
+                                       "report each, and choose the cheapest that fits)")
     parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block")
     parser.add_argument("--attention", choices=["plain", "splash"], default="splash")
     parser.add_argument("--fast-compile", action="store_true",
@@ -158,22 +192,27 @@ def plan_main(argv: list[str]) -> int:
 
     def run() -> int:
         from tzc_train.plan import DoesNotFit, PlanConfig, plan
+        from tzc_train.session import parse_duration
         from tzc_train.train import parse_mesh
 
         config = PlanConfig(data=args.data, model=args.model, topology=args.topology, batch_size=args.batch_size,
                             grad_accum=args.grad_accum, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                             lora_targets=args.lora_targets, mesh=parse_mesh(args.mesh), remat=args.remat,
                             attention=args.attention, epochs=args.epochs, steps=args.steps, mfu=args.mfu,
-                            hours=args.hours, fast_compile=args.fast_compile)
+                            hours=args.hours, fast_compile=args.fast_compile, eval_rows=args.eval_rows,
+                            eval_every=args.eval_every,
+                            time_limit=parse_duration(args.time_limit) if args.time_limit else None)
         try:
             result = plan(config)
         except DoesNotFit as verdict:  # the plan's answer, not a mistake: exit status 1
             print(f"tzc-train plan: error: {verdict}", file=sys.stderr)
             return 1
         print(json.dumps(result.summary()) if args.json else result.report())
-        if result.hours > config.hours:
-            print(f"tzc-train plan: does not fit --hours {config.hours:g}: {result.hours:.2f} h projected at "
-                  f"{config.mfu:.0%} MFU; bound each session with --steps", file=sys.stderr)
+        if result.training_hours > result.available_hours:
+            limit = f"--time-limit {args.time_limit}" if args.time_limit else f"--hours {config.hours:g}"
+            print(f"tzc-train plan: does not fit {limit}: the steps need {result.training_hours:.2f} h, the session "
+                  f"leaves {result.available_hours:.2f} h after loading, compiling and evals; bound each session "
+                  "with --time-limit and --resume the next", file=sys.stderr)
             return 1
         return 0
 
@@ -186,8 +225,10 @@ def train_parser() -> argparse.ArgumentParser:
                                      description="LoRA SFT of Gemma 2 on packed tzc shards with tunix, on a JAX mesh. "
                                                  "`tzc-train eval --help` for the eval-split report, `tzc-train sample "
                                                  "--help` for greedy samples of your prompts, `tzc-train export --help` "
-                                                 "for adapters and merged weights, `tzc-train plan --help` to check that a run "
-                                                 "fits a TPU before you have one.")
+                                                 "for the competition's unrestricted-mode model and other layouts, "
+                                                 "`tzc-train notebook --help` for the submission notebook, "
+                                                 "`tzc-train plan --help` to check that a run fits a TPU before you "
+                                                 "have one.")
     parser.add_argument("--data", required=True, action="append", metavar="BUILD",
                         help="a tzc build (its train split; eval split when present); repeat it to train on a "
                              "mixture of builds (same seq_len and tokenizer, no shared rows: tzc_data.mixture)")
@@ -195,12 +236,17 @@ def train_parser() -> argparse.ArgumentParser:
                         help="the mixture's weights, one per --data in order, e.g. 0.7,0.3 (normalised); without "
                              "it each build weighs its packed rows, so every row is equally likely. An epoch is the "
                              "builds' packed rows together")
-    parser.add_argument("--out", required=True, help="checkpoints (adapters + optimizer state), TensorBoard logs, "
-                                                     "tzc_run.json (the options) and summary.json")
+    parser.add_argument("--out", required=True, help="the run folder, the competition's CKPT_DIR: checkpoints in "
+                                                     "OUT/actor/<step>/{model_params,optimizer_state} (where the "
+                                                     "judges' cells look), TensorBoard logs, tzc_run.json (the "
+                                                     "options) and summary.json")
     parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
                         help="tiny: a random Gemma 2-architecture model for tests and trying the tool")
     parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint "
                                           "(the model's weights; a mixture's are --data-weights)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="the base weights' dtype (default: the model's own: tiny float32, gemma2-2b bfloat16); "
+                             "the adapters' master copies stay float32")
     parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out (or its export)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out at its last checkpoint (its options must be the run's)")
@@ -264,7 +310,7 @@ def train_main(argv: list[str], started: float) -> int:
                              lora_targets=args.lora_targets or LORA_TARGETS, mesh=parse_mesh(args.mesh), seed=args.seed,
                              eval_every=args.eval_every, eval_rows=args.eval_rows, save_every=args.save_every,
                              time_limit=parse_duration(args.time_limit) if args.time_limit else None,
-                             resume=args.resume, remat=args.remat, attention=args.attention)
+                             resume=args.resume, remat=args.remat, attention=args.attention, dtype=args.dtype)
         result = train(config, started=started)
         print(json.dumps({k: v for k, v in result.items() if k not in ("model", "losses", "sessions")}))
         return 0
@@ -273,7 +319,7 @@ def train_main(argv: list[str], started: float) -> int:
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {"sample": sample_main, "eval": eval_main, "export": export_main,
-                                                   "plan": plan_main}
+                                                   "notebook": notebook_main, "plan": plan_main}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,12 @@ Prompts come from the build's eval split by default, as the token ids training s
 each example up to ``<start_of_turn>model\\n``), with the example's own answer as the reference;
 or from a file (``--prompts``: ``prompt`` and optional ``answer`` fields).
 
-The report counts, over greedy completions with a token budget (default: the longest model turn of
-the build's eval split, so a faithful completion fits):
+Decoding is the judges' by default: greedy, at most ``MAX_GENERATION_STEPS`` = 768 new tokens (the
+competition template's value; ``--max-new-tokens`` changes it), the model's adapters in the base
+weights' dtype as the judges' ``lora_policy`` holds them. The report says what share of the build's
+reference model turns fit that budget: a model taught on longer answers is cut before ``</answer>``.
+
+The report counts, over the greedy completions:
 
 * format compliance: ``<reasoning>…</reasoning>`` then ``<answer>…</answer>`` (``sample.check_format``);
 * stop rate: ``<end_of_turn>`` (or ``<eos>``) before the budget; truncations: the rest;
@@ -30,9 +34,9 @@ import tzc_data
 from tzc_data import format as fmt
 from tzc_data.look import build_tokenizer
 from tzc_data.tokenize import Tokenizer
+from tzc_train.kaggle import JUDGES_BUDGET
 from tzc_train.sample import Sample, sample
 
-DEFAULT_BUDGET = 1024  # new tokens, when the build records no model-turn lengths
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,18 +112,20 @@ def token_count(tokenizer: Tokenizer, text: str) -> int:
     return len(tokenizer.sp.encode(text))
 
 
-def default_budget(data: str, manifest: dict[str, Any]) -> int:
-    """The longest model turn (tokens, ``<end_of_turn>`` included) among the build's eval examples,
-    or its train examples when it has no eval split; DEFAULT_BUDGET when the stats are missing."""
+def references_fitting(data: str, manifest: dict[str, Any], budget: int) -> dict[str, Any] | None:
+    """How many of the build's kept examples (its eval split's, or its train split's without one)
+    have a model turn (``<end_of_turn>`` and ``<eos>`` included: what a decoder must generate to
+    stop) of at most ``budget`` tokens; None when the build has no stats."""
     import polars as pl
 
     path = os.path.join(data, "stats", "records.parquet")
     if not os.path.isfile(path):
-        return DEFAULT_BUDGET
-    kept = pl.scan_parquet(path).filter(pl.col("status") == "kept")
+        return None
     split = "eval" if manifest["packing"]["by_split"].get("eval", {}).get("rows") else "train"
-    longest = kept.filter(pl.col("split") == split).select(pl.col("loss_tokens").max()).collect().item()
-    return int(longest) if longest else DEFAULT_BUDGET
+    turns = (pl.scan_parquet(path).filter((pl.col("status") == "kept") & (pl.col("split") == split))
+             .select(pl.col("loss_tokens")).collect()["loss_tokens"])
+    return {"split": split, "examples": len(turns), "fit": int((turns <= budget).sum()),
+            "longest": int(turns.max()) if len(turns) else 0}
 
 
 def decode(request: DecodeRequest, prompts: list[Prompt]) -> list[Sample]:
@@ -134,7 +140,7 @@ def _decode(request: DecodeRequest, prompts: list[Prompt]) -> tuple[list[Sample]
     manifest = tzc_data.read_manifest(request.data)
     tokenizer = build_tokenizer(manifest, request.tokenizer)
     config = decoding_config(request)
-    budget = default_budget(request.data, manifest) if request.max_new_tokens is None else request.max_new_tokens
+    budget = JUDGES_BUDGET if request.max_new_tokens is None else request.max_new_tokens
     mesh = make_mesh(parse_mesh(request.mesh))
     started = time.perf_counter()
     with mesh:
@@ -153,16 +159,17 @@ def decoding_config(request: DecodeRequest) -> Any:
     from tzc_train.export import adapter_config, is_exported_adapters
     from tzc_train.train import LORA_TARGETS, TrainConfig, read_run_config
 
-    recorded: dict[str, Any] = {"model": "gemma2-2b", "weights": None, "lora_rank": 64, "lora_alpha": 64.0,
+    recorded: dict[str, Any] = {"model": "gemma2-2b", "weights": None, "dtype": None, "lora_rank": 64, "lora_alpha": 64.0,
                                 "lora_targets": LORA_TARGETS}
     if request.lora and is_exported_adapters(request.lora):
         exported = adapter_config(request.lora)
-        recorded.update(model=exported.get("base_model", "gemma2-2b"), lora_rank=int(exported["rank"]),
+        recorded.update(model=exported.get("base_model", "gemma2-2b"), dtype=exported.get("dtype"),
+                        lora_rank=int(exported["rank"]),
                         lora_alpha=float(exported["alpha"]), lora_targets=exported.get("targets", LORA_TARGETS))
     elif request.lora:
         run = read_run_config(request.lora)
-        recorded.update(model=run.model, weights=run.weights, lora_rank=run.lora_rank, lora_alpha=run.lora_alpha,
-                        lora_targets=run.lora_targets)
+        recorded.update(model=run.model, weights=run.weights, dtype=run.dtype, lora_rank=run.lora_rank,
+                        lora_alpha=run.lora_alpha, lora_targets=run.lora_targets)
     given = {"model": request.model, "weights": request.weights, "lora_rank": request.lora_rank,
              "lora_alpha": request.lora_alpha}
     chosen = {**recorded, **{k: v for k, v in given.items() if v is not None}}
@@ -181,8 +188,9 @@ def evaluate(request: DecodeRequest, *, prompts: str | None = None, limit: int =
     tokenizer = build_tokenizer(manifest, request.tokenizer)
     chosen = read_prompts(prompts)[:limit or None] if prompts else eval_split_prompts(request.data, tokenizer, limit)
     samples, run = _decode(request, chosen)
-    return report(chosen, samples, tokenizer, source=prompts or f"eval split of {request.data}",
-                  budget=run["budget"], batch_size=request.batch_size, seconds=run["seconds"])
+    result = report(chosen, samples, tokenizer, source=prompts or f"eval split of {request.data}",
+                    budget=run["budget"], batch_size=request.batch_size, seconds=run["seconds"])
+    return {**result, "references_fitting": references_fitting(request.data, manifest, run["budget"])}
 
 
 def report(prompts: list[Prompt], samples: list[Sample], tokenizer: Tokenizer, *, source: str, budget: int,
@@ -248,8 +256,13 @@ def format_report(report: dict[str, Any]) -> str:
         lengths("reasoning tokens", report["reasoning_tokens"], report["reference_reasoning_tokens"]),
         lengths("answer tokens", report["answer_tokens"], report["reference_answer_tokens"]),
     ]
+    fitting = report.get("references_fitting")
+    if fitting:
+        lines.append(f"  {'references fit':<19} {share(fitting['fit'], fitting['examples'])}   model turns of the "
+                     f"build's {fitting['split']} split within {report['budget']:,} tokens (longest "
+                     f"{fitting['longest']:,}); a model taught on longer ones is cut before </answer>")
     return "\n".join(lines)
 
 
-__all__ = ["DecodeRequest", "Prompt", "decode", "default_budget", "eval_split_prompts", "evaluate", "format_report",
-           "read_prompts", "report"]
+__all__ = ["JUDGES_BUDGET", "DecodeRequest", "Prompt", "decode", "eval_split_prompts", "evaluate", "format_report",
+           "read_prompts", "references_fitting", "report"]

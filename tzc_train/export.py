@@ -1,18 +1,23 @@
-"""Export a run: its adapters alone, and the adapters merged into the base weights.
+"""Export a run: its adapters alone, the judges' LoRA checkpoint, and the adapters merged into the base.
 
+    OUT/kaggle/                         the unrestricted-mode deliverable: the LoRA parameters as the orbax
+                                        checkpoint the judges' cells restore into ``lora_policy``
+                                        (``tzc_train.kaggle``); upload this folder as the Kaggle model's files
     OUT/adapters/adapters.safetensors   float32 LoRA factors by module path (``layers/0/attn/q_einsum/w_lora_a``…)
-    OUT/adapters/adapter_config.json    rank, alpha, target regex, base model, the run it came from
+    OUT/adapters/adapter_config.json    rank, alpha, target regex, base model and dtype, the run it came from
     OUT/merged/model.safetensors        a plain Gemma 2 checkpoint in Hugging Face's layout and names
     OUT/merged/config.json              Hugging Face ``Gemma2ForCausalLM`` config (special ids: the build's tokenizer's)
     OUT/flax/                           the same merged weights as a Kaggle Flax (orbax) Gemma 2 checkpoint
 
-All load again with tunix: ``--init-lora OUT/adapters`` (or ``tzc-train sample --lora``) puts the
-adapters back on a qwix LoRA model; ``--weights OUT/merged`` is read by tunix's own
-``params_safetensors`` loader, the one that reads Google's HF checkpoints; ``OUT/flax`` by tunix's
-Kaggle path, ``gemma.params.load_and_format_params(OUT/flax)`` then
-``Gemma.from_params(params, version="2-2b-it")`` (what the original competition asked for: "not
-safetensors"). The tests check that the merged model, loaded each way, gives the logits and the
-greedy samples of the LoRA model.
+The competition loads only ``kaggle/`` (and, in a single session, the run's own
+``CKPT_DIR/actor/<step>/model_params``): LoRA parameters restored onto the notebook's base model,
+"not safetensors" and not merged weights. The other layouts are for everyone else, and all load
+again with tunix: ``--init-lora OUT/adapters`` (or ``tzc-train sample --lora``) puts the adapters
+back on a qwix LoRA model; ``--weights OUT/merged`` is read by tunix's own ``params_safetensors``
+loader, the one that reads Google's HF checkpoints (and by Hugging Face ``transformers``); ``OUT/flax``
+by tunix's Kaggle path for base weights, ``gemma.params.load_and_format_params(OUT/flax)`` then
+``Gemma.from_params(params, version="2-2b-it")``. The tests check that the merged model, loaded each
+way, gives the logits and the greedy samples of the LoRA model.
 
 Kaggle layout (what tunix's loader inverts): a flat tree of ``transformer/...`` keys,
 ``transformer/embedder`` {``input_embedding``}, ``transformer/final_norm`` {``scale``} and per layer
@@ -50,7 +55,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 from tunix.models.gemma import model as gemma_lib
 
-ADAPTERS, MERGED, FLAX = "adapters", "merged", "flax"
+ADAPTERS, MERGED, FLAX, KAGGLE = "adapters", "merged", "flax", "kaggle"
 ADAPTER_FILE, ADAPTER_CONFIG = "adapters.safetensors", "adapter_config.json"
 
 # Last path component of the weight -> einsum from (A, B) to the weight's own axis order.
@@ -95,13 +100,13 @@ def adapter_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float, targets: str,
-                  base: str, run: str | None = None) -> str:
+                  base: str, dtype: str | None = None, run: str | None = None) -> str:
     with staged(directory) as path:
         os.makedirs(path)
         save_file(adapter_arrays(model), os.path.join(path, ADAPTER_FILE))
         with open(os.path.join(path, ADAPTER_CONFIG), "w", encoding="utf-8") as handle:
             json.dump({"format": "tzc-lora-1", "rank": rank, "alpha": alpha, "targets": targets, "base_model": base,
-                       "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
+                       "dtype": dtype, "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
                       handle, indent=2)
     return directory
 

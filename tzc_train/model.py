@@ -55,16 +55,28 @@ def tiny_config(vocab_size: int, **overrides: Any) -> gemma_lib.ModelConfig:
     return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), **{**toy, **overrides})
 
 
-def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh, **overrides: Any) -> gemma_lib.Gemma:
-    """A tiny Gemma 2 with deterministic random weights (seed 0), placed on ``mesh``.
+def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh, *, dtype: Any = jnp.float32, **overrides: Any
+               ) -> gemma_lib.Gemma:
+    """A tiny Gemma 2 with deterministic random weights (seed 0) in ``dtype``, placed on ``mesh``.
 
     Created unsharded, then placed: tunix 0.1.7's ``dummy_model_creator``, given a mesh, draws a
     fresh key for every device's shard, so replicated parameters (the norm scales) differed from
-    device to device, and no checkpoint or export could reproduce the model's outputs.
+    device to device, and no checkpoint or export could reproduce the model's outputs. In
+    ``bfloat16`` it is the float32 model rounded, the dtype path of Gemma 2 2B's real weights.
     """
     model = dummy_model_creator.create_dummy_model(gemma_lib.Gemma, tiny_config(vocab_size, **overrides), mesh=None,
                                                    scale=0.02)
-    return reshard.reshard_model_to_mesh(model, mesh)
+    return reshard.reshard_model_to_mesh(cast_params(model, dtype), mesh)
+
+
+def cast_params(model: nnx.Module, dtype: Any, kind: Any = nnx.Param) -> nnx.Module:
+    """``model`` with its floating parameters of ``kind`` (an nnx filter) in ``dtype``; in place."""
+    dtype = jnp.dtype(dtype)
+    state = nnx.state(model, kind)
+    if any(jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype for x in jax.tree.leaves(state)):
+        nnx.update(model, jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                       state))
+    return model
 
 
 def attention_mask(segment_ids: jax.Array) -> jax.Array:
@@ -96,17 +108,17 @@ def _set_remat(model: nnx.Module, remat: gemma_lib.RematConfig) -> None:
 
 
 def for_decoding(model: nnx.Module) -> nnx.Module:
-    """The model to decode with: the same arrays, rematerialisation off; ``model`` is unchanged.
+    """The model to decode with: the same base arrays, rematerialisation off, and the LoRA factors
+    in the base weights' dtype (:func:`compute_view`); ``model`` is unchanged.
 
-    Remat only pays in a backward pass, and tunix's ``nnx.remat`` writes its outputs back into the
-    module's variables, which the sampler's KV-cache loop (plain JAX transforms) does not allow:
-    decoding a ``--remat block`` model fails with flax's TraceContextError. A model without remat
-    is returned as it is.
+    tunix's Sampler makes its KV cache in the dtype of the model's first parameter (bfloat16 for
+    Gemma 2 2B): float32 factors would promote the keys and values to float32, and prefill fails
+    (``dynamic_update_slice requires arguments to have the same dtypes``). This is also the model
+    the judges' cells restore into (``tzc_train.kaggle``). Remat only pays in a backward pass, and
+    tunix's ``nnx.remat`` writes its outputs back into the module's variables, which the sampler's
+    KV-cache loop (plain JAX transforms) does not allow (flax's TraceContextError).
     """
-    if all(layer.config.remat_config == gemma_lib.RematConfig.NONE
-           and layer.attn.remat_config == gemma_lib.RematConfig.NONE for layer in model.layers):
-        return model
-    view = nnx.merge(*nnx.split(model), copy=True)  # new module objects over the same arrays
+    view = compute_view(model)
     _set_remat(view, gemma_lib.RematConfig.NONE)
     return view
 
@@ -129,13 +141,14 @@ def packed_inputs(batch: dict[str, Any]) -> dict[str, jax.Array]:
 def compute_view(model: nnx.Module) -> nnx.Module:
     """The same model with its LoRA factors cast to the base weights' dtype, for the forward pass.
 
-    A new module over the same (traced) arrays; gradients flow through the cast back to the
-    float32 masters, and the model the optimizer holds is not changed.
+    A new module over the same (traced) base arrays; gradients flow through the cast back to the
+    float32 masters, and the model the optimizer holds is not changed (neither its variables nor
+    its modules' settings).
     """
     dtype = model.embedder.input_embedding.get_value().dtype
     graph, adapters, rest = nnx.split(model, nnx.LoRAParam, ...)
     adapters = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, adapters)
-    return nnx.merge(graph, adapters, rest)
+    return nnx.merge(graph, adapters, rest, copy=True)
 
 
 LOSS_CHUNK = 512  # positions per slice of the vocabulary projection in the loss

@@ -18,6 +18,15 @@ the plan applies them, as they are on a TPU, so the compiled program is the TPU'
 The projected time assumes a stated MFU (``--mfu``): model FLOPs per step (forward and the backward
 through the activations of the frozen base, the LoRA factors' full training cost, causal attention)
 over the chips' peak bfloat16 FLOP/s. It is an assumption, not a measurement.
+
+Model FLOPs do not depend on how the chips split the work; the program does. Without ``--mesh`` the
+plan compiles every ``fsdp`` x ``tp`` layout the model and batch allow and reports each one's peak
+memory, XLA's FLOPs a chip (recomputation and replicated work included) and the bytes its
+collectives produce; it projects each layout's step from those counts (the FLOPs at the assumed
+efficiency, plus the collective bytes over the chips' interconnect, with no overlap assumed) and
+picks the cheapest layout that fits. The run's hours are judged against what a session leaves for
+training: ``--time-limit`` (default ``--hours``) less loading (assumed), compiling (this plan's own
+compile time), the evals (their forward FLOPs at the assumed MFU) and the final save.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import types
 from dataclasses import dataclass
 from typing import Any
@@ -38,9 +48,12 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-# Public figures per chip (Google Cloud TPU documentation): HBM and peak bfloat16 FLOP/s.
+# Public figures per chip (Google Cloud TPU documentation): HBM, peak bfloat16 FLOP/s, and
+# inter-chip interconnect bandwidth in bytes/s (v4 2,400 Gbps; v5e 1,600; v5p 4,800; v6e 3,584).
 CHIPS = {"v4": (32 * 2**30, 275e12), "v5e": (16 * 2**30, 197e12), "v5p": (95 * 2**30, 459e12),
          "v6e": (32 * 2**30, 918e12)}
+ICI_BYTES_PER_S = {"v4": 300e9, "v5e": 200e9, "v5p": 600e9, "v6e": 448e9}
+LOAD_SECONDS = 300.0  # assumed: reading Gemma 2 2B's weights and placing them (not measured here)
 MODELS = ("tiny", "gemma2-2b")
 
 
@@ -72,6 +85,9 @@ class PlanConfig:
     steps: int | None = None
     mfu: float = 0.35
     hours: float = 9.0
+    time_limit: float | None = None  # seconds of the session for the whole command; default: hours
+    eval_rows: int = 256  # tzc-train's --eval-rows: packed rows per eval
+    eval_every: int | None = None  # tzc-train's --eval-every; default: about 20 evals a run
     # XLA's least optimisation effort: compiles about 4x faster; peak memory within a few percent
     # (0.79 against 0.82 GiB on a 2-layer check). The run itself compiles at the default effort.
     fast_compile: bool = False
@@ -88,6 +104,21 @@ class PlanConfig:
             raise PlanError(f"--hours {self.hours} and --epochs {self.epochs}: must be finite numbers > 0")
         if self.topology.split(":")[0] not in CHIPS:
             raise PlanError(f"--topology {self.topology!r}: one of {', '.join(CHIPS)} then :AxB, e.g. v5e:2x4")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """One ``fsdp`` x ``tp`` split of the chips, as compiled: per chip, per micro-batch."""
+
+    mesh: dict[str, int]
+    peak_bytes: int | None  # None: the compiler refused it (RESOURCE_EXHAUSTED)
+    xla_flops: float = 0.0
+    collective_bytes: int = 0  # bytes the program's collectives produce (all-gather, reduce-scatter…)
+    seconds_per_step: float = math.inf  # projected from the counts (see the module docstring)
+
+    @property
+    def name(self) -> str:
+        return "x".join(str(n) for n in self.mesh.values())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +142,8 @@ class Plan:
     steps_per_epoch: int
     steps: int
     peak_flops: float  # per chip
+    layouts: tuple[Layout, ...] = ()  # every layout compiled; the chosen one is ``mesh``
+    overheads: dict[str, float] = dataclasses.field(default_factory=dict)  # seconds: load, compile, evals, save
 
     @property
     def fits_memory(self) -> bool:
@@ -118,11 +151,29 @@ class Plan:
 
     @property
     def seconds_per_step(self) -> float:
+        """The step at the assumed MFU of model FLOPs (the same for every layout)."""
         return self.model_flops / (self.chips * self.peak_flops * self.config.mfu)
 
     @property
     def hours(self) -> float:
         return self.steps * self.seconds_per_step / 3600
+
+    @property
+    def layout_hours(self) -> float:
+        """The run at the chosen layout's own counts (its FLOPs a chip and its collectives)."""
+        chosen = next((lay for lay in self.layouts if lay.mesh == self.mesh), None)
+        return self.steps * chosen.seconds_per_step / 3600 if chosen else self.hours
+
+    @property
+    def available_hours(self) -> float:
+        """What the session leaves for training steps: the time limit less the overheads."""
+        limit = self.config.time_limit if self.config.time_limit is not None else self.config.hours * 3600
+        return (limit - sum(self.overheads.values())) / 3600
+
+    @property
+    def training_hours(self) -> float:
+        """The hours judged against :attr:`available_hours`: the longer of the two projections."""
+        return max(self.hours, self.layout_hours)
 
     def report(self) -> str:
         gib = lambda n: f"{n / 2**30:6.2f} GiB"  # noqa: E731
@@ -142,15 +193,33 @@ class Plan:
             f"steps: {self.steps_per_epoch:,} per epoch, {self.steps:,} in all",
             f"projected at {c.mfu:.0%} MFU (assumed; peak {self.peak_flops / 1e12:.0f} TFLOP/s a chip): "
             f"{self.seconds_per_step:.2f} s/step, {self.tokens_per_step / self.seconds_per_step:,.0f} tokens/s, "
-            f"{self.hours:.2f} h against --hours {c.hours:g}: "
-            + ("fits" if self.hours <= c.hours else f"DOES NOT FIT ({math.ceil(self.hours / c.hours)} sessions)"),
+            f"{self.hours:.2f} h; at the layout's own counts {self.layout_hours:.2f} h",
         ]
+        if len(self.layouts) > 1:
+            lines.append("layouts (fsdp x tp: peak a chip, XLA FLOPs a chip a micro-batch, collective output, "
+                         "projected step):")
+            for lay in self.layouts:
+                chosen = "  <- chosen: the cheapest that fits" if lay.mesh == self.mesh else ""
+                if lay.peak_bytes is None:
+                    lines.append(f"  {lay.name:>5}  does not compile: over the chips' memory")
+                    continue
+                fits = "fits" if lay.peak_bytes <= self.hbm_bytes else "DOES NOT FIT"
+                lines.append(f"  {lay.name:>5}  {gib(lay.peak_bytes)} ({fits})  {lay.xla_flops:.3e}  "
+                             f"{gib(lay.collective_bytes)}  {lay.seconds_per_step:.2f} s{chosen}")
+        spent = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in self.overheads.items())
+        verdict = ("fits" if self.training_hours <= self.available_hours else
+                   f"DOES NOT FIT ({math.ceil(self.training_hours / max(self.available_hours, 1e-9))} sessions)")
+        lines.append(f"session: {self.available_hours:.2f} h for training ({spent} kept from the time limit); "
+                     f"the run needs {self.training_hours:.2f} h: {verdict}")
         return "\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "config"}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("config", "layouts")}
         return {**fields, "config": dataclasses.asdict(self.config), "seconds_per_step": self.seconds_per_step,
-                "hours": self.hours, "fits_memory": self.fits_memory}
+                "hours": self.hours, "layout_hours": self.layout_hours, "available_hours": self.available_hours,
+                "training_hours": self.training_hours, "fits_memory": self.fits_memory,
+                "layouts": [{**dataclasses.asdict(lay), "seconds_per_step": lay.seconds_per_step}
+                            for lay in self.layouts]}
 
 
 def topology_mesh(topology: str, shape: tuple[int, int] | None) -> jax.sharding.Mesh:
@@ -291,30 +360,112 @@ def step_owner(input_fn: Any, loss_fn: Any, grad_accum: int) -> Any:
 
 
 def plan(config: PlanConfig) -> Plan:
-    """Compile the run's train step for ``config.topology`` and size it; raises :class:`PlanError` if it
-    does not fit the chips' memory (the hours are judged by the caller: :attr:`Plan.hours`)."""
+    """Compile the run's train step for ``config.topology`` and size it: on ``config.mesh``, or on every
+    layout the model and batch allow, choosing the cheapest that fits. Raises :class:`PlanError` if none
+    fits the chips' memory (the hours are judged by the caller: :attr:`Plan.training_hours`)."""
     import tzc_data
-    from flax import nnx
-
-    from tzc_train.model import packed_inputs, packed_loss
-    from tzc_train.trainer import Trainer
 
     try:
         manifest = tzc_data.read_manifest(config.data)
     except (OSError, ValueError) as err:
         raise PlanError(f"--data {config.data}: {err}") from None
     seq_len = config.seq_len or manifest["config"]["seq_len"]
-    train_split = manifest["packing"]["by_split"]["train"]
-    mesh = topology_mesh(config.topology, config.mesh)
-    sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
-    if config.batch_size % sizes["fsdp"]:
-        raise PlanError(f"--batch-size {config.batch_size} does not divide over the fsdp axis ({sizes['fsdp']}): "
-                        "tunix would then replicate the batch on every chip")
     kind = config.topology.split(":")[0]
     hbm, peak = CHIPS[kind]
+    shapes = [config.mesh] if config.mesh else layout_candidates(config, manifest["tokenizer"]["vocab_size"])
+    compiled: dict[tuple[int, int], tuple[Layout, dict[str, Any] | None]] = {}
+    for shape in shapes:
+        mesh = topology_mesh(config.topology, shape)
+        sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
+        if config.batch_size % sizes["fsdp"]:
+            raise PlanError(f"--batch-size {config.batch_size} does not divide over the fsdp axis ({sizes['fsdp']}): "
+                            "tunix would then replicate the batch on every chip")
+        try:
+            parts = compile_step(config, mesh, manifest["tokenizer"]["vocab_size"], seq_len)
+        except DoesNotFit as refused:
+            if len(shapes) == 1:
+                raise
+            compiled[shape] = (Layout(mesh=sizes, peak_bytes=None), {"refused": str(refused)})
+            continue
+        per_step = config.grad_accum * (parts["xla_flops"] / (peak * config.mfu)
+                                        + parts["collective_bytes"] / ICI_BYTES_PER_S[kind])
+        compiled[shape] = (Layout(mesh=sizes, peak_bytes=parts["peak_bytes"], xla_flops=parts["xla_flops"],
+                                  collective_bytes=parts["collective_bytes"], seconds_per_step=per_step), parts)
+    layouts = tuple(layout for layout, _ in compiled.values())
+    fitting = [shape for shape, (lay, _) in compiled.items() if lay.peak_bytes is not None and lay.peak_bytes <= hbm]
+    if not fitting:
+        smallest = min((lay.peak_bytes for lay in layouts if lay.peak_bytes is not None), default=None)
+        needed = f"{smallest / 2**30:.2f} GiB a chip needed at best" if smallest else "no layout compiles"
+        raise DoesNotFit(f"does not fit: {needed}, {hbm / 2**30:.2f} GiB available ({config.topology}, batch "
+                         f"{config.batch_size} x {seq_len}, layouts {', '.join(lay.name for lay in layouts)}); "
+                         f"lower --batch-size (raise --grad-accum){_remat_advice(config.remat)}")
+    chosen = min(fitting, key=lambda shape: compiled[shape][0].seconds_per_step)
+    layout, parts = compiled[chosen]
+    return _the_plan(config, manifest, seq_len, layout, parts, layouts, hbm, peak)
 
+
+def _the_plan(config: PlanConfig, manifest: dict[str, Any], seq_len: int, layout: Layout, parts: dict[str, Any],
+              layouts: tuple[Layout, ...], hbm: int, peak: float) -> Plan:
+    """The :class:`Plan` of the chosen layout: its memory, the run's steps, the session's overheads."""
+    train_split = manifest["packing"]["by_split"]["train"]
+    examples_per_step = config.batch_size * config.grad_accum
+    steps_per_epoch = max(1, train_split["rows"] // examples_per_step)
+    steps = config.steps or max(1, int(config.epochs * train_split["rows"] / examples_per_step))
+    chips = math.prod(layout.mesh.values())
+    step_flops = model_flops(parts["model_config"], parts["adapter_elements"], examples_per_step, seq_len)
+    return Plan(config=config, chips=chips, mesh=layout.mesh, seq_len=seq_len, hbm_bytes=hbm,
+                weights_bytes=parts["weights_bytes"], adapters_bytes=parts["adapters_bytes"],
+                optimizer_bytes=parts["optimizer_bytes"], activations_bytes=parts["temp_bytes"],
+                peak_bytes=parts["peak_bytes"], xla_flops=parts["xla_flops"], model_flops=step_flops,
+                tokens_per_step=examples_per_step * seq_len, fill=float(manifest["packing"].get("fill", 1.0)),
+                steps_per_epoch=steps_per_epoch, steps=steps, peak_flops=peak, layouts=layouts,
+                overheads=session_overheads(config, parts, steps, seq_len, chips * peak))
+
+
+def session_overheads(config: PlanConfig, parts: dict[str, Any], steps: int, seq_len: int,
+                      flops_per_s: float) -> dict[str, float]:
+    """Seconds of the session spent on anything but training steps: loading (assumed), compiling (this
+    plan's compile of the step), the evals (forward FLOPs of ``eval_rows`` rows at the assumed MFU, as
+    often as ``tzc-train`` runs them) and the final save (``tzc_train.session.SAVE_RESERVE_S``)."""
+    from tzc_train.session import SAVE_RESERVE_S
+
+    every = config.eval_every or max(50, math.ceil(steps / 20))  # tzc_train.train.eval_interval
+    forward = model_flops(parts["model_config"], parts["adapter_elements"], config.eval_rows, seq_len) / 2
+    evals = (steps // every + 1) * forward / (flops_per_s * config.mfu) if config.eval_rows else 0.0
+    return {"loading": LOAD_SECONDS, "compiling": parts["compile_seconds"], "evals": evals, "save": SAVE_RESERVE_S}
+
+
+def layout_candidates(config: PlanConfig, vocab_size: int) -> list[tuple[int, int]]:
+    """The (fsdp, tp) splits of the topology's chips that the model's heads, key/value heads and MLP
+    width divide by ``tp`` and the batch divides by ``fsdp``, widest ``fsdp`` first."""
+    from tunix.models.gemma import model as gemma_lib
+
+    from tzc_train.model import tiny_config
+
+    chips = math.prod(int(n) for n in config.topology.split(":")[1].lower().split("x")) if ":" in config.topology else 0
+    model = tiny_config(vocab_size) if config.model == "tiny" else gemma_lib.ModelConfig.gemma2_2b_it()
+    shapes = [(chips // tp, tp) for tp in range(1, chips + 1) if chips % tp == 0
+              and model.num_heads % tp == 0 and model.num_kv_heads % tp == 0 and model.hidden_dim % tp == 0
+              and config.batch_size % (chips // tp) == 0]
+    if not shapes:
+        raise PlanError(f"--batch-size {config.batch_size} does not divide over the fsdp axis of any fsdp x tp split "
+                        f"of {config.topology}: give a batch size the chips divide, or --mesh")
+    return shapes
+
+
+def compile_step(config: PlanConfig, mesh: jax.sharding.Mesh, vocab_size: int, seq_len: int) -> dict[str, Any]:
+    """Lower and compile the train step on ``mesh``; its memory, counts and compile time. Raises
+    :class:`DoesNotFit` when the TPU compiler finds it over the chips' memory."""
+    import time
+
+    from flax import nnx
+
+    from tzc_train.model import packed_inputs, packed_loss
+    from tzc_train.trainer import Trainer
+
+    hbm = CHIPS[config.topology.split(":")[0]][0]
     with mesh:
-        model, optimizer, model_config = abstract_training_state(config, manifest["tokenizer"]["vocab_size"])
+        model, optimizer, model_config = abstract_training_state(config, vocab_size)
         graph, state = nnx.split((model, optimizer))
         state = _sharded(state, mesh)
         weights = _sharded(nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))), mesh)
@@ -333,6 +484,7 @@ def plan(config: PlanConfig) -> Plan:
             return nnx.state((model, optimizer)), loss, grad_norm
 
         out_shardings = (jax.tree.map(lambda x: x.sharding, state), NamedSharding(mesh, P()), NamedSharding(mesh, P()))
+        started = time.perf_counter()
         try:
             with tpu_activation_sharding(), cheap_tracer_probes():
                 lowered = jax.jit(train_step, donate_argnums=0, out_shardings=out_shardings).lower(state, batch)
@@ -350,27 +502,35 @@ def plan(config: PlanConfig) -> Plan:
             raise DoesNotFit(f"does not fit: batch {config.batch_size} x {seq_len} tokens on {config.topology} "
                             f"needs more than the {hbm / 2**30:.2f} GiB a chip has ({detail[:300]}); "
                             f"lower --batch-size (raise --grad-accum){_remat_advice(config.remat)}") from None
+        seconds = time.perf_counter() - started
 
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    peak_bytes = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-                  + memory.temp_size_in_bytes)
-    examples_per_step = config.batch_size * config.grad_accum
-    steps_per_epoch = max(1, train_split["rows"] // examples_per_step)
-    steps = config.steps or max(1, int(config.epochs * train_split["rows"] / examples_per_step))
-    adapter_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(adapters))
-    result = Plan(config=config, chips=mesh.devices.size, mesh=sizes, seq_len=seq_len, hbm_bytes=hbm,
-                  weights_bytes=_bytes_per_chip(weights), adapters_bytes=_bytes_per_chip(adapters),
-                  optimizer_bytes=_bytes_per_chip(opt_state), activations_bytes=memory.temp_size_in_bytes,
-                  peak_bytes=peak_bytes, xla_flops=float(cost.get("flops", 0.0)),
-                  model_flops=model_flops(model_config, adapter_elements, examples_per_step, seq_len),
-                  tokens_per_step=examples_per_step * seq_len, fill=float(manifest["packing"].get("fill", 1.0)),
-                  steps_per_epoch=steps_per_epoch, steps=steps, peak_flops=peak)
-    if not result.fits_memory:
-        raise DoesNotFit(f"does not fit: {peak_bytes / 2**30:.2f} GiB a chip needed, {hbm / 2**30:.2f} GiB available "
-                        f"({config.topology}, batch {config.batch_size} x {seq_len})")
-    return result
+    return {"peak_bytes": (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+                           + memory.temp_size_in_bytes),
+            "temp_bytes": memory.temp_size_in_bytes, "xla_flops": float(cost.get("flops", 0.0)),
+            "collective_bytes": collective_bytes(compiled.as_text()), "compile_seconds": seconds,
+            "weights_bytes": _bytes_per_chip(weights), "adapters_bytes": _bytes_per_chip(adapters),
+            "optimizer_bytes": _bytes_per_chip(opt_state), "model_config": model_config,
+            "adapter_elements": sum(math.prod(x.shape) for x in jax.tree.leaves(adapters))}
+
+
+_COLLECTIVE = re.compile(r"=\s*(\(?[a-z0-9\[\],{}:\s()TSE#_*]*?\)?)\s+(all-gather|all-reduce|reduce-scatter|all-to-all|"
+                         r"collective-permute)(?:-start)?\(")
+_SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|bf16|f16|s32|u32|f32|s64|u64|f64)\[([\d,]*)\]")
+_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+          "s64": 8, "u64": 8, "f64": 8}
+
+
+def collective_bytes(hlo: str) -> int:
+    """Bytes the collectives of a compiled program's text produce, each op counted once (an op inside
+    a loop runs once per iteration, so this is a measure to compare layouts by, not a total)."""
+    total = 0
+    for match in _COLLECTIVE.finditer(hlo):
+        for dtype, dims in _SHAPE.findall(match.group(1)):
+            total += _BYTES[dtype] * math.prod(int(d) for d in dims.split(",") if d)
+    return total
 
 
 def _remat_advice(remat: str) -> str:
@@ -379,4 +539,5 @@ def _remat_advice(remat: str) -> str:
     return "" if remat == "block" else " or use --remat block"
 
 
-__all__ = ["CHIPS", "DoesNotFit", "Plan", "PlanConfig", "PlanError", "model_flops", "plan", "topology_mesh"]
+__all__ = ["CHIPS", "DoesNotFit", "Layout", "Plan", "PlanConfig", "PlanError", "collective_bytes", "layout_candidates",
+           "model_flops", "plan", "session_overheads", "topology_mesh"]

@@ -1,4 +1,10 @@
-"""Sessions that end on time: ``--time-limit``, the train feed that stops before it, the run summary.
+"""Sessions that end on time: ``--time-limit``, the train feed that stops before it, the run folder
+and its summary.
+
+The run folder (``--out``) is the competition's ``CKPT_DIR``: checkpoints go to
+``CKPT_DIR/actor/<step>/{model_params,optimizer_state}``, where the judges' cells list the all-digit
+step folders and restore ``model_params`` of the largest; ``tzc_run.json``, ``summary.json`` and
+``tensorboard/`` sit beside ``actor/``.
 
 A Kaggle TPU session stops hard after 9 hours. A run given ``--time-limit 8h40m`` stops handing
 batches to the trainer once the next step could not finish and be saved before the limit,
@@ -24,6 +30,7 @@ from typing import Any
 import numpy as np
 
 SUMMARY = "summary.json"
+CHECKPOINTS = "actor"  # the judges' cells read CKPT_DIR/actor/<step>/model_params
 
 # Kept free at the end for what follows the last step: the steps still in flight (tunix runs up
 # to two ahead) are budgeted from the longest step seen; this covers the final checkpoint (LoRA
@@ -31,6 +38,39 @@ SUMMARY = "summary.json"
 SAVE_RESERVE_S = 60.0
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms])")
+
+
+def checkpoint_root(run: str) -> str:
+    """Where a run's step folders are: ``run/actor``; for a run written before that layout (step
+    folders directly in ``run``, read-only: see :func:`legacy_layout`), ``run`` itself."""
+    return run if legacy_layout(run) else os.path.join(run, CHECKPOINTS)
+
+
+def step_folders(directory: str) -> list[int]:
+    """The all-digit folder names in ``directory`` as steps, as the judges' cells list them."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def legacy_layout(run: str) -> bool:
+    """Whether ``run`` holds its checkpoints in the layout of tzc before the judges' (``run/<step>``)."""
+    return not os.path.isdir(os.path.join(run, CHECKPOINTS)) and bool(step_folders(run))
+
+
+def saved_step(run: str) -> int | None:
+    """The latest checkpoint step of a run, or None."""
+    steps = step_folders(checkpoint_root(run))
+    return steps[-1] if steps else None
+
+
+def format_seconds(seconds: float) -> str:
+    """``1h02m``, ``4m05s``, ``12s``: a duration for a progress line."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def parse_duration(text: str) -> float:
@@ -75,12 +115,15 @@ class Feed:
     Counts the non-padding tokens of every batch it hands out (also the ones tunix skips on
     resume, which are the earlier sessions' steps): ``tokens(k)`` is the number in the first ``k``.
     The step time it budgets is the longest interval between two requests after the first
-    (the first holds the step's compilation), or that first one while it is all there is.
+    (the first holds the step's compilation), or that first one while it is all there is. On a
+    resume, the ``skip`` batches tunix draws and discards to reach the checkpoint's step are not
+    timed: the first interval after them is the one that holds the compilation.
     """
 
     batches: Iterator[dict[str, np.ndarray]]
     deadline: Deadline
     agree: Callable[[bool], bool] | None = None  # multi-host: every host takes process 0's decision
+    skip: int = 0  # batches already trained on (a resumed run's checkpoint step)
     stopped: str | None = None
     _cumulative: list[int] = field(default_factory=lambda: [0])
     _first: float | None = None  # the first interval (compilation), then the longest since
@@ -91,17 +134,8 @@ class Feed:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        now = self.deadline.clock()
-        if self._last is not None:
-            if self._first is None:
-                self._first = now - self._last
-            else:
-                self._longest = max(self._longest or 0.0, now - self._last)
-        step = self._longest if self._longest is not None else (self._first or 0.0)
-        go_on = self.deadline.leaves_room_for(step)
-        if self.agree is not None:
-            go_on = self.agree(go_on)
-        if not go_on:
+        served = len(self._cumulative) - 1
+        if served >= self.skip and not self._go_on():
             self.stopped = "time limit"
             raise StopIteration
         try:
@@ -110,8 +144,21 @@ class Feed:
             self.stopped = "end of data"
             raise
         self._cumulative.append(self._cumulative[-1] + int(np.count_nonzero(batch["segment_ids"])))
-        self._last = self.deadline.clock()
+        if served >= self.skip:
+            self._last = self.deadline.clock()
         return batch
+
+    def _go_on(self) -> bool:
+        """Whether the next step still fits; times the interval since the last batch handed out."""
+        now = self.deadline.clock()
+        if self._last is not None:
+            if self._first is None:
+                self._first = now - self._last
+            else:
+                self._longest = max(self._longest or 0.0, now - self._last)
+        step = self._longest if self._longest is not None else (self._first or 0.0)
+        go_on = self.deadline.leaves_room_for(step)
+        return self.agree(go_on) if self.agree is not None else go_on
 
     def tokens(self, steps: int) -> int:
         """Non-padding tokens in the first ``steps`` batches handed out."""
@@ -160,4 +207,5 @@ def write_summary(out: str, new: list[dict[str, Any]], *, steps: int, max_steps:
     return summary
 
 
-__all__ = ["Deadline", "Feed", "SAVE_RESERVE_S", "SUMMARY", "parse_duration", "read_summary", "write_summary"]
+__all__ = ["CHECKPOINTS", "Deadline", "Feed", "SAVE_RESERVE_S", "SUMMARY", "checkpoint_root", "format_seconds",
+           "legacy_layout", "parse_duration", "read_summary", "saved_step", "step_folders", "write_summary"]

@@ -40,9 +40,12 @@ from tunix.rl import reshard
 from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
-from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
-from tzc_train.model import REMAT, default_attention, packed_inputs, packed_loss, prepare, tiny_config, tiny_model
-from tzc_train.session import Deadline, Feed, read_summary, write_summary
+from tzc_data.files import sha256_file
+from tzc_train.export import ADAPTER_FILE, adapter_config, is_exported_adapters, load_adapters, param_arrays
+from tzc_train.model import (REMAT, cast_params, default_attention, packed_inputs, packed_loss, prepare, tiny_config,
+                             tiny_model)
+from tzc_train.session import (SAVE_RESERVE_S, Deadline, Feed, checkpoint_root, format_seconds, legacy_layout,
+                               read_summary, saved_step, write_summary)
 from tzc_train.trainer import Trainer
 
 LORA_TARGETS = ".*q_einsum|.*kv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
@@ -77,6 +80,7 @@ class TrainConfig:
     resume: bool = False
     remat: str = "block"  # none | block | decoder: tunix's RematConfig (tzc_train.model.prepare)
     attention: str = "auto"  # auto (splash on TPU, else plain) | plain | splash
+    dtype: str | None = None  # the base weights' dtype; default: the model's own (tiny float32, Gemma bfloat16)
 
     def __post_init__(self) -> None:
         if not isinstance(self.data, str):  # a list of one is that build: the same run, the same tzc_run.json
@@ -96,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"--remat {self.remat!r}: choose one of {', '.join(REMAT)}")
         if self.attention not in ("auto", "plain", "splash"):
             raise ValueError(f"--attention {self.attention!r}: choose auto, plain or splash")
+        if self.dtype not in (None, *DTYPES):
+            raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
         if self.model not in ("tiny", "gemma2-2b"):
             raise ValueError(f"--model {self.model!r}: choose tiny or gemma2-2b")
         if self.model == "gemma2-2b" and not self.weights:
@@ -114,17 +120,31 @@ class TrainConfig:
             raise ValueError("--eval-every and --save-every must be >= 1, --eval-rows >= 0")
         if self.time_limit is not None and not (self.time_limit > 0 and math.isfinite(self.time_limit)):
             raise ValueError(f"--time-limit {self.time_limit}: must be a positive number of seconds")
+        if self.time_limit is not None and self.time_limit <= SAVE_RESERVE_S:
+            raise ValueError(f"--time-limit {self.time_limit:g}s leaves no time to train: the last "
+                             f"{SAVE_RESERVE_S:.0f} s of a session are kept for the final checkpoint")
 
     @property
     def builds(self) -> tuple[str, ...]:
         """The builds the run reads: one, or the mixture's, in the order of --data."""
         return (self.data,) if isinstance(self.data, str) else self.data
 
+    @property
+    def base_dtype(self) -> Any:
+        """The base weights' dtype: ``--dtype``, or the model's own (tiny float32, Gemma 2 2B bfloat16)."""
+        return jnp.dtype(self.dtype or ("float32" if self.model == "tiny" else "bfloat16"))
+
+
+DTYPES = ("float32", "bfloat16")
+
 
 # The options that decide which rows each step reads and what it does with them: a resume with
 # other values would continue another run from this one's checkpoint at the wrong data position.
-RESUME_FIELDS = ("data", "data_weights", "model", "weights", "epochs", "steps", "batch_size", "grad_accum", "lr",
-                 "warmup_steps", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
+# Builds and --init-lora are compared by what they hold (IDENTITY_FIELDS), not by path: a Kaggle
+# session sees the first session's build under /kaggle/input/... .
+RESUME_FIELDS = ("data", "data_weights", "model", "weights", "dtype", "init_lora", "epochs", "steps", "batch_size",
+                 "grad_accum", "lr", "warmup_steps", "weight_decay", "lora_rank", "lora_alpha", "lora_targets", "seed")
+IDENTITY_FIELDS = {"data": "data_identity", "init_lora": "init_lora_identity"}
 PATH_FIELDS = ("data", "out", "weights", "init_lora")
 
 
@@ -161,20 +181,25 @@ def make_mesh(shape: tuple[int, int] | None) -> jax.sharding.Mesh:
     return jax.make_mesh(shape, ("fsdp", "tp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
 
+def run_mesh(config: TrainConfig) -> jax.sharding.Mesh:
+    """The mesh a run recorded, when this machine's devices make it; else the default one."""
+    devices = len(jax.devices())
+    return make_mesh(config.mesh if config.mesh and config.mesh[0] * config.mesh[1] == devices else None)
+
+
 def base_model(config: TrainConfig, vocab_size: int, mesh: jax.sharding.Mesh
                ) -> tuple[nnx.Module, gemma_lib.ModelConfig]:
-    """The base model and its config: a tiny random Gemma 2, or Gemma 2 2B-IT in bfloat16."""
+    """The base model and its config: a tiny random Gemma 2, or Gemma 2 2B-IT, in ``config.base_dtype``."""
     model_config = tiny_config(vocab_size) if config.model == "tiny" else gemma_lib.ModelConfig.gemma2_2b_it()
-    weights = config.weights
+    weights, dtype = config.weights, config.base_dtype
     if weights is None:  # only the tiny model may come without weights (validated in TrainConfig)
-        return tiny_model(vocab_size, mesh), model_config
+        return tiny_model(vocab_size, mesh, dtype=dtype), model_config
     if os.path.isdir(weights) and any(n.endswith(".safetensors") for n in os.listdir(weights)):
         from tunix.models.gemma import params_safetensors
 
-        dtype = jnp.float32 if config.model == "tiny" else jnp.bfloat16
         model = params_safetensors.create_model_from_safe_tensors(weights, model_config, mesh, dtype=dtype)
         return model, dataclasses.replace(model_config, num_embed=model.embedder.input_embedding.shape[0])
-    model = kaggle_model(weights, model_config)
+    model = cast_params(kaggle_model(weights, model_config), dtype)
     return reshard.reshard_model_to_mesh(model, mesh), model_config
 
 
@@ -210,14 +235,32 @@ RUN_CONFIG = "tzc_run.json"
 
 
 def restore_adapters(model: nnx.Module, path: str, option: str) -> None:
-    """Adapters from a run's ``--out`` (its latest orbax checkpoint) or a ``tzc-train export``."""
+    """Adapters from a run's ``--out`` (its latest orbax checkpoint, ``actor/<step>/model_params``)
+    or a ``tzc-train export``."""
     if is_exported_adapters(path):
         load_adapters(model, path)
         return
-    restored, _ = checkpoint_manager.CheckpointManager(root_directory=os.path.abspath(path)).maybe_restore(
-        model, None, restore_only_lora_params=True)  # orbax wants an absolute path
+    root = os.path.abspath(checkpoint_root(path))  # orbax wants an absolute path
+    restored, _ = checkpoint_manager.CheckpointManager(root_directory=root).maybe_restore(
+        model, None, restore_only_lora_params=True)
     if not restored:
-        raise ValueError(f"{option} {path}: no checkpoint there (and no exported adapters)")
+        raise ValueError(f"{option} {path}: no checkpoint there (no {root}/<step>/model_params, and no exported "
+                         "adapters)")
+
+
+def identity(path: str | None) -> str | None:
+    """What a build or a run's adapters hold, independent of where they are: the sha256 of a build's
+    ``manifest.json`` (it names every shard's sha256), of exported adapters' file, or of a run's
+    ``tzc_run.json`` with its latest checkpoint step."""
+    if path is None:
+        return None
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        return "build:" + sha256_file(os.path.join(path, "manifest.json"))
+    if is_exported_adapters(path):
+        return "adapters:" + sha256_file(os.path.join(path, ADAPTER_FILE))
+    if os.path.isfile(os.path.join(path, RUN_CONFIG)):
+        return f"run:{sha256_file(os.path.join(path, RUN_CONFIG))}@{saved_step(path)}"
+    return None
 
 
 def recorded_lora(path: str) -> tuple[int, float] | None:
@@ -239,6 +282,8 @@ def _recorded_fields(config: TrainConfig) -> dict[str, Any]:
         else:
             fields[name] = os.path.abspath(fields[name]) if fields[name] else None
     fields["data_weights"] = list(config.data_weights) if config.data_weights else None  # as JSON reads it back
+    fields["data_identity"] = [identity(build) for build in config.builds]
+    fields["init_lora_identity"] = identity(config.init_lora)
     return fields
 
 
@@ -282,27 +327,36 @@ def check_out(config: TrainConfig) -> None:
                          "choose another --out")
     if not config.resume:
         raise ValueError(f"--out {config.out} already holds a run: pass --resume to continue it")
+    if legacy_layout(config.out):
+        raise ValueError(f"--resume: the run in {config.out} keeps its checkpoints in the old layout ({config.out}/"
+                         f"<step>); move the step folders into {os.path.join(config.out, 'actor')}/ to continue it")
 
 
 def check_resume(config: TrainConfig) -> None:
     """Refuse a ``--resume`` whose options differ from the run's where that changes the data
-    position or the optimisation, naming each difference."""
+    position or the optimisation, naming each difference. Builds and ``--init-lora`` are compared
+    by what they hold (:func:`identity`) where the run recorded it, so a build copied elsewhere
+    (a Kaggle dataset) is the same build."""
     if not os.path.isfile(os.path.join(config.out, RUN_CONFIG)):
         return
     with open(os.path.join(config.out, RUN_CONFIG), encoding="utf-8") as handle:
         recorded = json.load(handle)
     now = _recorded_fields(config)
-    changed = [name for name in RESUME_FIELDS if name in recorded and recorded[name] != now[name]]
+    changed = [name for name in RESUME_FIELDS if _differs(name, recorded, now, config.out)]
     if changed:
-        listed = ", ".join(f"--{n.replace('_', '-')} {recorded[n]} (given: {now[n]})" for n in changed)
+        listed = ", ".join(f"--{n.replace('_', '-')} {recorded[n]} (given: {now[n]}"
+                           + (", which holds something else)" if recorded[n] == now[n] else ")") for n in changed)
         raise ValueError(f"--resume: the run in {config.out} was started with {listed}; resume with the run's "
                          f"options (recorded in {os.path.join(config.out, RUN_CONFIG)}) or start a new --out")
 
 
-def saved_step(out: str) -> int | None:
-    """The latest checkpoint step in a run's ``--out``, or None."""
-    steps = [int(n) for n in os.listdir(out) if n.isdigit()] if os.path.isdir(out) else []
-    return max(steps) if steps else None
+def _differs(name: str, recorded: dict[str, Any], now: dict[str, Any], out: str) -> bool:
+    if name == "init_lora" and saved_step(out) is not None:
+        return False  # a run that saved a step restores its own adapters, not --init-lora's
+    by = IDENTITY_FIELDS.get(name)
+    if by and recorded.get(by) is not None:
+        return recorded[by] != now[by]
+    return name in recorded and recorded[name] != now[name]
 
 
 def split_rows(manifest: dict[str, Any], split: str) -> int:
@@ -386,7 +440,8 @@ def eval_interval(config: TrainConfig, steps: int) -> int:
 
 
 class ConsoleLine(hooks.TrainingHooks):
-    """One line per step: step, loss, tokens/s (non-padding), learning rate; one per eval.
+    """One line per step: step of the run's total, loss, tokens/s (non-padding), learning rate, the
+    time to the end at the rate since the first step and the time to ``--time-limit``; one per eval.
 
     tunix reports a step's loss once the next step is under way, and the last one at the end, so
     the interval between two reports can hold two steps or almost none. The rate is therefore the
@@ -394,8 +449,8 @@ class ConsoleLine(hooks.TrainingHooks):
     printed is the one the step used (optax's schedule at the step's 0-based index).
     """
 
-    def __init__(self, schedule: optax.Schedule, feed: Feed, every: int = 1):
-        self.schedule, self.feed, self.every = schedule, feed, every
+    def __init__(self, schedule: optax.Schedule, feed: Feed, steps: int, every: int = 1):
+        self.schedule, self.feed, self.steps, self.every = schedule, feed, steps, every
         self.started = time.perf_counter()
         self.first: tuple[int, float] | None = None
         self.losses: list[float] = []
@@ -415,8 +470,20 @@ class ConsoleLine(hooks.TrainingHooks):
         else:
             tokens, seconds = self.feed.tokens(train_step) - self.feed.tokens(self.first[0]), now - self.first[1]
         if train_step % self.every == 0:
-            print(f"step {train_step:>6}  loss {loss:.4f}  {tokens / max(seconds, 1e-9):>9,.0f} tokens/s  "
-                  f"lr {float(self.schedule(train_step - 1)):.2e}", file=sys.stderr, flush=True)
+            print(f"step {train_step:>6}/{self.steps}  loss {loss:.4f}  {tokens / max(seconds, 1e-9):>9,.0f} tokens/s  "
+                  f"lr {float(self.schedule(train_step - 1)):.2e}{self.times(train_step, now)}", file=sys.stderr,
+                  flush=True)
+
+    def times(self, step: int, now: float) -> str:
+        """``  eta 1h02m  limit in 3h10m``: the rest of the run at the mean step time since the first
+        report (compilation excluded), and what is left of ``--time-limit``."""
+        first_step, first_time = self.first or (step, now)
+        done = step - first_step
+        text = f"  eta {format_seconds((self.steps - step) * (now - first_time) / done)}" if done > 0 else ""
+        deadline = self.feed.deadline
+        if deadline.limit is not None:
+            text += f"  limit in {format_seconds(deadline.limit - deadline.elapsed())}"
+        return text
 
     def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None:
         self.record_eval(train_ctx.train_steps, train_ctx.pop_eval_loss())
@@ -467,8 +534,8 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
             write_run_config(config)
 
         trainer, schedule = make_trainer(config, model, steps)
-        feed = Feed(batches, Deadline(config.time_limit, started), agree=agreement())
-        console = ConsoleLine(schedule, feed)
+        feed = Feed(batches, Deadline(config.time_limit, started), agree=agreement(), skip=saved_step(config.out) or 0)
+        console = ConsoleLine(schedule, feed, steps)
         trainer.with_training_hooks(console)
         eval_batches, eval_note = eval_set(config, manifest)
         print(f"{steps} steps of {examples_per_step} packed rows ({config.batch_size} x {config.grad_accum}); "
@@ -482,13 +549,13 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
 
 
 def make_trainer(config: TrainConfig, model: nnx.Module, steps: int) -> tuple[Trainer, optax.Schedule]:
-    """tzc's Trainer with AdamW on warmup + cosine, checkpoints and TensorBoard in ``--out``."""
-    warmup = min(config.warmup_steps, steps - 1)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.lr, warmup, max(steps, warmup + 1))
+    """tzc's Trainer with AdamW on warmup + cosine, checkpoints in ``--out/actor`` (the judges'
+    ``CKPT_DIR/actor/<step>/model_params``), TensorBoard in ``--out/tensorboard``."""
+    schedule = lr_schedule(config.lr, config.warmup_steps, steps)
     optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=config.weight_decay)
     training = peft_trainer.TrainingConfig(
         eval_every_n_steps=eval_interval(config, steps), max_steps=steps,
-        checkpoint_root_directory=os.path.abspath(config.out),
+        checkpoint_root_directory=os.path.abspath(checkpoint_root(config.out)),
         checkpointing_options=checkpoint_manager.ocp.CheckpointManagerOptions(
             save_interval_steps=config.save_every, max_to_keep=3),
         metrics_logging_options=metrics_logger.MetricsLoggerOptions(
@@ -497,6 +564,17 @@ def make_trainer(config: TrainConfig, model: nnx.Module, steps: int) -> tuple[Tr
     trainer = (Trainer(model, optimizer, training, grad_accum=config.grad_accum)
                .with_gen_model_input_fn(packed_inputs).with_loss_fn(packed_loss))
     return trainer, schedule
+
+
+def lr_schedule(peak: float, warmup_steps: int, steps: int) -> optax.Schedule:
+    """The learning rate of each step by its 0-based index: linear warmup to ``peak`` over
+    ``warmup_steps`` steps, then cosine decay towards 0. The first step trains at
+    ``peak / warmup_steps`` (never at 0), the warmup's last step at ``peak``, the last step just above 0."""
+    warmup = min(warmup_steps, steps - 1)
+    if warmup <= 0:
+        return optax.cosine_decay_schedule(peak, steps + 1)
+    base = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps + 1)
+    return lambda count: base(count + 1)
 
 
 def record_session(config: TrainConfig, steps: int, done: int, feed: Feed, console: ConsoleLine, started: float,
@@ -544,16 +622,20 @@ def agreement():
 
 
 def export_run(run: str, out: str, *, weights: str | None = None, merged: bool = True) -> dict[str, Any]:
-    """Write ``out/adapters`` and (unless ``merged=False``) ``out/merged`` and ``out/flax`` for a
-    run's latest checkpoint; see ``tzc_train/export.py``. ``weights`` overrides the base weights
-    the run used. Refuses to write over a non-empty directory."""
+    """Write ``out/adapters`` and ``out/kaggle`` (the unrestricted-mode deliverable: the LoRA
+    parameters as the orbax checkpoint the judges restore, ``tzc_train.kaggle``) and, unless
+    ``merged=False``, ``out/merged`` and ``out/flax``, for a run's latest checkpoint; see
+    ``tzc_train/export.py``. ``weights`` overrides the base weights the run used. Refuses to write
+    over a non-empty directory."""
     from tzc_data.look import build_tokenizer
     from tzc_train import export
+    from tzc_train.kaggle import save_lora_checkpoint
+    from tzc_train.model import for_decoding
 
     config = read_run_config(run)
     if weights:
         config = dataclasses.replace(config, weights=weights)
-    names = [export.ADAPTERS] + ([export.MERGED, export.FLAX] if merged else [])
+    names = [export.ADAPTERS, export.KAGGLE] + ([export.MERGED, export.FLAX] if merged else [])
     targets = {name: os.path.join(out, name) for name in names}
     taken = [t for t in targets.values() if os.path.exists(t) and (not os.path.isdir(t) or os.listdir(t))]
     if taken:
@@ -562,15 +644,15 @@ def export_run(run: str, out: str, *, weights: str | None = None, merged: bool =
     tokenizer = build_tokenizer(manifest, None)
     special = {"bos": tokenizer.bos, "eos": tokenizer.eos, "pad": max(tokenizer.pad, 0),
                "end_of_turn": tokenizer.end_of_turn}
-    devices = len(jax.devices())
-    mesh = make_mesh(config.mesh if config.mesh and config.mesh[0] * config.mesh[1] == devices else None)
+    mesh = run_mesh(config)
     with mesh:
         base, model_config = base_model(config, manifest["tokenizer"]["vocab_size"], mesh)
         model = with_lora(base, config, mesh)
         restore_adapters(model, run, "--run")
         written = {"adapters": export.save_adapters(model, targets[export.ADAPTERS], rank=config.lora_rank,
                                                     alpha=config.lora_alpha, targets=config.lora_targets,
-                                                    base=config.model, run=os.path.abspath(run))}
+                                                    base=config.model, dtype=config.dtype, run=os.path.abspath(run)),
+                   "kaggle": save_lora_checkpoint(for_decoding(model), targets[export.KAGGLE])}
         if merged:
             params = export.merged_params(model, rank=config.lora_rank, alpha=config.lora_alpha)
             written["merged"] = export.save_merged(params, targets[export.MERGED], model_config, special=special)

@@ -240,4 +240,22 @@ def test_the_decoding_view_has_remat_off_shares_the_arrays_and_leaves_the_traini
     assert {layer.attn.remat_config for layer in view.layers} == {gemma_lib.RematConfig.NONE}
     assert {layer.config.remat_config for layer in trained.layers} == {gemma_lib.RematConfig.BLOCK}
     assert view.layers[0].attn.q_einsum.w.get_value() is trained.layers[0].attn.q_einsum.w.get_value()
-    assert for_decoding(view) is view
+
+
+def test_the_decoding_view_holds_the_adapters_in_the_base_dtype(mesh):
+    """tunix's Sampler makes its KV cache in the model's dtype: float32 factors on a bfloat16 base
+    failed in prefill. The view casts them; the training model keeps its float32 masters."""
+    import jax.numpy as jnp
+    import qwix
+
+    from tzc_train.model import for_decoding
+
+    with mesh:
+        base = tiny_model(1024, mesh, dtype=jnp.bfloat16)
+        provider = qwix.LoraProvider(module_path=".*q_einsum|.*kv_einsum", rank=4, alpha=4.0)
+        model = qwix.apply_lora_to_model(base, provider, rngs=nnx.Rngs(0), **base.get_model_input())
+        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), nnx.state(model, nnx.LoRAParam)))
+    view = for_decoding(model)
+    kinds = lambda m, kind: {x.dtype for x in jax.tree.leaves(nnx.state(m, kind))}  # noqa: E731
+    assert kinds(view, nnx.LoRAParam) == {jnp.dtype(jnp.bfloat16)} == kinds(view, nnx.Param)
+    assert kinds(model, nnx.LoRAParam) == {jnp.dtype(jnp.float32)}

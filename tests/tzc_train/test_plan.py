@@ -34,7 +34,7 @@ def build(tmp_path_factory, tiny_model_path):
 
 def test_the_readme_settings_fit_a_v5e_8(build, capsys):
     """The whole 26-layer step at Gemma 2 2B shapes (the README's figures: 5.58 GiB a chip)."""
-    assert main(["plan", "--data", str(build), "--epochs", "4", "--fast-compile", *README_SETTINGS]) == 0
+    assert main(["plan", "--data", str(build), "--epochs", "4", "--fast-compile", "--mesh", "2x4", *README_SETTINGS]) == 0
     out = capsys.readouterr().out
     assert "v5e:2x4 (8 chips, mesh fsdp x tp = 2x4)" in out and "fits" in out and "DOES NOT FIT" not in out
     peak = float(re.search(r"peak\s+([\d.]+) GiB of\s+16.00 GiB", out).group(1))
@@ -44,11 +44,36 @@ def test_the_readme_settings_fit_a_v5e_8(build, capsys):
     assert f"steps: {max(1, rows // 32):,} per epoch, {max(1, int(4 * rows / 32)):,} in all" in out
 
 
+def test_every_layout_is_compiled_and_the_cheapest_that_fits_is_chosen(build, capsys):
+    """Without --mesh: each fsdp x tp split the model and the batch allow, with its own counts; the plan
+    is the cheapest one that fits, and its hours are judged against the time limit less the overheads."""
+    from tzc_train.plan import layout_candidates
+
+    config = PlanConfig(data=str(build), model="tiny", batch_size=8, steps=100, fast_compile=True)
+    assert layout_candidates(config, 600) == [(8, 1), (4, 2), (2, 4)]
+    result = plan(config)
+    assert [lay.name for lay in result.layouts] == ["8x1", "4x2", "2x4"]
+    assert all(lay.peak_bytes and lay.xla_flops > 0 and lay.seconds_per_step > 0 for lay in result.layouts)
+    assert len({lay.xla_flops for lay in result.layouts}) > 1  # the program depends on the layout
+    cheapest = min(result.layouts, key=lambda lay: lay.seconds_per_step)
+    assert result.mesh == cheapest.mesh and result.layout_hours == pytest.approx(100 * cheapest.seconds_per_step / 3600)
+    assert set(result.overheads) == {"loading", "compiling", "evals", "save"} and result.overheads["compiling"] > 0
+    assert result.available_hours == pytest.approx(9 - sum(result.overheads.values()) / 3600)
+    assert "<- chosen: the cheapest that fits" in result.report()
+
+    code = main(["plan", "--data", str(build), "--model", "tiny", "--steps", "100", "--mesh", "2x4", "--fast-compile",
+                 "--time-limit", "5m"])
+    captured = capsys.readouterr()
+    assert code == 1 and "session: " in captured.out
+    assert re.fullmatch(r"tzc-train plan: does not fit --time-limit 5m: the steps need [\d.]+ h, the session leaves "
+                        r"-?[\d.]+ h after loading, compiling and evals; .*\n", captured.err)
+
+
 def test_an_oversized_batch_is_refused_in_one_line(build, capsys):
     """Compiled for the TPU, the program does not fit its 16 GiB: RESOURCE_EXHAUSTED becomes one line.
     (The tiny model without remat and a huge batch: the same compiler verdict, in seconds.)"""
     code = main(["plan", "--data", str(build), "--model", "tiny", "--batch-size", "4096", "--remat", "none",
-                 "--fast-compile"])
+                 "--fast-compile", "--mesh", "2x4"])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith("tzc-train plan: error: does not fit: batch 4096 x 4096 tokens on v5e:2x4")

@@ -92,7 +92,7 @@ def test_a_time_limit_stops_saves_and_resumes_to_the_same_adapters(short_build, 
     monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", at_step_end)
     first = train(_config(short_build, out, time_limit=3600.0), started=clock())
     assert first["status"] == "time limit" and 10 <= first["steps"] < 16
-    assert str(first["steps"]) in {p.name for p in out.iterdir()}  # saved at the step it stopped
+    assert str(first["steps"]) in {p.name for p in (out / "actor").iterdir()}  # saved at the step it stopped
     assert first["eval_loss"] is not None and first["eval_step"] == 8
 
     monkeypatch.setattr(train_module.ConsoleLine, "on_train_step_end", functools.partialmethod(at_step_end, crash_at=19))
@@ -148,6 +148,53 @@ def test_resume_with_other_options_is_refused_naming_them(short_build, full_run)
         train(_config(short_build, run_dir, resume=True, batch_size=8, grad_accum=2))
     with pytest.raises(ValueError, match=r"--seed 0 \(given: 3\)"):
         train(_config(short_build, run_dir, resume=True, seed=3))
+
+
+def test_resume_compares_builds_and_init_lora_by_what_they_hold(short_build, other_build, full_run, tmp_path):
+    """A build copied elsewhere (a Kaggle dataset under /kaggle/input) is the same build; another build
+    at the run's path is not. A run started from --init-lora and stopped before its first checkpoint
+    resumes only from the same adapters; once it saved a step, its own adapters are what it resumes."""
+    import shutil
+
+    run_dir, _ = full_run
+    copy = tmp_path / "input" / "build"
+    shutil.copytree(short_build, copy)
+    train_module.check_resume(_config(copy, run_dir, resume=True))
+    moved = tmp_path / "moved-run"
+    shutil.copytree(run_dir, moved)  # the recorded path now holds another build
+    recorded = json.loads((moved / "tzc_run.json").read_text())
+    recorded["data"] = str(tmp_path / "elsewhere")
+    (moved / "tzc_run.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"--data .*elsewhere \(given: .*other"):
+        train_module.check_resume(_config(other_build, moved, resume=True))
+
+    started = _config(short_build, tmp_path / "second", init_lora=str(run_dir))
+    train_module.write_run_config(started)  # killed before its first checkpoint
+    with pytest.raises(ValueError, match=r"--init-lora .*full \(given: None\)"):
+        train_module.check_resume(_config(short_build, tmp_path / "second", resume=True))
+    train_module.check_resume(dataclasses.replace(started, resume=True))
+    saved = tmp_path / "second" / "actor" / "8"
+    saved.mkdir(parents=True)
+    train_module.check_resume(_config(short_build, tmp_path / "second", resume=True))
+
+
+def test_a_run_in_the_old_layout_is_not_resumed_into_the_new_one(short_build, tmp_path):
+    old = tmp_path / "old"
+    train_module.write_run_config(_config(short_build, old))
+    (old / "8" / "model_params").mkdir(parents=True)
+    with pytest.raises(ValueError, match=r"old layout .*move the step folders into .*old/actor/"):
+        train_module.check_out(_config(short_build, old, resume=True))
+    from tzc_train.session import checkpoint_root, saved_step
+
+    assert checkpoint_root(str(old)) == str(old) and saved_step(str(old)) == 8  # eval, sample, export still read it
+
+
+def test_the_learning_rate_never_trains_a_step_at_zero():
+    schedule = train_module.lr_schedule(1e-2, 5, 100)
+    assert [round(float(schedule(i)), 6) for i in range(5)] == [0.002, 0.004, 0.006, 0.008, 0.01]
+    assert 0 < float(schedule(99)) < 1e-5 and float(schedule(50)) < 1e-2
+    assert float(train_module.lr_schedule(1e-2, 0, 10)(0)) == pytest.approx(1e-2)
+    assert float(train_module.lr_schedule(1e-2, 10, 1)(0)) == pytest.approx(1e-2)  # one step: no warmup
 
 
 def test_a_batch_the_data_axis_cannot_split_is_refused(short_build, tmp_path):
@@ -268,6 +315,34 @@ def test_the_feed_counts_tokens_and_stops_when_the_next_steps_would_not_fit():
     assert feed.tokens(3) == 15 and feed.tokens(99) == 18 * 5
 
 
+def test_a_resumed_feed_budgets_like_a_fresh_one():
+    """tunix draws and discards a resumed run's trained batches before the first step: those draws
+    are not steps, and the interval after them holds the compilation, so a resumed session stops
+    where a fresh one with the same step times would (a 120 s compile, 5 s steps)."""
+    from tzc_train.session import Feed
+
+    def stop_time(skip: int) -> tuple[float, int]:
+        now = [0.0]
+        batch = {"segment_ids": np.array([[1, 1, 0]])}
+        feed = Feed(iter([batch] * 2000), Deadline(limit=900.0, started=0.0, reserve=60.0, clock=lambda: now[0]),
+                    skip=skip)
+        for _ in range(skip):
+            next(feed)
+            now[0] += 0.01
+        steps = 0
+        for seconds in [120.0] + [5.0] * 1000:
+            try:
+                next(feed)
+            except StopIteration:
+                return round(now[0] - skip * 0.01, 6), steps
+            steps += 1
+            now[0] += seconds
+        raise AssertionError("the feed never stopped")
+
+    fresh, resumed = stop_time(0), stop_time(300)
+    assert resumed == fresh and fresh[1] == 143  # 120 + 142 x 5 = 830 s: the 143rd step would end past 900 - 60
+
+
 def test_init_lora_starts_from_saved_adapters(short_build, full_run, tmp_path):
     run_dir, result = full_run
     follow = train(_config(short_build, tmp_path / "next", init_lora=str(run_dir), steps=1, lr=1e-12))
@@ -277,19 +352,20 @@ def test_init_lora_starts_from_saved_adapters(short_build, full_run, tmp_path):
 
 
 def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path, capsys):
-    """Session 1's --time-limit 1s is spent before the first step (imports and model loading take
-    longer): it saves step 0 and exits 0 with status 'time limit'. Session 2 (--resume) trains."""
+    """The CLI as its own process: a --time-limit within the final save's reserve is refused in one
+    line before anything is written; a run trains into OUT/actor/<step> with a progress line a step
+    (step of the total, learning rate, time to the end, time to the limit); --resume of a finished
+    run loads nothing."""
     out = tmp_path / "cli"
     command = [sys.executable, "-m", "tzc_train.cli", "--model", "tiny", "--data", str(short_build), "--out", str(out),
                "--steps", "6", "--batch-size", "4", "--lr", "1e-2", "--lora-rank", "4", "--save-every", "3",
-               "--eval-rows", "4", "--mesh", "2X4"]
-    spent = subprocess.run(command + ["--time-limit", "1s"], capture_output=True, text=True, timeout=300)
-    assert spent.returncode == 0, spent.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "time limit" and summary["steps"] == 0 and summary["tokens"] == 0
-    assert summary["train_loss"] is None and summary["eval_step"] == 0  # the eval at the start ran
+               "--eval-rows", "4", "--mesh", "2X4", "--warmup-steps", "5"]
+    refused = subprocess.run(command + ["--time-limit", "45s"], capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and not out.exists()
+    assert refused.stderr.strip() == ("tzc-train: error: --time-limit 45s leaves no time to train: the last 60 s of a "
+                                      "session are kept for the final checkpoint")
 
-    done = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command + ["--time-limit", "2h"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["status"] == "finished" and summary["steps"] == 6 and summary["session"]["steps"] == 6
@@ -297,16 +373,19 @@ def test_cli_end_to_end_with_the_tiny_model(short_build, tmp_path, capsys):
     recorded = json.loads((out / "summary.json").read_text())
     assert {k: v for k, v in summary.items() if k not in ("session", "mesh")} == {
         k: v for k, v in recorded.items() if k != "sessions"}
-    assert [s["stopped"] for s in recorded["sessions"]] == ["time limit", "finished"]
-    # warmup 5 steps from 0: step 1 ran at lr 0 and step 2 at 2e-3 (not the next step's rates)
-    assert re.search(r"step      1  loss [\d.]+ +[\d,]+ tokens/s  lr 0\.00e\+00", done.stderr)
-    assert re.search(r"step      2  loss .*lr 2\.00e-03", done.stderr)
+    # warmup over 5 steps: step 1 trains at 1/5 of the peak (never at 0), step 5 at the peak, then cosine
+    assert re.search(r"step      1/6  loss [\d.]+ +[\d,]+ tokens/s  lr 2\.00e-03  limit in 1h5\dm", done.stderr)
+    assert re.search(r"step      2/6  loss .*lr 4\.00e-03  eta \d+s  limit in 1h5\dm", done.stderr)
+    assert re.search(r"step      5/6  loss .*lr 1\.00e-02  eta", done.stderr)
+    assert re.search(r"step      6/6  loss .*lr [1-9]\.\d+e-0[3-4]  eta 0s", done.stderr)
     evals = [float(x) for x in re.findall(r"eval loss ([\d.]+)", done.stderr)]
     assert len(evals) == 2 and all(0 < x < 7 for x in evals)  # at step 0 and at the end; means, not sums
-    assert (out / "tensorboard").is_dir() and (out / "6").is_dir()
+    assert (out / "tensorboard").is_dir() and (out / "actor" / "6" / "model_params").is_dir()
+    assert not any(p.name.isdigit() for p in out.iterdir())  # the judges list CKPT_DIR/actor only
     from tzc_train.cli import main
 
     assert main(command[3:]) == 2 and "pass --resume" in capsys.readouterr().err  # in-process: no second start-up
+    assert main(command[3:] + ["--resume"]) == 0 and "finished at step 6; nothing to resume" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -404,7 +483,7 @@ def exported(full_run, tmp_path_factory):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         assert main(["export", "--run", str(run_dir), "--out", str(out)]) == 0
-    assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])) == {"adapters", "merged", "flax"}
+    assert set(json.loads(stdout.getvalue().strip().splitlines()[-1])) == {"adapters", "kaggle", "merged", "flax"}
     return out
 
 
@@ -552,7 +631,7 @@ def test_a_kaggle_flax_checkpoint_loads_as_the_base_model(tmp_path):
 
 
 def test_eval_split_prompts_are_the_trained_prefixes_with_their_answers(short_build):
-    from tzc_train.evaluate import default_budget, eval_split_prompts
+    from tzc_train.evaluate import eval_split_prompts, references_fitting
 
     manifest = json.loads((short_build / "manifest.json").read_text())
     tokenizer = build_tokenizer(manifest, None)
@@ -563,10 +642,13 @@ def test_eval_split_prompts_are_the_trained_prefixes_with_their_answers(short_bu
         assert item.prompt == tokenizer.encode_prompt(f"What is {number} mod 17?")
         assert item.answer == f"The answer is {number % 17}." and item.reasoning_tokens > 0
     assert len(eval_split_prompts(str(short_build), tokenizer, 3)) == 3
-    longest = max(int(np.sum(row["loss_mask"][row["segment_ids"] == k]))
-                  for row in tzc_data.iter_rows(str(short_build), "eval")
-                  for k in range(1, int(row["segment_ids"].max()) + 1))
-    assert default_budget(str(short_build), manifest) == longest
+    turns = [int(np.sum(row["loss_mask"][row["segment_ids"] == k]))
+             for row in tzc_data.iter_rows(str(short_build), "eval")
+             for k in range(1, int(row["segment_ids"].max()) + 1)]
+    for budget in (min(turns), max(turns) - 1, 768):
+        fitting = references_fitting(str(short_build), manifest, budget)
+        assert fitting == {"split": "eval", "examples": len(turns), "fit": sum(t <= budget for t in turns),
+                           "longest": max(turns)}
 
 
 def test_eval_command_reports_on_the_eval_split(short_build, full_run, capsys, monkeypatch):
@@ -584,7 +666,12 @@ def test_eval_command_reports_on_the_eval_split(short_build, full_run, capsys, m
         not r["well_formed"] and not r["stopped"] for r in report["samples"]) == 3
     for row in report["samples"]:
         assert row["stopped"] == (row["new_tokens"] < 8) and row["reference"].startswith("The answer is ")
+    assert report["references_fitting"]["split"] == "eval" and report["references_fitting"]["fit"] == 0  # 8 tokens
     assert main(argv) == 0
     table = capsys.readouterr().out
-    for label in ("format compliance", "stop rate", "truncations", "exact match", "reasoning tokens", "answer tokens"):
+    for label in ("format compliance", "stop rate", "truncations", "exact match", "reasoning tokens", "answer tokens",
+                  "references fit"):
         assert label in table
+    assert main(["eval", "--run", run_dir.name, "--data", str(short_build), "--limit", "1", "--batch-size", "1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["budget"] == 768  # the judges' MAX_GENERATION_STEPS by default
