@@ -133,7 +133,7 @@ class FileSetSource(Source):
                 first_row += self.layout[k].rows  # wholly before the range: not opened
                 continue
             layout = self._layout_of(k)
-            if first_row + layout.rows > start and start < stop:
+            if layout.rows and first_row + layout.rows > start and start < stop:  # a file of 0 rows has no unit
                 pieces = self._parquet_units if self.paths[k].endswith(".parquet") else self._jsonl_units
                 units += pieces(k, layout, first_row, start, stop, len(units))
             first_row += layout.rows

@@ -266,3 +266,29 @@ def test_units_read_in_a_spawned_process_give_the_same_examples(mixed):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         parts = pool.starmap(read_unit_tuples, [(source, unit) for unit in units])
     assert [e for part in parts for e in part] == as_tuples(read(source, 3, 66))
+
+
+def test_zero_row_pieces_inside_the_range_are_planned_around(tmp_path):
+    """An empty or blank-only ``.jsonl.gz``, a Parquet row group of 0 rows, an empty-table Parquet
+    file, between files with rows: no unit for them, every range reads its rows."""
+    rows = [generate(2, i) for i in range(9)]
+    (tmp_path / "a.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[:2]))
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt"):
+        pass
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as handle:
+        handle.write("\n  \n")
+    table = pa.table({"prompt": [r.prompt for r in rows[2:6]], "response": [r.response for r in rows[2:6]]})
+    with pq.ParquetWriter(tmp_path / "d.parquet", table.schema) as writer:
+        writer.write_table(table.slice(0, 2))
+        writer.write_table(table.slice(0, 0))
+        writer.write_table(table.slice(2))
+    pq.write_table(table.slice(0, 0), tmp_path / "e.parquet")
+    (tmp_path / "f.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[6:]))
+    source = local_source(str(tmp_path))
+    for start in range(9):
+        for stop in range(start, 10):
+            units = source.plan(start, stop)
+            assert [(u.start, u.stop) for u in units] == sorted((u.start, u.stop) for u in units)
+            assert all(u.stop > u.start for u in units) and sum(u.rows for u in units) == stop - start
+            assert [(e.row, e.prompt) for e in read(source, start, stop)] == [(i, rows[i].prompt)
+                                                                             for i in range(start, stop)]
