@@ -244,6 +244,8 @@ def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSON
     paths = sorted(p for p in paths if p.endswith(SUFFIXES))
     if not paths:
         raise SourceError(f"source {spec!r} holds no .parquet, .jsonl or .jsonl.gz files")
+    for path in paths:
+        _check_utf8_name(path)
     root = spec if os.path.isdir(spec) else _fixed_part(spec) if glob.has_magic(spec) else os.path.dirname(spec) or "."
     sizes = [_regular_file_size(p) for p in paths]
     jsonl_bytes = sum(size for p, size in zip(paths, sizes) if not p.endswith(".parquet"))
@@ -258,6 +260,17 @@ def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSON
     return FileSetSource(fs=fsspec.filesystem("file"), paths=tuple(os.path.abspath(p) for p in paths),
                          description={"kind": "local", "spec": spec, "files": files}, layout=tuple(layouts),
                          format=fmt, read_folders=_folders_read(spec), stamp=tuple(_stamp(p) for p in paths))
+
+
+def _check_utf8_name(path: str) -> None:
+    """Refuse a file whose name is not UTF-8: the manifest, the stats and a row's detail record
+    the name as text, and such a name cannot be written there (nor shown but escaped)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise SourceError(f"source file {shown} is not valid UTF-8 in its name: rename it (the manifest and the "
+                          "stats record each file's name as text)") from None
 
 
 def _folders_read(spec: str) -> tuple[str, ...]:

@@ -292,3 +292,20 @@ def test_zero_row_pieces_inside_the_range_are_planned_around(tmp_path):
             assert all(u.stop > u.start for u in units) and sum(u.rows for u in units) == stop - start
             assert [(e.row, e.prompt) for e in read(source, start, stop)] == [(i, rows[i].prompt)
                                                                              for i in range(start, stop)]
+
+
+def test_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path, capsys, tiny_model_path):
+    """The manifest and the stats record each file's name as text: a name that is not UTF-8 is
+    refused when the source is opened, naming the file, never a UnicodeEncodeError later."""
+    from tzc_data.cli import main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text(json.dumps(GOOD) + "\n")
+    with open(os.path.join(os.fsencode(tmp_path / "src"), b"b\xff.jsonl"), "wb") as handle:
+        handle.write(b"not json\n")
+    with pytest.raises(SourceError, match=r"b\\xff\.jsonl is not valid UTF-8"):
+        local_source(str(tmp_path / "src"))
+    assert main(["build", "--source", str(tmp_path / "src"), "--range", "0:2", "--out", str(tmp_path / "out"),
+                 "--tokenizer", tiny_model_path, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "b\\xff.jsonl is not valid UTF-8" in err
