@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -269,10 +270,50 @@ def load(directory: Builds, split: str = "train", *, weights: Sequence[float] | 
         _check_weights(builds, weights)
         records, seq_len = _records(builds[0], split)
         return records.map(functools.partial(decode_row, seq_len=seq_len))
-    grain = _grain()
     parts, seq_len, proportions = _mixture_parts(builds, split, weights)
     decode = functools.partial(decode_row, seq_len=seq_len)
-    return grain.MapDataset.mix([records.map(decode) for records in parts], proportions)
+    return _mix([records.map(decode) for records in parts], None if weights is None else proportions)
+
+
+def _mix(parts: list, weights: Sequence[float] | None, *, repeats: int | None = 1):
+    """``parts`` interleaved. By ``weights`` (normalised), Grain's mixture: its integer rounding of
+    them, ending when the first part runs out. Without weights, each part weighs its length exactly:
+    the first ``repeats`` times the total length holds every element of every part once per repeat
+    (``repeats=None``: the parts repeat forever), spread evenly (:class:`_ExactInterleave`)."""
+    grain = _grain()
+    if weights is not None:
+        return grain.MapDataset.mix(parts if repeats == 1 else [p.repeat(repeats) for p in parts], weights)
+    selection = _ExactInterleave(tuple(len(p) for p in parts), repeats)
+    return grain.MapDataset.select_from_datasets([p.repeat(None) for p in parts], selection)
+
+
+class _ExactInterleave:
+    """A ``grain.transforms.DatasetSelectionMap`` (by its interface: the loaders import Grain on
+    first use). Position ``i`` of the interleaving of parts of ``sizes`` elements, each in proportion to its
+    size: a pure, stateless function (Grain calls it from any process). Within each period of
+    ``sum(sizes)`` positions part ``k`` holds its ``sizes[k]`` elements in order, each once
+    (Grain's own rounds the proportions to integers, the smallest scaled to 100: rows were lost).
+    The same recurrence as Grain's ``_dataset_and_key_of_next_element`` with the sizes themselves
+    as the integer proportions: part ``k`` takes its share of what the parts after it leave."""
+
+    def __init__(self, sizes: tuple[int, ...], repeats: int | None):
+        self.sizes, self.period = sizes, sum(sizes)
+        self.length = sys.maxsize if repeats is None else self.period * repeats
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} of an interleaving of {self.length} elements")
+        period, at = divmod(index, self.period)
+        remaining, low, high = self.period, at, at + 1
+        for part, size in enumerate(self.sizes):
+            next_low, next_high = low * (remaining - size) // remaining, high * (remaining - size) // remaining
+            if low - next_low != high - next_high:  # position ``at`` is this part's (high - next_high)-th
+                return part, period * size + high - next_high - 1
+            remaining, low, high = remaining - size, next_low, next_high
+        raise AssertionError("unreachable: the last part takes every position the others leave")
 
 
 # Measured on this project's machine (tools/bench_loader.py): with ReadOptions(num_threads=0,
@@ -313,8 +354,8 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
         rows = records.seed(seed).shuffle().repeat(num_epochs)
     else:
         parts, seq_len, proportions = _mixture_parts(builds, split, weights)
-        rows = grain.MapDataset.mix([records.seed(_build_seed(seed, k)).shuffle().repeat(num_epochs)
-                                     for k, records in enumerate(parts)], proportions)
+        rows = _mix([records.seed(_build_seed(seed, k)).shuffle() for k, records in enumerate(parts)],
+                    None if weights is None else proportions, repeats=num_epochs)
     rows = rows[shard_index::shard_count]
     # Batch the raw records and decode a whole batch into one array: a quarter faster than
     # decoding rows and stacking them (measured, tools/bench_loader.py).
@@ -368,7 +409,8 @@ def mixture(directories: Builds, weights: Sequence[float] | None = None,
 
     Grain mixes by a deterministic interleaving (``grain.MapDataset.mix``), not by sampling: any
     stretch of the mixture holds each build in proportion, to Grain's rounding of the weights to
-    integers (the smallest scaled to 100: 0.7/0.3 draws 233 of every 333).
+    integers (the smallest scaled to 100: 0.7/0.3 draws 233 of every 333). Without weights the
+    interleaving is exact: each pass over the builds' total rows holds every row once.
     """
     _, _, proportions = _mixture_parts(_as_builds(directories), split, weights)
     return proportions
