@@ -333,7 +333,10 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
     * ``num_epochs=None`` repeats forever; a split without packed rows then raises OutputError, and
       with a finite ``num_epochs`` gives an iterator that yields nothing.
     * Multi-host: host ``shard_index`` of ``shard_count`` takes every ``shard_count``-th element of
-      the global shuffled sequence, so hosts see disjoint rows and together see all of them.
+      the global shuffled sequence, so hosts see disjoint rows. With a finite ``num_epochs`` every
+      host gets the same number of batches (a multi-host step loop would stall otherwise): the
+      sequence is cut to a multiple of ``shard_count`` rows (of ``shard_count * batch_size`` with
+      ``drop_remainder``), and a warning says how many rows that leaves out.
     * The iterator has ``get_state()`` / ``set_state(state)`` (Grain): save the state with a
       checkpoint and a resumed job continues with the next batch.
     * A list of builds is a mixture (:func:`mixture`): each build shuffled and repeated on its own,
@@ -356,6 +359,8 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
         parts, seq_len, proportions = _mixture_parts(builds, split, weights)
         rows = _mix([records.seed(_build_seed(seed, k)).shuffle() for k, records in enumerate(parts)],
                     None if weights is None else proportions, repeats=num_epochs)
+    if num_epochs is not None:
+        rows = _equal_host_shares(rows, batch_size, shard_count, drop_remainder)
     rows = rows[shard_index::shard_count]
     # Batch the raw records and decode a whole batch into one array: a quarter faster than
     # decoding rows and stacking them (measured, tools/bench_loader.py).
@@ -363,6 +368,24 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
                       batch_fn=functools.partial(_decode_batch, seq_len=seq_len))
     options = grain.ReadOptions(**(read_options or READ_OPTIONS))
     return iter(rows.to_iter_dataset(options))
+
+
+def _equal_host_shares(rows, batch_size: int, shard_count: int, drop_remainder: bool):
+    """The finite sequence ``rows`` cut so that each of ``shard_count`` hosts gets the same rows, in
+    whole batches with ``drop_remainder``; a warning names the rows left out."""
+    import warnings
+
+    total = len(rows)
+    share = total // shard_count
+    if drop_remainder:
+        share -= share % batch_size
+    if share * shard_count == total:
+        return rows
+    batches = share // batch_size if drop_remainder else -(-share // batch_size)
+    warnings.warn(f"tzc_data.batches: {total - share * shard_count:,} of the {total:,} rows of the pass(es) are left "
+                  f"out, so that each of {shard_count:,} host(s) gets the same {batches:,} batch(es) of "
+                  f"{batch_size:,}{'' if drop_remainder else ' or fewer rows'}", stacklevel=3)
+    return rows[:share * shard_count]
 
 
 Builds = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]

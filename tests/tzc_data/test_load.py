@@ -68,15 +68,37 @@ def test_batches_are_repeatable_reshuffled_per_epoch_and_checkpointable(small_bu
     assert batch["tokens"].shape == (2, 8192) and batch["tokens"].dtype == np.int32
 
 
-def test_host_shards_are_disjoint_and_cover_the_rows(small_build):
+def test_host_shards_are_disjoint_equal_and_say_what_they_leave_out(small_build):
+    """A finite pass over H hosts: every host gets the same number of batches (a multi-host step
+    loop stalls otherwise), the hosts' rows are disjoint, and the rows left out are said."""
+    import warnings
+
     out, _ = small_build
+    rows = {_signature({"tokens": r["tokens"][None]}) for r in tzc_data.iter_rows(out)}
     n = len(tzc_data.load(out))
-    seen = []
-    for host in range(3):
-        seen += [_signature(b) for b in tzc_data.batches(out, 1, seed=0, num_epochs=1, shard_index=host,
-                                                          shard_count=3, drop_remainder=False)]
-    assert len(seen) == n and len(set(seen)) == len({_signature({"tokens": r["tokens"][None]})
-                                                    for r in tzc_data.iter_rows(out)})
+    assert len(rows) == n
+    for hosts, size, drop in [(3, 1, False), (7, 2, True), (7, 2, False), (4, 3, True), (2, 5, False), (1, 4, True)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            per_host = [[b["tokens"].shape[0] for b in tzc_data.batches(out, size, seed=0, num_epochs=1,
+                                                                       shard_index=host, shard_count=hosts,
+                                                                       drop_remainder=drop)]
+                        for host in range(hosts)]
+            seen = [s for host in range(hosts) for b in tzc_data.batches(out, size, seed=0, num_epochs=1,
+                                                                         shard_index=host, shard_count=hosts,
+                                                                         drop_remainder=drop)
+                    for s in _split_signature(b)]
+        share = n // hosts - (n // hosts % size if drop else 0)
+        assert all(counts == per_host[0] for counts in per_host) and sum(per_host[0]) == share
+        assert len(seen) == len(set(seen)) == share * hosts and set(seen) <= rows
+        left = [str(w.message) for w in caught if "left out" in str(w.message)]
+        assert left == ([f"tzc_data.batches: {n - share * hosts:,} of the {n:,} rows of the pass(es) are left out, "
+                         f"so that each of {hosts} host(s) gets the same {len(per_host[0])} batch(es) of {size}"
+                         f"{'' if drop else ' or fewer rows'}"] * 2 * hosts if share * hosts < n else [])
+
+
+def _split_signature(batch):
+    return [_signature({"tokens": batch["tokens"][k][None]}) for k in range(batch["tokens"].shape[0])]
 
 
 def test_torch_hf_and_parquet_adapters_give_the_same_rows(small_build, tmp_path):
