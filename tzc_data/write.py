@@ -268,7 +268,8 @@ def write_hashes(directory: str, hashes: bytes | bytearray) -> dict[str, Any]:
     with atomic_path(path) as temporary:
         unique.tofile(temporary)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
     return {"file": HASHES, "count": int(len(unique)), "sha256": sha256_file(path),
-            "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt; sorted, unique, 16 bytes each"}
+            "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt without default-ignorable "
+                         "code points; sorted, unique, 16 bytes each"}
 
 
 def read_hashes(directory: str, entry: dict[str, Any]) -> np.ndarray:
