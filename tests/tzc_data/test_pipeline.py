@@ -896,3 +896,28 @@ def test_resume_may_change_what_only_the_shards_and_the_guardrail_read(tmp_path,
     assert err.count("\n") == 1 and "--resume and a lower --min-kept-ratio" in err
     assert main(_tiny_build("synthetic", guarded, "0:80", tiny_model_path, *new, "--resume")) == 0
     assert _files(guarded) == _files(reference)
+
+
+def test_a_source_file_rewritten_during_the_build_is_refused(tmp_path, capsys, monkeypatch, tiny_model_path):
+    """b.jsonl rewritten (same row count) right after plan.json is written: the build fails in one
+    line naming it, never publishing rows of other bytes under the surveyed sha256."""
+    from tzc_data import pipeline, units
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [generate(4, i) for i in range(6)]
+    for name, part in (("a.jsonl", rows[:3]), ("b.jsonl", rows[3:])):
+        (src / name).write_text("".join(json.dumps({"prompt": r.prompt, "response": r.response}) + "\n" for r in part))
+    real = units.start_plan
+
+    def plan_then_rewrite(*args, **kwargs):
+        real(*args, **kwargs)
+        later = os.stat(src / "b.jsonl").st_mtime_ns + 10**9
+        (src / "b.jsonl").write_text((src / "a.jsonl").read_text())
+        os.utime(src / "b.jsonl", ns=(later, later))
+
+    monkeypatch.setattr(pipeline.units, "start_plan", plan_then_rewrite)
+    assert main(_tiny_build(src, tmp_path / "out", "0:6", tiny_model_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "source file b.jsonl changed while the build read it" in err
+    assert not (tmp_path / "out").exists()

@@ -309,3 +309,18 @@ def test_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path, capsys, tiny_mo
                  "--tokenizer", tiny_model_path, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "b\\xff.jsonl is not valid UTF-8" in err
+
+
+def test_a_file_rewritten_after_the_source_opened_fails_its_unit(tmp_path):
+    """Same row count, other bytes: the rows would come from bytes other than the recorded sha256's."""
+    rows = [generate(3, i) for i in range(6)]
+    (tmp_path / "a.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[:3]))
+    (tmp_path / "b.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[3:]))
+    source = local_source(str(tmp_path))
+    assert len(list(read(source, 0, 6))) == 6
+    later = os.stat(tmp_path / "b.jsonl").st_mtime_ns + 10**9
+    (tmp_path / "b.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[:3]))
+    os.utime(tmp_path / "b.jsonl", ns=(later, later))
+    assert [e.row for e in read(source, 0, 3)] == [0, 1, 2]  # a.jsonl is as it was
+    with pytest.raises(SourceError, match=r"^source file b\.jsonl changed while the build read it"):
+        list(read(pickle.loads(pickle.dumps(source)), 0, 6))  # as a worker reads it
