@@ -426,7 +426,8 @@ def mixture(directories: Builds, weights: Sequence[float] | None = None,
     builds of different ``seq_len`` (the record layout) or tokenizer (its sha256), builds that
     ``tzc-data verify A B`` reports as sharing rows (overlapping row ranges of one source, shared
     or near-duplicate prompts: :func:`tzc_data.verify.check_disjoint`, which reads the builds'
-    prompt hashes and near-dup signatures), a split without packed rows, and weights that are not
+    prompt hashes and near-dup signatures; a build without near-dup keys, ``--no-near-dup``, is
+    mixed with a warning that its near duplicates were not checked: ``verify`` checks them), a split without packed rows, and weights that are not
     one positive finite number per build. Without weights, each build weighs its packed rows of
     ``split``: every row is equally likely, as if the builds were one.
 
@@ -483,11 +484,18 @@ def _check_compatible(builds: list[str], manifests: list[dict[str, Any]]) -> Non
         except (OSError, ValueError) as err:
             raise ConfigError(f"refusing to mix: {build}: its prompt hashes cannot be read ({_first_line(err)}); "
                               f"tzc-data verify {build} says what else is wrong") from None
+    unchecked: list[str] = []
     for a, b in itertools.combinations(range(len(builds)), 2):
-        problems = verify.check_disjoint(builds[a], manifests[a], hashes[a], builds[b], manifests[b], hashes[b])
+        problems = verify.check_disjoint(builds[a], manifests[a], hashes[a], builds[b], manifests[b], hashes[b],
+                                         unchecked=unchecked)
         if problems:
             raise ConfigError(f"refusing to mix: {problems[0]} (tzc-data verify {builds[a]} {builds[b]} lists "
                               "every problem)")
+    if unchecked:  # a build without near-dup keys: only verify, which decodes its prompts, can check them
+        import warnings
+
+        for note in unchecked:
+            warnings.warn(f"tzc_data.mixture: {note}", stacklevel=4)
 
 
 def _build_seed(seed: int, k: int) -> int:

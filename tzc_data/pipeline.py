@@ -170,6 +170,12 @@ def load_excluded(config: BuildConfig, source: Source, near: NearDupIndex | None
         raw = hashes.tobytes()
         for at in range(0, len(raw), 16):
             excluded.setdefault(raw[at:at + 16], path)
+        if near is None or not manifest.get("near_dup"):  # verify would then find the near duplicates kept
+            why = ("with --no-near-dup, near duplicates of its prompts would be kept" if near is None else
+                   "it has no near-dup keys (built with --no-near-dup), so near duplicates of its prompts cannot "
+                   "be dropped")
+            raise ConfigError(f"--exclude {path}: {why}, and tzc-data verify would report them; "
+                              + ("leave near dedup on" if near is None else "rebuild it without --no-near-dup"))
         if near is not None and manifest.get("near_dup"):
             entry = manifest["near_dup"]
             near_path = os.path.join(path, entry["file"])
