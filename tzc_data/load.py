@@ -382,9 +382,11 @@ def _equal_host_shares(rows, batch_size: int, shard_count: int, drop_remainder: 
     if share * shard_count == total:
         return rows
     batches = share // batch_size if drop_remainder else -(-share // batch_size)
+    why = (f"so that each of {shard_count:,} hosts gets the same {batches:,} batch(es) of {batch_size:,}"
+           f"{'' if drop_remainder else ' or fewer rows'}" if shard_count > 1 else
+           f"as drop_remainder leaves {batches:,} whole batch(es) of {batch_size:,}")
     warnings.warn(f"tzc_data.batches: {total - share * shard_count:,} of the {total:,} rows of the pass(es) are left "
-                  f"out, so that each of {shard_count:,} host(s) gets the same {batches:,} batch(es) of "
-                  f"{batch_size:,}{'' if drop_remainder else ' or fewer rows'}", stacklevel=3)
+                  f"out, {why}", stacklevel=3)
     return rows[:share * shard_count]
 
 
@@ -427,9 +429,10 @@ def mixture(directories: Builds, weights: Sequence[float] | None = None,
     ``tzc-data verify A B`` reports as sharing rows (overlapping row ranges of one source, shared
     or near-duplicate prompts: :func:`tzc_data.verify.check_disjoint`, which reads the builds'
     prompt hashes and near-dup signatures; a build without near-dup keys, ``--no-near-dup``, is
-    mixed with a warning that its near duplicates were not checked: ``verify`` checks them), a split without packed rows, and weights that are not
-    one positive finite number per build. Without weights, each build weighs its packed rows of
-    ``split``: every row is equally likely, as if the builds were one.
+    mixed with a warning that its near duplicates were not checked: ``verify`` checks them), a
+    split without packed rows, and weights that are not one positive finite number per build.
+    Without weights, each build weighs its packed rows of ``split``: every row is equally likely,
+    as if the builds were one.
 
     Grain mixes by a deterministic interleaving (``grain.MapDataset.mix``), not by sampling: any
     stretch of the mixture holds each build in proportion, to Grain's rounding of the weights to

@@ -821,8 +821,8 @@ def _near_duplicates_across(a: str, ma: dict[str, Any], b: str, mb: dict[str, An
                 return [note]
             unchecked.append(note)
             return []
-    index = NearDupIndex(min(m["near_dup"]["threshold"] if m.get("near_dup") else m["config"].get("near_dup_threshold", 0.8)
-                             for m in (ma, mb)))
+    index = NearDupIndex(min(m["near_dup"]["threshold"] if m.get("near_dup")
+                             else m["config"].get("near_dup_threshold", 0.8) for m in (ma, mb)))
     index.add_many(keys[0]["bands"], keys[0]["sketch"], keys[0]["row"].tolist())
     found = []
     for record in keys[1]:

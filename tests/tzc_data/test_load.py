@@ -92,9 +92,11 @@ def test_host_shards_are_disjoint_equal_and_say_what_they_leave_out(small_build)
         assert all(counts == per_host[0] for counts in per_host) and sum(per_host[0]) == share
         assert len(seen) == len(set(seen)) == share * hosts and set(seen) <= rows
         left = [str(w.message) for w in caught if "left out" in str(w.message)]
-        assert left == ([f"tzc_data.batches: {n - share * hosts:,} of the {n:,} rows of the pass(es) are left out, "
-                         f"so that each of {hosts} host(s) gets the same {len(per_host[0])} batch(es) of {size}"
-                         f"{'' if drop else ' or fewer rows'}"] * 2 * hosts if share * hosts < n else [])
+        why = (f"so that each of {hosts} hosts gets the same {len(per_host[0])} batch(es) of {size}"
+               f"{'' if drop else ' or fewer rows'}" if hosts > 1 else
+               f"as drop_remainder leaves {len(per_host[0])} whole batch(es) of {size}")
+        said = f"tzc_data.batches: {n - share * hosts:,} of the {n:,} rows of the pass(es) are left out, {why}"
+        assert left == ([said] * 2 * hosts if share * hosts < n else [])
 
 
 def _split_signature(batch):
@@ -252,7 +254,8 @@ def test_a_mixture_draws_each_build_in_proportion(mix_builds):
     once = [row for batch in tzc_data.batches([a, b], 1, seed=0, num_epochs=1) for row in _rows_of(batch)]
     assert len(once) == rows_a + rows_b and set(once) == set(origin)  # every row once
     loaded = tzc_data.load([a, b])
-    assert len(loaded) == len(once) and {_rows_of({k: v[None] for k, v in row.items()})[0] for row in loaded} == set(origin)
+    assert len(loaded) == len(once)
+    assert {_rows_of({k: v[None] for k, v in row.items()})[0] for row in loaded} == set(origin)
 
 
 def test_a_mixture_is_repeatable_and_resumes_from_its_state(mix_builds):

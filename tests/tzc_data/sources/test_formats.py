@@ -152,7 +152,8 @@ def test_markup_left_inside_a_part_is_named_as_that_part(tmp_path):
     inside a reasoning column (cot-collection) or thought is the reasoning's tag_in_content, not the
     answer's."""
     outputs = ["<Thought>r</Thought></Thought><Output>a</Output>", "<Thought>r</Thought><Output>a</Output></Output>",
-               "<Thought>r</Thought>bare</Thought>", "<Thought>r <Thought> s</Thought>a", "<Thought>x</think>y</Thought>a",
+               "<Thought>r</Thought>bare</Thought>", "<Thought>r <Thought> s</Thought>a",
+               "<Thought>x</think>y</Thought>a",
                "<Thought>r</Thought><Output>fine</Output>"]
     _jsonl(tmp_path / "o.jsonl", [{"instruction": f"q{i}", "output": o} for i, o in enumerate(outputs)])
     got = list(read(local_source(str(tmp_path / "o.jsonl"), format="openo1"), 0, len(outputs)))
@@ -166,6 +167,6 @@ def test_markup_left_inside_a_part_is_named_as_that_part(tmp_path):
     _jsonl(tmp_path / "c.jsonl", [{"source": "s", "rationale": "Two </think> and two.", "target": "4"},
                                   {"source": "s", "rationale": "r", "target": "4 </think>"}])
     got = list(read(local_source(str(tmp_path / "c.jsonl"), format="cot-collection"), 0, 2))
-    assert (got[0].status, got[0].detail) == (
-        "tag_in_content", "c.jsonl line 1: field 'rationale' contains '</think>' at character 4 (--format cot-collection)")
+    assert (got[0].status, got[0].detail) == ("tag_in_content", "c.jsonl line 1: field 'rationale' contains '</think>' "
+                                                                "at character 4 (--format cot-collection)")
     assert got[1].kept  # the answer's own markup: the format stage names it as the answer's
