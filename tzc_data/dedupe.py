@@ -1,4 +1,4 @@
-"""Exact prompt deduplication: NFKC, casefold, collapsed whitespace, xxh3-128.
+"""Exact prompt deduplication: default-ignorables removed, NFKC, casefold, collapsed whitespace, xxh3-128.
 
 First *kept* occurrence wins: the pipeline runs this stage after every other check (see
 ``pipeline.py``), so a row dropped for a looping trace or a length does not shadow a later,
@@ -8,6 +8,7 @@ clean row with the same prompt. The index holds the 16-byte hash and the kept ro
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from array import array
 from collections.abc import Iterable, Iterator
@@ -17,10 +18,23 @@ import xxhash
 from tzc_data.record import Example
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, 15.1): characters that render
+# as nothing (zero-width space and joiners, soft hyphen, bidi controls, variation selectors, tags).
+_IGNORABLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+                        "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+                        "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+
+
 def normalise(text: str) -> str:
-    """The form two prompts must share to count as the same: NFKC, casefold, single spaces (runs
-    of Unicode whitespace, ``str.isspace``, collapsed and trimmed by ``split``/``join``)."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """The form two prompts must share to count as the same: default-ignorable code points removed
+    (a zero-width space or soft hyphen inside a word makes no visible difference), NFKC, casefold,
+    single spaces (runs of Unicode whitespace, ``str.isspace``, collapsed and trimmed by
+    ``split``/``join``). Ignorables are removed before NFKC (a soft hyphen would block a
+    composition) and after (NFKC maps a few characters to one)."""
+    if text.isascii():  # O(1); ASCII holds no ignorable and is its own NFKC
+        return " ".join(text.casefold().split())
+    text = _IGNORABLE.sub("", unicodedata.normalize("NFKC", _IGNORABLE.sub("", text)))
+    return " ".join(text.casefold().split())
 
 
 def prompt_hash(text: str) -> bytes:

@@ -66,8 +66,8 @@ def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = No
     manifest = read_manifest(directory)
     colour = sys.stdout.isatty() if colour is None else colour
     stats = read_stats(directory, RECORDS, manifest=manifest)
-    picked = stats.filter(pl.col("status") == reason).head(n)
     total = stats.filter(pl.col("status") == reason).height
+    picked = stats.filter(pl.col("status") == reason).head(min(n, total))  # a huge -n overflows polars
     if reason not in REASONS and reason != "kept":
         raise TzcError(f"unknown reason {reason!r}; reasons are: {', '.join(REASONS)}")
     lines = [f"{reason}: {total:,} of {stats.height:,} rows ({total / max(stats.height, 1):.1%}) in {directory}"

@@ -12,6 +12,7 @@ import json
 import math
 import numbers
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -269,10 +270,50 @@ def load(directory: Builds, split: str = "train", *, weights: Sequence[float] | 
         _check_weights(builds, weights)
         records, seq_len = _records(builds[0], split)
         return records.map(functools.partial(decode_row, seq_len=seq_len))
-    grain = _grain()
     parts, seq_len, proportions = _mixture_parts(builds, split, weights)
     decode = functools.partial(decode_row, seq_len=seq_len)
-    return grain.MapDataset.mix([records.map(decode) for records in parts], proportions)
+    return _mix([records.map(decode) for records in parts], None if weights is None else proportions)
+
+
+def _mix(parts: list, weights: Sequence[float] | None, *, repeats: int | None = 1):
+    """``parts`` interleaved. By ``weights`` (normalised), Grain's mixture: its integer rounding of
+    them, ending when the first part runs out. Without weights, each part weighs its length exactly:
+    the first ``repeats`` times the total length holds every element of every part once per repeat
+    (``repeats=None``: the parts repeat forever), spread evenly (:class:`_ExactInterleave`)."""
+    grain = _grain()
+    if weights is not None:
+        return grain.MapDataset.mix(parts if repeats == 1 else [p.repeat(repeats) for p in parts], weights)
+    selection = _ExactInterleave(tuple(len(p) for p in parts), repeats)
+    return grain.MapDataset.select_from_datasets([p.repeat(None) for p in parts], selection)
+
+
+class _ExactInterleave:
+    """A ``grain.transforms.DatasetSelectionMap`` (by its interface: the loaders import Grain on
+    first use). Position ``i`` of the interleaving of parts of ``sizes`` elements, each in proportion to its
+    size: a pure, stateless function (Grain calls it from any process). Within each period of
+    ``sum(sizes)`` positions part ``k`` holds its ``sizes[k]`` elements in order, each once
+    (Grain's own rounds the proportions to integers, the smallest scaled to 100: rows were lost).
+    The same recurrence as Grain's ``_dataset_and_key_of_next_element`` with the sizes themselves
+    as the integer proportions: part ``k`` takes its share of what the parts after it leave."""
+
+    def __init__(self, sizes: tuple[int, ...], repeats: int | None):
+        self.sizes, self.period = sizes, sum(sizes)
+        self.length = sys.maxsize if repeats is None else self.period * repeats
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} of an interleaving of {self.length} elements")
+        period, at = divmod(index, self.period)
+        remaining, low, high = self.period, at, at + 1
+        for part, size in enumerate(self.sizes):
+            next_low, next_high = low * (remaining - size) // remaining, high * (remaining - size) // remaining
+            if low - next_low != high - next_high:  # position ``at`` is this part's (high - next_high)-th
+                return part, period * size + high - next_high - 1
+            remaining, low, high = remaining - size, next_low, next_high
+        raise AssertionError("unreachable: the last part takes every position the others leave")
 
 
 # Measured on this project's machine (tools/bench_loader.py): with ReadOptions(num_threads=0,
@@ -292,7 +333,10 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
     * ``num_epochs=None`` repeats forever; a split without packed rows then raises OutputError, and
       with a finite ``num_epochs`` gives an iterator that yields nothing.
     * Multi-host: host ``shard_index`` of ``shard_count`` takes every ``shard_count``-th element of
-      the global shuffled sequence, so hosts see disjoint rows and together see all of them.
+      the global shuffled sequence, so hosts see disjoint rows. With a finite ``num_epochs`` every
+      host gets the same number of batches (a multi-host step loop would stall otherwise): the
+      sequence is cut to a multiple of ``shard_count`` rows (of ``shard_count * batch_size`` with
+      ``drop_remainder``), and a warning says how many rows that leaves out.
     * The iterator has ``get_state()`` / ``set_state(state)`` (Grain): save the state with a
       checkpoint and a resumed job continues with the next batch.
     * A list of builds is a mixture (:func:`mixture`): each build shuffled and repeated on its own,
@@ -313,8 +357,10 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
         rows = records.seed(seed).shuffle().repeat(num_epochs)
     else:
         parts, seq_len, proportions = _mixture_parts(builds, split, weights)
-        rows = grain.MapDataset.mix([records.seed(_build_seed(seed, k)).shuffle().repeat(num_epochs)
-                                     for k, records in enumerate(parts)], proportions)
+        rows = _mix([records.seed(_build_seed(seed, k)).shuffle() for k, records in enumerate(parts)],
+                    None if weights is None else proportions, repeats=num_epochs)
+    if num_epochs is not None:
+        rows = _equal_host_shares(rows, batch_size, shard_count, drop_remainder)
     rows = rows[shard_index::shard_count]
     # Batch the raw records and decode a whole batch into one array: a quarter faster than
     # decoding rows and stacking them (measured, tools/bench_loader.py).
@@ -322,6 +368,26 @@ def batches(directory: Builds, batch_size: int, *, seed: int, split: str = "trai
                       batch_fn=functools.partial(_decode_batch, seq_len=seq_len))
     options = grain.ReadOptions(**(read_options or READ_OPTIONS))
     return iter(rows.to_iter_dataset(options))
+
+
+def _equal_host_shares(rows, batch_size: int, shard_count: int, drop_remainder: bool):
+    """The finite sequence ``rows`` cut so that each of ``shard_count`` hosts gets the same rows, in
+    whole batches with ``drop_remainder``; a warning names the rows left out."""
+    import warnings
+
+    total = len(rows)
+    share = total // shard_count
+    if drop_remainder:
+        share -= share % batch_size
+    if share * shard_count == total:
+        return rows
+    batches = share // batch_size if drop_remainder else -(-share // batch_size)
+    why = (f"so that each of {shard_count:,} hosts gets the same {batches:,} batch(es) of {batch_size:,}"
+           f"{'' if drop_remainder else ' or fewer rows'}" if shard_count > 1 else
+           f"as drop_remainder leaves {batches:,} whole batch(es) of {batch_size:,}")
+    warnings.warn(f"tzc_data.batches: {total - share * shard_count:,} of the {total:,} rows of the pass(es) are left "
+                  f"out, {why}", stacklevel=3)
+    return rows[:share * shard_count]
 
 
 Builds = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -362,13 +428,16 @@ def mixture(directories: Builds, weights: Sequence[float] | None = None,
     builds of different ``seq_len`` (the record layout) or tokenizer (its sha256), builds that
     ``tzc-data verify A B`` reports as sharing rows (overlapping row ranges of one source, shared
     or near-duplicate prompts: :func:`tzc_data.verify.check_disjoint`, which reads the builds'
-    prompt hashes and near-dup signatures), a split without packed rows, and weights that are not
-    one positive finite number per build. Without weights, each build weighs its packed rows of
-    ``split``: every row is equally likely, as if the builds were one.
+    prompt hashes and near-dup signatures; a build without near-dup keys, ``--no-near-dup``, is
+    mixed with a warning that its near duplicates were not checked: ``verify`` checks them), a
+    split without packed rows, and weights that are not one positive finite number per build.
+    Without weights, each build weighs its packed rows of ``split``: every row is equally likely,
+    as if the builds were one.
 
     Grain mixes by a deterministic interleaving (``grain.MapDataset.mix``), not by sampling: any
     stretch of the mixture holds each build in proportion, to Grain's rounding of the weights to
-    integers (the smallest scaled to 100: 0.7/0.3 draws 233 of every 333).
+    integers (the smallest scaled to 100: 0.7/0.3 draws 233 of every 333). Without weights the
+    interleaving is exact: each pass over the builds' total rows holds every row once.
     """
     _, _, proportions = _mixture_parts(_as_builds(directories), split, weights)
     return proportions
@@ -418,11 +487,18 @@ def _check_compatible(builds: list[str], manifests: list[dict[str, Any]]) -> Non
         except (OSError, ValueError) as err:
             raise ConfigError(f"refusing to mix: {build}: its prompt hashes cannot be read ({_first_line(err)}); "
                               f"tzc-data verify {build} says what else is wrong") from None
+    unchecked: list[str] = []
     for a, b in itertools.combinations(range(len(builds)), 2):
-        problems = verify.check_disjoint(builds[a], manifests[a], hashes[a], builds[b], manifests[b], hashes[b])
+        problems = verify.check_disjoint(builds[a], manifests[a], hashes[a], builds[b], manifests[b], hashes[b],
+                                         unchecked=unchecked)
         if problems:
             raise ConfigError(f"refusing to mix: {problems[0]} (tzc-data verify {builds[a]} {builds[b]} lists "
                               "every problem)")
+    if unchecked:  # a build without near-dup keys: only verify, which decodes its prompts, can check them
+        import warnings
+
+        for note in unchecked:
+            warnings.warn(f"tzc_data.mixture: {note}", stacklevel=4)
 
 
 def _build_seed(seed: int, k: int) -> int:

@@ -170,6 +170,12 @@ def load_excluded(config: BuildConfig, source: Source, near: NearDupIndex | None
         raw = hashes.tobytes()
         for at in range(0, len(raw), 16):
             excluded.setdefault(raw[at:at + 16], path)
+        if near is None or not manifest.get("near_dup"):  # verify would then find the near duplicates kept
+            why = ("with --no-near-dup, near duplicates of its prompts would be kept" if near is None else
+                   "it has no near-dup keys (built with --no-near-dup), so near duplicates of its prompts cannot "
+                   "be dropped")
+            raise ConfigError(f"--exclude {path}: {why}, and tzc-data verify would report them; "
+                              + ("leave near dedup on" if near is None else "rebuild it without --no-near-dup"))
         if near is not None and manifest.get("near_dup"):
             entry = manifest["near_dup"]
             near_path = os.path.join(path, entry["file"])
@@ -185,6 +191,20 @@ NEAR_DUP = "near_dup.bin"
 def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict[str, Any]:
     """What the units of an interrupted build must have been made from to be resumed."""
     return {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
+
+
+def _plan_identity(identity: dict[str, Any], config: BuildConfig) -> dict[str, Any]:
+    """:func:`_identity` and, with ``--exclude``, what each excluded build holds (the sha256 of its
+    prompt hashes and near-dup keys, from its manifest): the units drop its prompts, so a build
+    rebuilt in place since must not be resumed from them (its path alone is the same)."""
+    if not config.exclude:
+        return identity
+    held = []
+    for path in config.exclude:
+        manifest = read_manifest(path)
+        held.append({"path": path, "hashes_sha256": (manifest.get("hashes") or {}).get("sha256"),
+                     "near_dup_sha256": (manifest.get("near_dup") or {}).get("sha256")})
+    return {**identity, "excluded": held}
 
 
 def peak_rss_kib() -> int:
@@ -258,8 +278,8 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
         resume = config.resume and os.path.exists(os.path.join(units.folder(staging), units.PLAN))
         if not resume:
             files.clear_staging(staging)
-        units.start_plan(staging, identity, [(u.start, u.stop) for u in planned], resume=resume,
-                          stamp=source.resume_stamp())
+        units.start_plan(staging, _plan_identity(identity, config), [(u.start, u.stop) for u in planned],
+                          resume=resume, stamp=source.resume_stamp())
         # Arrow's mimalloc pool kept the memory of every stats table and of the final merge: peak
         # RSS grew by about 1 KB per row. The system pool gives it back; a few tables at a time, it costs nothing.
         arrow_pool = pa.default_memory_pool()
@@ -269,8 +289,11 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
             engine = executor(config.engine, config.workers, ray_address=config.ray_address)
             done, reused = _map_units(engine, stage, planned, config, progress)
             manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done)
-        except (GuardrailError, ConfigError):
-            files.clear_staging(staging, keep=())  # finished, or never started: nothing to resume
+        except GuardrailError as err:  # the units stand: a resume may accept them with a lower ratio
+            raise GuardrailError(f"{err}. The finished units stay in {staging}: the same command with --resume "
+                                 "and a lower --min-kept-ratio builds from them") from None
+        except ConfigError:
+            files.clear_staging(staging, keep=())  # never started: nothing to resume
             os.rmdir(staging)
             raise
         finally:

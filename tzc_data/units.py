@@ -32,6 +32,8 @@ from tzc_data.errors import ConfigError, OutputError
 
 UNITS_DIR = files.UNITS_DIR
 PLAN = "plan.json"
+# Options that only the steps after the map read (the guardrail, the shards): a resume may change them.
+AFTER_MAP = ("min_kept_ratio", "rows_per_shard", "compression")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,7 +118,7 @@ def start_plan(staging: str, identity: dict[str, Any], plan: Sequence[tuple[int,
                 found = json.load(handle)
         except (OSError, ValueError):
             raise OutputError(f"cannot resume: {path} is damaged; run without --resume to start over") from None
-        if found != record:
+        if _comparable(found) != _comparable(record):
             raise ConfigError(f"the interrupted build in {staging} was made from other inputs or options "
                               f"({_difference(found, record)}); run without --resume to start over")
         return
@@ -125,10 +127,20 @@ def start_plan(staging: str, identity: dict[str, Any], plan: Sequence[tuple[int,
         json.dump(record, handle, sort_keys=True)
 
 
+def _comparable(record: Any) -> Any:
+    """A plan record without the options a resume may change (:data:`AFTER_MAP`)."""
+    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict) \
+            or not isinstance(record["identity"].get("config"), dict):
+        return record
+    config = {k: v for k, v in record["identity"]["config"].items() if k not in AFTER_MAP}
+    return {**record, "identity": {**record["identity"], "config": config}}
+
+
 def _difference(found: Any, record: dict[str, Any]) -> str:
     """The first difference between an interrupted build's plan record and this build's, in words."""
     if not isinstance(found, dict):
         return "its plan.json is not a record"
+    found, record = _comparable(found), _comparable(record)
     if found.get("identity") == record["identity"] and found.get("units") == record["units"]:
         files_now = record["identity"].get("source", {}).get("files") or []
         for k, (before, now) in enumerate(zip(found.get("stamp") or [], record["stamp"] or [])):
@@ -139,6 +151,20 @@ def _difference(found: Any, record: dict[str, Any]) -> str:
     if where is None:
         return "the source's units differ"
     key, before, now = where
+    identity = found.get("identity") if isinstance(found.get("identity"), dict) else {}
+    if key in ("config.start", "config.stop"):
+        config = identity.get("config") or {}
+        return (f"--range was {config.get('start')}:{config.get('stop')}, now {record['identity']['config']['start']}:"
+                f"{record['identity']['config']['stop']}")
+    if key.startswith("source") and isinstance(identity.get("source"), dict):
+        from tzc_data.sources import changed_since
+
+        why = changed_since(identity["source"], record["identity"]["source"])
+        if why:
+            return f"the source changed since: {why}"
+    if key.startswith("excluded["):
+        path = record["identity"]["excluded"][int(key[len("excluded["):].split("]")[0])]["path"]
+        return f"--exclude {path} changed since (it was rebuilt: its prompt hashes or near-dup keys differ)"
     if key.startswith("config.") and key.count(".") == 1 and "[" not in key:
         key = "--" + key.removeprefix("config.").replace("_", "-")  # the option, as the user wrote it
     return f"{key} was {before!r}, now {now!r}"

@@ -43,7 +43,7 @@ from tzc_data.errors import TzcError
 from tzc_data.files import stray_entry
 from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json
 from tzc_data.minhash import RECORD as NEAR_RECORD
-from tzc_data.minhash import NearDupIndex
+from tzc_data.minhash import NearDupIndex, fingerprint
 from tzc_data.pack import check_row, decode_row
 from tzc_data.sources import source_identity
 from tzc_data.record import REASONS
@@ -64,7 +64,7 @@ def verify(builds: Sequence[str], tokenizers: Sequence[str] = ()) -> list[str]:
     ``tokenizers``: SentencePiece models to try for builds whose recorded tokenizer is not found
     (each build uses the one whose sha256 its manifest records)."""
     problems: list[str] = []
-    loaded: list[tuple[str, dict[str, Any], np.ndarray | None]] = []
+    loaded: list[tuple[str, dict[str, Any], np.ndarray | None, np.ndarray | None]] = []
     cache: dict[str, Tokenizer] = {}
     for build in builds:
         try:
@@ -76,18 +76,24 @@ def verify(builds: Sequence[str], tokenizers: Sequence[str] = ()) -> list[str]:
         if structure:
             problems += [f"{build} {MANIFEST}: {p}" for p in structure]
             continue
-        found, hashes = check_build(build, manifest, tokenizers, cache)
+        near: list[np.ndarray] = []
+        found, hashes = check_build(build, manifest, tokenizers, cache, near_out=near if len(builds) > 1 else None)
         problems += found
-        loaded.append((build, manifest, hashes))
-    for (a, ma, ha), (b, mb, hb) in itertools.combinations(loaded, 2):
-        problems += check_disjoint(a, ma, ha, b, mb, hb)
+        loaded.append((build, manifest, hashes, near[0] if near else None))
+    for (a, ma, ha, na), (b, mb, hb, nb) in itertools.combinations(loaded, 2):
+        problems += check_disjoint(a, ma, ha, b, mb, hb, near_a=na, near_b=nb)
     return problems
 
 
 def check_build(build: str, manifest: dict[str, Any], tokenizers: Sequence[str] = (),
-                cache: dict[str, Tokenizer] | None = None) -> tuple[list[str], np.ndarray | None]:
+                cache: dict[str, Tokenizer] | None = None,
+                near_out: list[np.ndarray] | None = None) -> tuple[list[str], np.ndarray | None]:
     """Every check of one build (whose manifest has passed :func:`check_manifest`); returns the
-    problems and the build's prompt hashes (None when they cannot be trusted)."""
+    problems and the build's prompt hashes (None when they cannot be trusted).
+
+    ``near_out``: for a build without near-dup keys (``--no-near-dup``), a list that receives the
+    near-dup records (:data:`tzc_data.minhash.RECORD`) of its decoded prompts, so that
+    :func:`check_disjoint` checks its near duplicates all the same (256 bytes per kept example)."""
     problems = check_files(build, manifest)
     hashes = None
     try:
@@ -106,7 +112,13 @@ def check_build(build: str, manifest: dict[str, Any], tokenizers: Sequence[str] 
     packs, found = read_packs(build, layout)
     problems += found
     segments = Segments(packs.segment_count) if packs is not None else None
+    decode_near = near_out is not None and not manifest["near_dup"] and template is not None and packs is not None
+    if decode_near:
+        segments.near = np.zeros(packs.segment_count, dtype=NEAR_RECORD)
+        segments.near["row"] = packs.rows[:packs.segment_count]
     problems += check_shards(build, manifest, layout, packs, segments, template)
+    if decode_near:
+        near_out.append(segments.near[segments.hashed])
     records, found = check_records(build, manifest, layout, packs, segments, hashes)
     problems += found
     problems += check_counts(build, manifest, layout, packs, records)
@@ -345,6 +357,7 @@ class Segments:
         self.loss = np.full(count, -1, dtype=np.int32)
         self.hashes = np.zeros((count, 16), dtype=np.uint8)
         self.hashed = np.zeros(count, dtype=bool)
+        self.near: np.ndarray | None = None  # near-dup records of the decoded prompts, when asked for
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,11 +448,13 @@ def _check_record(where: str, record: bytes, seq_len: int, packs: Packs | None, 
         ids, seg_mask = row["tokens"][start:ends[j]], mask[start:ends[j]]
         if template is None:
             continue
-        found, digest = template.check(ids, seg_mask)
+        found, prompt = template.check(ids, seg_mask)
         problems += [f"{where} segment {j + 1}: {problem}" for problem in found]
-        if digest is not None and packs is not None and j < int(packs.segments[p]):
-            segments.hashes[first + j] = np.frombuffer(digest, dtype=np.uint8)
+        if prompt is not None and packs is not None and j < int(packs.segments[p]):
+            segments.hashes[first + j] = np.frombuffer(prompt_hash(prompt), dtype=np.uint8)
             segments.hashed[first + j] = True
+            if segments.near is not None:
+                segments.near["bands"][first + j], segments.near["sketch"][first + j] = fingerprint(prompt)
     return problems
 
 
@@ -461,8 +476,8 @@ class Template:
     def pieces(self, ids: Sequence[int]) -> str:
         return " ".join(self.tokenizer.sp.id_to_piece(int(i)) for i in ids)
 
-    def check(self, ids: np.ndarray, mask: np.ndarray) -> tuple[list[str], bytes | None]:
-        """Problems of one segment, and the hash of its decoded prompt (None when it is not an example)."""
+    def check(self, ids: np.ndarray, mask: np.ndarray) -> tuple[list[str], str | None]:
+        """Problems of one segment, and its decoded prompt (None when it is not an example)."""
         n = len(ids)
         outside = (ids < 0) | (ids >= self.vocab)
         if outside.any():
@@ -497,7 +512,7 @@ class Template:
             prompt, _, _ = fmt.parse(self.decode(ids, at))
         except fmt.FormatError as err:
             return [f"decodes to text that format.parse refuses ({err})"], None
-        return [], prompt_hash(prompt)
+        return [], prompt
 
     def decode(self, ids: np.ndarray, specials: np.ndarray) -> str:
         """:meth:`Tokenizer.decode`, one SentencePiece call per run between special ids."""
@@ -764,8 +779,12 @@ def check_counts(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
 
 
 def check_disjoint(a: str, ma: dict[str, Any], ha: np.ndarray | None,
-                   b: str, mb: dict[str, Any], hb: np.ndarray | None) -> list[str]:
-    """Row ranges of the same source must not overlap, and no kept prompt may be in both builds."""
+                   b: str, mb: dict[str, Any], hb: np.ndarray | None, *, near_a: np.ndarray | None = None,
+                   near_b: np.ndarray | None = None, unchecked: list[str] | None = None) -> list[str]:
+    """Row ranges of the same source must not overlap, and no kept prompt may be in both builds,
+    exactly or nearly. Near duplicates are compared on each build's ``near_dup.bin``, or on
+    ``near_a``/``near_b`` (the records of its decoded prompts) for a build without one; when a
+    build has neither, that is a problem (or, with ``unchecked``, a note appended there)."""
     problems = []
     if source_identity(ma["source"]) == source_identity(mb["source"]):
         low = max(ma["range"]["start"], mb["range"]["start"])
@@ -773,7 +792,7 @@ def check_disjoint(a: str, ma: dict[str, Any], ha: np.ndarray | None,
         if low < high:
             problems.append(f"builds {a} and {b}: row ranges overlap at rows {low}:{high} of the same source")
     try:
-        problems += _near_duplicates_across(a, ma, b, mb)
+        problems += _near_duplicates_across(a, ma, b, mb, near_a, near_b, unchecked)
     except (OSError, ValueError) as err:
         problems.append(f"builds {a} and {b}: near-duplicate signatures cannot be compared ({_line(err)})")
     if ha is not None and hb is not None:
@@ -784,14 +803,29 @@ def check_disjoint(a: str, ma: dict[str, Any], ha: np.ndarray | None,
     return problems
 
 
-def _near_duplicates_across(a: str, ma: dict[str, Any], b: str, mb: dict[str, Any]) -> list[str]:
-    """Prompts of ``b`` that are near-duplicates of prompts kept in ``a`` (when both stored signatures)."""
-    if not (ma.get("near_dup") and mb.get("near_dup")):
-        return []
-    index = NearDupIndex(min(ma["near_dup"]["threshold"], mb["near_dup"]["threshold"]))
-    index.load(os.path.join(a, ma["near_dup"]["file"]), label=a)
+def _near_duplicates_across(a: str, ma: dict[str, Any], b: str, mb: dict[str, Any], near_a: np.ndarray | None,
+                            near_b: np.ndarray | None, unchecked: list[str] | None) -> list[str]:
+    """Prompts of ``b`` that are near-duplicates of prompts kept in ``a``: on the stored keys, or on
+    those of the decoded prompts; a build with neither is said, never passed in silence."""
+    keys = []
+    for build, manifest, decoded in ((a, ma, near_a), (b, mb, near_b)):
+        if manifest.get("near_dup"):
+            keys.append(np.fromfile(os.path.join(build, manifest["near_dup"]["file"]), dtype=NEAR_RECORD))
+        elif decoded is not None:
+            keys.append(decoded)
+        else:
+            note = (f"builds {a} and {b}: near-duplicate prompts were not checked: {build} has no near-dup keys "
+                    f"(built with --no-near-dup) and its prompts were not decoded (tzc-data verify {a} {b} "
+                    "decodes them)")
+            if unchecked is None:
+                return [note]
+            unchecked.append(note)
+            return []
+    index = NearDupIndex(min(m["near_dup"]["threshold"] if m.get("near_dup")
+                             else m["config"].get("near_dup_threshold", 0.8) for m in (ma, mb)))
+    index.add_many(keys[0]["bands"], keys[0]["sketch"], keys[0]["row"].tolist())
     found = []
-    for record in np.fromfile(os.path.join(b, mb["near_dup"]["file"]), dtype=NEAR_RECORD):
+    for record in keys[1]:
         twin = index.find(record["bands"], record["sketch"])
         if twin is not None:
             found.append(f"row {twin[0]} in {a} ~ row {int(record['row'])} in {b} (Jaccard ~{twin[1]:.2f})")

@@ -13,6 +13,7 @@ names, sorted JSON keys, so two builds of the same inputs are byte-identical.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -219,12 +220,25 @@ def write_shard(task: ShardTask) -> dict[str, Any]:
     os.makedirs(task.directory, exist_ok=True)
     path = os.path.join(task.directory, task.name)
     with atomic_path(path) as temporary:
-        writer = ArrayRecordWriter(temporary, task.options)
-        for row in task.kept.read_rows(task.bins, task.seq_len):
-            writer.write(row.tobytes())
-        writer.close()
+        try:
+            writer = ArrayRecordWriter(temporary, task.options)
+            for row in task.kept.read_rows(task.bins, task.seq_len):
+                writer.write(row.tobytes())
+            writer.close()
+        except RuntimeError as err:  # ArrayRecord's C++ status: "write() failed: No space left on device; ..."
+            raise writer_error(err, path) from None
     return {"file": f"{SHARD_DIR}/{task.name}", "split": task.split, "records": len(task.bins),
             "sha256": sha256_file(path), "bytes": os.path.getsize(path)}
+
+
+def writer_error(err: RuntimeError, path: str) -> OSError:
+    """The OSError (errno, cause, ``path``) that an ArrayRecord writer's RuntimeError reports, so
+    that disk full is the one line every other write gives, in every engine (an OSError pickles)."""
+    message = str(err)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO, errno.EFBIG):
+        if os.strerror(code) in message:
+            return OSError(code, os.strerror(code), path)
+    return OSError(errno.EIO, f"the ArrayRecord writer failed: {' '.join(message.split())[:300]}", path)
 
 
 def write_pack_stats(directory: str, packs_by_split: dict[str, dict[str, np.ndarray]]) -> str:
@@ -254,7 +268,8 @@ def write_hashes(directory: str, hashes: bytes | bytearray) -> dict[str, Any]:
     with atomic_path(path) as temporary:
         unique.tofile(temporary)  # the buffer keeps all 16 bytes; only conversion to Python bytes strips zeros
     return {"file": HASHES, "count": int(len(unique)), "sha256": sha256_file(path),
-            "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt; sorted, unique, 16 bytes each"}
+            "algorithm": "xxh3-128 of the NFKC, casefolded, whitespace-collapsed prompt without default-ignorable "
+                         "code points; sorted, unique, 16 bytes each"}
 
 
 def read_hashes(directory: str, entry: dict[str, Any]) -> np.ndarray:

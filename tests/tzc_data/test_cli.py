@@ -72,3 +72,15 @@ def test_a_whole_number_for_a_float_option_is_recorded_as_the_cli_records_it():
 
     config = BuildConfig(out="x", start=0, stop=5, min_kept_ratio=0, eval_fraction=0)
     assert repr(config.recorded()["min_kept_ratio"]) == "0.0" and repr(config.eval_fraction) == "0.0"
+
+
+def test_explain_takes_any_count_of_examples(tmp_path, capsys, tiny_model_path):
+    """``-n`` larger than a 64-bit integer shows every example there is, not an OverflowError."""
+    out = tmp_path / "b"
+    assert main(["build", "--source", "synthetic", "--range", "0:40", "--out", str(out), "--tokenizer", tiny_model_path,
+                 "--min-kept-ratio", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["explain", str(out), "--reason", "kept", "-n", "99999999999999999999", "--no-colour"]) == 0
+    text = capsys.readouterr().out
+    kept = int(text.split(":")[1].split()[0].replace(",", ""))
+    assert kept > 0 and text.count("\nrow ") == kept

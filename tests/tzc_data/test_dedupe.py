@@ -52,3 +52,30 @@ def test_exact_index_holds_no_python_object_per_prompt():
         index.add(prompt_hash(f"prompt {row}"), row)
     assert len(index) == 20_000
     assert index.nbytes() / len(index) <= 48
+
+
+IGNORABLES = ["\u00ad", "\u034f", "\u061c", "\u115f", "\u17b4", "\u180e", "\u200b", "\u200c", "\u200d", "\u200e",
+              "\u202e", "\u2060", "\u2066", "\u3164", "\ufe0f", "\ufeff", "\uffa0", "\U0001d173", "\U000e0041",
+              "\U000e0100"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=40),
+       inserts=st.lists(st.tuples(st.integers(0, 40), st.sampled_from(IGNORABLES)), max_size=6))
+def test_property_invisible_characters_do_not_tell_prompts_apart(text, inserts):
+    """Default-ignorable code points (zero-width space, soft hyphen, joiners, bidi controls,
+    variation selectors, tags) render as nothing: inserted anywhere they change neither the exact
+    key nor the near-dup shingles."""
+    from tzc_data.minhash import shingles
+
+    clean = "".join(c for c in text if c not in IGNORABLES)
+    marked = clean
+    for at, char in sorted(inserts, reverse=True):
+        marked = marked[:at] + char + marked[at:]
+    assert normalise(marked) == normalise(clean) and prompt_hash(marked) == prompt_hash(clean)
+    assert shingles(marked) == shingles(clean)
+
+
+def test_zero_width_and_soft_hyphens_inside_words_are_the_same_prompt():
+    assert prompt_hash("What is the cap\u200bital of Fr\u00adance?") == prompt_hash("What is the capital of France?")
+    assert prompt_hash("cafe\u00ad\u0301") == prompt_hash("caf\u00e9")  # no soft hyphen blocks NFKC's composition

@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tzc_data
 from tzc_data.config import BuildConfig
@@ -66,15 +68,39 @@ def test_batches_are_repeatable_reshuffled_per_epoch_and_checkpointable(small_bu
     assert batch["tokens"].shape == (2, 8192) and batch["tokens"].dtype == np.int32
 
 
-def test_host_shards_are_disjoint_and_cover_the_rows(small_build):
+def test_host_shards_are_disjoint_equal_and_say_what_they_leave_out(small_build):
+    """A finite pass over H hosts: every host gets the same number of batches (a multi-host step
+    loop stalls otherwise), the hosts' rows are disjoint, and the rows left out are said."""
+    import warnings
+
     out, _ = small_build
+    rows = {_signature({"tokens": r["tokens"][None]}) for r in tzc_data.iter_rows(out)}
     n = len(tzc_data.load(out))
-    seen = []
-    for host in range(3):
-        seen += [_signature(b) for b in tzc_data.batches(out, 1, seed=0, num_epochs=1, shard_index=host,
-                                                          shard_count=3, drop_remainder=False)]
-    assert len(seen) == n and len(set(seen)) == len({_signature({"tokens": r["tokens"][None]})
-                                                    for r in tzc_data.iter_rows(out)})
+    assert len(rows) == n
+    for hosts, size, drop in [(3, 1, False), (7, 2, True), (7, 2, False), (4, 3, True), (2, 5, False), (1, 4, True)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            per_host = [[b["tokens"].shape[0] for b in tzc_data.batches(out, size, seed=0, num_epochs=1,
+                                                                       shard_index=host, shard_count=hosts,
+                                                                       drop_remainder=drop)]
+                        for host in range(hosts)]
+            seen = [s for host in range(hosts) for b in tzc_data.batches(out, size, seed=0, num_epochs=1,
+                                                                         shard_index=host, shard_count=hosts,
+                                                                         drop_remainder=drop)
+                    for s in _split_signature(b)]
+        share = n // hosts - (n // hosts % size if drop else 0)
+        assert all(counts == per_host[0] for counts in per_host) and sum(per_host[0]) == share
+        assert len(seen) == len(set(seen)) == share * hosts and set(seen) <= rows
+        left = [str(w.message) for w in caught if "left out" in str(w.message)]
+        why = (f"so that each of {hosts} hosts gets the same {len(per_host[0])} batch(es) of {size}"
+               f"{'' if drop else ' or fewer rows'}" if hosts > 1 else
+               f"as drop_remainder leaves {len(per_host[0])} whole batch(es) of {size}")
+        said = f"tzc_data.batches: {n - share * hosts:,} of the {n:,} rows of the pass(es) are left out, {why}"
+        assert left == ([said] * 2 * hosts if share * hosts < n else [])
+
+
+def _split_signature(batch):
+    return [_signature({"tokens": batch["tokens"][k][None]}) for k in range(batch["tokens"].shape[0])]
 
 
 def test_torch_hf_and_parquet_adapters_give_the_same_rows(small_build, tmp_path):
@@ -225,9 +251,11 @@ def test_a_mixture_draws_each_build_in_proportion(mix_builds):
     # without weights each build weighs its packed rows: every row is as likely as in one build
     rows_a, rows_b = len(tzc_data.load(a)), len(tzc_data.load(b))
     assert tzc_data.mixture([a, b]) == pytest.approx([rows_a / (rows_a + rows_b), rows_b / (rows_a + rows_b)])
-    once = [origin[row] for batch in tzc_data.batches([a, b], 1, seed=0, num_epochs=1) for row in _rows_of(batch)]
-    assert rows_a + rows_b - 2 <= len(once) <= rows_a + rows_b  # Grain's integer proportions may drop the last
-    assert len(set(once)) == 2 and len(tzc_data.load([a, b])) == len(once)
+    once = [row for batch in tzc_data.batches([a, b], 1, seed=0, num_epochs=1) for row in _rows_of(batch)]
+    assert len(once) == rows_a + rows_b and set(once) == set(origin)  # every row once
+    loaded = tzc_data.load([a, b])
+    assert len(loaded) == len(once)
+    assert {_rows_of({k: v[None] for k, v in row.items()})[0] for row in loaded} == set(origin)
 
 
 def test_a_mixture_is_repeatable_and_resumes_from_its_state(mix_builds):
@@ -320,3 +348,25 @@ def test_importing_the_loaders_is_light_and_changes_no_setting():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[] []"
+
+
+@settings(max_examples=150, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=2, max_size=4), repeats=st.sampled_from([1, 2, 3]))
+def test_property_an_unweighted_mixture_holds_every_row_once_per_epoch(sizes, repeats):
+    """For every combination of sizes (Grain's own mixture rounds the proportions and lost rows:
+    9 + 24 rows loaded as 32), each epoch of the mixture holds each element of each part once, in
+    its part's order, and any prefix holds each part within one row per part of its share."""
+    from tzc_data.load import _grain, _mix
+
+    grain = _grain()
+    parts = [grain.MapDataset.range(1000 * k, 1000 * k + n) for k, n in enumerate(sizes)]
+    mixed = list(_mix(parts, None, repeats=repeats))
+    total = sum(sizes)
+    assert len(mixed) == total * repeats
+    for epoch in range(repeats):
+        this = mixed[epoch * total:(epoch + 1) * total]
+        for k, n in enumerate(sizes):
+            assert [x for x in this if x // 1000 == k] == list(range(1000 * k, 1000 * k + n))
+    for length in range(1, total + 1):
+        for k, n in enumerate(sizes):
+            assert abs(sum(x // 1000 == k for x in mixed[:length]) - length * n / total) <= len(sizes)

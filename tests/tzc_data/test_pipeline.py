@@ -143,7 +143,7 @@ def test_guardrail_fails_a_build_that_keeps_too_little_and_names_the_cause(tmp_p
     assert code == 2
     err = capsys.readouterr().err
     assert "--min-kept-ratio" in err and "'too_long'" in err and "--max-tokens" in err
-    assert not out.exists() and not any(p.name.startswith(".tiny") for p in tmp_path.iterdir())
+    assert not out.exists() and (tmp_path / ".tiny.tzc-partial").is_dir()  # its units, for a resume
 
 
 def test_jsonl_with_malformed_lines_builds_and_accounts_for_them(tmp_path, tiny_model_path):
@@ -822,3 +822,102 @@ def test_outputs_through_a_symlinked_folder_or_to_an_unwritable_place_are_one_li
                  "--tokenizer", str(tmp_path)]) == 2
     assert "is a directory, not a SentencePiece model file" in capsys.readouterr().err
     assert _files(synthetic_build) == before
+
+
+def _interrupted(monkeypatch, argv: list[str]) -> None:
+    """Run ``tzc-data build ARGV`` until every unit is done, then stop it as a kill would (the
+    step after the map raises KeyboardInterrupt): its staging folder holds the units and the plan."""
+    from tzc_data import pipeline
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "_write_build", stop)
+        assert main(argv) == 130
+
+
+def _tiny_build(source, out, range_, tokenizer, *extra):
+    return ["build", "--source", str(source), "--range", range_, "--out", str(out), "--tokenizer", tokenizer,
+            "--min-kept-ratio", "0", "--no-progress", *extra]
+
+
+def test_resume_refuses_an_excluded_build_rebuilt_in_place_since(tmp_path, capsys, monkeypatch, tiny_model_path):
+    """The units drop the excluded build's prompts: an --exclude rebuilt in place (same path, other
+    prompts) since the interruption refuses the resume, naming it."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(_tiny_build("synthetic", a, "0:60", tiny_model_path)) == 0
+    _interrupted(monkeypatch, _tiny_build("synthetic", b, "60:120", tiny_model_path, "--exclude", str(a)))
+    assert main(_tiny_build("synthetic", a, "0:60", tiny_model_path, "--seed", "5", "--overwrite")) == 0
+    capsys.readouterr()
+    assert main(_tiny_build("synthetic", b, "60:120", tiny_model_path, "--exclude", str(a), "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--exclude {a} changed since (it was rebuilt" in err and "without --resume" in err
+    # unchanged, the same resume is accepted
+    _interrupted(monkeypatch, _tiny_build("synthetic", b, "60:120", tiny_model_path, "--exclude", str(a)))
+    assert main(_tiny_build("synthetic", b, "60:120", tiny_model_path, "--exclude", str(a), "--resume")) == 0
+
+
+def test_a_refused_resume_names_the_added_file_and_the_range_option(tmp_path, capsys, monkeypatch, tiny_model_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    line = json.dumps({"prompt": "What is 2 + 2?", "response": "<think>Two and two.</think>Four."}) + "\n"
+    (src / "a.jsonl").write_text(line * 4)
+    out = tmp_path / "out"
+    _interrupted(monkeypatch, _tiny_build(src, out, "0:4", tiny_model_path))
+    (src / "b.jsonl").write_text(line)
+    capsys.readouterr()
+    assert main(_tiny_build(src, out, "0:4", tiny_model_path, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(the source changed since: b.jsonl was added (2 files now, 1 when built))" in err
+    (src / "b.jsonl").unlink()
+    assert main(_tiny_build(src, out, "0:3", tiny_model_path, "--resume")) == 2
+    err = capsys.readouterr().err
+    assert "(--range was 0:4, now 0:3)" in err and "--stop" not in err
+
+
+def test_resume_may_change_what_only_the_shards_and_the_guardrail_read(tmp_path, capsys, monkeypatch,
+                                                                        tiny_model_path):
+    """--rows-per-shard, --compression and --min-kept-ratio do not enter the units: a resume may
+    change them, to the bytes of an uninterrupted build with the new values. A guardrail failure
+    keeps the finished units, so a lower --min-kept-ratio resumes from them."""
+    reference, out = tmp_path / "ref", tmp_path / "run"
+    new = ["--rows-per-shard", "2", "--compression", "uncompressed"]
+    assert main(_tiny_build("synthetic", reference, "0:80", tiny_model_path, *new)) == 0
+    _interrupted(monkeypatch, _tiny_build("synthetic", out, "0:80", tiny_model_path))
+    assert main(_tiny_build("synthetic", out, "0:80", tiny_model_path, *new, "--resume")) == 0
+    assert _files(out) == _files(reference)
+    guarded = tmp_path / "guarded"
+    argv = _tiny_build("synthetic", guarded, "0:80", tiny_model_path, *new)
+    argv[argv.index("--min-kept-ratio") + 1] = "0.999"
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--resume and a lower --min-kept-ratio" in err
+    assert main(_tiny_build("synthetic", guarded, "0:80", tiny_model_path, *new, "--resume")) == 0
+    assert _files(guarded) == _files(reference)
+
+
+def test_a_source_file_rewritten_during_the_build_is_refused(tmp_path, capsys, monkeypatch, tiny_model_path):
+    """b.jsonl rewritten (same row count) right after plan.json is written: the build fails in one
+    line naming it, never publishing rows of other bytes under the surveyed sha256."""
+    from tzc_data import pipeline, units
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [generate(4, i) for i in range(6)]
+    for name, part in (("a.jsonl", rows[:3]), ("b.jsonl", rows[3:])):
+        (src / name).write_text("".join(json.dumps({"prompt": r.prompt, "response": r.response}) + "\n" for r in part))
+    real = units.start_plan
+
+    def plan_then_rewrite(*args, **kwargs):
+        real(*args, **kwargs)
+        later = os.stat(src / "b.jsonl").st_mtime_ns + 10**9
+        (src / "b.jsonl").write_text((src / "a.jsonl").read_text())
+        os.utime(src / "b.jsonl", ns=(later, later))
+
+    monkeypatch.setattr(pipeline.units, "start_plan", plan_then_rewrite)
+    assert main(_tiny_build(src, tmp_path / "out", "0:6", tiny_model_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "source file b.jsonl changed while the build read it" in err
+    assert not (tmp_path / "out").exists()

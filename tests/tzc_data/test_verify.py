@@ -530,3 +530,51 @@ def test_files_a_build_does_not_list_are_problems(builds, tmp_path):
         (build / stray).write_text("x")
         problems = verify([str(build)])
         assert len(problems) == 1 and "which" in problems[0] and stray.split("/")[-1] in problems[0], problems
+
+
+def test_near_duplicates_are_checked_whatever_the_builds_recorded(tmp_path, capsys, tiny_model_path):
+    """Twelve prompts and the same with " Thanks." appended (Jaccard about 0.9): verify finds them
+    when either build or both were made with --no-near-dup (it decodes their prompts); a mixture,
+    which decodes nothing, says they were not checked; --exclude refuses what it could not drop."""
+    import warnings
+
+    import tzc_data
+    from tzc_data.errors import ConfigError
+
+    topics = ["rivers", "mountains", "deserts", "forests", "glaciers", "volcanoes", "islands", "lakes", "canyons",
+              "reefs", "plains", "valleys"]
+    prompts = [f"Please explain in a few careful sentences how {t} form over long periods of geological time and "
+               f"which natural forces shape {t} the most" for t in topics]
+    for name, suffix in (("a", ""), ("b", " Thanks.")):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"prompt": p + suffix, "response": "<think>Slowly, by erosion.</think>Erosion."}) + "\n"
+            for p in prompts))
+
+    def build(name, source, *extra):
+        out = tmp_path / name
+        assert main(["build", "--source", str(tmp_path / f"{source}.jsonl"), "--range", "0:12", "--out", str(out),
+                     "--tokenizer", tiny_model_path, "--seq-len", "512", "--no-progress", *extra]) == 0
+        return str(out)
+
+    near_a, near_b = build("near_a", "a"), build("near_b", "b")
+    plain_a, plain_b = build("plain_a", "a", "--no-near-dup"), build("plain_b", "b", "--no-near-dup")
+    for pair in ([near_a, near_b], [near_a, plain_b], [plain_a, near_b], [plain_a, plain_b]):
+        problems = verify(pair, [tiny_model_path])
+        assert len(problems) == 1 and "share 12 near-duplicate prompts" in problems[0], (pair, problems)
+    assert verify([plain_a], [tiny_model_path]) == []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tzc_data.mixture([near_a, plain_b])
+    assert [str(w.message) for w in caught] == [
+        f"tzc_data.mixture: builds {near_a} and {plain_b}: near-duplicate prompts were not checked: {plain_b} has no "
+        f"near-dup keys (built with --no-near-dup) and its prompts were not decoded (tzc-data verify {near_a} "
+        f"{plain_b} decodes them)"]
+    with pytest.raises(ConfigError, match="near-duplicate prompts"):
+        tzc_data.mixture([near_a, near_b])
+    capsys.readouterr()
+    for source, exclude, extra in (("b", near_a, "--no-near-dup"), ("b", plain_a, None)):
+        argv = ["build", "--source", str(tmp_path / f"{source}.jsonl"), "--range", "0:12", "--out",
+                str(tmp_path / "x"), "--tokenizer", tiny_model_path, "--no-progress", "--exclude", exclude]
+        assert main(argv + ([extra] if extra else [])) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--exclude {exclude}: " in err and "tzc-data verify would report them" in err

@@ -33,3 +33,25 @@ def test_rejected_holds_every_dropped_row_in_order_in_bounded_row_groups(tmp_pat
     assert table["response"].to_pylist() == [f"text of row {r}" for r in dropped]
     groups = [pq.ParquetFile(path).metadata.row_group(k).num_rows for k in range(pq.ParquetFile(path).num_row_groups)]
     assert all(n == REJECTED_BATCH for n in groups[:-1]) and (not groups or 0 < groups[-1] <= REJECTED_BATCH)
+
+
+def test_disk_full_in_the_shard_writer_is_one_line_and_resumable(tmp_path, capsys, monkeypatch, tiny_model_path):
+    """ArrayRecord reports a failed write as a RuntimeError of many lines; the build says it in the
+    one line of every other disk-full error (the path, the cause, --resume), and resumes."""
+    import errno as errno_module
+
+    from tzc_data import write
+    from tzc_data.cli import main
+
+    real = write.ArrayRecordWriter
+    monkeypatch.setattr(write, "ArrayRecordWriter", lambda path, options: real("/dev/full", options))
+    command = ["build", "--source", "synthetic", "--range", "0:40", "--out", str(tmp_path / "run"), "--tokenizer",
+               tiny_model_path, "--min-kept-ratio", "0", "--no-progress"]
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device" in err and "--resume" in err
+    assert "shards/train-00000-of-00001.array_record" in err
+    monkeypatch.setattr(write, "ArrayRecordWriter", real)
+    assert main(command + ["--resume"]) == 0
+    error = write.writer_error(RuntimeError("write() failed: No space left on device; writing x;\nat byte 0"), "s")
+    assert (error.errno, error.filename) == (errno_module.ENOSPC, "s")

@@ -133,7 +133,7 @@ class FileSetSource(Source):
                 first_row += self.layout[k].rows  # wholly before the range: not opened
                 continue
             layout = self._layout_of(k)
-            if first_row + layout.rows > start and start < stop:
+            if layout.rows and first_row + layout.rows > start and start < stop:  # a file of 0 rows has no unit
                 pieces = self._parquet_units if self.paths[k].endswith(".parquet") else self._jsonl_units
                 units += pieces(k, layout, first_row, start, stop, len(units))
             first_row += layout.rows
@@ -173,10 +173,16 @@ class FileSetSource(Source):
                 for n, (a, b, offset, line_number, at) in enumerate(pieces)]
 
     def read_unit(self, unit: Unit) -> Iterator[Example]:
-        path = self.paths[unit.locator[0]]
+        """The unit's rows; then, for a local file, a check that the file is still the one surveyed
+        (its size and modification time), so that no row comes from bytes other than those its
+        recorded sha256 describes: a file rewritten during the build fails the unit."""
+        k = unit.locator[0]
+        path = self.paths[k]
         with self._open(path) as handle:
             reader = parquet.read_group if path.endswith(".parquet") else jsonl.read_block
-            yield from reader(handle, path, unit, self.format, self.name_of(unit.locator[0]))
+            yield from reader(handle, path, unit, self.format, self.name_of(k))
+        if self.stamp:
+            _check_unchanged(path, self.stamp[k], self.name_of(k))
 
     def name_of(self, k: int) -> str:
         """File ``k`` as details and unit names say it: its path in the source (as the manifest
@@ -244,20 +250,48 @@ def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSON
     paths = sorted(p for p in paths if p.endswith(SUFFIXES))
     if not paths:
         raise SourceError(f"source {spec!r} holds no .parquet, .jsonl or .jsonl.gz files")
+    for path in paths:
+        _check_utf8_name(path)
     root = spec if os.path.isdir(spec) else _fixed_part(spec) if glob.has_magic(spec) else os.path.dirname(spec) or "."
     sizes = [_regular_file_size(p) for p in paths]
     jsonl_bytes = sum(size for p, size in zip(paths, sizes) if not p.endswith(".parquet"))
     if jsonl_bytes >= _SCAN_NOTICE_BYTES:
         print(f"tzc-data: reading {jsonl_bytes / 2**30:,.1f} GiB of JSONL once to count its rows and fingerprint "
               "it (JSONL has no index)", file=sys.stderr, flush=True)
-    files, layouts = [], []
+    files, layouts, stamps = [], [], []
     for path in paths:
+        stamps.append(_stamp(path))  # before the survey: a change during it is caught too
         entry, layout = survey(path, fmt=fmt, jsonl_unit_rows=jsonl_unit_rows)
         files.append({"path": os.path.relpath(path, root), **entry})
         layouts.append(layout)
+        _check_unchanged(path, stamps[-1], files[-1]["path"])
     return FileSetSource(fs=fsspec.filesystem("file"), paths=tuple(os.path.abspath(p) for p in paths),
                          description={"kind": "local", "spec": spec, "files": files}, layout=tuple(layouts),
-                         format=fmt, read_folders=_folders_read(spec), stamp=tuple(_stamp(p) for p in paths))
+                         format=fmt, read_folders=_folders_read(spec), stamp=tuple(stamps))
+
+
+def _check_unchanged(path: str, stamp: tuple[int, int], name: str) -> None:
+    """SourceError when ``path`` is no longer the file of ``stamp`` (size, mtime): it changed while
+    the build read it, and its recorded sha256 would describe other bytes than its rows."""
+    try:
+        now = _stamp(path)
+    except OSError as err:
+        raise SourceError(f"source file {name} cannot be read any more: {err.strerror or err}") from None
+    if now != tuple(stamp):
+        raise SourceError(f"source file {name} changed while the build read it (its size or modification time): "
+                          "its rows would not be the bytes the manifest fingerprints; run the build again once "
+                          "it no longer changes")
+
+
+def _check_utf8_name(path: str) -> None:
+    """Refuse a file whose name is not UTF-8: the manifest, the stats and a row's detail record
+    the name as text, and such a name cannot be written there (nor shown but escaped)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise SourceError(f"source file {shown} is not valid UTF-8 in its name: rename it (the manifest and the "
+                          "stats record each file's name as text)") from None
 
 
 def _folders_read(spec: str) -> tuple[str, ...]:

@@ -95,7 +95,8 @@ class Format:
         if self.layout == "response":
             return Example(row=row, prompt=texts[0], response=texts[1])
         if self.layout == "parts":
-            return Example(row=row, prompt=texts[0], response=f"<think>{texts[1]}</think>{texts[2]}")
+            return _in(where, _think_in_reasoning(row, texts[1], f"field {columns[1]!r}", self.suffix)
+                       or Example(row=row, prompt=texts[0], response=f"<think>{texts[1]}</think>{texts[2]}"))
         return _in(where, _openo1(row, texts[0], texts[1]))
 
     def _from_turns(self, row: int, obj: dict[str, Any]) -> Example:
@@ -143,7 +144,27 @@ def _openo1(row: int, instruction: str, output: str) -> Example:
         if answer[end + len("</Output>"):].strip():
             return _mismatch(row, "text after </Output>")
         answer = answer[len("<Output>"):end]
-    return Example(row=row, prompt=instruction, response=f"<think>{reasoning}</think>{answer}")
+    for part, content in (("thought", reasoning), ("answer", answer)):
+        for tag in _OPENO1_TAGS:
+            if tag in content:
+                return _mismatch(row, f"the {part} contains {tag} at character {content.index(tag)}")
+    return (_think_in_reasoning(row, reasoning, "the thought", " (--format openo1)")
+            or Example(row=row, prompt=instruction, response=f"<think>{reasoning}</think>{answer}"))
+
+
+_OPENO1_TAGS = ("<Thought>", "</Thought>", "<Output>", "</Output>")
+
+
+def _think_in_reasoning(row: int, reasoning: str, field: str, suffix: str = "") -> Example | None:
+    """A reasoning that holds ``</think>`` dropped as ``tag_in_content``, named as the reasoning:
+    inside the ``<think>…</think>`` response that a format makes, the split would end the
+    reasoning there and report the rest as the answer's markup."""
+    at = reasoning.find("</think>")
+    if at < 0:
+        return None
+    example = Example(row=row)
+    example.drop("tag_in_content", f"{field} contains '</think>' at character {at}{suffix}")
+    return example
 
 
 def _mismatch(row: int, detail: str) -> Example:

@@ -57,7 +57,7 @@ def covering_row_groups(group_rows: Sequence[int], first_row: int, start: int, s
     begin = first_row
     for index, rows in enumerate(group_rows):
         end = begin + rows
-        if end > start and begin < stop:
+        if rows and end > start and begin < stop:  # a group of 0 rows has no unit
             skip = max(0, start - begin)
             plan.append((index, skip, min(end, stop) - begin - skip))
         begin = end

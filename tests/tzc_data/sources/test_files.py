@@ -266,3 +266,61 @@ def test_units_read_in_a_spawned_process_give_the_same_examples(mixed):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         parts = pool.starmap(read_unit_tuples, [(source, unit) for unit in units])
     assert [e for part in parts for e in part] == as_tuples(read(source, 3, 66))
+
+
+def test_zero_row_pieces_inside_the_range_are_planned_around(tmp_path):
+    """An empty or blank-only ``.jsonl.gz``, a Parquet row group of 0 rows, an empty-table Parquet
+    file, between files with rows: no unit for them, every range reads its rows."""
+    rows = [generate(2, i) for i in range(9)]
+    (tmp_path / "a.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[:2]))
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt"):
+        pass
+    with gzip.open(tmp_path / "c.jsonl.gz", "wt") as handle:
+        handle.write("\n  \n")
+    table = pa.table({"prompt": [r.prompt for r in rows[2:6]], "response": [r.response for r in rows[2:6]]})
+    with pq.ParquetWriter(tmp_path / "d.parquet", table.schema) as writer:
+        writer.write_table(table.slice(0, 2))
+        writer.write_table(table.slice(0, 0))
+        writer.write_table(table.slice(2))
+    pq.write_table(table.slice(0, 0), tmp_path / "e.parquet")
+    (tmp_path / "f.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[6:]))
+    source = local_source(str(tmp_path))
+    for start in range(9):
+        for stop in range(start, 10):
+            units = source.plan(start, stop)
+            assert [(u.start, u.stop) for u in units] == sorted((u.start, u.stop) for u in units)
+            assert all(u.stop > u.start for u in units) and sum(u.rows for u in units) == stop - start
+            assert [(e.row, e.prompt) for e in read(source, start, stop)] == [(i, rows[i].prompt)
+                                                                             for i in range(start, stop)]
+
+
+def test_a_file_name_that_is_not_utf8_is_a_clear_error(tmp_path, capsys, tiny_model_path):
+    """The manifest and the stats record each file's name as text: a name that is not UTF-8 is
+    refused when the source is opened, naming the file, never a UnicodeEncodeError later."""
+    from tzc_data.cli import main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text(json.dumps(GOOD) + "\n")
+    with open(os.path.join(os.fsencode(tmp_path / "src"), b"b\xff.jsonl"), "wb") as handle:
+        handle.write(b"not json\n")
+    with pytest.raises(SourceError, match=r"b\\xff\.jsonl is not valid UTF-8"):
+        local_source(str(tmp_path / "src"))
+    assert main(["build", "--source", str(tmp_path / "src"), "--range", "0:2", "--out", str(tmp_path / "out"),
+                 "--tokenizer", tiny_model_path, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "b\\xff.jsonl is not valid UTF-8" in err
+
+
+def test_a_file_rewritten_after_the_source_opened_fails_its_unit(tmp_path):
+    """Same row count, other bytes: the rows would come from bytes other than the recorded sha256's."""
+    rows = [generate(3, i) for i in range(6)]
+    (tmp_path / "a.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[:3]))
+    (tmp_path / "b.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[3:]))
+    source = local_source(str(tmp_path))
+    assert len(list(read(source, 0, 6))) == 6
+    later = os.stat(tmp_path / "b.jsonl").st_mtime_ns + 10**9
+    (tmp_path / "b.jsonl").write_text("".join(jsonl_line(r) + "\n" for r in rows[:3]))
+    os.utime(tmp_path / "b.jsonl", ns=(later, later))
+    assert [e.row for e in read(source, 0, 3)] == [0, 1, 2]  # a.jsonl is as it was
+    with pytest.raises(SourceError, match=r"^source file b\.jsonl changed while the build read it"):
+        list(read(pickle.loads(pickle.dumps(source)), 0, 6))  # as a worker reads it

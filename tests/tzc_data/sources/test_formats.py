@@ -144,3 +144,29 @@ def test_a_build_records_its_format_and_explain_reads_the_rows_again_in_it(tmp_p
     assert main(["build", "--source", str(tmp_path / "o1.jsonl"), "--format", "bogus", "--range", "0:12", "--out",
                  str(tmp_path / "out2"), "--tokenizer", tiny_model_path]) == 2
     assert capsys.readouterr().err.startswith("tzc-data: error: --format 'bogus' is not a format; formats are: ")
+
+
+def test_markup_left_inside_a_part_is_named_as_that_part(tmp_path):
+    """OpenO1 markup that the layout leaves inside the thought or the answer (a doubled
+    ``</Thought>`` or ``</Output>``) is a format_mismatch, never kept inside <answer>; a ``</think>``
+    inside a reasoning column (cot-collection) or thought is the reasoning's tag_in_content, not the
+    answer's."""
+    outputs = ["<Thought>r</Thought></Thought><Output>a</Output>", "<Thought>r</Thought><Output>a</Output></Output>",
+               "<Thought>r</Thought>bare</Thought>", "<Thought>r <Thought> s</Thought>a",
+               "<Thought>x</think>y</Thought>a",
+               "<Thought>r</Thought><Output>fine</Output>"]
+    _jsonl(tmp_path / "o.jsonl", [{"instruction": f"q{i}", "output": o} for i, o in enumerate(outputs)])
+    got = list(read(local_source(str(tmp_path / "o.jsonl"), format="openo1"), 0, len(outputs)))
+    assert [(e.status, e.detail) for e in got[:5]] == [
+        ("format_mismatch", "o.jsonl line 1: the answer contains </Thought> at character 0"),
+        ("format_mismatch", "o.jsonl line 2: the answer contains </Output> at character 1"),
+        ("format_mismatch", "o.jsonl line 3: the answer contains </Thought> at character 4"),
+        ("format_mismatch", "o.jsonl line 4: the thought contains <Thought> at character 2"),
+        ("tag_in_content", "o.jsonl line 5: the thought contains '</think>' at character 1 (--format openo1)")]
+    assert _parts(got[5]) == ("q5", "r", "fine")
+    _jsonl(tmp_path / "c.jsonl", [{"source": "s", "rationale": "Two </think> and two.", "target": "4"},
+                                  {"source": "s", "rationale": "r", "target": "4 </think>"}])
+    got = list(read(local_source(str(tmp_path / "c.jsonl"), format="cot-collection"), 0, 2))
+    assert (got[0].status, got[0].detail) == ("tag_in_content", "c.jsonl line 1: field 'rationale' contains '</think>' "
+                                                                "at character 4 (--format cot-collection)")
+    assert got[1].kept  # the answer's own markup: the format stage names it as the answer's
