@@ -297,9 +297,10 @@ if MODEL_WEIGHTS is None and TRAIN_OPTIONS["model"] != "tiny":
     _downloaded = kagglehub.model_download(KAGGLE_WEIGHTS)  # its checkpoint folder and tokenizer.model
     MODEL_WEIGHTS = os.path.join(_downloaded, os.path.basename(KAGGLE_WEIGHTS))
 left = SESSION_HOURS * 3600 - (time.time() - NOTEBOOK_STARTED) - KEEP_MINUTES * 60
-result = train(TrainConfig(data=DATA, out=CKPT_DIR, weights=MODEL_WEIGHTS, time_limit=left,
-                           resume=os.path.isfile(os.path.join(CKPT_DIR, "tzc_run.json")), **TRAIN_OPTIONS))
-print({k: v for k, v in result.items() if k not in ("model", "losses", "sessions")})
+summary = train(TrainConfig(data=DATA, out=CKPT_DIR, weights=MODEL_WEIGHTS, time_limit=left,
+                            resume=os.path.isfile(os.path.join(CKPT_DIR, "tzc_run.json")), **TRAIN_OPTIONS))
+summary.pop("model", None)  # the trained model's memory goes back before lora_policy is built
+print({k: v for k, v in summary.items() if k not in ("losses", "sessions")})
 '''
 
 _NAMES = '''# What the judges' cells use: lora_policy (the base with LoRA factors in its dtype, the latest
