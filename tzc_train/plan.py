@@ -199,7 +199,8 @@ class Plan:
             lines.append("layouts (fsdp x tp: peak a chip, XLA FLOPs a chip a micro-batch, collective output, "
                          "projected step):")
             for lay in self.layouts:
-                chosen = "  <- chosen: the cheapest that fits" if lay.mesh == self.mesh else ""
+                chosen = (f"  <- chosen: the cheapest that fits (tzc-train --mesh {lay.name})"
+                          if lay.mesh == self.mesh else "")
                 if lay.peak_bytes is None:
                     lines.append(f"  {lay.name:>5}  does not compile: over the chips' memory")
                     continue
