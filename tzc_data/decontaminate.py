@@ -312,3 +312,20 @@ def overlapping_prompts(prompts: Sequence[str], build: str, tokenizer: Any, n: i
                     if which not in first:
                         first[which] = Overlap(which, split, k, gram, "prompt")
     return [first[k] for k in sorted(first)]
+
+
+def check_held_out(prompts: Sequence[str], build: str, tokenizer: Any, *, allow: bool = False,
+                   option: str = "--prompts") -> str | None:
+    """Refuse (``ConfigError``) prompts that overlap what ``build`` trains on, by the build's rule
+    (:func:`overlapping_prompts`), naming the count and the first; with ``allow``, return that as a
+    warning line instead. None when they are held out."""
+    found = overlapping_prompts(prompts, build, tokenizer)
+    if not found:
+        return None
+    first = found[0]
+    line = (f"{option}: {len(found):,} of {len(prompts):,} prompts share a {len(first.ngram.split())}-word n-gram "
+            f"with prompts the build {build} trains on (first: prompt {first.text}, \"{first.ngram}\"), so they are "
+            "not held out")
+    if not allow:
+        raise ConfigError(f"{line}; pass --allow-overlap to evaluate them anyway")
+    return f"warning: {line}"
