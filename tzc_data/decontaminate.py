@@ -28,6 +28,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tzc_data.dedupe import normalise
 from tzc_data.errors import ConfigError
 from tzc_data.files import sha256_file
@@ -69,21 +71,50 @@ class Benchmark:
                 "items_under_ngram": self.items_under_ngram}
 
 
+_LONG = 64  # words from which a text's n-grams are screened with numpy before any is joined
+_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _window_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """A polynomial hash (mod 2**64) of each window of ``n`` word ids: equal windows, equal hashes."""
+    count = len(ids) - n + 1
+    hashes = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            hashes = hashes * _MULTIPLIER + ids[k:k + count]
+    return hashes
+
+
 @dataclass(frozen=True, kw_only=True)
 class BenchmarkIndex:
     """Every n-gram of the benchmarks' questions -> the first (benchmark, item) that holds it.
 
     Picklable (a dict of strings: Python rehashes them where it is unpickled, so no hash seed
-    matters), and small: about 100 bytes an n-gram."""
+    matters), and small: about 100 bytes an n-gram. A long text (a response) is screened first:
+    its words become ids of the benchmarks' vocabulary, and only the windows whose hash
+    (:func:`_window_hashes`) is an n-gram's, with no word outside that vocabulary, are joined and
+    looked up, so the result is the one the plain scan gives, about twice as fast."""
 
     n: int
     benchmarks: tuple[Benchmark, ...]
     grams: dict[str, int] = field(repr=False)  # n-gram -> benchmark << 32 | item
+    vocabulary: dict[str, int] = field(repr=False, default_factory=dict)  # word of an n-gram -> id (>= 1)
+    hashes: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, dtype=np.uint64))  # sorted
 
     def match_words(self, found: Sequence[str]) -> Match | None:
         """The first n-gram of ``found`` (words, in order) that a benchmark item holds, or None."""
         n, grams = self.n, self.grams
-        for at in range(len(found) - n + 1):
+        if len(found) < n or not grams:
+            return None
+        if len(found) >= _LONG and len(self.hashes):
+            ids = np.fromiter((self.vocabulary.get(w, 0) for w in found), dtype=np.uint64, count=len(found))
+            outside = np.concatenate([[0], np.cumsum(ids == 0)])
+            hashes = _window_hashes(ids, n)
+            slots = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+            positions = np.flatnonzero((self.hashes[slots] == hashes) & (outside[n:] == outside[:-n]))
+        else:
+            positions = range(len(found) - n + 1)
+        for at in positions:
             gram = " ".join(found[at:at + n])
             code = grams.get(gram)
             if code is not None:
@@ -195,7 +226,17 @@ def benchmark_index(paths: Sequence[str], n: int = 8, option: str = "--decontami
                 grams.setdefault(" ".join(found[at:at + n]), number << 32 | item)
         benchmarks.append(Benchmark(path=path, sha256=sha256_file(path), field=name, items=len(questions),
                                     items_under_ngram=short))
-    return BenchmarkIndex(n=n, benchmarks=tuple(benchmarks), grams=grams)
+    vocabulary: dict[str, int] = {}
+    for gram in grams:
+        for word in gram.split(" "):
+            vocabulary.setdefault(word, len(vocabulary) + 1)
+    ids = np.array([vocabulary[w] for gram in grams for w in gram.split(" ")], dtype=np.uint64).reshape(-1, n)
+    hashes = np.zeros(len(ids), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):  # _window_hashes of each n-gram, all at once
+            hashes = hashes * _MULTIPLIER + ids[:, k]
+    hashes = np.unique(hashes)
+    return BenchmarkIndex(n=n, benchmarks=tuple(benchmarks), grams=grams, vocabulary=vocabulary, hashes=hashes)
 
 
 def drop_contaminated(examples: Iterable[Example], index: BenchmarkIndex | None, *,

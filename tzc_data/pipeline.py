@@ -403,8 +403,8 @@ def _length_and_contamination(records: str, benchmarks: BenchmarkIndex | None) -
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        table = pq.read_table(records, columns=["row", "status", "contaminated_benchmark", "contaminated_item"],
-                              filters=pc.field("status") == "contaminated")
+        table = pq.read_table(records, columns=["row", "status", "contaminated_benchmark", "contaminated_item"])
+        table = table.filter(pc.equal(table.column("status"), "contaminated"))
         entries["decontamination"] = contamination_report(
             benchmarks, table.column("contaminated_benchmark").to_pylist(),
             table.column("contaminated_item").to_pylist(), table.column("row").to_pylist())

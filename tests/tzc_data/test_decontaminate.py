@@ -273,3 +273,29 @@ def test_stats_fits_counts_what_a_model_turn_bound_would_keep(planted, tmp_path,
     printed = capsys.readouterr().out
     assert "kept model turn p50/p90/p99/max" in printed and "contaminated: bench.jsonl" in printed
     assert "at most: rows dropped as model_turn_too_long were not deduplicated" in printed
+
+
+def test_the_screened_scan_of_a_long_text_finds_what_the_plain_scan_finds(planted):
+    _, _, bench, _ = planted
+    index = benchmark_index([str(bench)], 8)
+
+    def plain(found):
+        for at in range(len(found) - 7):
+            code = index.grams.get(" ".join(found[at:at + 8]))
+            if code is not None:
+                return code & 0xFFFFFFFF, " ".join(found[at:at + 8])
+        return None
+
+    long_traces = read_jsonl("r1_long_clean.jsonl")[:20]
+    checked = hits = 0
+    for k, trace in enumerate(long_traces):
+        found = words(trace["response"])
+        for cut in (0, len(found) // 3, len(found) - 5):  # an item's text at the start, inside, across the end
+            item = words(GLAIVE[k % 10])
+            text = found[:cut] + item[k % 3:] + found[cut:]
+            got = index.match_words(text)
+            assert (None if got is None else (got.item, got.ngram)) == plain(text)
+            checked += 1
+            hits += got is not None
+        assert index.match_words(found) is None and plain(found) is None
+    assert checked == 60 and hits == 60
