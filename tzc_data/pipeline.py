@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import resource
 import sys
@@ -150,6 +151,9 @@ def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
             f"only {kept:,} of {read_rows:,} rows kept ({kept / read_rows:.1%} < --min-kept-ratio "
             f"{config.min_kept_ratio}); most were dropped as {worst!r} ({worst_count:,}: {REASONS[worst][0]}), "
             f"{controlled_by(worst)}. Drops: {listing}"
+            + (f". A length bound keeps fewer rows by design: if {kept / read_rows:.1%} is the share you expect, "
+               f"say so with --min-kept-ratio {math.floor(1000 * kept / read_rows) / 1000:g}"
+               if kept and worst in ("model_turn_too_long", "too_long") else "")
         )
 
 

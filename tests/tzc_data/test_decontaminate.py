@@ -299,3 +299,16 @@ def test_the_screened_scan_of_a_long_text_finds_what_the_plain_scan_finds(plante
             hits += got is not None
         assert index.match_words(found) is None and plain(found) is None
     assert checked == 60 and hits == 60
+
+
+def test_the_guardrail_names_the_model_turn_bound_and_how_to_state_the_expected_share(planted, tmp_path,
+                                                                                       tiny_model_path, capsys):
+    _, folder, bench, _ = planted
+    args = [a for a in _args(folder, bench, tiny_model_path) if a not in ("--min-kept-ratio", "0")]
+    args[args.index("--max-model-tokens") + 1] = "900"
+    assert main(["build", "--out", str(tmp_path / "b"), *args]) == 2
+    err = capsys.readouterr().err
+    assert "'model_turn_too_long'" in err and "controlled by --max-model-tokens" in err and err.count("\n") == 1
+    ratio = float(err.rsplit("--min-kept-ratio ", 1)[1])
+    assert 0 < ratio < 0.5
+    assert main(["build", "--out", str(tmp_path / "b"), *args, "--min-kept-ratio", str(ratio)]) == 0
