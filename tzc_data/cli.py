@@ -211,7 +211,7 @@ def _length_lines(manifest: dict[str, Any]) -> list[str]:
     fits = ", ".join(f"{int(b):,} {share:.1%}" for b, share in turn["fits"].items())
     from tzc_data.lengths import over_budget_warning
 
-    warning = over_budget_warning(turn)
+    warning = over_budget_warning(turn, manifest.get("config", {}).get("max_model_tokens"))
     return [f"  model turn tokens p1/p50/p90/p99 {shown}, max {turn['max']:,}; fits {fits}"] + \
         ([f"  {warning}"] if warning else [])
 

@@ -45,8 +45,9 @@ def distribution(lengths: np.ndarray) -> dict[str, Any]:
             "fits": {str(b): round(float(np.count_nonzero(ordered <= b)) / len(ordered), 6) for b in BUDGETS}}
 
 
-def over_budget_warning(model_turn: dict[str, Any] | None) -> str | None:
-    """A one-line warning when most kept examples' model turns are over the judges' default budget."""
+def over_budget_warning(model_turn: dict[str, Any] | None, bound: int | None = None) -> str | None:
+    """A one-line warning when most kept examples' model turns are over the judges' default budget
+    (``bound``: the build's --max-model-tokens, when it had one)."""
     if not model_turn or not model_turn.get("examples"):
         return None
     fits = model_turn["fits"].get(str(DEFAULT_BUDGET))
@@ -55,8 +56,10 @@ def over_budget_warning(model_turn: dict[str, Any] | None) -> str | None:
     p99 = model_turn["percentiles"].get("p99")
     return (f"warning: {1 - fits:.0%} of the kept examples have a model turn longer than the judges' default "
             f"MAX_GENERATION_STEPS ({DEFAULT_BUDGET}): a model taught on them is cut before </answer>. Set "
-            f"MAX_GENERATION_STEPS to at least the p99 model turn ({p99:,}) in the notebook, or select short "
-            f"traces with --max-model-tokens N (and --min-kept-ratio at the share you expect to keep)")
+            f"MAX_GENERATION_STEPS to at least the p99 model turn ({p99:,}) in the notebook"
+            + (f" (this build's --max-model-tokens is {bound:,})" if bound else
+               ", or select short traces with --max-model-tokens N (and --min-kept-ratio at the share you expect "
+               "to keep)"))
 
 
 def fits(records_path: str, budget: int) -> dict[str, Any]:
