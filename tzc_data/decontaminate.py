@@ -7,8 +7,8 @@ contaminated when they share ``n`` consecutive words (default 8). A benchmark it
 than ``n`` words has no n-gram and can match nothing; the manifest counts such items.
 
 The index (:class:`BenchmarkIndex`) maps every n-gram of every benchmark question to the first
-item that holds it: benchmarks are small (GSM8K's 1,319 test questions make about 60,000
-n-grams), so it travels with the map stage's :class:`tzc_data.rowstage.RowStage` to every worker,
+item that holds it: benchmarks are small (a GSM8K-sized one, 1,319 questions of about 50 words,
+makes tens of thousands of n-grams, a few MiB), so it travels with the map stage's :class:`tzc_data.rowstage.RowStage` to every worker,
 and the check is per row, in the map stage, on every engine, with the same result. A row that
 matches is dropped as ``contaminated``; its stats name the benchmark file, the item's index and
 the n-gram (:func:`drop_contaminated`).
