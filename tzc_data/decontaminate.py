@@ -24,6 +24,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +165,8 @@ def read_questions(path: str, option: str = "--decontaminate") -> tuple[str, lis
             raise ConfigError(f"{option} {path}: not a readable Parquet file ({str(err).splitlines()[0][:200]})") from None
         name = _field_of(names, path, option)
         values = pq.read_table(path, columns=[name]).column(name).to_pylist()
+        if not values:
+            raise ConfigError(f"{option} {path}: no items in it")
         return name, [_question(v, path, k, option) for k, v in enumerate(values)]
     rows = list(_json_lines(path, option))
     if not rows:
@@ -192,7 +195,7 @@ def _json_lines(path: str, option: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise ConfigError(f"{option} {path}, line {number}: not a JSON object (JSONL or Parquet "
                                       f"with one of the fields {', '.join(QUESTION_FIELDS)})")
                 yield number, row
-    except (OSError, UnicodeDecodeError, EOFError) as err:
+    except (OSError, UnicodeDecodeError, EOFError, zlib.error) as err:
         raise ConfigError(f"{option} {path}: cannot read it ({str(err).splitlines()[0][:200]})") from None
 
 
