@@ -21,28 +21,36 @@ DEFAULT_BUDGET = 768  # the competition template's MAX_GENERATION_STEPS
 PERCENTILES = (1, 5, 10, 50, 90, 95, 99)
 
 
-def model_turns(records_path: str, statuses: tuple[str, ...] = ("kept",)) -> np.ndarray:
-    """The model-turn lengths (``loss_tokens``) of the rows of ``statuses``, in row order."""
-    parts = []
+def model_turn_counts(records_path: str, statuses: tuple[str, ...] = ("kept",)) -> np.ndarray:
+    """How many rows of ``statuses`` have each model-turn length (``loss_tokens``): index = length.
+    Read a batch at a time: memory is one count per token of the longest turn, whatever the range."""
+    counts = np.zeros(1, dtype=np.int64)
     for batch in pq.ParquetFile(records_path).iter_batches(columns=["status", "loss_tokens"], batch_size=65536):
         status = batch.column("status").to_numpy(zero_copy_only=False)
         loss = batch.column("loss_tokens").to_numpy(zero_copy_only=False)
-        chosen = np.isin(status, statuses)
-        parts.append(loss[chosen].astype(np.int64))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        chosen = loss[np.isin(status, statuses)].astype(np.int64)
+        if chosen.size:
+            found = np.bincount(chosen)
+            if len(found) > len(counts):
+                counts = np.concatenate([counts, np.zeros(len(found) - len(counts), dtype=np.int64)])
+            counts[:len(found)] += found
+    return counts
 
 
-def distribution(lengths: np.ndarray) -> dict[str, Any]:
+def distribution(lengths: np.ndarray, *, counts: np.ndarray | None = None) -> dict[str, Any]:
     """Percentiles (nearest rank), max and mean of model-turn lengths, and the share that fits each
-    of :data:`BUDGETS` (``fits``: budget -> share of these examples whose model turn is <= it)."""
-    if lengths.size == 0:
+    of :data:`BUDGETS` (``fits``: budget -> share of these examples whose model turn is <= it).
+    From the lengths, or from ``counts`` (:func:`model_turn_counts`)."""
+    if counts is None:
+        counts = np.bincount(np.asarray(lengths, dtype=np.int64)) if len(lengths) else np.zeros(1, dtype=np.int64)
+    total = int(counts.sum())
+    if total == 0:
         return {"examples": 0, "percentiles": {}, "max": None, "mean": None, "fits": {str(b): None for b in BUDGETS}}
-    ordered = np.sort(lengths)
-    ranks = {f"p{q}": int(ordered[min(len(ordered) - 1, max(0, int(np.ceil(q / 100 * len(ordered))) - 1))])
-             for q in PERCENTILES}
-    return {"examples": int(lengths.size), "percentiles": ranks, "max": int(ordered[-1]),
-            "mean": round(float(ordered.mean()), 1),
-            "fits": {str(b): round(float(np.count_nonzero(ordered <= b)) / len(ordered), 6) for b in BUDGETS}}
+    cumulative = np.cumsum(counts)
+    ranks = {f"p{q}": int(np.searchsorted(cumulative, max(1, int(np.ceil(q / 100 * total))))) for q in PERCENTILES}
+    return {"examples": total, "percentiles": ranks, "max": int(np.flatnonzero(counts)[-1]),
+            "mean": round(float((counts * np.arange(len(counts))).sum()) / total, 1),
+            "fits": {str(b): round(int(cumulative[min(b, len(cumulative) - 1)]) / total, 6) for b in BUDGETS}}
 
 
 def over_budget_warning(model_turn: dict[str, Any] | None, bound: int | None = None) -> str | None:
@@ -67,15 +75,15 @@ def fits(records_path: str, budget: int) -> dict[str, Any]:
     model-turn bound, how many have a model turn of at most ``budget`` tokens. Counts the kept
     rows, and the rows dropped as ``model_turn_too_long`` (a build made with a bound below
     ``budget`` dropped them; they were not deduplicated, so this is an upper bound then)."""
-    kept = model_turns(records_path)
-    over = model_turns(records_path, ("model_turn_too_long",))
-    candidates = np.concatenate([kept, over])
-    within = int(np.count_nonzero(candidates <= budget))
+    counts = model_turn_counts(records_path, ("kept", "model_turn_too_long"))
+    candidates = int(counts.sum())
+    within = int(counts[:budget + 1].sum())
+    over = int(model_turn_counts(records_path, ("model_turn_too_long",)).sum())
     rows = pq.ParquetFile(records_path).metadata.num_rows
-    return {"budget": budget, "rows": rows, "candidates": int(candidates.size), "fit": within,
+    return {"budget": budget, "rows": rows, "candidates": candidates, "fit": within,
             "share_of_rows": round(within / rows, 6) if rows else 0.0,
-            "share_of_candidates": round(within / candidates.size, 6) if candidates.size else 0.0,
-            "upper_bound": bool(over.size)}
+            "share_of_candidates": round(within / candidates, 6) if candidates else 0.0,
+            "upper_bound": bool(over)}
 
 
 def fits_line(answer: dict[str, Any], build: str) -> str:

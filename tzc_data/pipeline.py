@@ -45,7 +45,7 @@ from tzc_data.decontaminate import report as contamination_report
 from tzc_data.dedup_pass import Outcomes, final_batches, first_kept_wins, kept_examples, write_near_dup
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.executors import Executor, executor
-from tzc_data.lengths import distribution, model_turns
+from tzc_data.lengths import distribution, model_turn_counts
 from tzc_data.load import read_manifest
 from tzc_data.minhash import NearDupIndex, outcome_reason
 from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
@@ -402,13 +402,17 @@ def _length_and_contamination(records: str, benchmarks: BenchmarkIndex | None) -
     """The manifest's ``model_turn`` (the kept examples' model-turn lengths against the judges'
     budgets, :mod:`tzc_data.lengths`) and, with --decontaminate, ``decontamination`` (per benchmark:
     items matched, rows dropped, the first of them), from ``stats/records.parquet``."""
-    entries: dict[str, Any] = {"model_turn": distribution(model_turns(records))}
-    if benchmarks is not None:
+    entries: dict[str, Any] = {"model_turn": distribution((), counts=model_turn_counts(records))}
+    if benchmarks is not None:  # a batch at a time: memory holds the contaminated rows only
+        import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        table = pq.read_table(records, columns=["row", "status", "contaminated_benchmark", "contaminated_item"])
-        table = table.filter(pc.equal(table.column("status"), "contaminated"))
+        columns = ["row", "status", "contaminated_benchmark", "contaminated_item"]
+        table = pa.Table.from_batches(
+            [b.filter(pc.equal(b.column("status"), "contaminated"))
+             for b in pq.ParquetFile(records).iter_batches(columns=columns, batch_size=65536)],
+            schema=pq.read_schema(records).empty_table().select(columns).schema)
         entries["decontamination"] = contamination_report(
             benchmarks, table.column("contaminated_benchmark").to_pylist(),
             table.column("contaminated_item").to_pylist(), table.column("row").to_pylist())
