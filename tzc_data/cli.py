@@ -57,6 +57,10 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
                    help="a SentencePiece model; default: the Gemma 2 tokenizer, fetched once and hash-checked")
     g = p.add_argument_group("filters")
     g.add_argument("--max-tokens", type=int, help="drop examples longer than this (default: --seq-len)")
+    g.add_argument("--max-model-tokens", type=int, metavar="N",
+                   help="drop examples whose model turn (reasoning, answer and markup through <eos>: what a decode "
+                        "generates) is longer than N tokens, as model_turn_too_long: the judges decode at most "
+                        "MAX_GENERATION_STEPS new tokens (768 in the template). Default: no bound")
     g.add_argument("--min-answer-tokens", type=int, default=1, help="drop answers shorter than this")
     g.add_argument("--min-reasoning-tokens", type=int, default=1, help="drop reasoning shorter than this")
     g.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep duplicate prompts")
@@ -94,6 +98,14 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--exclude", action="append", default=[], metavar="BUILD",
                    help="drop prompts kept in this earlier build (repeatable); a build whose rows overlap "
                         "it is refused")
+    g.add_argument("--decontaminate", action="append", default=[], metavar="FILE",
+                   help="drop, as contaminated, examples whose prompt shares a word n-gram with a question of this "
+                        "benchmark (repeatable; JSONL or Parquet with a question, prompt, problem, instruction, input, "
+                        "query or text field, or a folder of such files); words after dedup's normalisation")
+    g.add_argument("--decontaminate-ngram", type=int, default=8, metavar="N",
+                   help="contaminated: the words a shared n-gram holds")
+    g.add_argument("--decontaminate-responses", action="store_true",
+                   help="contaminated: check each response too, not only the prompt")
     g.add_argument("--eval-fraction", type=float, default=0.0,
                    help="share of kept examples, chosen by prompt hash, written as a separate eval split")
     g = p.add_argument_group("pack and write")
@@ -130,6 +142,8 @@ def _run_build(args: argparse.Namespace) -> int:
         out=args.out, start=start, stop=stop, source=args.source, revision=args.revision, seed=args.seed,
         format=args.format, dataset=args.dataset, hub_split=args.hub_split,
         tokenizer=args.tokenizer, system=args.system, seq_len=args.seq_len, max_tokens=args.max_tokens,
+        max_model_tokens=args.max_model_tokens, decontaminate=tuple(args.decontaminate),
+        decontaminate_ngram=args.decontaminate_ngram, decontaminate_responses=args.decontaminate_responses,
         min_answer_tokens=args.min_answer_tokens, min_reasoning_tokens=args.min_reasoning_tokens, dedup=args.dedup,
         near_dup=args.near_dup, near_dup_threshold=args.near_dup_threshold,
         loop_filter=args.loop_filter, loop_min_repeats=args.loop_min_repeats, loop_min_chars=args.loop_min_chars,
@@ -178,6 +192,7 @@ def summary(manifest: dict[str, Any], out: str) -> str:
               f"no whole-example packing can exceed {packing['fill_upper_bound']:.2%}",
               f"  tokens {packing['tokens']:,}, loss tokens {packing['loss_tokens']:,}; "
               f"{len(manifest['shards'])} shard(s)"]
+    lines += _length_lines(manifest) + _contamination_lines(manifest)
     if run:
         lines.append(f"  {run['seconds']:.1f} s, {run['rows_per_second']:,.0f} rows/s, "
                      f"{run['tokens_per_second']:,.0f} tokens/s, peak RSS {run['peak_rss_mib']:,.0f} MiB "
@@ -185,6 +200,37 @@ def summary(manifest: dict[str, Any], out: str) -> str:
                      + (f", {run['workers']} workers at most {run['worker_peak_rss_mib']:,.0f} MiB each"
                         if run.get("workers") else ""))
     return "\n".join(lines)
+
+
+def _length_lines(manifest: dict[str, Any]) -> list[str]:
+    """The kept examples' model turns (tokens a decode generates) against the judges' budgets."""
+    turn = manifest.get("model_turn")
+    if not turn or not turn.get("examples"):
+        return []
+    shown = "/".join(f"{turn['percentiles'][p]:,}" for p in ("p1", "p50", "p90", "p99"))
+    fits = ", ".join(f"{int(b):,} {share:.1%}" for b, share in turn["fits"].items())
+    from tzc_data.lengths import over_budget_warning
+
+    warning = over_budget_warning(turn, manifest.get("config", {}).get("max_model_tokens"))
+    return [f"  model turn tokens p1/p50/p90/p99 {shown}, max {turn['max']:,}; fits {fits}"] + \
+        ([f"  {warning}"] if warning else [])
+
+
+def _contamination_lines(manifest: dict[str, Any]) -> list[str]:
+    """Per benchmark of --decontaminate: items matched, training rows dropped, the first rows."""
+    entry = manifest.get("decontamination")
+    if not entry:
+        return []
+    lines = [f"  decontamination ({entry['ngram']}-grams; tzc-data explain --reason contaminated shows them):"]
+    for b in entry["benchmarks"]:
+        first = ", ".join(map(str, b["first_rows"]))
+        lines.append(f"    {b['path']}: {b['items_matched']:,} of {b['items']:,} items matched, {b['rows_dropped']:,} "
+                     f"rows dropped" + (f" (rows {first}{', ...' if b['rows_dropped'] > len(b['first_rows']) else ''})"
+                                        if first else "")
+                     + (f"; {b['items_under_ngram']:,} item{'s' if b['items_under_ngram'] != 1 else ''} under "
+                        f"{entry['ngram']} words cannot match"
+                        if b["items_under_ngram"] else ""))
+    return lines
 
 
 def _fuzz_parser(sub: argparse._SubParsersAction) -> None:
@@ -232,6 +278,9 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("builds", nargs="+", metavar="DIR")
     p.add_argument("--tokenizer", action="append", default=[], metavar="PATH",
                    help="a build's tokenizer, when not found where the build recorded it (repeatable)")
+    p.add_argument("--decontaminate", action="append", default=[], metavar="FILE",
+                   help="also check that no kept example shares an n-gram with this benchmark's questions, by each "
+                        "build's rule (its --decontaminate-ngram, and responses too when it checked them; repeatable)")
     p.set_defaults(run=_run_verify)
 
 
@@ -239,6 +288,10 @@ def _run_verify(args: argparse.Namespace) -> int:
     from tzc_data.verify import verify
 
     problems = verify(args.builds, args.tokenizer)
+    if args.decontaminate:
+        from tzc_data.verify import check_decontaminated
+
+        problems += check_decontaminated(args.builds, args.decontaminate, args.tokenizer)
     for problem in problems:
         print(problem)
     if problems:
@@ -275,6 +328,9 @@ def _look_parsers(sub: argparse._SubParsersAction) -> None:
                                    "fill, tokens and examples per row; several builds side by side.")
     p.add_argument("builds", nargs="+", metavar="DIR")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--fits", type=int, metavar="N",
+                   help="how many rows of each build's range have a model turn of at most N tokens (what "
+                        "--max-model-tokens N would keep)")
     p.set_defaults(run=_run_stats)
     p = sub.add_parser("inspect", help="a packed row, example by example, loss span marked",
                        description="Decode one packed row: each example with its source row and its loss-masked "
@@ -305,7 +361,18 @@ def _run_stats(args: argparse.Namespace) -> int:
     from tzc_data.look import format_table, summarise
 
     summaries = [summarise(build) for build in args.builds]
+    if args.fits is not None:
+        from tzc_data.lengths import fits, fits_line
+        from tzc_data.load import RECORDS
+
+        if args.fits < 1:
+            raise TzcError(f"--fits {args.fits}: must be at least 1 token")
+        for s in summaries:
+            s["fits"] = fits(os.path.join(s["build"], RECORDS), args.fits)
     print(json.dumps(summaries, indent=2) if args.json else format_table(summaries))
+    if args.fits is not None and not args.json:
+        for s in summaries:
+            print(fits_line(s["fits"], s["build"]))
     return 0
 
 

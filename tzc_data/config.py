@@ -48,6 +48,7 @@ class BuildConfig:
     system: str = fmt.DEFAULT_SYSTEM
     seq_len: int = 4096
     max_tokens: int | None = None  # None: seq_len
+    max_model_tokens: int | None = None  # the model turn (what a decode generates), in tokens; None: no bound
     min_answer_tokens: int = 1
     min_reasoning_tokens: int = 1
     dedup: bool = True
@@ -71,6 +72,9 @@ class BuildConfig:
     rows_per_shard: int = 1024
     compression: str = "zstd:1"
     exclude: tuple[str, ...] = ()  # earlier builds whose prompts this one must not share
+    decontaminate: tuple[str, ...] = ()  # benchmark files whose questions no kept prompt may share an n-gram with
+    decontaminate_ngram: int = 8  # words an n-gram holds (tzc_data.decontaminate)
+    decontaminate_responses: bool = False  # check the response too, not only the prompt
     eval_fraction: float = 0.0
     engine: str = "local"  # what runs the units' per-row stages: "local", "processes" or "ray"
     # processes (engine "processes") or Ray actors (engine "ray"; 0: the cluster's CPUs less one) for
@@ -98,6 +102,13 @@ class BuildConfig:
         if self.max_tokens is not None and not 16 <= self.max_tokens <= self.seq_len:
             raise ConfigError(f"--max-tokens {self.max_tokens}: must be between 16 and --seq-len ({self.seq_len}); "
                               "an example longer than a row cannot be packed without splitting it")
+        if self.max_model_tokens is not None and not 8 <= self.max_model_tokens <= self.seq_len:
+            raise ConfigError(f"--max-model-tokens {self.max_model_tokens}: must be between 8 and --seq-len "
+                              f"({self.seq_len})")
+        if not 1 <= self.decontaminate_ngram <= 64:
+            raise ConfigError(f"--decontaminate-ngram {self.decontaminate_ngram}: must be between 1 and 64 words")
+        if self.decontaminate_responses and not self.decontaminate:
+            raise ConfigError("--decontaminate-responses needs --decontaminate FILE")
         if self.min_answer_tokens < 0 or self.min_reasoning_tokens < 0:
             raise ConfigError("--min-answer-tokens and --min-reasoning-tokens must be >= 0")
         if not 0.0 <= self.min_kept_ratio <= 1.0:
@@ -159,5 +170,6 @@ class BuildConfig:
         for name in ("out", "overwrite", "resume", "engine", "workers", "ray_address"):
             fields.pop(name)
         fields["exclude"] = list(self.exclude)
+        fields["decontaminate"] = list(self.decontaminate)
         fields["max_tokens"] = self.token_limit
         return fields

@@ -90,12 +90,12 @@ def explain(directory: str, reason: str, n: int = 5, *, colour: bool | None = No
         scores = {k: v for k, v in record.items() if k not in ("row", "status", "detail", "prompt_hash")
                   and v is not None and k not in ("shard", "pack", "segment", "split")}
         lines.append("  " + ", ".join(f"{k}={v}" for k, v in scores.items()))
-        lines += _show(reason, record, text, source, colour)
+        lines += _show(reason, record, text, source, colour, manifest)
     return "\n".join(lines)
 
 
 def _show(reason: str, record: dict[str, Any], text: dict[str, Any], source: Source | None,
-          colour: bool) -> list[str]:
+          colour: bool, manifest: dict[str, Any] | None = None) -> list[str]:
     prompt = text.get("prompt") or ""
     body = text.get("reasoning") or ""
     if text.get("answer"):
@@ -114,6 +114,8 @@ def _show(reason: str, record: dict[str, Any], text: dict[str, Any], source: Sou
             unit = match.group(1) if match else unit
         return ["  end of the text (lower case, digits removed), repeated unit marked:",
                 "  " + highlight(tail[-900:], unit, colour).replace("\n", "\n  ")]
+    if reason == "contaminated":
+        return _contaminated(record, prompt, text.get("response") or body, colour, manifest or {})
     if reason in ("tag_in_content", "control_in_content"):
         match = re.search(r"contains '(.+?)'", record["detail"])
         needle = match.group(1) if match else ""
@@ -122,3 +124,45 @@ def _show(reason: str, record: dict[str, Any], text: dict[str, Any], source: Sou
         return ["  " + highlight(where[max(0, at - 200): at + 200], needle, colour)]
     return [f"  prompt:   {printable(prompt[:300])}",
             f"  response: {printable(body[:300])}{'...' if len(body) > 300 else ''}"]
+
+
+def _contaminated(record: dict[str, Any], prompt: str, response: str, colour: bool,
+                  manifest: dict[str, Any]) -> list[str]:
+    """The training text with the shared n-gram marked, and the benchmark item it shares it with
+    (read from the benchmark file when it is still the one the build checked)."""
+    match = re.search(r'(prompt|response) shares the \d+-gram "(.+?)" with item', record["detail"] or "")
+    where, gram = (match.group(1), match.group(2)) if match else ("prompt", "")
+    text = prompt if where == "prompt" else response
+    lines = [f"  {where}: " + _mark_words(text, gram, colour).replace("\n", "\n  ")]
+    benchmarks = (manifest.get("decontamination") or {}).get("benchmarks") or []
+    b, item = record.get("contaminated_benchmark"), record.get("contaminated_item")
+    if b is not None and item is not None and int(b) < len(benchmarks):
+        entry = benchmarks[int(b)]
+        lines.append(f"  benchmark item {int(item)} of {entry['path']}: " + _benchmark_item(entry, int(item)))
+    return lines
+
+
+def _mark_words(text: str, gram: str, colour: bool) -> str:
+    """``text`` (at most 600 characters around the n-gram) with the words of ``gram`` marked,
+    whatever case, spacing and punctuation lie between them."""
+    pattern = r"\W+".join(re.escape(w) for w in gram.split()) if gram else ""
+    found = re.search(pattern, text, re.IGNORECASE) if pattern else None
+    if found is None:
+        return printable(text[:600])
+    start, end = _markers(colour)
+    low = max(0, found.start() - 200)
+    return (printable(text[low:found.start()]) + start + printable(found.group()) + end
+            + printable(text[found.end():found.end() + 200]))
+
+
+def _benchmark_item(entry: dict[str, Any], item: int) -> str:
+    from tzc_data.decontaminate import read_questions
+    from tzc_data.files import sha256_file
+
+    try:
+        if sha256_file(entry["path"]) != entry["sha256"]:
+            return "(the file changed since the build)"
+        questions = read_questions(entry["path"])[1]
+    except (OSError, TzcError):
+        return "(the file is not readable here)"
+    return printable(questions[item][:400]) if item < len(questions) else "(no such item in the file)"

@@ -33,6 +33,9 @@ def summarise(directory: str) -> dict[str, Any]:
     kept = records.filter(pl.col("status") == "kept")
     lengths = {column: {f"p{int(q * 100)}": _quantile(kept[column], q) for q in PERCENTILES}
                for column in LENGTH_COLUMNS}
+    from tzc_data.lengths import distribution
+
+    model_turn = distribution(kept["loss_tokens"].drop_nulls().to_numpy())
     return {
         "build": directory,
         "range": f"{manifest['range']['start']}:{manifest['range']['stop']}",
@@ -40,6 +43,8 @@ def summarise(directory: str) -> dict[str, Any]:
         "rows": total,
         "status": {s: {"rows": n, "share": round(n / total, 6) if total else 0.0} for s, n in by_status.items()},
         "kept_lengths": lengths,
+        "model_turn": model_turn,  # loss tokens: what a decode generates, against the judges' budgets
+        "decontamination": manifest.get("decontamination"),
         "packing": {
             "seq_len": manifest["config"]["seq_len"],
             "rows": packs.height,
@@ -71,6 +76,15 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
     for column in LENGTH_COLUMNS:
         rows.append((f"kept {column} p5/p50/p95/p99", ["/".join(_num(v) for v in s["kept_lengths"][column].values())
                                                       for s in summaries]))
+    rows += [("kept model turn p50/p90/p99/max", ["/".join(_num(s["model_turn"]["percentiles"].get(p)) for p in
+                                                           ("p50", "p90", "p99")) + f"/{_num(s['model_turn']['max'])}"
+                                                  for s in summaries]),
+             ("model turn fits 768/1,024/2,048", ["/".join("-" if v is None else f"{v:.1%}"
+                                                          for v in s["model_turn"]["fits"].values())
+                                                 for s in summaries])]
+    rows += [(f"contaminated: {os.path.basename(b['path'])}", [_benchmark_cell(s, b["path"]) for s in summaries])
+             for b in {b["path"]: b for s in summaries for b in (s.get("decontamination") or {}).get("benchmarks", [])
+                       }.values()]
     rows += [("packed rows", [f"{s['packing']['rows']:,}" for s in summaries]),
              ("fill (p5 of rows)", [f"{s['packing']['fill']:.2%} ({_num(s['packing']['fill_p5'])})"
                                     for s in summaries]),
@@ -85,6 +99,13 @@ def format_table(summaries: list[dict[str, Any]]) -> str:
     for label, values in rows:
         lines.append(label.ljust(label_width) + "  " + "  ".join(v.rjust(w) for v, w in zip(values, widths)))
     return "\n".join(lines)
+
+
+def _benchmark_cell(summary: dict[str, Any], path: str) -> str:
+    for b in (summary.get("decontamination") or {}).get("benchmarks", []):
+        if b["path"] == path:
+            return f"{b['items_matched']:,}/{b['items']:,} items, {b['rows_dropped']:,} rows"
+    return "-"
 
 
 def _cell(entry: dict[str, Any] | None) -> str:

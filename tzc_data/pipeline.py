@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import resource
 import sys
@@ -39,9 +40,12 @@ from tqdm import tqdm
 
 from tzc_data import __version__, files, units
 from tzc_data.config import BuildConfig
+from tzc_data.decontaminate import BenchmarkIndex, benchmark_index
+from tzc_data.decontaminate import report as contamination_report
 from tzc_data.dedup_pass import Outcomes, final_batches, first_kept_wins, kept_examples, write_near_dup
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.executors import Executor, executor
+from tzc_data.lengths import distribution, model_turn_counts
 from tzc_data.load import read_manifest
 from tzc_data.minhash import NearDupIndex, outcome_reason
 from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
@@ -147,6 +151,9 @@ def _guardrail(counts: Counter, read_rows: int, config: BuildConfig) -> None:
             f"only {kept:,} of {read_rows:,} rows kept ({kept / read_rows:.1%} < --min-kept-ratio "
             f"{config.min_kept_ratio}); most were dropped as {worst!r} ({worst_count:,}: {REASONS[worst][0]}), "
             f"{controlled_by(worst)}. Drops: {listing}"
+            + (f". A length bound keeps fewer rows by design: if {kept / read_rows:.1%} is the share you expect, "
+               f"say so with --min-kept-ratio {math.floor(1000 * kept / read_rows) / 1000:g}"
+               if kept and worst in ("model_turn_too_long", "too_long") else "")
         )
 
 
@@ -188,9 +195,14 @@ def load_excluded(config: BuildConfig, source: Source, near: NearDupIndex | None
 NEAR_DUP = "near_dup.bin"
 
 
-def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer) -> dict[str, Any]:
-    """What the units of an interrupted build must have been made from to be resumed."""
-    return {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
+def _identity(config: BuildConfig, source: Source, tokenizer: Tokenizer,
+              benchmarks: BenchmarkIndex | None = None) -> dict[str, Any]:
+    """What the units of an interrupted build must have been made from to be resumed (a benchmark
+    file of --decontaminate changed since is another input)."""
+    identity = {"config": config.recorded(), "source": source.describe(), "tokenizer": tokenizer.sha256}
+    if benchmarks is not None:
+        identity["benchmarks"] = benchmarks.sha256s()
+    return identity
 
 
 def _plan_identity(identity: dict[str, Any], config: BuildConfig) -> dict[str, Any]:
@@ -244,7 +256,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
                               "as a source next time; write it elsewhere")
     planned = source.plan(config.start, config.stop)  # before a row is read: a range past the end fails now
     tokenizer = tokenizer or load_tokenizer(config.tokenizer, system=config.system)
-    identity = _identity(config, source, tokenizer)
+    benchmarks = benchmark_index(config.decontaminate, config.decontaminate_ngram) if config.decontaminate else None
+    identity = _identity(config, source, tokenizer, benchmarks)
     if published:
         if _finished_as(out, identity, other_ok=True):  # killed after its rename into place: done
             manifest = read_manifest(out)
@@ -261,7 +274,7 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
         raise OutputError(_os_error_line(err, out, staging, resumable=False)) from None
     try:
         return _build_locked(config, out, staging, identity, source, planned, tokenizer, near, excluded, started,
-                             progress)
+                             progress, benchmarks)
     except OSError as err:
         raise OutputError(_os_error_line(err, out, staging, resumable=True)) from None
     finally:
@@ -270,7 +283,8 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
 
 def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[str, Any], source: Source,
                   planned: Sequence[Unit], tokenizer: Tokenizer, near: NearDupIndex | None,
-                  excluded: dict[bytes, str], started: float, progress: bool | None) -> dict[str, Any]:
+                  excluded: dict[bytes, str], started: float, progress: bool | None,
+                  benchmarks: BenchmarkIndex | None = None) -> dict[str, Any]:
     """:func:`build` once its staging directory is locked: resume or start over, write, publish."""
     manifest = _finished_as(staging, identity) if config.resume else None
     reused = index_bytes = 0
@@ -285,10 +299,11 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
         arrow_pool = pa.default_memory_pool()
         pa.set_memory_pool(pa.system_memory_pool())
         try:
-            stage = RowStage.of(config, source, staging, tokenizer, excluded)
+            stage = RowStage.of(config, source, staging, tokenizer, excluded, benchmarks)
             engine = executor(config.engine, config.workers, ray_address=config.ray_address)
             done, reused = _map_units(engine, stage, planned, config, progress)
-            manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done)
+            manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done,
+                                                 benchmarks)
         except GuardrailError as err:  # the units stand: a resume may accept them with a lower ratio
             raise GuardrailError(f"{err}. The finished units stay in {staging}: the same command with --resume "
                                  "and a lower --min-kept-ratio builds from them") from None
@@ -343,6 +358,9 @@ def _finished_as(directory: str, identity: dict[str, Any], *, other_ok: bool = F
     manifest = read_manifest(directory)
     made = {"config": manifest.get("config"), "source": manifest.get("source"),
             "tokenizer": (manifest.get("tokenizer") or {}).get("sha256")}
+    if isinstance(manifest.get("decontamination"), dict):
+        made["benchmarks"] = [{"path": b.get("path"), "sha256": b.get("sha256")}
+                              for b in manifest["decontamination"].get("benchmarks") or []]
     if made != json.loads(json.dumps(identity)):
         if other_ok:
             return None
@@ -374,7 +392,7 @@ def _os_error_line(err: OSError, out: str, staging: str, *, resumable: bool) -> 
 
 def _write_build(engine: Executor, staging: str, config: BuildConfig, source: Source, tokenizer: Tokenizer,
                  excluded: dict[bytes, str], near: NearDupIndex | None,
-                 done: Sequence[units.UnitDone]) -> tuple[dict[str, Any], int]:
+                 done: Sequence[units.UnitDone], benchmarks: BenchmarkIndex | None = None) -> tuple[dict[str, Any], int]:
     """Everything after the map, from the units' files: dedup, the guardrail, packing, shards,
     hashes, near-dup keys, stats and the manifest last. A pure function of those files: a build
     killed anywhere in here resumes by doing it again, with the same bytes. Nothing the map left
@@ -398,8 +416,30 @@ def _write_build(engine: Executor, staging: str, config: BuildConfig, source: So
     stats = _write_stats(staging, config, done, outcomes, where, packs_by_split)
     manifest = _manifest(staging, config, source, tokenizer, excluded, counts, kept, packs_by_split, bound, shards, hashes,
                          near_entry, stats)
+    manifest.update(_length_and_contamination(stats[0], benchmarks))
     write_manifest(staging, manifest)
     return manifest, index_bytes
+
+
+def _length_and_contamination(records: str, benchmarks: BenchmarkIndex | None) -> dict[str, Any]:
+    """The manifest's ``model_turn`` (the kept examples' model-turn lengths against the judges'
+    budgets, :mod:`tzc_data.lengths`) and, with --decontaminate, ``decontamination`` (per benchmark:
+    items matched, rows dropped, the first of them), from ``stats/records.parquet``."""
+    entries: dict[str, Any] = {"model_turn": distribution((), counts=model_turn_counts(records))}
+    if benchmarks is not None:  # a batch at a time: memory holds the contaminated rows only
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        columns = ["row", "status", "contaminated_benchmark", "contaminated_item"]
+        table = pa.Table.from_batches(
+            [b.filter(pc.equal(b.column("status"), "contaminated"))
+             for b in pq.ParquetFile(records).iter_batches(columns=columns, batch_size=65536)],
+            schema=pq.read_schema(records).empty_table().select(columns).schema)
+        entries["decontamination"] = contamination_report(
+            benchmarks, table.column("contaminated_benchmark").to_pylist(),
+            table.column("contaminated_item").to_pylist(), table.column("row").to_pylist())
+    return entries
 
 
 def _counts(done: Sequence[units.UnitDone], outcomes: Outcomes) -> Counter:

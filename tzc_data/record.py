@@ -28,6 +28,8 @@ REASONS: dict[str, tuple[str, str]] = {
                      "none (would teach other text than shown)"),
     "duplicate": ("the normalised prompt was already kept in this build", "--no-dedup"),
     "in_excluded_split": ("the prompt is in a build given to --exclude", "--exclude"),
+    "contaminated": ("the prompt (or, with --decontaminate-responses, the response) shares a word n-gram with a "
+                     "benchmark question", "--decontaminate / --decontaminate-ngram"),
     "near_duplicate": ("a prompt kept in this build is nearly the same (MinHash)", "--near-dup-threshold / --no-near-dup"),
     "loop": ("the reasoning or answer ends in a repeated unit", "--loop-min-repeats / --loop-min-chars"),
     "repeated_paragraphs": ("a paragraph or long sentence repeated many times", "--max-paragraph-repeats / "
@@ -36,6 +38,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "compressible": ("the text compresses far better than prose (zlib)", "--min-compression-ratio"),
     "non_english": ("the prompt and reasoning are not English", "--min-english-score / --no-language-filter"),
     "too_long": ("the templated example is longer than --max-tokens", "--max-tokens / --seq-len"),
+    "model_turn_too_long": ("the model turn (reasoning, answer and markup, through <eos>: what a decode generates) "
+                            "is longer than --max-model-tokens", "--max-model-tokens"),
     "answer_too_short": ("the answer has fewer tokens than --min-answer-tokens", "--min-answer-tokens"),
     "reasoning_too_short": ("the reasoning has fewer tokens than --min-reasoning-tokens", "--min-reasoning-tokens"),
 }

@@ -87,10 +87,17 @@ def render_report(directory: str) -> str:
     ]
     for column, label in [("prompt_chars", "prompt characters"), ("reasoning_chars", "reasoning characters"),
                           ("answer_chars", "answer characters"), ("tokens", "tokens per example"),
-                          ("loss_tokens", "loss tokens per example")]:
+                          ("loss_tokens", "model-turn tokens per example (loss tokens: what a decode generates)")]:
         figures.append((f"hist-{column}", f"Kept examples: {label}",
                         histogram(kept[column].drop_nulls().to_numpy().astype(float), f"Kept examples: {label}",
                                   label.split()[0])))
+    from tzc_data.lengths import BUDGETS, distribution
+
+    turn = distribution(kept["loss_tokens"].drop_nulls().to_numpy())
+    if turn["examples"]:
+        figures.append(("model-turn-fits", "Kept examples whose model turn fits the decode budget", bar_chart(
+            [f"<= {b:,} tokens" for b in BUDGETS], [100 * turn["fits"][str(b)] for b in BUDGETS],
+            "Share of kept examples whose model turn fits MAX_GENERATION_STEPS", fmt="{:.1f}%")))
     figures += [
         ("fill", "Fill of each packed row", histogram(packs["fill"].to_numpy() * 100, "Fill of each packed row",
                                                       "% of seq_len", bins=25)),
@@ -113,9 +120,20 @@ figure {{ margin: 0; border: 1px solid #ddd; padding: 8px; }} figcaption {{ font
 <p>{manifest['counts']['read']:,} rows read, {manifest['counts']['kept']:,} kept; {manifest['packing']['rows']:,} packed rows
 of {manifest['packing']['seq_len']:,} tokens, fill {manifest['packing']['fill']:.2%}.</p>
 <pre>{table}</pre>
+<p>Model turn (tokens a greedy decode generates, through &lt;eos&gt;): {_turn_sentence(turn)}</p>
 <main>{''.join(parts)}</main>
 </body></html>
 """
+
+
+def _turn_sentence(turn: dict) -> str:
+    if not turn["examples"]:
+        return "no kept examples."
+    p = turn["percentiles"]
+    fits = ", ".join(f"{int(b):,}: {share:.1%}" for b, share in turn["fits"].items())
+    return (f"p1 {p['p1']:,}, p50 {p['p50']:,}, p90 {p['p90']:,}, p99 {p['p99']:,}, max {turn['max']:,}; "
+            f"share that fits {html.escape(fits)}. The competition template decodes 768 new tokens: set "
+            f"MAX_GENERATION_STEPS to at least the p99, or build with --max-model-tokens.")
 
 
 def write_report(directory: str, out: str, *, overwrite: bool = False) -> str:

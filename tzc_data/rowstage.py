@@ -1,6 +1,6 @@
 """The map stage: one unit of the source through the per-row stages, into the unit's files.
 
-    read ─ hash prompt ─ excluded builds ─ split <think> ─ quality filters (language, repetition)
+    read ─ hash prompt ─ excluded builds ─ benchmarks (n-grams) ─ split <think> ─ quality filters (language, repetition)
          ─ format checks ─ tokenize ─ length bound ─ dedup keys (MinHash) ─ the unit's files
 
 Each of these looks at one row at a time, so a unit can run anywhere: in this process, in a
@@ -24,6 +24,8 @@ import numpy as np
 
 from tzc_data import files, units
 from tzc_data.config import BuildConfig
+from tzc_data.decontaminate import SCORE_NAMES as CONTAMINATION_SCORES
+from tzc_data.decontaminate import BenchmarkIndex, drop_contaminated
 from tzc_data.dedupe import drop_excluded, hash_prompts, split_of
 from tzc_data.errors import SourceError
 from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
@@ -54,22 +56,25 @@ def build_filters(config: BuildConfig) -> list[Filter]:
 
 
 def score_names(config: BuildConfig) -> list[str]:
-    """The score columns of the stats, in order: each quality filter's, then near dedup's."""
-    return [name for f in build_filters(config) for name in f.score_names] + \
+    """The score columns of the stats, in order: the benchmark and item a contaminated row matched,
+    each quality filter's, then near dedup's."""
+    return (list(CONTAMINATION_SCORES) if config.decontaminate else []) + \
+        [name for f in build_filters(config) for name in f.score_names] + \
         (["near_dup_jaccard"] if config.near_dup else [])
 
 
 def row_stages(examples: Iterable[Example], config: BuildConfig, tokenizer: Tokenizer, quality: list[Filter],
-               excluded: dict[bytes, str]) -> Iterator[Example]:
+               excluded: dict[bytes, str], benchmarks: BenchmarkIndex | None = None) -> Iterator[Example]:
     """The per-row stages, in order, as generators (each yields every example, dropped or not)."""
     examples = hash_prompts(examples)
     examples = drop_excluded(examples, excluded)
+    examples = drop_contaminated(examples, benchmarks, responses=config.decontaminate_responses)
     examples = split_examples(examples, keep_response=config.keep_rejected)
     examples = apply_filters(examples, quality)
     examples = format_examples(examples)
     examples = tokenize(examples, tokenizer)
     return apply_filters(examples, [LengthFilter(config.token_limit, config.min_answer_tokens,
-                                                 config.min_reasoning_tokens)])
+                                                 config.min_reasoning_tokens, config.max_model_tokens)])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,12 +91,13 @@ class RowStage:
     tokenizer_model: bytes = field(repr=False)
     tokenizer_name: str
     excluded: dict[bytes, str] = field(repr=False)
+    benchmarks: BenchmarkIndex | None = field(default=None, repr=False)  # --decontaminate's n-grams
 
     @classmethod
     def of(cls, config: BuildConfig, source: Source, staging: str, tokenizer: Tokenizer,
-           excluded: dict[bytes, str]) -> RowStage:
+           excluded: dict[bytes, str], benchmarks: BenchmarkIndex | None = None) -> RowStage:
         return cls(config=config, source=source, staging=staging, tokenizer_model=tokenizer.sp.serialized_model_proto(),
-                   tokenizer_name=tokenizer.path, excluded=excluded)
+                   tokenizer_name=tokenizer.path, excluded=excluded, benchmarks=benchmarks)
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_tools"}
@@ -111,7 +117,7 @@ class RowStage:
         counts: Counter = Counter()
         candidates = tokens = 0
         expected = unit.start
-        examples = row_stages(self.source.read_unit(unit), config, tokenizer, quality, self.excluded)
+        examples = row_stages(self.source.read_unit(unit), config, tokenizer, quality, self.excluded, self.benchmarks)
         os.makedirs(units.folder(self.staging), exist_ok=True)
         with files.atomic_path(units.tokens_path(self.staging, unit.index)) as temporary, \
                 open(temporary, "wb") as out:

@@ -846,3 +846,40 @@ def _describe_shared(digest: str, a: str, b: str) -> str:
             hit = []
         rows.append(str(hit[0]) if hit else "?")
     return f"{digest} (row {rows[0]} in {a}, row {rows[1]} in {b})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmarks (verify --decontaminate)
+
+
+def check_decontaminated(builds: Sequence[str], benchmarks: Sequence[str], tokenizers: Sequence[str] = ()) -> list[str]:
+    """Problems: kept examples of ``builds`` that share a word n-gram with a question of the
+    ``benchmarks`` files, by each build's rule (its n-gram length, and its responses when it
+    checked them; :mod:`tzc_data.decontaminate`), decoded from the shards."""
+    from tzc_data.decontaminate import benchmark_index, contaminated_in_build
+
+    problems: list[str] = []
+    cache: dict[str, Tokenizer] = {}
+    indexes: dict[int, Any] = {}
+    for build in builds:
+        try:
+            manifest = read_manifest_json(build)
+            if check_manifest(build, manifest):
+                continue  # verify has named what is wrong with it
+            tokenizer = _tokenizer(manifest, tokenizers, cache)
+        except TzcError as err:
+            problems.append(f"{build}: {err}; not checked against the benchmarks")
+            continue
+        n = int(manifest["config"].get("decontaminate_ngram") or 8)
+        if n not in indexes:
+            indexes[n] = benchmark_index(benchmarks, n, option="verify --decontaminate")
+        found = list(itertools.islice(contaminated_in_build(
+            build, indexes[n], tokenizer, responses=bool(manifest["config"].get("decontaminate_responses"))),
+            _PER_SHARD + 1))
+        for overlap in found[:_PER_SHARD]:
+            problems.append(f"{build}: kept example {overlap.text} ({overlap.split}) is contaminated: its "
+                            f"{overlap.where} shares the {n}-gram \"{overlap.ngram}\" with item {overlap.item} of "
+                            f"{overlap.benchmark}")
+        if len(found) > _PER_SHARD:
+            problems.append(f"{build}: more kept examples are contaminated (the first {_PER_SHARD} are listed)")
+    return problems

@@ -88,6 +88,9 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("--prompts", help="a .jsonl file with 'prompt' (and optional 'answer') fields instead of the "
                                           "eval split")
     parser.add_argument("--limit", type=int, default=64, help="at most this many prompts (0: all)")
+    parser.add_argument("--allow-overlap", action="store_true",
+                        help="evaluate --prompts that share word 8-grams with the build's training prompts (warn, "
+                             "naming the count, instead of refusing)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     if args.run and args.lora and args.run != args.lora:
@@ -97,7 +100,10 @@ def eval_main(argv: list[str]) -> int:
     def run() -> int:
         from tzc_train.evaluate import evaluate, format_report
 
-        report = evaluate(_decoding_request(args), prompts=args.prompts, limit=args.limit)
+        report = evaluate(_decoding_request(args), prompts=args.prompts, limit=args.limit,
+                          allow_overlap=args.allow_overlap)
+        if report.get("overlap"):
+            print(f"tzc-train eval: {report['overlap']}", file=sys.stderr)
         print(json.dumps(report, indent=2) if args.json else format_report(report))
         return 0
 

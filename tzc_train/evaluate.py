@@ -32,6 +32,7 @@ import numpy as np
 
 import tzc_data
 from tzc_data import format as fmt
+from tzc_data.decontaminate import check_held_out
 from tzc_data.look import build_tokenizer
 from tzc_data.tokenize import Tokenizer
 from tzc_train.kaggle import JUDGES_BUDGET
@@ -180,17 +181,23 @@ def normalise(answer: str) -> str:
     return " ".join(answer.split())
 
 
-def evaluate(request: DecodeRequest, *, prompts: str | None = None, limit: int = 64) -> dict[str, Any]:
-    """Decode the eval split's prompts (or the ``prompts`` file's) and report; see the module docstring."""
+def evaluate(request: DecodeRequest, *, prompts: str | None = None, limit: int = 64,
+             allow_overlap: bool = False) -> dict[str, Any]:
+    """Decode the eval split's prompts (or the ``prompts`` file's) and report; see the module docstring.
+    A ``prompts`` file that shares word n-grams with the build's training prompts is refused
+    (:func:`tzc_data.decontaminate.check_held_out`), or with ``allow_overlap`` reported as ``overlap``."""
     if limit < 0:
         raise ValueError(f"--limit {limit}: must be >= 0")
     manifest = tzc_data.read_manifest(request.data)
     tokenizer = build_tokenizer(manifest, request.tokenizer)
     chosen = read_prompts(prompts)[:limit or None] if prompts else eval_split_prompts(request.data, tokenizer, limit)
+    overlap = check_held_out([str(p.prompt) for p in chosen], request.data, tokenizer, allow=allow_overlap,
+                             option=f"--prompts {prompts}") if prompts else None
     samples, run = _decode(request, chosen)
     result = report(chosen, samples, tokenizer, source=prompts or f"eval split of {request.data}",
                     budget=run["budget"], batch_size=request.batch_size, seconds=run["seconds"])
-    return {**result, "references_fitting": references_fitting(request.data, manifest, run["budget"])}
+    return {**result, "references_fitting": references_fitting(request.data, manifest, run["budget"]),
+            "overlap": overlap}
 
 
 def report(prompts: list[Prompt], samples: list[Sample], tokenizer: Tokenizer, *, source: str, budget: int,

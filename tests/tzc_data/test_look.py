@@ -78,7 +78,7 @@ def test_report_renders_in_headless_chromium_with_its_plots(two_builds, tmp_path
                          timeout=120).stdout
     figures = re.findall(r'<figure id="([^"]+)">', dom)
     assert figures == ["drop-reasons", "hist-prompt_chars", "hist-reasoning_chars", "hist-answer_chars",
-                       "hist-tokens", "hist-loss_tokens", "fill", "examples-per-row"]
+                       "hist-tokens", "hist-loss_tokens", "model-turn-fits", "fill", "examples-per-row"]
     assert dom.count("<svg") == len(figures) and dom.count("<rect") > 100
     shot = tmp_path / "report.png"
     subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],

@@ -3,6 +3,7 @@
 resumes without redoing its finished units, a worker that dies mid-unit is retried, and the
 failures a user can cause are one line."""
 
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from tzc_data.errors import OutputError, TzcError
 from tzc_data.pipeline import build as build_into
 from tzc_data.ray_engine import RayExecutor
 from tzc_data.sources import Unit
+from tzc_data.synthetic import generate
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +41,18 @@ def _common(tiny_model_path: str) -> list[str]:
 
 
 @pytest.mark.parametrize("case", ["synthetic with an eval split", "parquet files of several row groups",
-                                  "excluding an earlier build"])
+                                  "excluding an earlier build", "decontaminating, with a model-turn bound"])
 def test_a_ray_build_writes_the_bytes_of_a_local_build(tmp_path, tiny_model_path, ray_cluster, case):
     common = _common(tiny_model_path)
     if case == "synthetic with an eval split":
         args = ["--source", "synthetic", "--range", "100:900", "--eval-fraction", "0.2"]
     elif case == "parquet files of several row groups":
         args = ["--source", str(_parquet_source(tmp_path / "src")), "--range", "10:290"]
+    elif case == "decontaminating, with a model-turn bound":
+        bench = tmp_path / "bench.jsonl"  # two synthetic prompts: their templates' n-grams are in many rows
+        bench.write_text("".join(json.dumps({"question": generate(0, r).prompt}) + "\n" for r in (120, 450)))
+        args = ["--source", "synthetic", "--range", "100:900", "--decontaminate", str(bench), "--max-model-tokens",
+                "3000"]
     else:
         assert main(["build", "--source", "synthetic", "--range", "0:300", "--out", str(tmp_path / "first"),
                      *common]) == 0
@@ -55,6 +62,9 @@ def test_a_ray_build_writes_the_bytes_of_a_local_build(tmp_path, tiny_model_path
     local, on_ray = _sha256s(tmp_path / "local"), _sha256s(tmp_path / "ray")
     assert len(local) >= 6 and local == on_ray
     assert main(["verify", str(tmp_path / "ray")]) == 0
+    if case == "decontaminating, with a model-turn bound":
+        counts = json.loads((tmp_path / "ray" / "manifest.json").read_text())["counts"]["by_status"]
+        assert counts["contaminated"] > 0 and counts["model_turn_too_long"] > 0 and counts["kept"] > 0, counts
 
 
 def test_a_killed_ray_build_resumes_without_redoing_its_finished_units(tmp_path, tiny_model_path, ray_cluster):

@@ -40,3 +40,39 @@ def test_prompt_files(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(ValueError, match="no prompts"):
         read_prompts(str(tmp_path / "empty.txt"))
+
+
+def test_eval_refuses_prompts_that_overlap_the_training_build_or_warns_when_allowed(tmp_path, tiny_model_path,
+                                                                                   monkeypatch):
+    import json
+
+    import tzc_train.evaluate as evaluate_module
+    from conftest import read_jsonl
+    from tzc_data.cli import main
+    from tzc_data.errors import ConfigError
+    from tzc_data.synthetic import generate
+    from tzc_train.evaluate import DecodeRequest, evaluate
+
+    build = tmp_path / "build"
+    assert main(["build", "--source", "synthetic", "--range", "0:40", "--out", str(build), "--tokenizer",
+                 tiny_model_path, "--seq-len", "8192", "--min-kept-ratio", "0", "--no-progress"]) == 0
+    held_out = [r["prompt"] for r in read_jsonl("glaive_prompts_real.jsonl")[:3]]
+    trained = [generate(0, 3).prompt.upper()]  # a training prompt, in other case
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held_out + trained))
+    decoded = []
+
+    def fake_decode(request, prompts):
+        decoded.append(len(prompts))
+        return [_sample("<reasoning>r</reasoning>\n<answer>a</answer>") for _ in prompts], {"budget": 8, "seconds": 1.0}
+
+    monkeypatch.setattr(evaluate_module, "_decode", fake_decode)
+    request = DecodeRequest(data=str(build), tokenizer=tiny_model_path)
+    with pytest.raises(ConfigError, match=r"1 of 4 prompts share a 8-word n-gram with prompts the build .* trains "
+                                          r"on \(first: prompt 3, .*--allow-overlap"):
+        evaluate(request, prompts=str(path))
+    assert decoded == []  # refused before any decoding
+    got = evaluate(request, prompts=str(path), allow_overlap=True)
+    assert got["overlap"].startswith(f"warning: --prompts {path}: 1 of 4 prompts") and decoded == [4]
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held_out))
+    assert evaluate(request, prompts=str(path))["overlap"] is None
