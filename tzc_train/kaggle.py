@@ -66,12 +66,16 @@ def _kept_lengths(data: str, column: str, split: str | None = None) -> np.ndarra
 
 def generation_budget(data: str) -> tuple[int, str]:
     """``MAX_GENERATION_STEPS`` for a run on ``data``: the template's 768, or the build's p99 model turn
-    (``<end_of_turn>`` and ``<eos>`` included) where that is longer; and a sentence saying which."""
-    turns = _kept_lengths(data, "model")
-    if not len(turns):
-        return JUDGES_BUDGET, f"the template's {JUDGES_BUDGET} (the build records no model-turn lengths)"
-    p99 = int(math.ceil(np.percentile(turns, 99)))
-    fit = float(np.mean(turns <= JUDGES_BUDGET))
+    (``<end_of_turn>`` and ``<eos>`` included; the manifest's ``model_turn``, or the stats of a build
+    made before it recorded one) where that is longer; and a sentence saying which."""
+    turn = tzc_data.read_manifest(data).get("model_turn")
+    if turn and turn.get("examples"):
+        p99, fit = int(turn["percentiles"]["p99"]), float(turn["fits"][str(JUDGES_BUDGET)])
+    else:
+        turns = _kept_lengths(data, "model")
+        if not len(turns):
+            return JUDGES_BUDGET, f"the template's {JUDGES_BUDGET} (the build records no model-turn lengths)"
+        p99, fit = int(math.ceil(np.percentile(turns, 99))), float(np.mean(turns <= JUDGES_BUDGET))
     if p99 <= JUDGES_BUDGET:
         return JUDGES_BUDGET, (f"the template's {JUDGES_BUDGET}: the build's p99 model turn is {p99} tokens "
                                f"({fit:.1%} of its examples fit {JUDGES_BUDGET})")
