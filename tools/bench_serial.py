@@ -6,14 +6,17 @@ these do not, so they bound a cluster build. Each part runs here in its own proc
 RSS is its own, read from VmHWM) at ``--rows`` candidates (default: GlaiveAI's 22.2M rows):
 
 1. dedup: :func:`tzc_data.dedup_pass.sharing_a_key` over every candidate's prompt hash and 16 LSH
-   band keys, then the serial first-kept-wins check (:func:`tzc_data.minhash.decide_batch`) on the
-   rows that share a key. Keys are random except for planted duplicates: ``--dup-share`` of the rows
+   band keys, then the serial first-kept-wins check (:func:`tzc_data.dedup_pass.decide`, a
+   compiled loop) on the rows that share a key. Keys are random except for planted duplicates: ``--dup-share`` of the rows
    repeat an earlier prompt exactly, ``--near-share`` are near copies of one (12 of 16 bands equal,
    a sketch with 10% of its bytes changed: estimated Jaccard about 0.85);
-2. pack: :func:`tzc_data.pack.best_fit_decreasing` over GlaiveAI-like lengths (log-normal, median
+2. pack: :func:`tzc_data.pack.packed_rows` (best-fit-decreasing, what a build runs) over GlaiveAI-like lengths (log-normal, median
    2,000 tokens, clipped to 64..4,096) into 4,096-token rows;
 3. stats: unit tables of ``--stats-rows`` rows in 20,000-row units (the stats columns a build writes,
    random values), through :func:`tzc_data.dedup_pass.final_batches` into ``records.parquet``.
+
+Each part reports wall seconds and CPU seconds (the machine may be shared: CPU seconds compare).
+The first large run on a machine also compiles the loops (numba, cached on disk): run twice.
 
     python tools/bench_serial.py [--rows 22200000] [--stats-rows 2220000] [--out docs/serial.md]
 """
@@ -59,49 +62,46 @@ def _keys(rows: int, dup_share: float, near_share: float, seed: int = 0):
 
 
 def dedup(rows: int, dup_share: float, near_share: float) -> dict:
-    from tzc_data.dedup_pass import sharing_a_key
-    from tzc_data.dedupe import ExactIndex
-    from tzc_data.minhash import NearDupIndex, decide_batch
+    from tzc_data.dedup_pass import decide, sharing_a_key
+    from tzc_data.minhash import NearDupIndex
 
     hashes, bands, near_rows, seed = _keys(rows, dup_share, near_share)
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     involved = np.flatnonzero(sharing_a_key(hashes, bands, None))
-    grouped = time.perf_counter() - started
+    keys = bands[involved]
+    grouped, grouped_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    del bands
     rng = np.random.default_rng(seed + 1)
     sketches = rng.integers(0, 256, size=(len(involved), 128), dtype=np.uint8)  # only the involved rows' are read
     by_hash: dict[bytes, int] = {}
-    for k, row in enumerate(involved.tolist()):  # a near copy's sketch: its source's with 10% changed
-        key = bands[row, :12].tobytes()
+    for k in range(len(involved)):  # a near copy's sketch: its source's with 10% changed
+        key = keys[k, :12].tobytes()
         first = by_hash.setdefault(key, k)
         if first != k:
             sketches[k] = sketches[first]
             flip = rng.random(128) < 0.10
             sketches[k, flip] = rng.integers(0, 256, size=int(flip.sum()), dtype=np.uint8)
     del by_hash
-    started = time.perf_counter()
-    exact, near = ExactIndex(), NearDupIndex(0.8)
-    dropped = 0
-    for lo in range(0, len(involved), 4096):
-        chosen = involved[lo:lo + 4096]
-        decided = decide_batch(chosen.tolist(), [bytes(h) for h in hashes[chosen]], bands[chosen],
-                               sketches[lo:lo + 4096], near, exact)
-        dropped += sum(d is not None for d in decided)
-    serial = time.perf_counter() - started
-    return {"part": "dedup", "rows": rows, "involved": int(len(involved)), "dropped": dropped,
+    wall, cpu = time.perf_counter(), time.process_time()
+    outcomes = decide(hashes[involved], keys, sketches, involved.astype(np.int64), NearDupIndex(0.8))
+    serial, serial_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"part": "dedup", "rows": rows, "involved": int(len(involved)), "dropped": int((outcomes.codes > 0).sum()),
             "group_s": round(grouped, 1), "serial_s": round(serial, 1), "seconds": round(grouped + serial, 1),
-            "peak_mib": round(_peak_mib())}
+            "cpu_s": round(grouped_cpu + serial_cpu, 1), "peak_mib": round(_peak_mib())}
 
 
 def pack(rows: int) -> dict:
-    from tzc_data.pack import best_fit_decreasing, rows_lower_bound
+    from tzc_data.pack import packed_rows, rows_lower_bound
 
     rng = np.random.default_rng(2)
     lengths = np.clip(rng.lognormal(np.log(2000), 0.6, rows), 64, 4096).astype(np.int32)
-    started = time.perf_counter()
-    bins = best_fit_decreasing(lengths, 4096)
-    seconds = time.perf_counter() - started
-    return {"part": "pack", "rows": rows, "packed_rows": len(bins), "fill": round(int(lengths.sum()) / (len(bins) * 4096), 4),
-            "lower_bound": rows_lower_bound(lengths, 4096), "seconds": round(seconds, 1), "peak_mib": round(_peak_mib())}
+    wall, cpu = time.perf_counter(), time.process_time()
+    _, offsets = packed_rows(lengths, 4096)
+    seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    count = len(offsets) - 1
+    return {"part": "pack", "rows": rows, "packed_rows": count, "fill": round(int(lengths.sum()) / (count * 4096), 4),
+            "lower_bound": rows_lower_bound(lengths, 4096), "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
+            "peak_mib": round(_peak_mib())}
 
 
 def stats(rows: int) -> dict:
@@ -138,14 +138,14 @@ def stats(rows: int) -> dict:
         codes[rng.random(candidates) < 0.04] = 1
         outcomes = Outcomes(codes, rng.integers(0, rows, candidates), np.full(candidates, np.nan), {})
         where = np.zeros((int((codes == 0).sum()), 4), np.int32)
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         path = os.path.join(staging, "records.parquet")
         write_records(path, final_batches(staging, done, outcomes, where, ["train"], stats_schema(names).names[:-4]),
                       names)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
         size = os.path.getsize(path)
     return {"part": "stats", "rows": rows, "units": len(done), "records_mib": round(size / 2**20),
-            "seconds": round(seconds, 1), "peak_mib": round(_peak_mib())}
+            "seconds": round(seconds, 1), "cpu_s": round(cpu, 1), "peak_mib": round(_peak_mib())}
 
 
 def main() -> None:

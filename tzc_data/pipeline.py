@@ -44,7 +44,7 @@ from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.executors import Executor, executor
 from tzc_data.load import read_manifest
 from tzc_data.minhash import NearDupIndex, outcome_reason
-from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
+from tzc_data.pack import Kept, packed_rows, placement, rows_lower_bound
 from tzc_data.sources import Source, Unit, open_source, source_identity
 from tzc_data.record import KEPT, REASONS, controlled_by
 from tzc_data.rowstage import RowStage, score_names
@@ -402,12 +402,13 @@ def _pack(engine: Executor, staging: str, config: BuildConfig, kept: Kept) -> tu
     for code, name in enumerate(config.split_names):
         items = kept.items(code)
         lengths = kept.lengths_of(items)
-        bins = [items[members].tolist() for members in best_fit_decreasing(lengths, config.seq_len)]
+        members, offsets = packed_rows(lengths, config.seq_len)
+        members = items[members]
         bound += rows_lower_bound(lengths, config.seq_len)
         where[items, 0] = code
-        packs_by_split[name] = placement(bins, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
-        tasks += shard_tasks(os.path.join(staging, SHARD_DIR), kept, bins, config.rows_per_shard, config.seq_len,
-                             config.array_record_options, name)
+        packs_by_split[name] = placement(members, offsets, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
+        tasks += shard_tasks(os.path.join(staging, SHARD_DIR), kept, members, offsets, config.rows_per_shard,
+                             config.seq_len, config.array_record_options, name)
     shards = engine.map(write_shard, tasks)
     return where, packs_by_split, shards, bound
 
