@@ -225,51 +225,56 @@ def final_batches(staging: str, done: Sequence[units.UnitDone], outcomes: Outcom
                   split_names: Sequence[str], columns: list[str], size: int = STATS_BATCH) -> Iterator[pa.Table]:
     """The units' rows as the final stats see them, in tables of ``size`` rows: dedup's outcome
     applied to each candidate (status, detail, twin, ``near_dup_jaccard``) and the placement of
-    each kept row (split, shard, pack, segment: ``where[k]`` for the k-th kept example)."""
+    each kept row (split, shard, pack, segment: ``where[k]`` for the k-th kept example).
+
+    Each table is made as it is read, with Arrow's kernels over whole columns; only the rows that
+    dedup dropped get a Python string (their detail), so a batch costs no Python object per row."""
     paths = [units.table_path(staging, d.index) for d in done]
     candidates_before = kept_before = 0
-    names = np.array(list(split_names), dtype=object)
+    names = pa.array(list(split_names), pa.string())
     for batch in unit_batches(paths, columns, size):
-        status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
-        candidate = status == KEPT
+        candidate = pc.equal(batch.column("status"), KEPT).to_numpy()
         ordinals = candidates_before + np.arange(int(candidate.sum()))
         candidates_before += len(ordinals)
         codes = outcomes.codes[ordinals]
+        kept = candidate.copy()
         if codes.any():
-            batch = _apply_outcomes(batch, status, np.flatnonzero(candidate), ordinals, outcomes)
-            status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
-        kept = status == KEPT
+            batch = _apply_outcomes(batch, np.flatnonzero(candidate), ordinals, outcomes)
+            kept[np.flatnonzero(candidate)[codes > 0]] = False
         placed = where[kept_before + np.cumsum(kept) - 1] if len(where) else np.zeros((len(kept), 4), np.int32)
         placed = np.where(kept[:, None], placed, 0)
         kept_before += int(kept.sum())
-        batch = batch.append_column("split", pa.array(names[placed[:, 0]], pa.string(), mask=~kept))
+        batch = batch.append_column("split", pc.take(names, pa.array(placed[:, 0], mask=~kept)))
         for k, name in enumerate(("shard", "pack", "segment"), 1):
             batch = batch.append_column(name, pa.array(placed[:, k].astype(np.int32), mask=~kept))
         yield batch
 
 
-def _apply_outcomes(batch: pa.Table, status: np.ndarray, positions: np.ndarray, ordinals: np.ndarray,
-                    outcomes: Outcomes) -> pa.Table:
-    detail = batch.column("detail").to_pylist()
-    twin = batch.column("twin").to_pylist()
-    has_jaccard = "near_dup_jaccard" in batch.column_names
-    jaccard = batch.column("near_dup_jaccard").to_pylist() if has_jaccard else None
-    for position, ordinal in zip(positions.tolist(), ordinals.tolist()):
-        code = int(outcomes.codes[ordinal])
-        if not code:
-            continue
-        row_twin, value = int(outcomes.twins[ordinal]), float(outcomes.jaccards[ordinal])
-        status[position], detail[position] = outcome_reason(code, row_twin, value, outcomes.builds.get(ordinal))
-        if code != NEAR_EXCLUDED:
-            twin[position] = row_twin
-        if code != DUPLICATE and jaccard is not None:
-            jaccard[position] = round(value, 3)
-    batch = batch.set_column(batch.column_names.index("status"), "status", pa.array(status.tolist(), pa.string()))
-    batch = batch.set_column(batch.column_names.index("detail"), "detail", pa.array(detail, pa.string()))
-    batch = batch.set_column(batch.column_names.index("twin"), "twin", pa.array(twin, pa.int64()))
-    if jaccard is not None:
-        batch = batch.set_column(batch.column_names.index("near_dup_jaccard"), "near_dup_jaccard",
-                                 pa.array(jaccard, pa.float64()))
+def _apply_outcomes(batch: pa.Table, positions: np.ndarray, ordinals: np.ndarray, outcomes: Outcomes) -> pa.Table:
+    """``batch`` with the dedup outcome of its candidates (at ``positions``) applied: the rows
+    dedup dropped get their status, detail, twin and Jaccard, replaced in place by Arrow."""
+    dropped = outcomes.codes[ordinals] > 0
+    positions, ordinals = positions[dropped], ordinals[dropped]
+    codes, row_twins = outcomes.codes[ordinals], outcomes.twins[ordinals]
+    values = outcomes.jaccards[ordinals]
+    reasons = [outcome_reason(int(code), int(twin), float(value), outcomes.builds.get(ordinal))
+               for code, twin, value, ordinal in zip(codes.tolist(), row_twins.tolist(), values.tolist(),
+                                                     ordinals.tolist())]
+
+    def replaced(name: str, where: np.ndarray, new: pa.Array) -> pa.Table:
+        mask = np.zeros(batch.num_rows, bool)
+        mask[where] = True
+        column = pc.replace_with_mask(batch.column(name).combine_chunks(), pa.array(mask), new)
+        return batch.set_column(batch.column_names.index(name), name, column)
+
+    batch = replaced("status", positions, pa.array([r[0] for r in reasons], pa.string()))
+    batch = replaced("detail", positions, pa.array([r[1] for r in reasons], pa.string()))
+    twinned = codes != NEAR_EXCLUDED
+    batch = replaced("twin", positions[twinned], pa.array(row_twins[twinned], pa.int64()))
+    if "near_dup_jaccard" in batch.column_names:
+        near = codes != DUPLICATE
+        batch = replaced("near_dup_jaccard", positions[near],
+                         pa.array([round(v, 3) for v in values[near].tolist()], pa.float64()))
     return batch
 
 
