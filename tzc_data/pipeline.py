@@ -267,8 +267,11 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
         try:
             stage = RowStage.of(config, source, staging, tokenizer, excluded)
             engine = executor(config.engine, config.workers, ray_address=config.ray_address)
-            done, reused = _map_units(engine, stage, planned, config, progress)
-            manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done)
+            try:
+                done, reused = _map_units(engine, stage, planned, config, progress)
+                manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done)
+            finally:
+                engine.close()
         except (GuardrailError, ConfigError):
             files.clear_staging(staging, keep=())  # finished, or never started: nothing to resume
             os.rmdir(staging)
@@ -297,17 +300,32 @@ def _map_units(engine: Executor, stage: RowStage, planned: Sequence[Unit], confi
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
     kept = sum(d.counts.get(KEPT, 0) for d in done.values())
-    for finished in engine.run(stage, todo):
-        done[finished.index] = finished
-        kept += finished.counts.get(KEPT, 0)
-        bar.update(finished.stop - finished.start)
-        bar.set_postfix(units=f"{len(done)}/{len(planned)}", passed=kept, refresh=False)
-        if log_lines and time.perf_counter() >= next_log:
-            next_log += 30
-            print(f"tzc-data: {bar.n:,}/{total:,} rows, {len(done):,}/{len(planned):,} units, {kept:,} passed the "
-                  "per-row stages", file=sys.stderr, flush=True)
+    # The markers of finished units are written here, in batches (units.write_markers: one sync
+    # of the file system for many units, not three fsyncs a unit), at least every _MARK_EVERY
+    # seconds, and whatever is pending when the map ends or fails: a resume keeps those units.
+    pending: list[units.UnitDone] = []
+    next_mark = time.perf_counter() + _MARK_EVERY
+    try:
+        for finished in engine.run(stage, todo):
+            done[finished.index] = finished
+            pending.append(finished)
+            if time.perf_counter() >= next_mark:
+                units.write_markers(stage.staging, pending)
+                pending, next_mark = [], time.perf_counter() + _MARK_EVERY
+            kept += finished.counts.get(KEPT, 0)
+            bar.update(finished.stop - finished.start)
+            bar.set_postfix(units=f"{len(done)}/{len(planned)}", passed=kept, refresh=False)
+            if log_lines and time.perf_counter() >= next_log:
+                next_log += 30
+                print(f"tzc-data: {bar.n:,}/{total:,} rows, {len(done):,}/{len(planned):,} units, {kept:,} passed "
+                      "the per-row stages", file=sys.stderr, flush=True)
+    finally:
+        units.write_markers(stage.staging, pending)
     bar.close()
     return [done[u.index] for u in planned], len(planned) - len(todo)
+
+
+_MARK_EVERY = 0.5  # seconds between batches of done-markers while the map runs
 
 
 def _finished_as(directory: str, identity: dict[str, Any], *, other_ok: bool = False) -> dict[str, Any] | None:

@@ -108,8 +108,8 @@ class UnitRows:
             for name in ("prompt", "response", "reasoning", "answer"):
                 c[name].append(getattr(example, name))
 
-    def write(self, path: str) -> None:
-        with atomic_path(path) as temporary:
+    def write(self, path: str, *, durable: bool = True) -> None:
+        with atomic_path(path, durable=durable) as temporary:
             pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
 
 
