@@ -46,8 +46,10 @@ import contextlib
 import logging
 import os
 import pickle
+import queue
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -125,7 +127,8 @@ class RayExecutor(Executor):
                 max_restarts=self.retries, max_task_retries=self.retries)
         try:
             with _quiet_ray_data_console(DataContext.get_current()):
-                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for batch in _watching_nodes(ray, dataset.iter_batches(batch_size=None, batch_format="pyarrow"),
+                                             len(units)):
                     for blob in batch.column("result").to_pylist():
                         done, failure = pickle.loads(blob)
                         if failure is not None:
@@ -135,6 +138,52 @@ class RayExecutor(Executor):
             raise
         except ray.exceptions.RayError as err:
             raise TzcError(_ray_failure(err, units, self.retries, "units")) from None
+
+
+def _alive_nodes(ray: Any) -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+
+def _watching_nodes(ray: Any, batches: Iterator[Any], count: int, every: float = 1.0) -> Iterator[Any]:
+    """``batches``, taken in a thread of their own while this one checks, every ``every`` seconds,
+    that no node of the cluster was lost. A lost node fails the build in one line: Ray Data would
+    restart the node's actors, and wait for ever where the nodes left have no CPU for them (a
+    fixed pool). The units done so far keep their markers: ``--resume`` runs the others."""
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def consume() -> None:
+        try:
+            for batch in batches:
+                results.put(("batch", batch))
+                if stop.is_set():  # the build failed or was interrupted: stop Ray Data's execution
+                    break
+        except BaseException as err:  # handed to the build's thread, which raises it
+            results.put(("error", err))
+        finally:
+            getattr(batches, "close", lambda: None)()
+        results.put(("end", None))
+
+    alive = _alive_nodes(ray)
+    threading.Thread(target=consume, name="tzc-ray-units", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = results.get(timeout=every)
+            except queue.Empty:
+                lost = alive - _alive_nodes(ray)
+                if lost:
+                    raise TzcError(f"the Ray build lost node {sorted(lost)[0][:12]}... of its cluster while "
+                                   f"running {count:,} units; run again with --resume (the units done are "
+                                   "kept)") from None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _units_datasource(units: Sequence[Any]) -> Any:

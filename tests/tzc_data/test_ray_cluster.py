@@ -92,9 +92,11 @@ def test_a_worker_node_lost_mid_build_completes_or_fails_in_one_line_and_resumes
     assert len(list(markers.glob("u*.json"))) < 12  # mid-build
     nodes.remove_node(worker)  # its raylet and every worker process on it die
     _, err = build.communicate(timeout=240)
+    print(f"after the worker node was lost, the build exited {build.returncode}: {err.strip()[-300:]}")
     if build.returncode:
-        errors = [line for line in err.splitlines() if "error" in line.lower()]
-        assert len(errors) == 1 and errors[0].startswith("tzc-data: error: ") and "--resume" in errors[0], err
+        # One line of tzc's (Ray's own processes may log their warnings beside it), no tzc traceback.
+        errors = [line for line in err.splitlines() if line.startswith("tzc-data: error: ")]
+        assert len(errors) == 1 and "--resume" in errors[0] and "tzc_data" not in err.replace(str(out), ""), err
         assert main(["build", "--out", str(out), *_args(tiny_model_path), "--engine", "ray",
                      "--ray-address", nodes.address, "--resume"]) == 0
     assert _sha256s(out) == _sha256s(reference)
