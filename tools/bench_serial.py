@@ -6,14 +6,20 @@ these do not, so they bound a cluster build. Each part runs here in its own proc
 RSS is its own, read from VmHWM) at ``--rows`` candidates (default: GlaiveAI's 22.2M rows):
 
 1. dedup: :func:`tzc_data.dedup_pass.sharing_a_key` over every candidate's prompt hash and 16 LSH
-   band keys, then the serial first-kept-wins check (:func:`tzc_data.minhash.decide_batch`) on the
-   rows that share a key. Keys are random except for planted duplicates: ``--dup-share`` of the rows
-   repeat an earlier prompt exactly, ``--near-share`` are near copies of one (12 of 16 bands equal,
-   a sketch with 10% of its bytes changed: estimated Jaccard about 0.85);
-2. pack: :func:`tzc_data.pack.best_fit_decreasing` over GlaiveAI-like lengths (log-normal, median
-   2,000 tokens, clipped to 64..4,096) into 4,096-token rows;
+   band keys, then the serial first-kept-wins check (:func:`tzc_data.dedup_pass.decide`, a
+   compiled loop) on the rows that share a key. Keys are random except for planted duplicates:
+   ``--dup-share`` of the rows repeat an earlier prompt exactly, ``--near-share`` are near copies
+   of one (12 of 16 bands equal, a sketch with 10% of its bytes changed: estimated Jaccard about
+   0.85);
+2. pack: :func:`tzc_data.pack.packed_rows` (best-fit-decreasing, as a build runs it) over
+   GlaiveAI-like lengths (log-normal, median 2,000 tokens, clipped to 64..4,096) into 4,096-token
+   rows;
 3. stats: unit tables of ``--stats-rows`` rows in 20,000-row units (the stats columns a build writes,
-   random values), through :func:`tzc_data.dedup_pass.final_batches` into ``records.parquet``.
+   random values), through :func:`tzc_data.dedup_pass.final_batches` into ``records.parquet``;
+4. shards: ``--shard-rows`` packed rows written as a node writes its shards (:func:`shards`).
+
+Each part reports wall seconds and CPU seconds (the machine may be shared: CPU seconds compare).
+The first large run on a machine also compiles the loops (numba, cached on disk): run twice.
 
     python tools/bench_serial.py [--rows 22200000] [--stats-rows 2220000] [--out docs/serial.md]
 """
@@ -59,49 +65,46 @@ def _keys(rows: int, dup_share: float, near_share: float, seed: int = 0):
 
 
 def dedup(rows: int, dup_share: float, near_share: float) -> dict:
-    from tzc_data.dedup_pass import sharing_a_key
-    from tzc_data.dedupe import ExactIndex
-    from tzc_data.minhash import NearDupIndex, decide_batch
+    from tzc_data.dedup_pass import decide, sharing_a_key
+    from tzc_data.minhash import NearDupIndex
 
     hashes, bands, near_rows, seed = _keys(rows, dup_share, near_share)
-    started = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     involved = np.flatnonzero(sharing_a_key(hashes, bands, None))
-    grouped = time.perf_counter() - started
+    keys = bands[involved]
+    grouped, grouped_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    del bands
     rng = np.random.default_rng(seed + 1)
     sketches = rng.integers(0, 256, size=(len(involved), 128), dtype=np.uint8)  # only the involved rows' are read
     by_hash: dict[bytes, int] = {}
-    for k, row in enumerate(involved.tolist()):  # a near copy's sketch: its source's with 10% changed
-        key = bands[row, :12].tobytes()
+    for k in range(len(involved)):  # a near copy's sketch: its source's with 10% changed
+        key = keys[k, :12].tobytes()
         first = by_hash.setdefault(key, k)
         if first != k:
             sketches[k] = sketches[first]
             flip = rng.random(128) < 0.10
             sketches[k, flip] = rng.integers(0, 256, size=int(flip.sum()), dtype=np.uint8)
     del by_hash
-    started = time.perf_counter()
-    exact, near = ExactIndex(), NearDupIndex(0.8)
-    dropped = 0
-    for lo in range(0, len(involved), 4096):
-        chosen = involved[lo:lo + 4096]
-        decided = decide_batch(chosen.tolist(), [bytes(h) for h in hashes[chosen]], bands[chosen],
-                               sketches[lo:lo + 4096], near, exact)
-        dropped += sum(d is not None for d in decided)
-    serial = time.perf_counter() - started
-    return {"part": "dedup", "rows": rows, "involved": int(len(involved)), "dropped": dropped,
+    wall, cpu = time.perf_counter(), time.process_time()
+    outcomes = decide(hashes[involved], keys, sketches, involved.astype(np.int64), NearDupIndex(0.8))
+    serial, serial_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"part": "dedup", "rows": rows, "involved": int(len(involved)), "dropped": int((outcomes.codes > 0).sum()),
             "group_s": round(grouped, 1), "serial_s": round(serial, 1), "seconds": round(grouped + serial, 1),
-            "peak_mib": round(_peak_mib())}
+            "cpu_s": round(grouped_cpu + serial_cpu, 1), "peak_mib": round(_peak_mib())}
 
 
 def pack(rows: int) -> dict:
-    from tzc_data.pack import best_fit_decreasing, rows_lower_bound
+    from tzc_data.pack import packed_rows, rows_lower_bound
 
     rng = np.random.default_rng(2)
     lengths = np.clip(rng.lognormal(np.log(2000), 0.6, rows), 64, 4096).astype(np.int32)
-    started = time.perf_counter()
-    bins = best_fit_decreasing(lengths, 4096)
-    seconds = time.perf_counter() - started
-    return {"part": "pack", "rows": rows, "packed_rows": len(bins), "fill": round(int(lengths.sum()) / (len(bins) * 4096), 4),
-            "lower_bound": rows_lower_bound(lengths, 4096), "seconds": round(seconds, 1), "peak_mib": round(_peak_mib())}
+    wall, cpu = time.perf_counter(), time.process_time()
+    _, offsets = packed_rows(lengths, 4096)
+    seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    count = len(offsets) - 1
+    return {"part": "pack", "rows": rows, "packed_rows": count, "fill": round(int(lengths.sum()) / (count * 4096), 4),
+            "lower_bound": rows_lower_bound(lengths, 4096), "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
+            "peak_mib": round(_peak_mib())}
 
 
 def stats(rows: int) -> dict:
@@ -138,14 +141,43 @@ def stats(rows: int) -> dict:
         codes[rng.random(candidates) < 0.04] = 1
         outcomes = Outcomes(codes, rng.integers(0, rows, candidates), np.full(candidates, np.nan), {})
         where = np.zeros((int((codes == 0).sum()), 4), np.int32)
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         path = os.path.join(staging, "records.parquet")
         write_records(path, final_batches(staging, done, outcomes, where, ["train"], stats_schema(names).names[:-4]),
                       names)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
         size = os.path.getsize(path)
     return {"part": "stats", "rows": rows, "units": len(done), "records_mib": round(size / 2**20),
-            "seconds": round(seconds, 1), "peak_mib": round(_peak_mib())}
+            "seconds": round(seconds, 1), "cpu_s": round(cpu, 1), "peak_mib": round(_peak_mib())}
+
+
+def shards(rows: int) -> dict:
+    """Shard writing, what each node does for its share of the packed rows: ``rows`` packed rows
+    of GlaiveAI-like lengths (token ids random below 256,000: they compress less than text),
+    written by :func:`tzc_data.write.write_shard` in shards of 1,024 rows, zstd:1."""
+    from tzc_data.pack import Kept, packed_rows
+    from tzc_data.write import shard_tasks, write_shard
+
+    rng = np.random.default_rng(4)
+    lengths = np.clip(rng.lognormal(np.log(2000), 0.6, 2 * rows), 64, 4096).astype(np.int32)
+    members, offsets = packed_rows(lengths, 4096)
+    members, offsets = members[:offsets[rows]], offsets[:rows + 1]
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as folder:
+        tokens = os.path.join(folder, "u000000.tokens")
+        starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)[:-1]])
+        rng.integers(0, 256_000, size=int(lengths.sum()), dtype=np.int32).tofile(tokens)
+        count = len(lengths)
+        kept = Kept([tokens], rows=np.arange(count), lengths=lengths, prompt_lengths=np.full(count, 50, np.int32),
+                    splits=np.zeros(count, np.uint8), hashes=np.zeros(count, "S16"), units=np.zeros(count, np.int32),
+                    offsets=starts)
+        tasks = shard_tasks(os.path.join(folder, "shards"), kept, members, offsets, 1024, 4096, "group_size:1,zstd:1")
+        wall, cpu = time.perf_counter(), time.process_time()
+        written = [write_shard(task) for task in tasks]
+        seconds, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        size = sum(entry["bytes"] for entry in written)
+    return {"part": "shards", "packed_rows": rows, "shards": len(written), "mib": round(size / 2**20),
+            "kib_per_row": round(size / rows / 1024, 1), "seconds": round(seconds, 1), "cpu_s": round(cpu, 1),
+            "rows_per_cpu_s": round(rows / cpu), "peak_mib": round(_peak_mib())}
 
 
 def main() -> None:
@@ -154,17 +186,19 @@ def main() -> None:
     parser.add_argument("--stats-rows", type=int, default=22_200_000)
     parser.add_argument("--dup-share", type=float, default=0.03)
     parser.add_argument("--near-share", type=float, default=0.02)
-    parser.add_argument("--part", choices=["dedup", "pack", "stats"])
+    parser.add_argument("--shard-rows", type=int, default=10_240, help="packed rows the shards part writes")
+    parser.add_argument("--part", choices=["dedup", "pack", "stats", "shards"])
     args = parser.parse_args()
     if args.part:  # one part, in this process: its peak RSS is its own
         result = {"dedup": lambda: dedup(args.rows, args.dup_share, args.near_share), "pack": lambda: pack(args.rows),
-                  "stats": lambda: stats(args.stats_rows)}[args.part]()
+                  "stats": lambda: stats(args.stats_rows), "shards": lambda: shards(args.shard_rows)}[args.part]()
         print(json.dumps(result))
         return
-    for part in ("dedup", "pack", "stats"):
+    for part in ("dedup", "pack", "stats", "shards"):
         done = subprocess.run([sys.executable, __file__, "--part", part, "--rows", str(args.rows), "--stats-rows",
                                str(args.stats_rows), "--dup-share", str(args.dup_share), "--near-share",
-                               str(args.near_share)], capture_output=True, text=True, check=True)
+                               str(args.near_share), "--shard-rows", str(args.shard_rows)],
+                              capture_output=True, text=True, check=True)
         print(done.stdout.strip(), flush=True)
 
 

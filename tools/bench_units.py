@@ -8,6 +8,12 @@ unit; ``--repeat`` copies them, which flatters the word cache: the default is on
 :func:`projection` gives the wall time of a 22.2M-row build on a cluster.
 
     python tools/bench_units.py [--rows 4096] [--repeat 1]
+    python tools/bench_units.py --fixed [--files 2000]
+
+``--fixed`` measures the fixed costs instead, each build a ``tzc-data build`` process of its own
+(start-up, imports, the tokenizer's load, the serial part and the publish included): a one-row
+build, and a folder of ``--files`` one-row JSONL files (one unit each). The cost of a unit is
+their difference over ``files - 1``. Reports wall and CPU seconds (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -45,6 +51,48 @@ def measure(name: str, source, start: int, stop: int, config: BuildConfig) -> di
             "tokens_per_cpu_s": round(tokens / cpu)}
 
 
+def _build_process(source: str, rows: int, out: str) -> dict:
+    """One ``tzc-data build`` in a process of its own: wall and CPU seconds."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")}
+    subprocess.run([sys.executable, "-m", "tzc_data.cli", "build", "--source", source, "--range", f"0:{rows}",
+                    "--out", out, "--overwrite", "--no-progress", "--min-kept-ratio", "0"], check=True,
+                   stdout=subprocess.DEVNULL, env=env)
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2)}
+
+
+def fixed_costs(files: int) -> list[dict]:
+    """A one-row build, and ``files`` one-row files (a unit each): the fixed costs of a build and of a unit."""
+    import json as json_module
+
+    from tzc_data.synthetic import generate
+
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        many = os.path.join(folder, "many")
+        os.makedirs(many)
+        for k in range(files):
+            row = generate(1, k)
+            with open(os.path.join(many, f"part-{k:05d}.jsonl"), "w", encoding="utf-8") as out:
+                out.write(json_module.dumps({"prompt": row.prompt, "response": row.response}) + "\n")
+        one = os.path.join(many, "part-00000.jsonl")
+        _build_process(one, 1, os.path.join(folder, "warm"))  # the tokenizer's cache, the page cache
+        single = _build_process(one, 1, os.path.join(folder, "one"))
+        results.append({"build": "one row", **single})
+        spread = _build_process(many, files, os.path.join(folder, "many-out"))
+        results.append({"build": f"{files:,} one-row files", **spread})
+        per_unit = {k: round(1000 * (spread[f"{k}_s"] - single[f"{k}_s"]) / (files - 1), 1) for k in ("wall", "cpu")}
+        results.append({"build": "per unit", "wall_ms": per_unit["wall"], "cpu_ms": per_unit["cpu"]})
+    return results
+
+
 def projection(rows_per_core_s: float, serial_s: float, *, rows: int = 22_200_000, machines: int = 16,
                cores: int = 2) -> float:
     """Hours for ``rows`` on ``machines`` x ``cores``: the map spread over every core, then the serial part."""
@@ -55,7 +103,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=4096, help="synthetic rows")
     parser.add_argument("--repeat", type=int, default=1, help="copies of the 118 long traces")
+    parser.add_argument("--fixed", action="store_true", help="the fixed costs: a one-row build, a unit")
+    parser.add_argument("--files", type=int, default=2000, help="one-row files for --fixed")
     args = parser.parse_args()
+    if args.fixed:
+        for result in fixed_costs(args.files):
+            print(json.dumps(result), flush=True)
+        return
     results = [measure("synthetic", open_source("synthetic"), 0, args.rows,
                        BuildConfig(out="x", start=0, stop=args.rows, source="synthetic"))]
     with tempfile.TemporaryDirectory() as folder:

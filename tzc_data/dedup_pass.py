@@ -22,16 +22,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tzc_data import files, units
+from tzc_data import files, loops, units
 from tzc_data.config import BuildConfig
-from tzc_data.dedupe import ExactIndex
-from tzc_data.minhash import (BANDS, DUPLICATE, NEAR_EXCLUDED, NUM_PERM, RECORD, NearDupIndex, decide_batch,
-                              outcome_reason)
+from tzc_data.minhash import BANDS, DUPLICATE, NEAR_EXCLUDED, NUM_PERM, RECORD, NearDupIndex, outcome_reason
 from tzc_data.pack import Kept
 from tzc_data.record import KEPT
 from tzc_data.write import STATS_BATCH, unit_batches
 
-_BATCH = 4096
 _KEYS = ["row", "status", "hash16", "bands", "sketch"]
 
 
@@ -82,21 +79,17 @@ def sharing_a_key(hashes: np.ndarray | None, bands: np.ndarray | None, near: Nea
 
     Only these can be dropped, or be anyone's twin: a candidate with no shared key is kept,
     whatever else is in the build, and never changes another's outcome. So the serial pass runs
-    on these alone and decides exactly what a pass over every candidate would. One sort per key
-    column, on numpy arrays: no Python object per row.
+    on these alone and decides exactly what a pass over every candidate would. One compiled pass
+    per key column (:func:`tzc_data.loops.mark_repeated`), on views of the key arrays: no copy of
+    a column, no sort of it, no Python object per row.
     """
     count = len(hashes) if hashes is not None else len(bands)
     involved = np.zeros(count, dtype=bool)
-    columns = [hashes[:, :8].copy().view("<u8").reshape(-1)] if hashes is not None else []
+    columns = [hashes[:, :8].view("<u8")[:, 0]] if hashes is not None else []
     columns += [bands[:, b] for b in range(BANDS)] if bands is not None else []
+    bits = min(16, max(1, count.bit_length() - 8))  # buckets of about 256 keys
     for keys in columns:
-        order = np.argsort(keys, kind="stable")
-        ordered = keys[order]
-        same = ordered[1:] == ordered[:-1]
-        shared = np.zeros(count, dtype=bool)
-        shared[1:] |= same
-        shared[:-1] |= same
-        involved[order[shared]] = True
+        loops.run(loops.mark_repeated, count, keys, involved, bits)
     if near is not None and len(near) and bands is not None:  # keys of the builds given to --exclude
         for lo in range(0, count, 1 << 16):
             involved[lo:lo + (1 << 16)] |= (near.lookup_many(bands[lo:lo + (1 << 16)]) >= 0).any(axis=1)
@@ -109,38 +102,82 @@ def first_kept_wins(staging: str, done: Sequence[units.UnitDone], config: BuildC
     total = sum(d.candidates for d in done)
     codes, twins = np.zeros(total, np.uint8), np.full(total, -1, np.int64)
     jaccards, builds = np.full(total, np.nan), {}
-    exact = ExactIndex() if config.dedup else None
-    if exact is None and near is None:
+    if not config.dedup and near is None:
         return Outcomes(codes, twins, jaccards, builds)
     hashes, bands = _all_keys(staging, done, near is not None)
-    involved = sharing_a_key(hashes if exact is not None else None, bands, near)
+    involved = np.flatnonzero(sharing_a_key(hashes if config.dedup else None, bands, near))
+    keys = bands[involved] if bands is not None else np.zeros((0, BANDS), "<u8")
     del bands
-    at = 0
+    rows, sketches = _involved_rows(staging, done, involved, near is not None)
+    decided = decide(hashes[involved] if config.dedup else None, keys, sketches, rows, near)
+    codes[involved], twins[involved], jaccards[involved] = decided.codes, decided.twins, decided.jaccards
+    builds = {int(involved[k]): b for k, b in decided.builds.items()}
+    held = (near.nbytes() if near is not None else 0) + hashes.nbytes + keys.nbytes + sketches.nbytes
+    return Outcomes(codes, twins, jaccards, builds, held + 17 * len(involved))
+
+
+def _involved_rows(staging: str, done: Sequence[units.UnitDone], involved: np.ndarray,
+                   near: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The source rows and (with near dedup) sketches of the candidates ``involved`` (ordinals)."""
+    rows = np.zeros(len(involved), np.int64)
+    sketches = np.zeros((len(involved) if near else 0, NUM_PERM), np.uint8)
+    at = taken = 0
     for unit in done:
-        table = _candidates(staging, unit.index, ["row", "hash16"] + (["bands", "sketch"] if near is not None else []))
-        mine = np.flatnonzero(involved[at:at + table.num_rows])
-        ordinals = at + mine
-        at += table.num_rows
-        if not len(mine):
+        if taken == len(involved):
+            break
+        if unit.candidates == 0 or involved[taken] >= at + unit.candidates:
+            at += unit.candidates
             continue
+        table = _candidates(staging, unit.index, ["row", "sketch"] if near else ["row"])
+        mine = involved[taken:np.searchsorted(involved, at + table.num_rows)] - at
+        at += table.num_rows
         table = table.take(pa.array(mine))
-        rows = table.column("row").to_numpy()
-        unit_hashes = [bytes(h) for h in fixed_width(table.column("hash16"), 16)]
-        keys = sketches = None
-        if near is not None:
-            keys = fixed_width(table.column("bands"), 8 * BANDS).view("<u8")
-            sketches = fixed_width(table.column("sketch"), NUM_PERM)
-        for lo in range(0, len(rows), _BATCH):
-            hi = min(lo + _BATCH, len(rows))
-            decided = decide_batch(rows[lo:hi].tolist(), unit_hashes[lo:hi], None if keys is None else keys[lo:hi],
-                                   None if sketches is None else sketches[lo:hi], near, exact)
-            for k, outcome in zip(ordinals[lo:hi].tolist(), decided):
-                if outcome is not None:
-                    codes[k], twins[k], jaccards[k], build = outcome
-                    if build is not None:
-                        builds[k] = build
-    held = (exact.nbytes() if exact is not None else 0) + (near.nbytes() if near is not None else 0)
-    return Outcomes(codes, twins, jaccards, builds, held + involved.nbytes + hashes.nbytes)
+        rows[taken:taken + len(mine)] = table.column("row").to_numpy()
+        if near:
+            sketches[taken:taken + len(mine)] = fixed_width(table.column("sketch"), NUM_PERM)
+        taken += len(mine)
+    return rows, sketches
+
+
+def decide(hashes: np.ndarray | None, keys: np.ndarray, sketches: np.ndarray, rows: np.ndarray,
+           near: NearDupIndex | None, *, compiled: bool | None = None) -> Outcomes:
+    """First kept wins over m candidates in row order: their prompt hashes (``uint8[m, 16]``, None
+    when exact dedup is off), band keys (``uint64[m, 16]``) and sketches (``uint8[m, 128]``; both
+    empty when near dedup is off) and source rows; ``near`` holds the excluded builds' keys.
+
+    The outcome of :func:`tzc_data.minhash.decide_batch` over the same candidates, row for row, in
+    one compiled loop (:func:`tzc_data.loops.first_kept_wins`) over dense ids of the keys: one sort
+    of the hashes and one of the band keys, instead of a Python object and a hash-table probe per
+    key. ``compiled`` forces (or forbids) the compiled loop, for the tests."""
+    m = len(rows)
+    codes, twins, jaccards = np.zeros(m, np.uint8), np.full(m, -1, np.int64), np.full(m, np.nan)
+    exact_ids, exact_groups = np.full(m, -1, np.int64), 0
+    if hashes is not None and m:
+        words = np.ascontiguousarray(hashes).view("<u8").reshape(m, 2)
+        order = np.lexsort((words[:, 1], words[:, 0]))
+        ordered = words[order]
+        new = np.concatenate([[True], (ordered[1:] != ordered[:-1]).any(axis=1)])
+        exact_ids[order] = np.cumsum(new) - 1
+        exact_groups = int(new.sum())
+        del words, ordered, new, order
+    band_ids, band_groups = np.zeros((0, BANDS), np.int64), 0
+    excluded = np.zeros((0, BANDS), np.int64)
+    excluded_sketches = np.zeros((0, NUM_PERM), np.uint8)
+    if near is not None and m:
+        values, inverse = np.unique(keys.reshape(-1), return_inverse=True)
+        band_ids, band_groups = inverse.reshape(m, BANDS).astype(np.int64), len(values)
+        del values, inverse
+        excluded = near.lookup_many(keys).astype(np.int64)
+        if len(near.sketches):
+            excluded_sketches = np.frombuffer(near.sketches, np.uint8).reshape(-1, NUM_PERM)
+    loops.run(loops.first_kept_wins, m, exact_ids, exact_groups, band_ids, band_groups, excluded,
+              np.ascontiguousarray(sketches), excluded_sketches, float(near.threshold if near is not None else 1.0),
+              codes, twins, jaccards, np.ascontiguousarray(rows, np.int64), compiled=compiled)
+    builds = {}
+    for k in np.flatnonzero(codes == NEAR_EXCLUDED).tolist():
+        ordinal = int(twins[k])
+        twins[k], builds[k] = near.rows[ordinal], near.label(ordinal)
+    return Outcomes(codes, twins, jaccards, builds)
 
 
 def kept_examples(staging: str, done: Sequence[units.UnitDone], outcomes: Outcomes) -> Kept:
@@ -188,52 +225,57 @@ def final_batches(staging: str, done: Sequence[units.UnitDone], outcomes: Outcom
                   split_names: Sequence[str], columns: list[str], size: int = STATS_BATCH) -> Iterator[pa.Table]:
     """The units' rows as the final stats see them, in tables of ``size`` rows: dedup's outcome
     applied to each candidate (status, detail, twin, ``near_dup_jaccard``) and the placement of
-    each kept row (split, shard, pack, segment: ``where[k]`` for the k-th kept example)."""
+    each kept row (split, shard, pack, segment: ``where[k]`` for the k-th kept example).
+
+    Each table is made as it is read, with Arrow's kernels over whole columns; only the rows that
+    dedup dropped get a Python string (their detail), so a batch costs no Python object per row."""
     paths = [units.table_path(staging, d.index) for d in done]
     candidates_before = kept_before = 0
-    names = np.array(list(split_names), dtype=object)
+    names = pa.array(list(split_names), pa.string())
     for batch in unit_batches(paths, columns, size):
-        status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
-        candidate = status == KEPT
+        candidate = pc.equal(batch.column("status"), KEPT).to_numpy()
         ordinals = candidates_before + np.arange(int(candidate.sum()))
         candidates_before += len(ordinals)
         codes = outcomes.codes[ordinals]
+        kept = candidate.copy()
         if codes.any():
-            batch = _apply_outcomes(batch, status, np.flatnonzero(candidate), ordinals, outcomes)
-            status = batch.column("status").to_numpy(zero_copy_only=False).astype(object)
-        kept = status == KEPT
+            batch = _apply_outcomes(batch, np.flatnonzero(candidate), ordinals, outcomes)
+            kept[np.flatnonzero(candidate)[codes > 0]] = False
         placed = where[kept_before + np.cumsum(kept) - 1] if len(where) else np.zeros((len(kept), 4), np.int32)
         placed = np.where(kept[:, None], placed, 0)
         kept_before += int(kept.sum())
-        batch = batch.append_column("split", pa.array(names[placed[:, 0]], pa.string(), mask=~kept))
+        batch = batch.append_column("split", pc.take(names, pa.array(placed[:, 0], mask=~kept)))
         for k, name in enumerate(("shard", "pack", "segment"), 1):
             batch = batch.append_column(name, pa.array(placed[:, k].astype(np.int32), mask=~kept))
         yield batch
 
 
-def _apply_outcomes(batch: pa.Table, status: np.ndarray, positions: np.ndarray, ordinals: np.ndarray,
-                    outcomes: Outcomes) -> pa.Table:
-    detail = batch.column("detail").to_pylist()
-    twin = batch.column("twin").to_pylist()
-    has_jaccard = "near_dup_jaccard" in batch.column_names
-    jaccard = batch.column("near_dup_jaccard").to_pylist() if has_jaccard else None
-    for position, ordinal in zip(positions.tolist(), ordinals.tolist()):
-        code = int(outcomes.codes[ordinal])
-        if not code:
-            continue
-        row_twin, value = int(outcomes.twins[ordinal]), float(outcomes.jaccards[ordinal])
-        status[position], detail[position] = outcome_reason(code, row_twin, value, outcomes.builds.get(ordinal))
-        if code != NEAR_EXCLUDED:
-            twin[position] = row_twin
-        if code != DUPLICATE and jaccard is not None:
-            jaccard[position] = round(value, 3)
-    batch = batch.set_column(batch.column_names.index("status"), "status", pa.array(status.tolist(), pa.string()))
-    batch = batch.set_column(batch.column_names.index("detail"), "detail", pa.array(detail, pa.string()))
-    batch = batch.set_column(batch.column_names.index("twin"), "twin", pa.array(twin, pa.int64()))
-    if jaccard is not None:
-        batch = batch.set_column(batch.column_names.index("near_dup_jaccard"), "near_dup_jaccard",
-                                 pa.array(jaccard, pa.float64()))
+def _apply_outcomes(batch: pa.Table, positions: np.ndarray, ordinals: np.ndarray, outcomes: Outcomes) -> pa.Table:
+    """``batch`` with the dedup outcome of its candidates (at ``positions``) applied: the rows
+    dedup dropped get their status, detail, twin and Jaccard, replaced in place by Arrow."""
+    dropped = outcomes.codes[ordinals] > 0
+    positions, ordinals = positions[dropped], ordinals[dropped]
+    codes, row_twins = outcomes.codes[ordinals], outcomes.twins[ordinals]
+    values = outcomes.jaccards[ordinals]
+    reasons = [outcome_reason(int(code), int(twin), float(value), outcomes.builds.get(ordinal))
+               for code, twin, value, ordinal in zip(codes.tolist(), row_twins.tolist(), values.tolist(),
+                                                     ordinals.tolist())]
+
+    def replaced(name: str, where: np.ndarray, new: pa.Array) -> pa.Table:
+        mask = np.zeros(batch.num_rows, bool)
+        mask[where] = True
+        column = pc.replace_with_mask(batch.column(name).combine_chunks(), pa.array(mask), new)
+        return batch.set_column(batch.column_names.index(name), name, column)
+
+    batch = replaced("status", positions, pa.array([r[0] for r in reasons], pa.string()))
+    batch = replaced("detail", positions, pa.array([r[1] for r in reasons], pa.string()))
+    twinned = codes != NEAR_EXCLUDED
+    batch = replaced("twin", positions[twinned], pa.array(row_twins[twinned], pa.int64()))
+    if "near_dup_jaccard" in batch.column_names:
+        near = codes != DUPLICATE
+        batch = replaced("near_dup_jaccard", positions[near],
+                         pa.array([round(v, 3) for v in values[near].tolist()], pa.float64()))
     return batch
 
 
-__all__ = ["Outcomes", "final_batches", "first_kept_wins", "kept_examples", "write_near_dup"]
+__all__ = ["Outcomes", "decide", "final_batches", "first_kept_wins", "kept_examples", "write_near_dup"]

@@ -52,6 +52,9 @@ class Executor:
         """``[task(item) for item in items]``, in order."""
         return [task(item) for item in items]
 
+    def close(self) -> None:
+        """Let go of what the engine holds between :meth:`run` and :meth:`map` (a Ray connection)."""
+
 
 class LocalExecutor(Executor):
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:

@@ -12,7 +12,7 @@ by reading its examples back from those files.
 
 The algorithm, step by step (:func:`best_fit_decreasing`):
   1. order the examples by length, longest first (ties: earlier example first);
-  2. keep the open rows in a sorted list keyed by (space left, row id);
+  2. keep the open rows ordered by (space left, row id);
   3. for each example of length L, find the first key with space left >= L (bisect): the row
      whose space left is smallest but sufficient. If there is none, open a new row;
   4. put the example there and re-insert the row with its new space left, unless that space is
@@ -33,47 +33,48 @@ import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from sortedcontainers import SortedList
 
+from tzc_data import loops
 from tzc_data.errors import OutputError
 
 FIELDS = ("tokens", "segment_ids", "positions", "loss_mask")
 DTYPE = np.dtype("<i4")
-_ID_BITS = 32
 
 
 def best_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int) -> list[list[int]]:
-    """Bins of item indices, each summing to at most ``capacity`` (see the module docstring).
+    """Bins of item indices, each summing to at most ``capacity`` (see the module docstring)."""
+    members, offsets = packed_rows(lengths, capacity)
+    flat = members.tolist()
+    return [flat[lo:hi] for lo, hi in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
 
-    The order of step 1 is one stable numpy sort (8 bytes an item), not a sort keyed by Python
-    tuples (about 100 bytes an item, part of the packing phase that set the build's peak memory)."""
+
+def packed_rows(lengths: Sequence[int] | np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`best_fit_decreasing` as flat arrays: the items of packed row ``r`` are
+    ``members[offsets[r]:offsets[r + 1]]`` (int64), no Python object per item.
+
+    Steps 2 to 4 are one compiled loop (:func:`tzc_data.loops.best_fit_decreasing`: pairing heaps
+    of rows per space left instead of a sorted list, with the same (space left, row) rule); the
+    order of step 1 is one stable numpy sort (8 bytes an item); step 5 is two more."""
     lengths = np.asarray(lengths, dtype=np.int64).reshape(-1)
     outside = (lengths > capacity) | (lengths <= 0)
     if outside.any():
         bad = int(np.argmax(outside))
         raise ValueError(f"item {bad} has length {lengths[bad]}, outside 1..{capacity}")
     if not len(lengths):
-        return []
+        return np.zeros(0, np.int64), np.zeros(1, np.int64)
     order = np.argsort(-lengths, kind="stable")  # longest first; equal lengths in arrival order
-    shortest = int(lengths[order[-1]])
-    mask = (1 << _ID_BITS) - 1
-    open_rows = SortedList()
-    bins: list[list[int]] = []
-    for item, length in zip(order.tolist(), lengths[order].tolist()):
-        at = open_rows.bisect_left(length << _ID_BITS)
-        if at < len(open_rows):
-            key = open_rows.pop(at)
-            row, left = key & mask, (key >> _ID_BITS) - length
-            bins[row].append(item)
-        else:
-            row, left = len(bins), capacity - length
-            bins.append([item])
-        if left >= shortest:
-            open_rows.add((left << _ID_BITS) | row)
-    for members in bins:
-        members.sort()
-    bins.sort(key=lambda members: members[0])
-    return bins
+    row_of = np.empty(len(lengths), np.int64)
+    count = loops.run(loops.best_fit_decreasing, len(lengths), lengths, order, capacity, int(lengths[order[-1]]),
+                      row_of)
+    del order
+    first = np.full(count, len(lengths), np.int64)  # each row's earliest item: rows follow the source order
+    np.minimum.at(first, row_of, np.arange(len(lengths)))
+    rank = np.empty(count, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(count)
+    members = np.argsort(rank[row_of], kind="stable")  # by row, then by arrival within a row
+    offsets = np.zeros(count + 1, np.int64)
+    np.cumsum(np.bincount(rank[row_of], minlength=count), out=offsets[1:])
+    return members, offsets
 
 
 def fill(lengths: Sequence[int], bins: Sequence[Sequence[int]], capacity: int) -> float:
@@ -172,24 +173,25 @@ def check_row(row: dict[str, np.ndarray]) -> list[str]:
     return problems
 
 
-def placement(bins: Sequence[Sequence[int]], kept: Kept, seq_len: int, rows_per_shard: int,
+def placement(members: np.ndarray, offsets: np.ndarray, kept: Kept, seq_len: int, rows_per_shard: int,
               where: np.ndarray) -> dict[str, np.ndarray]:
     """Where each example of one split went, and one stats row per packed row, with numpy.
 
-    Fills ``where[k] = (shard, record in shard, segment id)`` for the example indices in ``bins``
-    and returns the columns of ``stats/packs.parquet`` for them (``rows`` as flat source rows
-    plus ``rows_offsets``).
+    Packed row ``r`` holds the example indices ``members[offsets[r]:offsets[r + 1]]`` (as
+    :func:`packed_rows` gives them, mapped to indices into ``kept``). Fills ``where[k] = (shard,
+    record in shard, segment id)`` for them and returns the columns of ``stats/packs.parquet``
+    (``rows`` as flat source rows plus ``rows_offsets``).
     """
-    sizes = np.fromiter((len(b) for b in bins), dtype=np.int64, count=len(bins))
-    flat = np.fromiter((i for b in bins for i in b), dtype=np.int64, count=int(sizes.sum()))
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    number = np.arange(len(bins))
+    count = len(offsets) - 1
+    sizes = np.diff(offsets)
+    flat = np.asarray(members, dtype=np.int64)
+    number = np.arange(count)
     shard, index = number // rows_per_shard, number % rows_per_shard
     bin_of = np.repeat(number, sizes)  # the packed row of each entry of ``flat``
     where[flat] = np.stack([shard[bin_of], index[bin_of], np.arange(len(flat)) - offsets[bin_of] + 1], axis=1)
 
     def per_row(values: np.ndarray) -> np.ndarray:
-        return np.add.reduceat(values[flat], offsets[:-1]) if len(bins) else np.zeros(0, np.int64)
+        return np.add.reduceat(values[flat], offsets[:-1]) if count else np.zeros(0, np.int64)
 
     lengths = kept.lengths.astype(np.int64)
     tokens = per_row(lengths)

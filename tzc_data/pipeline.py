@@ -48,7 +48,7 @@ from tzc_data.executors import Executor, executor
 from tzc_data.lengths import distribution, model_turn_counts
 from tzc_data.load import read_manifest
 from tzc_data.minhash import NearDupIndex, outcome_reason
-from tzc_data.pack import Kept, best_fit_decreasing, placement, rows_lower_bound
+from tzc_data.pack import Kept, packed_rows, placement, rows_lower_bound
 from tzc_data.sources import Source, Unit, open_source, source_identity
 from tzc_data.record import KEPT, REASONS, controlled_by
 from tzc_data.rowstage import RowStage, score_names
@@ -301,9 +301,12 @@ def _build_locked(config: BuildConfig, out: str, staging: str, identity: dict[st
         try:
             stage = RowStage.of(config, source, staging, tokenizer, excluded, benchmarks)
             engine = executor(config.engine, config.workers, ray_address=config.ray_address)
-            done, reused = _map_units(engine, stage, planned, config, progress)
-            manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done,
-                                                 benchmarks)
+            try:
+                done, reused = _map_units(engine, stage, planned, config, progress)
+                manifest, index_bytes = _write_build(engine, staging, config, source, tokenizer, excluded, near, done,
+                                                     benchmarks)
+            finally:
+                engine.close()
         except GuardrailError as err:  # the units stand: a resume may accept them with a lower ratio
             raise GuardrailError(f"{err}. The finished units stay in {staging}: the same command with --resume "
                                  "and a lower --min-kept-ratio builds from them") from None
@@ -335,17 +338,32 @@ def _map_units(engine: Executor, stage: RowStage, planned: Sequence[Unit], confi
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
     kept = sum(d.counts.get(KEPT, 0) for d in done.values())
-    for finished in engine.run(stage, todo):
-        done[finished.index] = finished
-        kept += finished.counts.get(KEPT, 0)
-        bar.update(finished.stop - finished.start)
-        bar.set_postfix(units=f"{len(done)}/{len(planned)}", passed=kept, refresh=False)
-        if log_lines and time.perf_counter() >= next_log:
-            next_log += 30
-            print(f"tzc-data: {bar.n:,}/{total:,} rows, {len(done):,}/{len(planned):,} units, {kept:,} passed the "
-                  "per-row stages", file=sys.stderr, flush=True)
+    # The markers of finished units are written here, in batches (units.write_markers: one sync
+    # of the file system for many units, not three fsyncs a unit), at least every _MARK_EVERY
+    # seconds, and whatever is pending when the map ends or fails: a resume keeps those units.
+    pending: list[units.UnitDone] = []
+    next_mark = time.perf_counter() + _MARK_EVERY
+    try:
+        for finished in engine.run(stage, todo):
+            done[finished.index] = finished
+            pending.append(finished)
+            if time.perf_counter() >= next_mark:
+                units.write_markers(stage.staging, pending)
+                pending, next_mark = [], time.perf_counter() + _MARK_EVERY
+            kept += finished.counts.get(KEPT, 0)
+            bar.update(finished.stop - finished.start)
+            bar.set_postfix(units=f"{len(done)}/{len(planned)}", passed=kept, refresh=False)
+            if log_lines and time.perf_counter() >= next_log:
+                next_log += 30
+                print(f"tzc-data: {bar.n:,}/{total:,} rows, {len(done):,}/{len(planned):,} units, {kept:,} passed "
+                      "the per-row stages", file=sys.stderr, flush=True)
+    finally:
+        units.write_markers(stage.staging, pending)
     bar.close()
     return [done[u.index] for u in planned], len(planned) - len(todo)
+
+
+_MARK_EVERY = 0.5  # seconds between batches of done-markers while the map runs
 
 
 def _finished_as(directory: str, identity: dict[str, Any], *, other_ok: bool = False) -> dict[str, Any] | None:
@@ -465,12 +483,13 @@ def _pack(engine: Executor, staging: str, config: BuildConfig, kept: Kept) -> tu
     for code, name in enumerate(config.split_names):
         items = kept.items(code)
         lengths = kept.lengths_of(items)
-        bins = [items[members].tolist() for members in best_fit_decreasing(lengths, config.seq_len)]
+        members, offsets = packed_rows(lengths, config.seq_len)
+        members = items[members]
         bound += rows_lower_bound(lengths, config.seq_len)
         where[items, 0] = code
-        packs_by_split[name] = placement(bins, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
-        tasks += shard_tasks(os.path.join(staging, SHARD_DIR), kept, bins, config.rows_per_shard, config.seq_len,
-                             config.array_record_options, name)
+        packs_by_split[name] = placement(members, offsets, kept, config.seq_len, config.rows_per_shard, where[:, 1:])
+        tasks += shard_tasks(os.path.join(staging, SHARD_DIR), kept, members, offsets, config.rows_per_shard,
+                             config.seq_len, config.array_record_options, name)
     shards = engine.map(write_shard, tasks)
     return where, packs_by_split, shards, bound
 

@@ -12,8 +12,10 @@ done-markers as units finish. On Ray:
   store once; each actor fetches it and builds its tokenizer and filters once, then runs units
   one by one. No node fetches the tokenizer from anywhere else;
 - the markers, a few hundred bytes a unit, come back to the driver, in any order: they are keyed
-  by unit index, and everything after the map runs on the driver in unit order, as for every
-  engine. The output is the same bytes as ``--engine local``.
+  by unit index. The driver plans, dedups, packs and writes the manifest, in unit order as for
+  every engine; the shards are Ray tasks (:meth:`RayExecutor.map`), spread over the nodes, each
+  reading its examples' tokens from the units' files. The output is the same bytes as
+  ``--engine local``.
 
 Ray's traps, and what this does about each:
 
@@ -44,8 +46,10 @@ import contextlib
 import logging
 import os
 import pickle
+import queue
 import socket
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -61,22 +65,50 @@ _RAY_VERSION = "2.60.0"
 
 class RayExecutor(Executor):
     """Run units on Ray: ``address`` None starts a local instance (unless this process is already
-    connected to one); ``actors`` None is the cluster's CPUs less one. Shards are written by the
-    driver, one after another (:meth:`Executor.map`)."""
+    connected to one); ``actors`` None is the cluster's CPUs less one. Shards are written by Ray
+    tasks on the cluster's nodes (:meth:`map`), not by the driver. The connection made by the
+    first call lasts until :meth:`close`."""
 
     def __init__(self, *, address: str | None = None, actors: int | None = None, retries: int = RETRIES):
         self.address, self.actors, self.retries = address, actors, retries
+        self._ray: Any = None
+        self._started_here = False
+
+    def _connected(self) -> Any:
+        if self._ray is None:
+            ray = _import_ray()
+            self._started_here = _connect(ray, self.address)
+            self._ray = ray
+        return self._ray
+
+    def close(self) -> None:
+        """Disconnect, when this executor connected (a process already connected stays so)."""
+        if self._started_here:
+            self._ray.shutdown()
+        self._ray, self._started_here = None, False
 
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         if not units:
             return
-        ray = _import_ray()
-        started_here = _connect(ray, self.address)
+        yield from self._map(self._connected(), stage, units)
+
+    def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """``task(item)`` for every item as Ray tasks, one CPU each, spread over the cluster's
+        nodes (they read the units' files and write into the staging directory, which every node
+        sees); results in order. A task lost with its node runs again elsewhere (:data:`RETRIES`)."""
+        if not items:
+            return []
+        ray = self._connected()
+        remote = ray.remote(num_cpus=1, max_retries=self.retries, scheduling_strategy="SPREAD")(task)
         try:
-            yield from self._map(ray, stage, units)
-        finally:
-            if started_here:
-                ray.shutdown()
+            return ray.get([remote.remote(item) for item in items])
+        except ray.exceptions.RayTaskError as err:
+            cause = getattr(err, "cause", None)
+            if isinstance(cause, (TzcError, OSError)):
+                raise cause from None
+            raise TzcError(_ray_failure(err, items, self.retries, "shards")) from None
+        except ray.exceptions.RayError as err:
+            raise TzcError(_ray_failure(err, items, self.retries, "shards")) from None
 
     def _map(self, ray: Any, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         from ray.data import ActorPoolStrategy, DataContext
@@ -95,7 +127,8 @@ class RayExecutor(Executor):
                 max_restarts=self.retries, max_task_retries=self.retries)
         try:
             with _quiet_ray_data_console(DataContext.get_current()):
-                for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for batch in _watching_nodes(ray, dataset.iter_batches(batch_size=None, batch_format="pyarrow"),
+                                             len(units)):
                     for blob in batch.column("result").to_pylist():
                         done, failure = pickle.loads(blob)
                         if failure is not None:
@@ -104,7 +137,53 @@ class RayExecutor(Executor):
         except TzcError:
             raise
         except ray.exceptions.RayError as err:
-            raise TzcError(_ray_failure(err, units, self.retries)) from None
+            raise TzcError(_ray_failure(err, units, self.retries, "units")) from None
+
+
+def _alive_nodes(ray: Any) -> set[str]:
+    return {node["NodeID"] for node in ray.nodes() if node.get("Alive")}
+
+
+def _watching_nodes(ray: Any, batches: Iterator[Any], count: int, every: float = 1.0) -> Iterator[Any]:
+    """``batches``, taken in a thread of their own while this one checks, every ``every`` seconds,
+    that no node of the cluster was lost. A lost node fails the build in one line: Ray Data would
+    restart the node's actors, and wait for ever where the nodes left have no CPU for them (a
+    fixed pool). The units done so far keep their markers: ``--resume`` runs the others."""
+    results: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def consume() -> None:
+        try:
+            for batch in batches:
+                results.put(("batch", batch))
+                if stop.is_set():  # the build failed or was interrupted: stop Ray Data's execution
+                    break
+        except BaseException as err:  # handed to the build's thread, which raises it
+            results.put(("error", err))
+        finally:
+            getattr(batches, "close", lambda: None)()
+        results.put(("end", None))
+
+    alive = _alive_nodes(ray)
+    threading.Thread(target=consume, name="tzc-ray-units", daemon=True).start()
+    try:
+        while True:
+            try:
+                kind, value = results.get(timeout=every)
+            except queue.Empty:
+                lost = alive - _alive_nodes(ray)
+                if lost:
+                    raise TzcError(f"the Ray build lost node {sorted(lost)[0][:12]}... of its cluster while "
+                                   f"running {count:,} units; run again with --resume (the units done are "
+                                   "kept)") from None
+                continue
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
 
 
 def _units_datasource(units: Sequence[Any]) -> Any:
@@ -250,10 +329,10 @@ def _pool_size(ray: Any, asked: int | None) -> int:
     return asked
 
 
-def _ray_failure(err: Exception, units: Sequence[Any], retries: int) -> str:
+def _ray_failure(err: Exception, units: Sequence[Any], retries: int, what: str = "units") -> str:
     """One line for a failure of Ray itself (a worker that died past its retries, a lost node)."""
     text = [line.strip() for line in str(err).splitlines() if line.strip()]
     first = text[0] if text else type(err).__name__
-    return (f"the Ray build failed ({type(err).__name__}: {first[:300]}) while running {len(units):,} units; a "
-            f"worker that dies {retries + 1} times on a unit (out of memory?) fails the build (Ray's logs: the "
+    return (f"the Ray build failed ({type(err).__name__}: {first[:300]}) while running {len(units):,} {what}; a "
+            f"worker that dies {retries + 1} times on a task (out of memory?) fails the build (Ray's logs: the "
             "session's logs/ folder on each node): run again with --resume, or with fewer --workers")

@@ -29,7 +29,7 @@ from tzc_data.decontaminate import BenchmarkIndex, drop_contaminated
 from tzc_data.dedupe import drop_excluded, hash_prompts, split_of
 from tzc_data.errors import SourceError
 from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
-from tzc_data.format import format_examples, split_examples
+from tzc_data.format import check_system, format_examples, split_examples
 from tzc_data.minhash import band_keys, signature
 from tzc_data.record import Example
 from tzc_data.sources import Source, Unit
@@ -96,8 +96,12 @@ class RowStage:
     @classmethod
     def of(cls, config: BuildConfig, source: Source, staging: str, tokenizer: Tokenizer,
            excluded: dict[bytes, str], benchmarks: BenchmarkIndex | None = None) -> RowStage:
-        return cls(config=config, source=source, staging=staging, tokenizer_model=tokenizer.sp.serialized_model_proto(),
-                   tokenizer_name=tokenizer.path, excluded=excluded, benchmarks=benchmarks)
+        stage = cls(config=config, source=source, staging=staging, tokenizer_model=tokenizer.sp.serialized_model_proto(),
+                    tokenizer_name=tokenizer.path, excluded=excluded, benchmarks=benchmarks)
+        if tokenizer.system == check_system(config.system) and tokenizer.memo_refused != "turned off":
+            # This process's tools are the given tokenizer (not pickled: a worker builds its own).
+            stage.__dict__["_tools"] = (tokenizer, build_filters(config), score_names(config))
+        return stage
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_tools"}
@@ -119,7 +123,7 @@ class RowStage:
         expected = unit.start
         examples = row_stages(self.source.read_unit(unit), config, tokenizer, quality, self.excluded, self.benchmarks)
         os.makedirs(units.folder(self.staging), exist_ok=True)
-        with files.atomic_path(units.tokens_path(self.staging, unit.index)) as temporary, \
+        with files.atomic_path(units.tokens_path(self.staging, unit.index), durable=False) as temporary, \
                 open(temporary, "wb") as out:
             for batch in chunks(examples, _BATCH):
                 keys = _dedup_keys([e for e in batch if e.kept]) if config.near_dup else {}
@@ -140,9 +144,9 @@ class RowStage:
         if expected != unit.stop:
             raise SourceError(f"{unit.where}: the source gave {expected - unit.start:,} rows of the "
                               f"{unit.stop - unit.start:,} it planned")
-        table.write(units.table_path(self.staging, unit.index))
-        return units.mark_done(self.staging, index=unit.index, start=unit.start, stop=unit.stop, counts=counts,
-                               candidates=candidates, tokens=tokens)
+        table.write(units.table_path(self.staging, unit.index), durable=False)
+        return units.finished(self.staging, index=unit.index, start=unit.start, stop=unit.stop, counts=counts,
+                              candidates=candidates, tokens=tokens)
 
 
 def _dedup_keys(examples: list[Example]) -> dict[int, tuple[bytes, bytes]]:

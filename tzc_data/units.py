@@ -69,17 +69,43 @@ def _digest(body: dict[str, Any]) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps(body, sort_keys=True).encode())
 
 
-def mark_done(staging: str, *, index: int, start: int, stop: int, counts: dict[str, int], candidates: int,
-              tokens: int) -> UnitDone:
-    """Write unit ``index``'s marker once its table and tokens files are in place."""
+def finished(staging: str, *, index: int, start: int, stop: int, counts: dict[str, int], candidates: int,
+             tokens: int) -> UnitDone:
+    """Unit ``index``'s marker once its table and tokens files are in place (not yet written: see
+    :func:`write_markers`)."""
     recorded = {os.path.basename(p): [os.path.getsize(p), files.file_digest(p)]
                 for p in (table_path(staging, index), tokens_path(staging, index))}
-    done = UnitDone(index=index, start=start, stop=stop, counts=dict(sorted(counts.items())), candidates=candidates,
+    return UnitDone(index=index, start=start, stop=stop, counts=dict(sorted(counts.items())), candidates=candidates,
                     tokens=tokens, files=recorded)
-    body = done.__dict__.copy()
-    with files.atomic_open(_marker_path(staging, index), encoding="utf-8") as handle:
-        json.dump({**body, "digest": _digest(body)}, handle, sort_keys=True)
-    return done
+
+
+def write_markers(staging: str, done: Sequence[UnitDone]) -> None:
+    """Write the markers of finished units, durably and after their files: sync the file system
+    (the units' files, written without an fsync each), write the markers under temporary names,
+    sync again, rename them into place. A crash anywhere leaves each unit either with a marker
+    whose files are on disk, or without one (it runs again). One unit's three fsyncs cost about
+    30 ms here; the build writes markers in batches (:func:`tzc_data.pipeline.build`)."""
+    if not done:
+        return
+    where = folder(staging)
+    files.sync_folder(where)
+    written = []
+    try:
+        for unit in done:
+            body = unit.__dict__.copy()
+            path = _marker_path(staging, unit.index)
+            temporary = os.path.join(where, f".{os.path.basename(path)}.tzc-tmp-{os.getpid()}")
+            written.append((temporary, path))
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump({**body, "digest": _digest(body)}, handle, sort_keys=True)
+        files.sync_folder(where)
+        for temporary, path in written:
+            os.replace(temporary, path)
+    except BaseException:
+        for temporary, _ in written:
+            if os.path.lexists(temporary):
+                os.remove(temporary)
+        raise
 
 
 def read_done(staging: str, index: int, start: int, stop: int) -> UnitDone | None:

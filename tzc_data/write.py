@@ -109,8 +109,8 @@ class UnitRows:
             for name in ("prompt", "response", "reasoning", "answer"):
                 c[name].append(getattr(example, name))
 
-    def write(self, path: str) -> None:
-        with atomic_path(path) as temporary:
+    def write(self, path: str, *, durable: bool = True) -> None:
+        with atomic_path(path, durable=durable) as temporary:
             pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
 
 
@@ -198,20 +198,21 @@ class ShardTask:
     options: str
 
 
-def shard_tasks(directory: str, kept: Kept, bins: list[list[int]], rows_per_shard: int, seq_len: int,
-                options: str, split: str = "train") -> list[ShardTask]:
-    """The shards of one split's packed rows (``bins`` of indices into ``kept``), ``rows_per_shard`` each."""
-    count = -(-len(bins) // rows_per_shard)
+def shard_tasks(directory: str, kept: Kept, members: np.ndarray, offsets: np.ndarray, rows_per_shard: int,
+                seq_len: int, options: str, split: str = "train") -> list[ShardTask]:
+    """The shards of one split's packed rows, ``rows_per_shard`` each: packed row ``r`` holds the
+    indices into ``kept`` ``members[offsets[r]:offsets[r + 1]]``."""
+    rows = len(offsets) - 1
+    count = -(-rows // rows_per_shard)
     tasks = []
     for index in range(count):
-        chunk = bins[index * rows_per_shard:(index + 1) * rows_per_shard]
-        members = np.fromiter((i for b in chunk for i in b), dtype=np.int64)
-        local, at = [], 0
-        for b in chunk:
-            local.append(list(range(at, at + len(b))))
-            at += len(b)
+        lo, hi = index * rows_per_shard, min((index + 1) * rows_per_shard, rows)
+        start = int(offsets[lo])
+        bounds = (offsets[lo:hi + 1] - start).tolist()
+        local = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         tasks.append(ShardTask(directory=directory, name=shard_name(index, count, split), split=split,
-                               kept=kept.subset(members), bins=local, seq_len=seq_len, options=options))
+                               kept=kept.subset(members[start:int(offsets[hi])]), bins=local, seq_len=seq_len,
+                               options=options))
     return tasks
 
 

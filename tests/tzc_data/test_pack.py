@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tzc_data.pack import Kept, best_fit_decreasing, check_row, decode_row, fill
+from tzc_data.pack import Kept, best_fit_decreasing, check_row, decode_row, fill, packed_rows
 
 lengths_st = st.lists(st.integers(1, 64), min_size=0, max_size=60)
 
@@ -20,8 +20,9 @@ def test_property_bins_hold_every_item_once_within_capacity_in_source_order(leng
     assert all(b == sorted(b) for b in bins) and [b[0] for b in bins] == sorted(b[0] for b in bins)
 
 
-def _bfd_reference(lengths, capacity):
-    """Textbook BFD, quadratic: the fullest bin that fits, ties to the oldest bin."""
+def _bfd_reference(lengths, capacity, *, bins_too=False):
+    """Textbook BFD, quadratic: the fullest bin that fits, ties to the oldest bin (with
+    ``bins_too``, the bins themselves, ordered as the module docstring's step 5 says)."""
     bins, left = [], []
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         fits = [k for k in range(len(bins)) if left[k] >= lengths[i]]
@@ -32,13 +33,35 @@ def _bfd_reference(lengths, capacity):
         else:
             bins.append([i])
             left.append(capacity - lengths[i])
-    return len(bins)
+    return sorted(sorted(b) for b in bins) if bins_too else len(bins)
 
 
 @settings(max_examples=200, deadline=None)
 @given(lengths_st)
 def test_property_same_row_count_as_textbook_best_fit_decreasing(lengths):
     assert len(best_fit_decreasing(lengths, 64)) == _bfd_reference(lengths, 64)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_compiled_and_interpreted_packing_give_the_textbook_bins(compiled):
+    rng = np.random.default_rng(11)
+    for capacity, n, high in [(64, 300, 64), (4096, 500, 4096), (131_072, 150, 131_072), (5000, 400, 90)]:
+        lengths = rng.integers(1, high + 1, size=n)
+        members, offsets = _packed_forced(lengths, capacity, compiled)
+        bins = [members[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        assert bins == _bfd_reference(lengths.tolist(), capacity, bins_too=True)
+
+
+def _packed_forced(lengths, capacity, compiled):
+    """:func:`packed_rows` with its loop forced compiled or interpreted."""
+    from tzc_data import loops
+
+    saved = loops.COMPILE_FROM
+    loops.COMPILE_FROM = 0 if compiled else 1 << 62
+    try:
+        return packed_rows(lengths, capacity)
+    finally:
+        loops.COMPILE_FROM = saved
 
 
 def test_fill_on_glaive_like_lengths_is_near_the_lower_bound():

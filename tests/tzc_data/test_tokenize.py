@@ -125,3 +125,25 @@ def test_a_system_prompt_whose_tokens_decode_to_other_text_is_refused(gemma_toke
                  "--tokenizer", tiny_model_path, "--system", f"Think {LOWER_BLOCK} twice.", "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and err.startswith("tzc-data: error: --system cannot be used with")
+
+
+def test_the_model_facts_are_cached_by_sha256_and_a_bad_cache_is_worked_out_again(tmp_path, monkeypatch):
+    import json
+
+    from tzc_data.tokenize import gemma2_tokenizer_path
+
+    model = str(gemma2_tokenizer_path())
+    monkeypatch.setenv("TZC_CACHE", str(tmp_path))
+    first = Tokenizer(model)
+    cached = tmp_path / "tokenizers" / f"{GEMMA2_SHA256}.json"
+    recorded = json.loads(cached.read_text())
+    assert recorded["memo_refused"] is None and set(recorded["special_ids"]) == set(first.special_ids)
+    again = Tokenizer(model)  # from the cache
+    assert (again.special_ids, again.memo_refused) == (first.special_ids, first.memo_refused)
+    assert again.memo is not None and {0, 1, 2, 106, 107} <= again.special_ids
+    for damage in ("not json", json.dumps({**recorded, "stamp": {"version": -1}}),
+                   json.dumps({**recorded, "sha256": "0" * 64})):
+        cached.write_text(damage)  # unreadable, of another version, of another model: worked out again
+        rebuilt = Tokenizer(model)
+        assert (rebuilt.special_ids, rebuilt.memo_refused) == (first.special_ids, first.memo_refused)
+        assert json.loads(cached.read_text()) == recorded
