@@ -288,8 +288,10 @@ def _connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     # Errors only: Ray's Python side otherwise warns, on every start, that token authentication is on.
+    # Without an address, "local": a new instance of this build's own. Ray's default (None) would join
+    # whatever cluster /tmp/ray/ray_current_cluster or RAY_ADDRESS names, another user's included.
     try:
-        info = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
+        info = ray.init(address=address or "local", logging_level=logging.ERROR, log_to_driver=False,
                         configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as err:
         where = f"--ray-address {address}" if address else "a local Ray instance"

@@ -154,6 +154,21 @@ def test_a_ray_address_where_no_head_answers_is_one_line(tmp_path, tiny_model_pa
     assert not (tmp_path / "b").exists() and not (tmp_path / ".b.tzc-partial").exists()
 
 
+def test_without_an_address_a_build_starts_its_own_instance_and_joins_no_other(tmp_path, tiny_model_path,
+                                                                               ray_cluster):
+    """Ray's default address would join whatever cluster RAY_ADDRESS (or /tmp/ray/ray_current_cluster)
+    names, another user's included: a build without --ray-address starts an instance of its own."""
+    from ray._private import state
+
+    jobs = len(state.jobs())
+    done = subprocess.run([sys.executable, "-m", "tzc_data.cli", "build", "--source", "synthetic", "--range", "0:60",
+                           "--out", str(tmp_path / "b"), *_common(tiny_model_path), "--engine", "ray", "--workers", "1"],
+                          env={**os.environ, "RAY_ADDRESS": ray_cluster}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "tzc-data: Ray local instance" in done.stderr
+    assert len(state.jobs()) == jobs  # no driver of the build's ever joined the module's instance
+
+
 def test_without_ray_installed_the_ray_engine_is_one_line(tmp_path, tiny_model_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without the extra
     assert main(["build", "--source", "synthetic", "--range", "0:100", "--out", str(tmp_path / "b"),
