@@ -172,7 +172,7 @@ def gemma3_run(tmp_path_factory, tiny_model_path):
                           "--no-near-dup", "--no-progress"]) == 0
     config = TrainConfig(data=str(build), out=str(root / "run"), model="tiny-gemma3", steps=12, batch_size=4,
                          lr=1e-2, lora_rank=8, lora_alpha=8.0, warmup_steps=2, save_every=6, eval_every=6, eval_rows=4)
-    return build, train(config)
+    return build, train(config), root / "run"
 
 
 def test_tzc_train_trains_a_tiny_gemma3_and_its_greedy_samples_are_the_models_argmax(gemma3_run):
@@ -185,7 +185,7 @@ def test_tzc_train_trains_a_tiny_gemma3_and_its_greedy_samples_are_the_models_ar
     from tzc_train.sample import sample
     from tzc_train.train import make_mesh
 
-    build, result = gemma3_run
+    build, result, _ = gemma3_run
     losses = result["losses"]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert result["status"] == "finished" and result["eval_loss"] is not None
@@ -207,3 +207,35 @@ def test_tzc_train_trains_a_tiny_gemma3_and_its_greedy_samples_are_the_models_ar
                     break
                 new.append(nxt)
             assert got.completion == tokenizer.decode(new), prompt
+
+
+def test_a_gemma3_run_exports_in_every_layout_and_each_loads_back_with_tunix_gemma3_loaders(gemma3_run, tmp_path):
+    """tzc-train export of a Gemma 3 run: adapters, Hugging Face Gemma3ForCausalLM safetensors (read by
+    tunix.models.gemma3.params_safetensors) and Google's Gemma 3 Flax layout (read by
+    tunix.models.gemma3.params.create_model_from_checkpoint): each merged model gives the LoRA model's
+    logits."""
+    import json
+
+    from tzc_train.train import TrainConfig, export_run, make_mesh, with_lora
+    from tzc_train.train import restore_adapters
+
+    build, result, run = gemma3_run
+    written = export_run(str(run), str(tmp_path / "export"))
+    assert set(written) == {"adapters", "merged", "flax"}
+    config = json.loads((tmp_path / "export" / "merged" / "config.json").read_text())
+    assert config["architectures"] == ["Gemma3ForCausalLM"] and config["final_logit_softcapping"] is None
+    assert config["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
+    vocab = json.loads((build / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    inputs = _alone(np.random.default_rng(7).integers(5, VOCAB, 30))
+    mesh = make_mesh(None)
+    with mesh:
+        lora = prepare(result["model"], remat="none", attention="plain")
+        want = _logits(lora, *inputs)
+        for layout in ("merged", "flax"):
+            merged, _ = bases.load("tiny-gemma3", str(tmp_path / "export" / layout), vocab, mesh)
+            got = _logits(prepare(merged, remat="none", attention="plain"), *inputs)
+            assert float(jnp.abs(got - want).max()) < 1e-4, layout
+        back = with_lora(bases.load("tiny-gemma3", None, vocab, mesh)[0],
+                         TrainConfig(data="-", out="-", model="tiny-gemma3", lora_rank=8, lora_alpha=8.0), mesh)
+        restore_adapters(back, str(tmp_path / "export" / "adapters"), "--init-lora")
+        assert float(jnp.abs(_logits(prepare(back, remat="none", attention="plain"), *inputs) - want).max()) < 1e-6
