@@ -176,16 +176,18 @@ def gemma3_run(tmp_path_factory, tiny_model_path):
 
 
 def test_tzc_train_trains_a_tiny_gemma3_and_its_greedy_samples_are_the_models_argmax(gemma3_run):
-    """End to end on Gemma 3: the loss falls, a checkpoint is written, and tzc's sampler (tunix's KV
-    cache and Gemma 3's own decoding attention) decodes what the packed forward pass predicts."""
+    """End to end on Gemma 3: the loss falls, a checkpoint is written; tzc's sampler (tunix's KV cache
+    and Gemma 3's own decoding attention) decodes what the packed forward pass predicts, from the
+    trained model and, through `tzc-train eval`'s path, from the run's checkpoint."""
     import json
 
     from tzc_data.look import build_tokenizer
+    from tzc_train.evaluate import DecodeRequest, Prompt, decode
     from tzc_train.model import for_decoding
     from tzc_train.sample import sample
     from tzc_train.train import make_mesh
 
-    build, result, _ = gemma3_run
+    build, result, run = gemma3_run
     losses = result["losses"]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert result["status"] == "finished" and result["eval_loss"] is not None
@@ -207,6 +209,9 @@ def test_tzc_train_trains_a_tiny_gemma3_and_its_greedy_samples_are_the_models_ar
                     break
                 new.append(nxt)
             assert got.completion == tokenizer.decode(new), prompt
+    restored = decode(DecodeRequest(data=str(build), lora=str(run), max_new_tokens=6, batch_size=2),
+                      [Prompt(p) for p in prompts])
+    assert [s.completion for s in restored] == [s.completion for s in samples]
 
 
 def test_a_gemma3_run_exports_in_every_layout_and_each_loads_back_with_tunix_gemma3_loaders(gemma3_run, tmp_path):
