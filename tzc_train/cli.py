@@ -36,8 +36,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
                                        "none: the base model")
     parser.add_argument("--model", choices=list(MODELS), default=None,
                         help="default: the run's when --lora is a run, else gemma2-2b")
-    parser.add_argument("--weights", help="Gemma 2 2B-IT weights (HF safetensors dir or Kaggle Flax checkpoint); "
-                                          "default: the run's")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT or Gemma 3 1B-IT weights (HF safetensors dir or Kaggle Flax "
+                                          "checkpoint); default: the run's")
     parser.add_argument("--tokenizer", help="the build's tokenizer when it is not found automatically")
     parser.add_argument("--lora-rank", type=int, help="default: the run's (64 when unknown)")
     parser.add_argument("--lora-alpha", type=float, help="default: the run's (64 when unknown)")

@@ -37,11 +37,10 @@ import qwix
 from flax import nnx
 from tunix.models.gemma import model as gemma_lib
 from tunix.rl import reshard
-
-from tzc_train import bases
 from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
+from tzc_train import bases
 from tzc_train.export import adapter_config, is_exported_adapters, load_adapters, param_arrays
 from tzc_train.model import REMAT, default_attention, packed_inputs, packed_loss, prepare
 from tzc_train.session import Deadline, Feed, read_summary, write_summary
