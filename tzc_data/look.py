@@ -16,7 +16,7 @@ import polars as pl
 
 from tzc_data.errors import TzcError
 from tzc_data.load import PACKS, RECORDS, load, read_manifest, read_stats
-from tzc_data.tokenize import GEMMA2_SHA256, Tokenizer, gemma2_tokenizer_path, sha256_file
+from tzc_data.tokenize import Tokenizer, known_name, known_tokenizer_path, sha256_file
 
 PERCENTILES = (0.05, 0.5, 0.95, 0.99)
 LENGTH_COLUMNS = ("prompt_chars", "reasoning_chars", "answer_chars", "tokens", "loss_tokens")
@@ -135,7 +135,7 @@ def printable(text: str) -> str:
 
 def find_tokenizer(manifest: dict[str, Any], paths: Sequence[str] = (), *, memo: bool = False) -> Tokenizer:
     """The tokenizer a build was made with: the first of ``paths``, the path the build recorded, or
-    the cached Gemma 2 one, whose sha256 is the one the manifest records; TzcError otherwise."""
+    the cached Gemma 2 or Gemma 3 one, whose sha256 is the one the manifest records; TzcError otherwise."""
     expected = manifest["tokenizer"]["sha256"]
     recorded = manifest["config"].get("tokenizer")
     tried = []
@@ -148,8 +148,8 @@ def find_tokenizer(manifest: dict[str, Any], paths: Sequence[str] = (), *, memo:
                 return _tokenizer(candidate, manifest, memo)
         except OSError:
             continue
-    if expected == GEMMA2_SHA256:
-        return _tokenizer(str(gemma2_tokenizer_path()), manifest, memo)
+    if known_name(expected):  # Gemma 2's or Gemma 3's: from the cache, fetched if need be
+        return _tokenizer(str(known_tokenizer_path(known_name(expected))), manifest, memo)
     looked = f" (not at {', '.join(tried)})" if tried else ""
     raise TzcError(f"cannot find the build's tokenizer {manifest['tokenizer']['file']} (sha256 {expected[:12]}...)"
                    f"{looked}; pass --tokenizer PATH")
@@ -163,7 +163,7 @@ def _tokenizer(path: str, manifest: dict[str, Any], memo: bool) -> Tokenizer:
 
 
 def build_tokenizer(manifest: dict[str, Any], path: str | None) -> Tokenizer:
-    """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 one."""
+    """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 or 3 one."""
     expected = manifest["tokenizer"]["sha256"]
     if path and not os.path.isfile(path):
         raise TzcError(f"--tokenizer {path} is not a file")

@@ -526,7 +526,7 @@ def _manifest(staging: str, config: BuildConfig, source: Source, tokenizer: Toke
         "range": {"start": config.start, "stop": config.stop},
         "config": config.recorded(),
         "tokenizer": {"sha256": tokenizer.sha256, "vocab_size": tokenizer.sp.get_piece_size(),
-                      "file": os.path.basename(tokenizer.path)},
+                      "file": os.path.basename(tokenizer.path), "name": tokenizer.name},
         "counts": {"read": read_rows, "kept": counts[KEPT], "dropped": read_rows - counts[KEPT],
                    "by_status": dict(sorted(counts.items()))},
         "packing": {

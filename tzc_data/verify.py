@@ -41,7 +41,7 @@ from tzc_data import format as fmt
 from tzc_data.dedupe import prompt_hash, split_of
 from tzc_data.errors import TzcError
 from tzc_data.files import stray_entry
-from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json
+from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json, tokenizer_label
 from tzc_data.minhash import RECORD as NEAR_RECORD
 from tzc_data.minhash import NearDupIndex, fingerprint
 from tzc_data.pack import check_row, decode_row
@@ -81,6 +81,7 @@ def verify(builds: Sequence[str], tokenizers: Sequence[str] = ()) -> list[str]:
         problems += found
         loaded.append((build, manifest, hashes, near[0] if near else None))
     for (a, ma, ha, na), (b, mb, hb, nb) in itertools.combinations(loaded, 2):
+        problems += check_mixable(a, ma, b, mb)
         problems += check_disjoint(a, ma, ha, b, mb, hb, near_a=na, near_b=nb)
     return problems
 
@@ -776,6 +777,19 @@ def check_counts(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
 
 # ---------------------------------------------------------------------------------------------
 # Between builds
+
+
+def check_mixable(a: str, ma: dict[str, Any], b: str, mb: dict[str, Any]) -> list[str]:
+    """Builds checked together are a mixture (``tzc_data.batches``): one tokenizer (a Gemma 2 and a
+    Gemma 3 build hold ids of different vocabularies) and one record layout (``seq_len``)."""
+    problems = []
+    if ma["tokenizer"]["sha256"] != mb["tokenizer"]["sha256"]:
+        problems.append(f"builds {a} and {b} were tokenized by different tokenizers ({tokenizer_label(ma)} and "
+                        f"{tokenizer_label(mb)}): they cannot be mixed")
+    if ma["config"]["seq_len"] != mb["config"]["seq_len"]:
+        problems.append(f"builds {a} and {b} have seq_len {ma['config']['seq_len']} and {mb['config']['seq_len']}: "
+                        "their packed rows differ in layout, they cannot be mixed")
+    return problems
 
 
 def check_disjoint(a: str, ma: dict[str, Any], ha: np.ndarray | None,

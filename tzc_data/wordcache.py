@@ -17,6 +17,12 @@ Why it is exact (checked for each model by :func:`why_not_exact`, never assumed)
   4. so the merges on one side of such a boundary never see the other side, and BPE's order of
      merges (highest score first, leftmost on ties) restricted to one word is the order of that
      word encoded alone.
+A vocabulary may hold a few pieces that break condition 3 (Gemma 3 has one, ``>▁</``, score
+-106,574): a *bridge*. Every symbol BPE ever forms is a piece (or a single character) covering
+exactly the stretch of the normalized text that spells it, so a bridge can span a cut only where
+its text (``▁`` read as a space) occurs in the text; a text in which no bridge occurs meets
+condition 3 as Gemma 2's texts do. :func:`exact_rule` names the bridges, and the cache encodes a
+text holding one with SentencePiece whole (``"x> </"`` is ``x`` + ``>▁</``, not ``x>`` + ``▁</``).
 Words are therefore cut just before each run of spaces (a literal ``▁`` counts as a space: it
 normalizes to the same symbol): ``"a b  c"`` is ``"a"``, ``" b"``, ``"  c"``. Most texts have no
 double space and no ``▁``, and take the fast path, ``text.split(" ")``: ``" "`` + each part after
@@ -55,33 +61,48 @@ _BPE = 2  # sentencepiece_model.proto: TrainerSpec.ModelType.BPE
 Encoded = bytes | None  # int32 ids, or None when the ids hold a special token
 
 
-def why_not_exact(model_proto: bytes, pieces: Sequence[str] | None = None) -> str | None:
-    """None when word-memoised encoding equals whole-text encoding for this SentencePiece model
-    (the conditions in the module docstring), else the first condition that fails. ``pieces``, the
-    model's pieces by id, saves reading them out of the proto when the caller has them already."""
+MAX_BRIDGES = 16  # more bridging pieces than this: the per-text search would cost what the cache saves
+
+
+def exact_rule(model_proto: bytes, pieces: Sequence[str] | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """(None, bridges) when word-memoised encoding equals whole-text encoding for this SentencePiece
+    model on every text in which no bridge occurs (the conditions and the bridges of the module
+    docstring); else (the first condition that fails, ()). Bridges are given as text, ``▁`` read as a
+    space. ``pieces``, the model's pieces by id, saves reading them out of the proto."""
     from sentencepiece import sentencepiece_model_pb2
 
     model = sentencepiece_model_pb2.ModelProto()
     model.ParseFromString(model_proto)
     norm = model.normalizer_spec
     if model.trainer_spec.model_type != _BPE:
-        return "not a BPE model"
+        return "not a BPE model", ()
     if norm.precompiled_charsmap or norm.name not in ("identity", ""):
-        return f"normalizer {norm.name!r} rewrites text"
+        return f"normalizer {norm.name!r} rewrites text", ()
     if norm.add_dummy_prefix:
-        return "the normalizer adds a dummy prefix"
+        return "the normalizer adds a dummy prefix", ()
     if norm.remove_extra_whitespaces:
-        return "the normalizer removes extra whitespace"
+        return "the normalizer removes extra whitespace", ()
     if not norm.escape_whitespaces or model.trainer_spec.treat_whitespace_as_suffix:
-        return "spaces are not escaped as a prefix '▁'"
+        return "spaces are not escaped as a prefix '▁'", ()
     if pieces is None:
         pieces = [piece.piece for piece in model.pieces]
     # A piece may only hold '▁' in its leading run: strip that run, and no '▁' may remain. One
-    # search over the joined rest (256,000 pieces: ~20 ms); only a failure looks for the culprit.
-    if _SPACE in "".join(map(str.lstrip, pieces, repeat(_SPACE))):
-        bad = next(piece for piece in pieces if _SPACE in piece.lstrip(_SPACE))
-        return f"piece {bad!r} holds '▁' after another character"
-    return None
+    # search over the joined rest (256,000 pieces: ~20 ms); only a failure looks for the culprits.
+    if _SPACE not in "".join(map(str.lstrip, pieces, repeat(_SPACE))):
+        return None, ()
+    bridges = [piece for piece in pieces if _SPACE in piece.lstrip(_SPACE)]
+    if len(bridges) > MAX_BRIDGES:
+        return f"{len(bridges)} pieces hold '▁' after another character, e.g. {bridges[0]!r}", ()
+    return None, tuple(piece.replace(_SPACE, " ") for piece in bridges)
+
+
+def why_not_exact(model_proto: bytes, pieces: Sequence[str] | None = None) -> str | None:
+    """None when word-memoised encoding equals whole-text encoding for this SentencePiece model on
+    every text (:func:`exact_rule` with no bridge), else the first condition that fails."""
+    reason, bridges = exact_rule(model_proto, pieces)
+    if reason is None and bridges:
+        return f"piece {bridges[0].replace(' ', _SPACE)!r} holds '▁' after another character"
+    return reason
 
 
 def checked_int32(ids: list[int], special_ids: frozenset[int]) -> Encoded:
@@ -111,10 +132,13 @@ class _Generation(dict):
 class WordCache:
     """``encode(text)``: the text's ids as int32 bytes, or None when a word of it encodes to one
     of ``special_ids`` or (given ``decode_ids``) its ids do not decode back to the word.
-    ``encode_ids(text)`` is the plain encoder it memoises."""
+    ``encode_ids(text)`` is the plain encoder it memoises. A text in which one of ``bridges``
+    occurs (:func:`exact_rule`; ``▁`` read as a space) is encoded whole, never memoised: None
+    when its ids hold a special id or do not decode back to it."""
 
     def __init__(self, encode_ids: Callable[[str], list[int]], special_ids: Collection[int], *,
-                 decode_ids: Callable[[list[int]], str] | None = None, capacity: int = 1 << 16) -> None:
+                 decode_ids: Callable[[list[int]], str] | None = None, capacity: int = 1 << 16,
+                 bridges: Sequence[str] = ()) -> None:
         if capacity < 1:
             raise ValueError(f"capacity {capacity}: must hold at least one word")
         self.encode_ids = encode_ids
@@ -123,6 +147,9 @@ class WordCache:
             decode_ids(encode_ids(c)) == c for c in map(chr, range(128)))
         self.special_ids = frozenset(special_ids)
         self.capacity = capacity
+        self.bridges = tuple(bridges)
+        if any(not bridge.strip(" ") for bridge in self.bridges):
+            raise ValueError(f"bridges {self.bridges!r}: each must hold a character besides spaces")
         self.lookups = self.misses = 0  # words looked up, and encoded afresh (the benchmark's hit rate)
         self._literal = _Generation(self._encode_literal, None)  # "word" -> encode("word")
         self._spaced = _Generation(self._encode_spaced, None)  # "word" -> encode(" word")
@@ -143,6 +170,8 @@ class WordCache:
         return self._encode_literal(" " + word)
 
     def encode(self, text: str) -> Encoded:
+        if self.bridges and self._bridged(text):
+            return self._encode_whole(text)
         if "  " in text or _SPACE in text:
             words = _WORD.findall(text)
             encoded = list(map(self._literal.__getitem__, words))
@@ -156,6 +185,16 @@ class WordCache:
             return b"".join(encoded)
         except TypeError:  # a None: a word that encodes to a special id
             return None
+
+    def _bridged(self, text: str) -> bool:
+        spaced = text.replace(_SPACE, " ") if _SPACE in text else text
+        return any(bridge in spaced for bridge in self.bridges)
+
+    def _encode_whole(self, text: str) -> Encoded:
+        ids = self.encode_ids(text)
+        if self.decode_ids is not None and self.decode_ids(ids) != text:
+            return None
+        return checked_int32(ids, self.special_ids)
 
     def _age(self) -> None:
         """Start a new generation of a table once it holds ``capacity`` words."""

@@ -1,6 +1,8 @@
 """tzc_train: a small tunix LoRA trainer that consumes tzc_data shards on a JAX device mesh.
 
-    model.py     packed rows on Gemma 2: block-diagonal causal mask, per-example positions, chunked loss
+    bases.py     the base models by --model name: Gemma 2 2B, Gemma 3 1B, a tiny random one of each
+    model.py     packed rows on Gemma 2 and 3: block-diagonal causal mask, per-example positions, chunked loss
+    attention.py packed attention inside tunix's layers: segment ids, the window per example, splash on TPU
     trainer.py   tunix's PeftTrainer with token-mean steps (gradient accumulation) and eval
     session.py   --time-limit, the train feed that stops before it, summary.json
     train.py     the run, top to bottom; resume checks; export of a run

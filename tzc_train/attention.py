@@ -1,4 +1,4 @@
-"""Packed attention for tunix's Gemma 2: segment ids instead of a ``[B, L, L]`` mask, and splash attention on TPU.
+"""Packed attention for tunix's Gemma 2 and Gemma 3: segment ids instead of a ``[B, L, L]`` mask, and splash attention on TPU.
 
 tunix's ``Attention.block`` takes a dense mask and materialises ``[B, L, heads, L]`` logits and
 probabilities; its sliding window compares query *positions* with key *indices*, which is wrong as
@@ -15,6 +15,12 @@ attention itself is one of
   Gemma 2's logit soft-cap; never builds an ``[L, L]`` array. Placed on the mesh with ``shard_map``
   (batch over ``fsdp``, heads over ``tp``, when they divide). ``interpret=True`` runs the same
   kernel in Pallas' interpreter on CPU, which is how the tests check it.
+
+Gemma 3 (:class:`PackedAttention3`, over tunix's ``gemma3`` attention) is the same but for what its layer
+does before the attention: QK-norm (``_query_norm``, ``_key_norm``) after the projections, RoPE with
+the layer's base frequency (10,000 on local layers, 1,000,000 on global ones) and scale factor, the
+query scaled by ``query_pre_attn_scalar``; and no logit soft-cap. Its window (512 on five layers of
+six) is applied within each example as Gemma 2's is.
 
 The model is called as ``model(tokens, positions, None, segment_ids)``: the fourth argument, which
 tunix passes unchanged to every layer, carries the ``[B, L]`` segment ids. With a KV cache
@@ -33,8 +39,27 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from jax.interpreters import pxla
 from jax.sharding import PartitionSpec as P
 from tunix.models.gemma import model as gemma_lib
+from tunix.models.gemma3 import model as gemma3_lib
+from tunix.utils import sharding_utils
 
 IMPLEMENTATIONS = ("plain", "splash")
+
+
+def _segment_ids(attn_mask: jax.Array, x: jax.Array) -> jax.Array:
+    if attn_mask.shape != x.shape[:2] or not jnp.issubdtype(attn_mask.dtype, jnp.integer):
+        raise ValueError(f"PackedAttention expects [batch, length] integer segment ids, got {attn_mask.shape} "
+                         f"{attn_mask.dtype}: call the model with segment ids, not a dense mask")
+    return attn_mask
+
+
+def _attend(layer: Any, query: jax.Array, key: jax.Array, value: jax.Array, segment_ids: jax.Array, *,
+            window: int | None, soft_cap: float | None) -> jax.Array:
+    """The layer's chosen attention (``tzc_attention``) over already projected, normed, rotated and
+    scaled heads."""
+    if layer.tzc_attention == "splash":
+        return splash_attention(query, key, value, segment_ids, window=window, soft_cap=soft_cap,
+                                interpret=layer.tzc_interpret)
+    return reference_attention(query, key, value, segment_ids, window=window, soft_cap=soft_cap)
 
 
 class PackedAttention(gemma_lib.Attention):
@@ -50,10 +75,7 @@ class PackedAttention(gemma_lib.Attention):
     def block(self, x: jax.Array, segment_pos: jax.Array, cache: Any, attn_mask: jax.Array) -> tuple[Any, jax.Array]:
         if cache is not None or attn_mask.ndim == 3:  # a cache or a dense mask: tunix's own path (sampling)
             return super().block(x, segment_pos, cache, attn_mask)
-        segment_ids = attn_mask
-        if segment_ids.shape != x.shape[:2] or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-            raise ValueError(f"PackedAttention expects [batch, length] integer segment ids, got {segment_ids.shape} "
-                             f"{segment_ids.dtype}: call the model with segment ids, not a dense mask")
+        segment_ids = _segment_ids(attn_mask, x)
         if self.use_qkv_einsum:
             query, key, value = self.qkv_einsum(x)
         else:
@@ -65,18 +87,46 @@ class PackedAttention(gemma_lib.Attention):
         query = gemma_lib.apply_rope(query, segment_pos, head_dim=self.head_dim) * self.head_dim ** -0.5
         key = gemma_lib.apply_rope(key, segment_pos, head_dim=self.head_dim)
         window = self.sliding_window_size if self.attn_type == gemma_lib.AttentionType.LOCAL_SLIDING else None
-        if self.tzc_attention == "splash":
-            encoded = splash_attention(query, key, value, segment_ids, window=window,
-                                       soft_cap=self.attn_logits_soft_cap, interpret=self.tzc_interpret)
-        else:
-            encoded = reference_attention(query, key, value, segment_ids, window=window,
-                                          soft_cap=self.attn_logits_soft_cap)
+        encoded = _attend(self, query, key, value, segment_ids, window=window, soft_cap=self.attn_logits_soft_cap)
         output = self.attn_vec_einsum(encoded)
         return None, gemma_lib.shard(output, self.shd_config.act_btd)
 
 
+class PackedAttention3(gemma3_lib.Attention):
+    """tunix's Gemma 3 attention on packed rows; as :class:`PackedAttention`, with Gemma 3's QK-norm,
+    per-layer RoPE base and query scalar, and no soft-cap. tunix's own steps, in tunix's order."""
+
+    tzc_attention = "plain"
+    tzc_interpret = False
+
+    def block(self, x: jax.Array, segment_pos: jax.Array, cache: Any, attn_mask: jax.Array) -> tuple[Any, jax.Array]:
+        if cache is not None or attn_mask.ndim == 3:  # a cache or a dense mask: tunix's own path (sampling)
+            return super().block(x, segment_pos, cache, attn_mask)
+        segment_ids = _segment_ids(attn_mask, x)
+        if self.use_qkv_einsum:
+            query, key, value = self.qkv_einsum(x)
+        else:
+            query = self.q_einsum(x)
+            key, value = self.kv_einsum(x)
+        query = sharding_utils.shard(query, self.shd_config.act_btnh)
+        key = sharding_utils.shard(key, self.shd_config.act_btnh)
+        value = sharding_utils.shard(value, self.shd_config.act_btnh)
+        query, key = self._query_norm(query), self._key_norm(key)
+        rope = dict(head_dim=self.head_dim, base_frequency=self.rope_base_frequency, scale_factor=self.rope_scale_factor)
+        query = gemma3_lib.apply_rope(query, segment_pos, **rope) * self.query_pre_attn_scalar
+        key = gemma3_lib.apply_rope(key, segment_pos, **rope)
+        window = self.sliding_window_size if self.attn_type == gemma3_lib.AttentionType.LOCAL_SLIDING else None
+        encoded = _attend(self, query, key, value, segment_ids, window=window, soft_cap=None)
+        output = self.attn_vec_einsum(encoded)
+        return None, sharding_utils.shard(output, self.shd_config.act_btd)
+
+
+_PACKED = {gemma_lib.Attention: PackedAttention, gemma3_lib.Attention: PackedAttention3}
+
+
 def install(model: Any, implementation: str, *, interpret: bool = False) -> Any:
-    """Make every attention layer of a tunix Gemma (LoRA or not) a :class:`PackedAttention`; in place.
+    """Make every attention layer of a tunix Gemma 2 or Gemma 3 (LoRA or not) a :class:`PackedAttention`
+    (:class:`PackedAttention3`); in place.
 
     Only the class of each layer's ``attn`` changes (qwix changes the model's class the same way):
     parameters, their paths and LoRA adapters are untouched, so checkpoints are unaffected.
@@ -85,16 +135,17 @@ def install(model: Any, implementation: str, *, interpret: bool = False) -> Any:
         raise ValueError(f"attention {implementation!r}: choose one of {', '.join(IMPLEMENTATIONS)}")
     for layer in model.layers:
         attention = layer.attn
-        if not isinstance(attention, gemma_lib.Attention):
-            raise ValueError(f"not a tunix Gemma attention layer: {type(attention).__name__}")
-        attention.__class__ = PackedAttention
+        packed = next((p for tunix_class, p in _PACKED.items() if isinstance(attention, tunix_class)), None)
+        if packed is None:
+            raise ValueError(f"not a tunix Gemma 2 or Gemma 3 attention layer: {type(attention).__name__}")
+        attention.__class__ = packed
         attention.tzc_attention = implementation
         attention.tzc_interpret = interpret
     return model
 
 
 def is_installed(model: Any) -> bool:
-    return all(isinstance(layer.attn, PackedAttention) for layer in model.layers)
+    return all(isinstance(layer.attn, (PackedAttention, PackedAttention3)) for layer in model.layers)
 
 
 def packed_mask(segment_ids: jax.Array, window: int | None) -> jax.Array:
@@ -180,5 +231,5 @@ def splash_attention(query: jax.Array, key: jax.Array, value: jax.Array, segment
     return jnp.swapaxes(out[:, :, :length], 1, 2).astype(query.dtype)
 
 
-__all__ = ["IMPLEMENTATIONS", "PackedAttention", "install", "is_installed", "packed_mask", "reference_attention",
+__all__ = ["IMPLEMENTATIONS", "PackedAttention", "PackedAttention3", "install", "is_installed", "packed_mask", "reference_attention",
            "splash_attention"]

@@ -1,4 +1,4 @@
-"""``tzc-train``: LoRA SFT of Gemma 2 on a tzc build (see ``tzc_train/train.py``).
+"""``tzc-train``: LoRA SFT of Gemma 2 or Gemma 3 on a tzc build (see ``tzc_train/train.py``).
 
 Subcommands: ``sample``, ``eval``, ``export``, ``notebook``, ``plan``; no subcommand trains. Every command reports a
 user's mistake (a bad option, a missing build or run) as one line, ``tzc-train[ CMD]: error: …``,
@@ -14,6 +14,8 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+
+from tzc_train.bases import MODELS
 
 
 def _report(prog: str, action: Callable[[], int]) -> int:
@@ -32,10 +34,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the build the run trained on (tokenizer, system prompt)")
     parser.add_argument("--lora", help="a run's --out (its latest adapters) or a `tzc-train export`'s adapters/; "
                                        "none: the base model")
-    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default=None,
+    parser.add_argument("--model", choices=list(MODELS), default=None,
                         help="default: the run's when --lora is a run, else gemma2-2b")
-    parser.add_argument("--weights", help="Gemma 2 2B-IT weights (HF safetensors dir or Kaggle Flax checkpoint); "
-                                          "default: the run's")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT or Gemma 3 1B-IT weights (HF safetensors dir or Kaggle Flax "
+                                          "checkpoint); default: the run's")
     parser.add_argument("--tokenizer", help="the build's tokenizer when it is not found automatically")
     parser.add_argument("--lora-rank", type=int, help="default: the run's (64 when unknown)")
     parser.add_argument("--lora-alpha", type=float, help="default: the run's (64 when unknown)")
@@ -179,7 +181,7 @@ def plan_main(argv: list[str]) -> int:
     parser.add_argument("--eval-rows", type=int, default=256, help="tzc-train's --eval-rows (0: no eval)")
     parser.add_argument("--eval-every", type=int, help="tzc-train's --eval-every (default: about 20 evals a run)")
     parser.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation for the projection")
-    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b")
+    parser.add_argument("--model", choices=list(MODELS), default="gemma2-2b")
     parser.add_argument("--epochs", type=float, default=1.0, help="passes over the train split (a fraction is fine)")
     parser.add_argument("--steps", type=int, help="bound the run by optimizer steps instead of epochs")
     parser.add_argument("--batch-size", type=int, default=8, help="packed rows per micro-batch")
@@ -246,13 +248,15 @@ def train_parser() -> argparse.ArgumentParser:
                                                      "OUT/actor/<step>/{model_params,optimizer_state} (where the "
                                                      "judges' cells look), TensorBoard logs, tzc_run.json (the "
                                                      "options) and summary.json")
-    parser.add_argument("--model", choices=["tiny", "gemma2-2b"], default="gemma2-2b",
-                        help="tiny: a random Gemma 2-architecture model for tests and trying the tool")
-    parser.add_argument("--weights", help="Gemma 2 2B-IT: an HF safetensors directory or a Kaggle Flax checkpoint "
-                                          "(the model's weights; a mixture's are --data-weights)")
+    parser.add_argument("--model", choices=list(MODELS), default="gemma2-2b",
+                        help="gemma2-2b (a build made with --tokenizer gemma2, the default) or gemma3-1b (--tokenizer "
+                             "gemma3); tiny, tiny-gemma3: a random Gemma 2 / Gemma 3-architecture model for tests and "
+                             "trying the tool")
+    parser.add_argument("--weights", help="Gemma 2 2B-IT or Gemma 3 1B-IT: an HF safetensors directory or a Kaggle "
+                                          "Flax checkpoint (the model's weights; a mixture's are --data-weights)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
-                        help="the base weights' dtype (default: the model's own: tiny float32, gemma2-2b bfloat16); "
-                             "the adapters' master copies stay float32")
+                        help="the base weights' dtype (default: the model's own: the tiny ones float32, the real "
+                             "ones bfloat16); the adapters' master copies stay float32")
     parser.add_argument("--init-lora", help="start from the adapters of an earlier run's --out (or its export)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out at its last checkpoint (its options must be the run's)")

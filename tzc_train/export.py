@@ -9,6 +9,14 @@
     OUT/merged/config.json              Hugging Face ``Gemma2ForCausalLM`` config (special ids: the build's tokenizer's)
     OUT/flax/                           the same merged weights as a Kaggle Flax (orbax) Gemma 2 checkpoint
 
+A Gemma 3 run (its parameters hold the QK-norm scales ``attn/_query_norm``) is written the same way in
+Gemma 3's layouts: ``Gemma3ForCausalLM`` (``model_type`` ``gemma3_text``; the norms ``input_layernorm``,
+``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``post_feedforward_layernorm``, and
+``self_attn.q_norm`` / ``k_norm``), read back by ``tunix.models.gemma3.params_safetensors``; and Google's
+Gemma 3 Flax layout (``mlp/gating_einsum`` ``[2, hidden, embed]``, ``post_attention_norm``,
+``attn/_query_norm``, ``attn/_key_norm``), read back by ``tunix.models.gemma3.params
+.create_model_from_checkpoint``.
+
 The competition loads only ``kaggle/`` (and, in a single session, the run's own
 ``CKPT_DIR/actor/<step>/model_params``): LoRA parameters restored onto the notebook's base model,
 "not safetensors" and not merged weights. The other layouts are for everyone else, and all load
@@ -159,13 +167,26 @@ def merged_params(model: nnx.Module, *, rank: int, alpha: float) -> dict[str, np
     return merged
 
 
-def hf_state_dict(params: dict[str, np.ndarray], config: gemma_lib.ModelConfig) -> dict[str, np.ndarray]:
-    """tunix Gemma 2 parameters -> Hugging Face names and layouts (see the module docstring)."""
+def is_gemma3(params: dict[str, np.ndarray]) -> bool:
+    """Whether tunix parameters (by path) are a Gemma 3's: only Gemma 3 has QK-norm scales."""
+    return any(path.endswith("/attn/_query_norm/scale") for path in params)
+
+
+_HF_NORMS = {
+    "gemma2": {"pre_attention_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
+               "pre_ffw_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+    "gemma3": {"pre_attention_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+               "pre_ffw_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+               "attn/_query_norm": "self_attn.q_norm", "attn/_key_norm": "self_attn.k_norm"},
+}
+
+
+def hf_state_dict(params: dict[str, np.ndarray], config: Any) -> dict[str, np.ndarray]:
+    """tunix Gemma 2 or Gemma 3 parameters -> Hugging Face names and layouts (see the module docstring)."""
     d, n, k, h = config.embed_dim, config.num_heads, config.num_kv_heads, config.head_dim
     out = {"model.embed_tokens.weight": params["embedder/input_embedding"],
            "model.norm.weight": params["final_norm/scale"]}
-    norms = {"pre_attention_norm": "input_layernorm", "post_attn_norm": "post_attention_layernorm",
-             "pre_ffw_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+    norms = _HF_NORMS["gemma3" if is_gemma3(params) else "gemma2"]
 
     def proj(w: np.ndarray, heads: int) -> np.ndarray:  # [heads, embed, head_dim] -> [heads*head_dim, embed]
         return np.ascontiguousarray(w.transpose(0, 2, 1).reshape(heads * h, d))
@@ -208,17 +229,43 @@ def hf_config(config: gemma_lib.ModelConfig, vocab_size: int, dtype: str, specia
     }
 
 
-def save_merged(params: dict[str, np.ndarray], directory: str, config: gemma_lib.ModelConfig, *,
+def hf_config_gemma3(config: Any, vocab_size: int, dtype: str, special: dict[str, int]) -> dict[str, Any]:
+    """Hugging Face ``config.json`` of a Gemma 3 text model (``Gemma3ForCausalLM``): QK-norm, no
+    soft-caps, local layers (window, RoPE base 10,000) with every sixth layer global (base 1,000,000)."""
+    from tunix.models.gemma3 import model as gemma3_lib
+
+    from tzc_train.bases import attention_types
+
+    types = ["sliding_attention" if t == gemma3_lib.AttentionType.LOCAL_SLIDING else "full_attention"
+             for t in attention_types(config)]
+    return {
+        "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "vocab_size": vocab_size,
+        "hidden_size": config.embed_dim, "intermediate_size": config.hidden_dim,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
+        "query_pre_attn_scalar": config.head_dim, "sliding_window": config.sliding_window_size,
+        "sliding_window_pattern": 6, "layer_types": types, "attn_logit_softcapping": None,
+        "final_logit_softcapping": None, "rope_theta": float(config.global_base_frequency),
+        "rope_local_base_freq": float(config.local_base_frequency), "rope_scaling": None,
+        "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": 1e-6, "max_position_embeddings": 32768,
+        "tie_word_embeddings": True, "torch_dtype": dtype,
+        "bos_token_id": special["bos"], "eos_token_id": special["eos"], "pad_token_id": special["pad"],
+    }
+
+
+def save_merged(params: dict[str, np.ndarray], directory: str, config: Any, *,
                 special: dict[str, int]) -> str:
-    """Merged weights (:func:`merged_params`) in Hugging Face's layout; ``special``: the tokenizer's
-    ``bos``, ``eos``, ``pad`` and ``end_of_turn`` ids (generation stops at ``eos`` or ``end_of_turn``)."""
+    """Merged weights (:func:`merged_params`) in Hugging Face's layout (Gemma 2's or Gemma 3's, as the
+    parameters are); ``special``: the tokenizer's ``bos``, ``eos``, ``pad`` and ``end_of_turn`` ids
+    (generation stops at ``eos`` or ``end_of_turn``)."""
     state = hf_state_dict(params, config)
     dtype = str(state["model.embed_tokens.weight"].dtype)
+    describe = hf_config_gemma3 if is_gemma3(params) else hf_config
     with staged(directory) as path:
         os.makedirs(path)
         save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
         with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as handle:
-            json.dump(hf_config(config, state["model.embed_tokens.weight"].shape[0], dtype, special), handle, indent=2)
+            json.dump(describe(config, state["model.embed_tokens.weight"].shape[0], dtype, special), handle, indent=2)
         with open(os.path.join(path, "generation_config.json"), "w", encoding="utf-8") as handle:
             json.dump({"bos_token_id": special["bos"], "eos_token_id": [special["eos"], special["end_of_turn"]],
                        "pad_token_id": special["pad"]}, handle, indent=2)
@@ -258,12 +305,40 @@ def kaggle_params(params: dict[str, np.ndarray], config: gemma_lib.ModelConfig, 
     return tree
 
 
-def save_flax(params: dict[str, np.ndarray], directory: str, config: gemma_lib.ModelConfig, *,
+_KAGGLE_NORMS_GEMMA3 = {"pre_attention_norm": "pre_attention_norm", "post_attention_norm": "post_attention_norm",
+                        "pre_ffw_norm": "pre_ffw_norm", "post_ffw_norm": "post_ffw_norm",
+                        "attn/_query_norm": "attn/_query_norm", "attn/_key_norm": "attn/_key_norm"}
+
+
+def kaggle_params_gemma3(params: dict[str, np.ndarray], config: Any) -> dict[str, dict[str, np.ndarray]]:
+    """tunix Gemma 3 parameters -> Google's Gemma 3 Flax checkpoint tree (the inverse of tunix's
+    ``gemma3.params.map_from_upstream_checkpoint``): ``mlp/gating_einsum`` is ``[2, hidden, embed]``."""
+    tree = {"transformer/embedder": {"input_embedding": params["embedder/input_embedding"]},
+            "transformer/final_norm": {"scale": params["final_norm/scale"]}}
+    for layer in range(config.num_layers):
+        ours, theirs = f"layers/{layer}", f"transformer/layer_{layer}"
+        for name in ("q_einsum", "kv_einsum", "qkv_einsum", "attn_vec_einsum"):
+            if f"{ours}/attn/{name}/w" in params:
+                tree[f"{theirs}/attn/{name}"] = {"w": params[f"{ours}/attn/{name}/w"]}
+        tree[f"{theirs}/mlp/gating_einsum"] = {"w": np.stack([params[f"{ours}/mlp/gate_proj/kernel"].T,
+                                                              params[f"{ours}/mlp/up_proj/kernel"].T])}
+        tree[f"{theirs}/mlp/linear"] = {"w": params[f"{ours}/mlp/down_proj/kernel"]}
+        for name, kaggle in _KAGGLE_NORMS_GEMMA3.items():
+            tree[f"{theirs}/{kaggle}"] = {"scale": params[f"{ours}/{name}/scale"]}
+    written = sum(len(leaves) for leaves in tree.values()) + config.num_layers  # gating_einsum holds two
+    if written != len(params):
+        raise ValueError(f"{len(params)} parameters but {written} in the Gemma 3 Flax layout: a module it does not name")
+    return tree
+
+
+def save_flax(params: dict[str, np.ndarray], directory: str, config: Any, *,
               vocab_rows: int = 0) -> str:
-    """Merged weights (:func:`merged_params`) as a Kaggle Flax (orbax) Gemma 2 checkpoint at ``directory``."""
+    """Merged weights (:func:`merged_params`) as a Kaggle Flax (orbax) Gemma 2 or Gemma 3 checkpoint
+    (as the parameters are) at ``directory``; ``vocab_rows`` applies to Gemma 2."""
     import orbax.checkpoint as ocp
 
-    tree = kaggle_params(params, config, vocab_rows=vocab_rows)
+    tree = (kaggle_params_gemma3(params, config) if is_gemma3(params)
+            else kaggle_params(params, config, vocab_rows=vocab_rows))
     with staged(directory) as path:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(path, tree)
@@ -271,5 +346,6 @@ def save_flax(params: dict[str, np.ndarray], directory: str, config: gemma_lib.M
     return directory
 
 
-__all__ = ["adapter_arrays", "adapter_config", "hf_state_dict", "is_exported_adapters", "kaggle_params", "load_adapters",
-           "merged_params", "param_arrays", "save_adapters", "save_flax", "save_merged", "staged"]
+__all__ = ["adapter_arrays", "adapter_config", "hf_config_gemma3", "hf_state_dict", "is_exported_adapters", "is_gemma3",
+           "kaggle_params", "kaggle_params_gemma3", "load_adapters", "merged_params", "param_arrays", "save_adapters",
+           "save_flax", "save_merged", "staged"]

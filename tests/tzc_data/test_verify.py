@@ -578,3 +578,30 @@ def test_near_duplicates_are_checked_whatever_the_builds_recorded(tmp_path, caps
         assert main(argv + ([extra] if extra else [])) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--exclude {exclude}: " in err and "tzc-data verify would report them" in err
+
+
+def test_a_gemma3_build_is_its_own_and_never_mixes_with_a_gemma2_build(builds, tmp_path, capsys):
+    """--tokenizer gemma3 builds for Gemma 3 1B; its manifest names the tokenizer. A Gemma 2 build and
+    a Gemma 3 build verify alone; together (a mixture) verify and the loaders refuse them, naming both.
+    --exclude reads prompt hashes of the text, whatever tokenized it: a Gemma 2 build's prompts can be
+    held out of a Gemma 3 build."""
+    import tzc_data
+    from tzc_data.errors import ConfigError
+    from tzc_data.tokenize import GEMMA3_SHA256
+
+    first, _, _ = builds
+    gemma3 = tmp_path / "g3"
+    assert main(["build", "--source", "synthetic", "--range", "300:400", "--out", str(gemma3), "--tokenizer", "gemma3",
+                 "--no-progress", "--exclude", str(first)]) == 0
+    manifest = json.loads((gemma3 / "manifest.json").read_text())
+    assert manifest["tokenizer"]["sha256"] == GEMMA3_SHA256 and manifest["tokenizer"]["name"] == "gemma3"
+    assert manifest["tokenizer"]["vocab_size"] == 262144 and manifest["config"]["tokenizer"] == "gemma3"
+    assert json.loads((first / "manifest.json").read_text())["tokenizer"]["name"] == "gemma2"
+    assert main(["verify", str(gemma3)]) == 0  # its tokenizer found by name, from the cache
+    capsys.readouterr()
+    problems = verify([str(first), str(gemma3)])
+    assert problems == [f"builds {first} and {gemma3} were tokenized by different tokenizers (gemma2 tokenizer, "
+                        f"sha256 61a7b147390c... and gemma3 tokenizer, sha256 a96dfa1c2969...): they cannot be mixed"]
+    assert main(["verify", str(first), str(gemma3)]) == 1
+    with pytest.raises(ConfigError, match="gemma2 tokenizer.*gemma3 tokenizer"):
+        tzc_data.batches([str(first), str(gemma3)], 2, seed=0)

@@ -152,3 +152,54 @@ def test_without_the_ascii_proof_every_word_is_decoded():
     assert not cache._ascii_decodes
     assert cache.encode("a b") is not None and cache.encode("a box") is None and cache.encode("box") is None
     assert WordCache(encode, ()).encode("a box") is not None  # no decode_ids: ids only, as before
+
+
+# Gemma 3's one bridging piece, ">▁</", in the places a cut can fall: after ">" and before "</".
+BRIDGED = ["x> </", "> </", "a=> </div>", "<b>x</b> </p>", ">\u2581</", "x>  </", "x> </ y> </", "<i>> </i>"]
+
+
+def test_gemma3_has_one_bridge_and_the_plain_cache_would_get_it_wrong(gemma3_tokenizer):
+    """Gemma 3's vocabulary breaks condition 3 with one piece, '>▁</': cut into words, "x> </" would
+    be "x>" + " </", where SentencePiece makes "x" + ">▁</". The cache encodes such texts whole."""
+    from tzc_data.wordcache import exact_rule
+
+    sp = gemma3_tokenizer.sp
+    pieces = sp.id_to_piece(list(range(sp.get_piece_size())))
+    assert exact_rule(sp.serialized_model_proto(), pieces) == (None, ("> </",))
+    assert why_not_exact(sp.serialized_model_proto(), pieces) == "piece '>\u2581</' holds '▁' after another character"
+    plain, bridged = WordCache(sp.encode, ()), WordCache(sp.encode, (), bridges=("> </",))
+    assert ids_of(plain, "x> </") != sp.encode("x> </")  # the rule is needed
+    for text in BRIDGED:
+        assert ids_of(bridged, text) == sp.encode(text), text
+    assert [t for t in BRIDGED if not bridged._bridged(t)] == ["x>  </"]  # the rest: encoded whole, never cut
+    with pytest.raises(ValueError, match="bridges"):
+        WordCache(sp.encode, (), bridges=("  ",))
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(st.lists(st.one_of(st.text(max_size=8), st.sampled_from(SPACES + fuzz.INJECTIONS + BRIDGED + [">", "</"])),
+                max_size=12).map("".join))
+def test_property_cached_ids_equal_sentencepiece_on_gemma3(gemma3_tokenizer, text):
+    tok = gemma3_tokenizer
+    cache = WordCache(tok.sp.encode, tok.special_ids, decode_ids=tok.sp.decode, capacity=8, bridges=tok.memo.bridges)
+    expected = tok.sp.encode(text)
+    refused = not tok.special_ids.isdisjoint(expected) or tok.sp.decode(expected) != text
+    for _ in range(2):
+        assert ids_of(cache, text) == (None if refused else expected)
+
+
+def test_gemma3_cached_ids_equal_sentencepiece_on_real_traces(gemma3_tokenizer, clean_traces, loop_traces,
+                                                              real_prompts):
+    from tests.conftest import read_jsonl
+
+    tok = gemma3_tokenizer
+    long = [row for name in ("r1_long_clean.jsonl", "r1_long_loops.jsonl", "r1_long_truncated.jsonl")
+            for row in read_jsonl(name)]
+    texts = [t for row in clean_traces + loop_traces + long for t in (row["prompt"], row["response"])] + real_prompts
+    for text in texts:
+        assert ids_of(tok.memo, text) == tok.sp.encode(text)
+    plain = Tokenizer(tok.path, memo=False)
+    for row in clean_traces[:40]:
+        reasoning, answer = row["response"].split("</think>", 1)
+        parts = (row["prompt"].strip(), reasoning.replace("<think>", "").strip(), answer.strip())
+        assert tok.encode_example(*parts) == plain.encode_example(*parts)

@@ -57,3 +57,23 @@ def test_the_mask_is_causal_within_each_example_and_window_by_index():
     assert not mask[3, :3].any() and mask[3, 3]  # a new example sees nothing of the last
     assert mask[6].tolist() == [False] * 5 + [True, True, False]
     assert not mask[:, 7].any()  # nobody attends to padding
+
+
+def test_splash_equals_the_reference_for_gemma3s_one_key_head_without_soft_cap():
+    """Gemma 3 1B: 4 query heads on 1 key/value head, no logit soft-cap, a window (8 here, 512 in the
+    model) shorter than the examples: forward and gradients."""
+    q, k, v, segments = _packed(np.random.default_rng(4), heads=4, kv_heads=1)
+    real = (segments != 0)[:, :, None, None]
+    cotangent = jnp.asarray(np.random.default_rng(5).normal(size=q.shape), jnp.float32)
+    for window in (8, None):
+        def loss(attend):
+            def f(q, k, v):
+                out = attend(q, k, v, segments, window=window, soft_cap=None)
+                return jnp.sum(jnp.where(real, out, 0.0) * cotangent), out
+            return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+
+        (_, want), want_grads = loss(reference_attention)(q, k, v)
+        (_, got), got_grads = loss(lambda *a, **kw: splash_attention(*a, interpret=True, **kw))(q, k, v)
+        np.testing.assert_allclose(np.where(real, got, 0), np.where(real, want, 0), atol=2e-5, rtol=1e-5)
+        for name, g, w in zip("qkv", got_grads, want_grads):
+            np.testing.assert_allclose(g, w, atol=1e-4 * float(jnp.abs(w).max()), err_msg=f"{name} window {window}")

@@ -99,3 +99,41 @@ def test_model_flops_of_gemma2_2b_match_its_parameter_count():
     assert 4 * 2.55e9 < one_token < 4 * 2.7e9
     long = model_flops(config, 0, rows=1, seq_len=4096) / 4096
     assert long > one_token  # attention grows with the row
+
+
+@pytest.fixture(scope="module")
+def gemma3_build(tmp_path_factory):
+    """A small build made for Gemma 3 1B (--tokenizer gemma3) in rows of 4096 tokens."""
+    out = tmp_path_factory.mktemp("plan3") / "build"
+    assert tzc_data_main(["build", "--source", "synthetic", "--range", "0:300", "--out", str(out), "--tokenizer",
+                          "gemma3", "--seq-len", "4096", "--no-near-dup", "--no-progress"]) == 0
+    return out
+
+
+def test_the_readme_settings_fit_a_v5e_8_for_gemma3_1b(gemma3_build, capsys):
+    """The whole 26-layer step at Gemma 3 1B shapes (262,144-row embedding, one key/value head; the
+    README's figures: 3.17 GiB a chip), compiled for the TPU; and a Gemma 3 build is refused for
+    Gemma 2 2B before anything compiles."""
+    assert main(["plan", "--model", "gemma3-1b", "--data", str(gemma3_build), "--epochs", "4", "--fast-compile",
+                 *README_SETTINGS]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("plan: gemma3-1b on v5e:2x4 (8 chips, mesh fsdp x tp = 2x4)")
+    assert "fits" in out and "DOES NOT FIT" not in out
+    peak = float(re.search(r"peak\s+([\d.]+) GiB of\s+16.00 GiB", out).group(1))
+    assert 1.0 < peak < 16.0
+    assert main(["plan", "--data", str(gemma3_build)]) == 2  # --model gemma2-2b, the default: a mistake, exit 2
+    err = capsys.readouterr().err
+    assert "was tokenized for Gemma 3" in err and "--model gemma2-2b reads Gemma 2's" in err
+
+
+def test_model_flops_of_gemma3_1b_match_its_parameter_count():
+    """Gemma 3 1B: 1.0e9 parameters, 0.30e9 of them the tied 262,144-row embedding; about 2.0 GFLOP a
+    token forward, against 5.2 for Gemma 2 2B; its attention over a 4096-token row costs less than
+    Gemma 2's (five layers in six see 512 keys)."""
+    from tzc_train import bases
+
+    gemma3, gemma2 = bases.real_config("gemma3-1b"), bases.real_config("gemma2-2b")
+    one_token = model_flops(gemma3, 0, rows=1, seq_len=1)
+    assert 4 * 0.98e9 < one_token < 4 * 1.02e9
+    attention = lambda c: model_flops(c, 0, rows=1, seq_len=4096) - 4096 * model_flops(c, 0, rows=1, seq_len=1)  # noqa: E731
+    assert attention(gemma3) < attention(gemma2) / 3
