@@ -382,7 +382,8 @@ def plan(config: PlanConfig) -> Plan:
     seq_len = config.seq_len or manifest["config"]["seq_len"]
     kind = config.topology.split(":")[0]
     hbm, peak = CHIPS[kind]
-    shapes = [config.mesh] if config.mesh else layout_candidates(config, manifest["tokenizer"]["vocab_size"])
+    chips = topology_mesh(config.topology, None).devices.size  # PlanError for a topology it cannot describe
+    shapes = [config.mesh] if config.mesh else layout_candidates(config, manifest["tokenizer"]["vocab_size"], chips)
     compiled: dict[tuple[int, int], tuple[Layout, dict[str, Any] | None]] = {}
     for shape in shapes:
         mesh = topology_mesh(config.topology, shape)
@@ -445,18 +446,15 @@ def session_overheads(config: PlanConfig, parts: dict[str, Any], steps: int, seq
     return {"loading": LOAD_SECONDS, "compiling": parts["compile_seconds"], "evals": evals, "save": SAVE_RESERVE_S}
 
 
-def layout_candidates(config: PlanConfig, vocab_size: int) -> list[tuple[int, int]]:
-    """The (fsdp, tp) splits of the topology's chips that the model's heads, key/value heads and MLP
-    width divide by ``tp`` and the batch divides by ``fsdp``, widest ``fsdp`` first."""
-    from tunix.models.gemma import model as gemma_lib
-
-    from tzc_train.model import tiny_config
-
-    chips = math.prod(int(n) for n in config.topology.split(":")[1].lower().split("x")) if ":" in config.topology else 0
-    model = tiny_config(vocab_size) if config.model == "tiny" else gemma_lib.ModelConfig.gemma2_2b_it()
+def layout_candidates(config: PlanConfig, vocab_size: int, chips: int) -> list[tuple[int, int]]:
+    """The (fsdp, tp) splits of the topology's chips that the model's query heads, key/value heads (one
+    head is replicated) and MLP width divide by ``tp`` and the batch divides by ``fsdp``, widest
+    ``fsdp`` first."""
+    base = bases.base(config.model)
+    model = bases.tiny_config(base.family, vocab_size) if base.tiny else bases.real_config(config.model)
     shapes = [(chips // tp, tp) for tp in range(1, chips + 1) if chips % tp == 0
-              and model.num_heads % tp == 0 and model.num_kv_heads % tp == 0 and model.hidden_dim % tp == 0
-              and config.batch_size % (chips // tp) == 0]
+              and model.num_heads % tp == 0 and (model.num_kv_heads % tp == 0 or model.num_kv_heads == 1)
+              and model.hidden_dim % tp == 0 and config.batch_size % (chips // tp) == 0]
     if not shapes:
         raise PlanError(f"--batch-size {config.batch_size} does not divide over the fsdp axis of any fsdp x tp split "
                         f"of {config.topology}: give a batch size the chips divide, or --mesh")

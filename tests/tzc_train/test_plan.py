@@ -50,7 +50,7 @@ def test_every_layout_is_compiled_and_the_cheapest_that_fits_is_chosen(build, ca
     from tzc_train.plan import layout_candidates
 
     config = PlanConfig(data=str(build), model="tiny", batch_size=8, steps=100, fast_compile=True)
-    assert layout_candidates(config, 600) == [(8, 1), (4, 2), (2, 4)]
+    assert layout_candidates(config, 600, 8) == [(8, 1), (4, 2), (2, 4)]
     result = plan(config)
     assert [lay.name for lay in result.layouts] == ["8x1", "4x2", "2x4"]
     assert all(lay.peak_bytes and lay.xla_flops > 0 and lay.seconds_per_step > 0 for lay in result.layouts)
@@ -115,7 +115,7 @@ def test_the_readme_settings_fit_a_v5e_8_for_gemma3_1b(gemma3_build, capsys):
     README's figures: 3.17 GiB a chip), compiled for the TPU; and a Gemma 3 build is refused for
     Gemma 2 2B before anything compiles."""
     assert main(["plan", "--model", "gemma3-1b", "--data", str(gemma3_build), "--epochs", "4", "--fast-compile",
-                 *README_SETTINGS]) == 0
+                 "--mesh", "2x4", *README_SETTINGS]) == 0
     out = capsys.readouterr().out
     assert out.startswith("plan: gemma3-1b on v5e:2x4 (8 chips, mesh fsdp x tp = 2x4)")
     assert "fits" in out and "DOES NOT FIT" not in out
