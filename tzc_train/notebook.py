@@ -31,7 +31,8 @@ from tzc_train.session import read_summary
 # tzc is not on PyPI (a different "tzc" is): the notebook installs the wheel attached as a Kaggle dataset
 # (`python -m pip wheel --no-deps . -w dist`), or any pip argument the user names.
 DEFAULT_PACKAGE = f"/kaggle/input/tzc/tzc-{tzc_data.__version__}-py3-none-any.whl[train]"
-KAGGLE_WEIGHTS = "google/gemma-2/flax/gemma2-2b-it"
+# The base's Flax weights on Kaggle, by family (tzc_train.bases): a folder of that name holds the checkpoint.
+KAGGLE_WEIGHTS = {"gemma2": "google/gemma-2/flax/gemma2-2b-it", "gemma3": "google/gemma-3/flax/gemma3-1b-it"}
 # Options of tzc_run.json the notebook sets itself, from where it runs.
 _SET_HERE = ("data", "out", "weights", "resume", "time_limit", "mesh")
 
@@ -81,7 +82,7 @@ def cells(facts: dict[str, Any]) -> list[dict[str, Any]]:
         _cell("markdown", _title(facts)),
         _cell("markdown", "## Your overall training and evaluation strategy\n\n" + strategy(facts)),
         _cell("markdown", "## How your finetuning dataset is created\n\n" + dataset(facts)),
-        _cell("markdown", "## Your Tunix finetuning code\n\nInstruction-tuned Gemma 2 2B, LoRA SFT with tunix "
+        _cell("markdown", f"## Your Tunix finetuning code\n\n{_base(facts).title}, LoRA SFT with tunix "
                           "through tzc's trainer. Every value in the next cell may be changed; a test runs this "
                           "notebook small on CPU by replacing them."),
         _cell("code", parameters(facts), tags=["parameters"]),
@@ -104,9 +105,15 @@ def cells(facts: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _title(facts: dict[str, Any]) -> str:
     day = datetime.date.today().isoformat()
-    return (f"# Gemma 2 2B-IT taught to reason: LoRA SFT on packed, verified GlaiveAI traces\n\n"
+    return (f"# {_base(facts).title} taught to reason: LoRA SFT on packed, verified GlaiveAI traces\n\n"
             f"Written by `tzc-train notebook` on {day} from the run `{os.path.basename(os.path.abspath(facts['run']))}` "
             f"(tzc {tzc_data.__version__}). Output format: `<reasoning>…</reasoning><answer>…</answer>`.")
+
+
+def _base(facts: dict[str, Any]) -> Any:
+    from tzc_train.bases import base
+
+    return base(facts["config"].model)
 
 
 def strategy(facts: dict[str, Any]) -> str:
@@ -197,8 +204,8 @@ BUILD_ATTACHED = None  # a finished tzc build attached to the notebook (/kaggle/
 BUILD_DIR = os.path.join(WORK, "data")  # otherwise the data is built here, with the run's options:
 BUILD_OPTIONS = {_literal(build_options)}
 CKPT_DIR = os.path.join(WORK, "ckpt")  # the run folder: checkpoints in CKPT_DIR/actor/<step>/model_params
-MODEL_WEIGHTS = None  # the base's weights; None: the Kaggle model below (Flax), for Gemma 2 2B-IT
-KAGGLE_WEIGHTS = {KAGGLE_WEIGHTS!r}
+MODEL_WEIGHTS = None  # the base's weights; None: the Kaggle model below (Flax), for {_base(facts).title}
+KAGGLE_WEIGHTS = {KAGGLE_WEIGHTS[_base(facts).family]!r}
 TRAIN_OPTIONS = {_literal(train_options)}
 SESSION_HOURS = 9.0  # a Kaggle TPU session
 KEEP_MINUTES = 15.0  # kept free after training: saving, defining the judges' names
@@ -291,7 +298,9 @@ print(f"{DATA}: {manifest['counts']['kept']:,} examples in {manifest['packing'][
 _TRAIN = '''# Training: the run's options, into CKPT_DIR; stops with a checkpoint in time, and a re-run continues it.
 from tzc_train.train import TrainConfig, train
 
-if MODEL_WEIGHTS is None and TRAIN_OPTIONS["model"] != "tiny":
+from tzc_train.bases import base
+
+if MODEL_WEIGHTS is None and not base(TRAIN_OPTIONS["model"]).tiny:
     import kagglehub
 
     _downloaded = kagglehub.model_download(KAGGLE_WEIGHTS)  # its checkpoint folder and tokenizer.model
@@ -317,7 +326,7 @@ if PROMPT_TEMPLATE != _names["PROMPT_TEMPLATE"]:
 _UNRESTRICTED_TEXT = '''## [Optional 15pts] unrestricted mode
 
 The unrestricted-mode model is the LoRA parameters as an orbax checkpoint, the files the judges restore
-into the same `lora_policy` (same Gemma 2 2B base): `tzc-train export` writes them to `OUT/kaggle/`.
+into the same `lora_policy` (the same base model): `tzc-train export` writes them to `OUT/kaggle/`.
 
 ```python
 # after the run (any number of sessions: `--resume`, or `--init-lora` for a continuation run):

@@ -100,12 +100,13 @@ nnx.update(lora_policy, jax.tree.map(jnp.zeros_like, nnx.state(lora_policy, nnx.
 '''
 
 
-@pytest.fixture(scope="module")
-def submission(tmp_path_factory, tiny_model_path):
-    """A run's options (tiny model, bfloat16, the tiny tokenizer's build), the notebook written from
-    them, run headless with its parameters pointed at a temporary folder, followed by the judges'
-    cells for both modes; and the export the unrestricted mode uploads."""
-    root = tmp_path_factory.mktemp("kaggle")
+@pytest.fixture(scope="module", params=["tiny", "tiny-gemma3"])
+def submission(request, tmp_path_factory, tiny_model_path):
+    """A run's options (a tiny Gemma 2 or Gemma 3, bfloat16, the tiny tokenizer's build), the notebook
+    written from them, run headless with its parameters pointed at a temporary folder, followed by the
+    judges' cells for both modes; and the export the unrestricted mode uploads."""
+    model = request.param
+    root = tmp_path_factory.mktemp(f"kaggle-{model}")
     rows = [(f"What is {i} mod 17?", f"<think>{i} = 17 x {i // 17} + {i % 17}.</think>The answer is {i % 17}.")
             for i in range(300)]
     source = root / "rows.jsonl"
@@ -115,7 +116,7 @@ def submission(tmp_path_factory, tiny_model_path):
                           tiny_model_path, "--seq-len", "128", "--system", SYSTEM, "--eval-fraction", "0.05",
                           "--no-near-dup", "--no-progress"]) == 0
     run = root / "planned"
-    write_run_config(TrainConfig(data=str(build), out=str(run), model="tiny", dtype="bfloat16", steps=40, batch_size=8,
+    write_run_config(TrainConfig(data=str(build), out=str(run), model=model, dtype="bfloat16", steps=40, batch_size=8,
                                  lr=1e-2, lora_rank=8, lora_alpha=8.0, warmup_steps=2, save_every=20, eval_rows=0))
     path = root / "submission.ipynb"
     assert write_notebook(str(run), str(path), package=str(root)) == str(path)
@@ -134,7 +135,7 @@ def submission(tmp_path_factory, tiny_model_path):
         JUDGES_RESTORE_AND_DECODE, _dump("unrestricted"))]
     NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(root)}}).execute()
     nbformat.write(notebook, root / "executed.ipynb")
-    return {"root": root, "work": work, "notebook": notebook, "export": export}
+    return {"root": root, "work": work, "notebook": notebook, "export": export, "model": model}
 
 
 def _adapters(path) -> dict[str, np.ndarray]:
@@ -194,8 +195,11 @@ def test_the_judges_greedy_completions_equal_tzc_train_eval(submission, tmp_path
 
 
 def test_the_notebook_fills_the_template_and_defines_the_judges_names(submission):
+    from tzc_train.bases import base
+
     cells = submission["notebook"].cells
     text = "\n".join(c.source for c in cells)
+    assert text.startswith(f"# {base(submission['model']).title} taught to reason")
     for heading in ("## Your overall training and evaluation strategy", "## How your finetuning dataset is created",
                     "## Your Tunix finetuning code", "## [Optional 15pts] unrestricted mode",
                     "## Other things you want the judges to know"):
@@ -211,17 +215,20 @@ def test_the_notebook_fills_the_template_and_defines_the_judges_names(submission
     assert f"PROMPT_TEMPLATE = {template!r}" in text
 
 
-def test_prompt_template_is_the_training_prefix_on_every_shared_prompt(gemma_tokenizer):
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_prompt_template_is_the_training_prefix_on_every_shared_prompt(family, request):
     """[<bos>] + SentencePiece(PROMPT_TEMPLATE.format(question=q)), as tunix's Sampler.tokenize encodes
-    the judges' prompt, is token for token the prefix tzc trains on, for every prompt in ../shared/data."""
+    the judges' prompt, is token for token the prefix tzc trains on, for every prompt in ../shared/data,
+    with Gemma 2's and Gemma 3's real tokenizers."""
     from conftest import SHARED, read_jsonl
 
+    tokenizer = request.getfixturevalue("gemma_tokenizer" if family == "gemma2" else "gemma3_tokenizer")
     template = prompt_template(DEFAULT_SYSTEM)
     prompts = [row["prompt"] for name in sorted(p.name for p in SHARED.glob("*.jsonl")) for row in read_jsonl(name)]
     assert len(prompts) > 400
     for prompt in prompts:
-        judged = [gemma_tokenizer.bos] + gemma_tokenizer.sp.encode(template.format(question=prompt.strip()))
-        assert judged == gemma_tokenizer.encode_prompt(prompt), prompt[:80]
+        judged = [tokenizer.bos] + tokenizer.sp.encode(template.format(question=prompt.strip()))
+        assert judged == tokenizer.encode_prompt(prompt), prompt[:80]
 
 
 def test_budgets_follow_the_build(submission):
