@@ -1,5 +1,6 @@
 """Reading builds back: Grain, batches, numpy, PyTorch, Hugging Face, Parquet export."""
 
+import os
 import re
 
 import numpy as np
@@ -172,6 +173,71 @@ def test_the_loaders_read_the_manifests_shards_entries(small_build, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(OutputError, match=r"splits\['eval'\] is \[.*\], but the shards of split 'eval' are"):
         tzc_data.load(out, "eval")
+
+
+def _damaged_copies(build, root):
+    """Copies of ``build``: a truncated shard, a flipped byte in a shard, a manifest whose seq_len
+    is not the shards' (each a one-line OutputError naming the shard, never Riegeli's RuntimeError)."""
+    import json
+    import shutil
+
+    copies = {}
+    for name in ("truncated", "flipped", "seq_len"):
+        copies[name] = root / name
+        shutil.copytree(build, copies[name])
+    shard = sorted((copies["truncated"] / "shards").glob("train-00000-*"))[0].name
+    with open(copies["truncated"] / "shards" / shard, "r+b") as handle:
+        handle.truncate(os.path.getsize(handle.name) // 2)
+    with open(copies["flipped"] / "shards" / shard, "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    manifest = json.loads((copies["seq_len"] / "manifest.json").read_text())
+    manifest["config"]["seq_len"] = 10**12
+    (copies["seq_len"] / "manifest.json").write_text(json.dumps(manifest))
+    return copies, shard
+
+
+def test_a_damaged_shard_is_one_line_naming_it_from_the_loaders_and_the_cli(small_build, tmp_path, tiny_model_path,
+                                                                             capsys):
+    from tzc_data.cli import main
+
+    copies, shard = _damaged_copies(small_build[0], tmp_path)
+    for name, out in copies.items():
+        named = re.escape(shard) if name != "seq_len" else r"train-\d+-of-\d+\.array_record"  # every shard differs
+        what = f"shard {re.escape(str(out / 'shards'))}/{named}: .*tzc-data verify {re.escape(str(out))}"
+        for read in (lambda: tzc_data.load(out)[0], lambda: list(tzc_data.iter_rows(out)),
+                     lambda: list(tzc_data.batches(out, 2, seed=0, num_epochs=1))):
+            with pytest.raises(OutputError, match=what):
+                read()
+        for argv in (["inspect", str(out), "--row", "0", "--tokenizer", tiny_model_path],
+                     ["export", str(out), "-o", str(tmp_path / f"{name}.parquet")]):
+            capsys.readouterr()
+            assert main(argv) == 2, (name, argv)
+            err = capsys.readouterr().err
+            assert re.fullmatch(f"tzc-data: error: {what} says what else is wrong\n", err), err
+        assert not (tmp_path / f"{name}.parquet").exists()
+
+
+def test_a_stats_file_swapped_for_another_is_refused_naming_it(small_build, tmp_path, capsys):
+    import hashlib
+    import json
+    import shutil
+
+    from tzc_data.cli import main
+
+    out = tmp_path / "b"
+    shutil.copytree(small_build[0], out)
+    shutil.copyfile(out / "stats/packs.parquet", out / "stats/records.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["stats"]["stats/records.parquet"]["sha256"] = hashlib.sha256(
+        (out / "stats/records.parquet").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["explain", str(out), "--reason", "too_long"]) == 2
+    assert capsys.readouterr().err == (f"tzc-data: error: {out}/stats/records.parquet has no column row, status, "
+                                       f"detail: it is not the build's stats/records.parquet; tzc-data verify {out} "
+                                       "says what else is wrong\n")
 
 
 # ---------------------------------------------------------------------------------------------
