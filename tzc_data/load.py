@@ -404,12 +404,23 @@ Builds = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 def _as_builds(directory: Builds) -> list[str]:
     """One build (a path) or several (a list or tuple of paths), as a list of paths."""
     if isinstance(directory, (str, os.PathLike)):
-        return [os.fspath(directory)]
+        return [utf8_path(os.fspath(directory))]
     if not isinstance(directory, Sequence) or not all(isinstance(d, (str, os.PathLike)) for d in directory):
         raise TypeError(f"a build is a path, and a mixture a list of paths; got {type(directory).__name__}")
     if not directory:
         raise ConfigError("no builds given: a mixture needs at least one")
-    return [os.fspath(d) for d in directory]
+    return [utf8_path(os.fspath(d)) for d in directory]
+
+
+def utf8_path(path: str, what: str = "build") -> str:
+    """``path`` as it is, or :class:`ConfigError` when it holds bytes that are not UTF-8 (surrogate
+    escapes): the shard reader takes only UTF-8 paths, and a build records its paths as text."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = repr(path.encode("utf-8", "surrogateescape"))[1:]
+        raise ConfigError(f"{what} {shown} is not valid UTF-8: paths must be valid UTF-8") from None
+    return path
 
 
 def _check_weights(builds: Sequence[str], weights: Sequence[float] | None) -> list[float] | None:

@@ -41,7 +41,7 @@ from tzc_data import format as fmt
 from tzc_data.dedupe import prompt_hash, split_of
 from tzc_data.errors import TzcError
 from tzc_data.files import stray_entry
-from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json
+from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json, utf8_path
 from tzc_data.minhash import RECORD as NEAR_RECORD
 from tzc_data.minhash import NearDupIndex, fingerprint
 from tzc_data.pack import check_row, decode_row
@@ -68,7 +68,7 @@ def verify(builds: Sequence[str], tokenizers: Sequence[str] = ()) -> list[str]:
     cache: dict[str, Tokenizer] = {}
     for build in builds:
         try:
-            manifest = read_manifest_json(build)
+            manifest = read_manifest_json(utf8_path(build))
         except TzcError as err:
             problems.append(f"{build}: {err}")
             continue
@@ -863,7 +863,7 @@ def check_decontaminated(builds: Sequence[str], benchmarks: Sequence[str], token
     indexes: dict[int, Any] = {}
     for build in builds:
         try:
-            manifest = read_manifest_json(build)
+            manifest = read_manifest_json(utf8_path(build))
             if check_manifest(build, manifest):
                 continue  # verify has named what is wrong with it
             tokenizer = _tokenizer(manifest, tokenizers, cache)

@@ -240,6 +240,23 @@ def test_a_stats_file_swapped_for_another_is_refused_naming_it(small_build, tmp_
                                        "says what else is wrong\n")
 
 
+def test_a_build_path_that_is_not_utf8_is_refused_by_the_loaders_and_verify(small_build, tmp_path):
+    """The shard reader takes only UTF-8 paths (it raised its own TypeError), and verify read such a
+    build as damaged: both refuse it, naming the path."""
+    import shutil
+
+    from tzc_data.errors import ConfigError
+    from tzc_data.verify import verify
+
+    bad = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"b\xff"))
+    shutil.copytree(small_build[0], bad)
+    for read in (lambda: tzc_data.load(bad), lambda: tzc_data.mixture([bad, str(small_build[0])]),
+                 lambda: list(tzc_data.batches(bad, 2, seed=0, num_epochs=1))):
+        with pytest.raises(ConfigError, match=r"build '.*b\\xff' is not valid UTF-8: paths must be valid UTF-8"):
+            read()
+    assert verify([bad]) == [f"{bad}: build '{tmp_path}/b\\xff' is not valid UTF-8: paths must be valid UTF-8"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Mixtures
 
