@@ -665,5 +665,9 @@ def hf_dataset(directory: str | os.PathLike, split: str = "train", *, cache_dir:
     folder = cache_dir or tempfile.mkdtemp(prefix="tzc-hf-")
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, f"{split}.parquet")
-    export_parquet(directory, target, split, overwrite=True)  # the export this cache holds
+    if export_parquet(directory, target, split, overwrite=True) == 0:  # the export this cache holds
+        import pyarrow.parquet as pq
+
+        # an empty split loads empty, with the same features (from_parquet refuses a file of no rows)
+        return datasets.Dataset(datasets.table.InMemoryTable(pq.read_table(target)))
     return datasets.Dataset.from_parquet(target, cache_dir=cache_dir)

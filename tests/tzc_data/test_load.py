@@ -151,6 +151,8 @@ def test_a_split_without_rows_loads_empty_and_says_so_where_it_cannot_be(empty_s
         target = tmp_path / f"{out.name}.parquet"
         assert main(["export", str(out), "--split", split, "-o", str(target)]) == 0
         assert pq.read_table(target).num_rows == 0
+        empty = tzc_data.hf_dataset(out, split, cache_dir=str(tmp_path / f"hf-{out.name}"))
+        assert len(empty) == 0 and list(empty.features) == list(FIELDS)
         capsys.readouterr()
         assert main(["inspect", str(out), "--split", split, "--row", "0", "--tokenizer", tiny_model_path]) == 2
         assert capsys.readouterr().err == f"tzc-data: error: split '{split}' of {out} has no packed rows\n"
