@@ -525,6 +525,28 @@ class Template:
         return "".join(out)
 
 
+def _check_config(build: str, config: dict[str, Any], start: int, stop: int,
+                  records: RecordTotals | None) -> list[str]:
+    """The recorded options the data can contradict: the range the build read and --max-tokens
+    (no kept example is longer; unreadable stats are a problem of their own)."""
+    problems = []
+    if (config.get("start", start), config.get("stop", stop)) != (start, stop):
+        problems.append(f"{build}: config records the range {config.get('start')}:{config.get('stop')}, the "
+                        f"manifest's range is {start}:{stop}")
+    limit = config.get("max_tokens")
+    if "max_tokens" in config and not (_is_count(limit) and 1 <= limit <= config["seq_len"]):
+        problems.append(f"{build}: config.max_tokens {json.dumps(limit)[:40]} is not a token count from 1 to "
+                        f"config.seq_len ({config['seq_len']})")
+    elif limit is not None and records is not None and records.longest > limit:  # None: a problem said why
+        problems.append(f"{build}: a kept example of {RECORDS} holds {records.longest} tokens, more than "
+                        f"config.max_tokens {limit}")
+    return problems
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # ---------------------------------------------------------------------------------------------
 # stats/records.parquet
 
@@ -543,6 +565,7 @@ class RecordTotals:
     by_split: Counter = field(default_factory=Counter)  # kept examples per split
     tokens_by_split: Counter = field(default_factory=Counter)
     unique_hashes: int | None = None
+    longest: int = 0  # tokens of the longest kept example
 
 
 def check_records(build: str, manifest: dict[str, Any], layout: Layout, packs: Packs | None,
@@ -632,6 +655,7 @@ def _check_batch(where: str, batch: pa.RecordBatch, next_row: int, manifest: dic
         return next_row + n
     kept_hashes.append(found_kept.hashes)
     totals.tokens += int(found_kept.tokens.sum())
+    totals.longest = max(totals.longest, int(found_kept.tokens.max()))
     totals.loss_tokens += int(found_kept.loss.sum())
     for k, row in enumerate(found_kept.row.tolist()):
         split = found_kept.split[k]
@@ -741,6 +765,7 @@ def check_counts(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
     differ("by_status adds up to", sum(counts["by_status"].values()), counts["read"])
     differ("by_status counts kept:", counts["by_status"].get("kept", 0), counts["kept"])
     differ("config.seq_len is", config["seq_len"], packing["seq_len"])
+    problems += _check_config(build, config, start, stop, records)
     if manifest.get("record_layout") != json.loads(json.dumps(record_layout(config["seq_len"]))):
         problems.append(f"{build} {MANIFEST}: record_layout does not describe rows of seq_len {config['seq_len']} "
                         "as this tzc writes them")
