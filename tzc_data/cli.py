@@ -13,7 +13,7 @@ from typing import Any
 from tzc_data import __version__
 from tzc_data import format as fmt
 from tzc_data.config import COMPRESSIONS, ENGINES, BuildConfig, parse_range
-from tzc_data.errors import TzcError
+from tzc_data.errors import ConfigError, TzcError
 from tzc_data.record import KEPT, REASONS
 
 
@@ -413,6 +413,27 @@ def _joined_ranges(argv: list[str]) -> list[str]:
     return joined
 
 
+def _check_utf8(command: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, before anything is read or written, an argument holding bytes that are not UTF-8
+    (Python hands them over as surrogate escapes): the manifest, the stats and the template record
+    paths and text as UTF-8, so such a value would fail half way through a build, or be misread."""
+    for action in command._actions:  # noqa: SLF001 - argparse keeps no public list of a parser's arguments
+        value = getattr(args, action.dest, None)
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(text, str) and not _is_utf8(text):
+                name = max(action.option_strings, key=len, default=None) or action.metavar or action.dest
+                shown = repr(text.encode("utf-8", "surrogateescape"))[1:]  # the bytes, escaped: b'\xff' as '\xff'
+                raise ConfigError(f"{name} {shown} is not valid UTF-8: text options and paths must be valid UTF-8")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _arrow_allocator() -> None:
     """The system allocator for Arrow in a ``tzc-data`` process and the worker processes it spawns.
 
@@ -437,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     _look_parsers(sub)
     args = parser.parse_args(_joined_ranges(sys.argv[1:] if argv is None else argv))
     try:
+        _check_utf8(sub.choices[args.command], args)
         return args.run(args)
     except TzcError as err:
         print(f"tzc-data: error: {err}", file=sys.stderr)

@@ -89,6 +89,8 @@ class BuildConfig:
             raise ConfigError("--out is empty (an unset shell variable?): give the output directory")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            for text in value if isinstance(value, (tuple, list)) else (value,):
+                _check_utf8(field.name, text)
             if field.type in (float, "float") and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)  # 0 and 0.0 are one option: the manifest records one spelling
                 object.__setattr__(self, field.name, value)
@@ -173,3 +175,15 @@ class BuildConfig:
         fields["decontaminate"] = list(self.decontaminate)
         fields["max_tokens"] = self.token_limit
         return fields
+
+
+def _check_utf8(name: str, value: Any) -> None:
+    """ConfigError for a text option holding bytes that are not UTF-8 (surrogate escapes, as
+    Python decodes such argv or file names): the manifest records every option as UTF-8 text."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = repr(value.encode("utf-8", "surrogateescape"))[1:]
+            raise ConfigError(f"--{name.replace('_', '-')} {shown} is not valid UTF-8: text options and paths "
+                              "must be valid UTF-8") from None

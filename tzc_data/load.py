@@ -222,6 +222,9 @@ def shard_entries(manifest: dict[str, Any], split: str) -> list[dict[str, Any]]:
 
 
 RECORDS, PACKS = "stats/records.parquet", "stats/packs.parquet"
+# The columns a reader of the whole file relies on (explain, inspect): another file in its place is refused.
+_NEEDED = {RECORDS: ("row", "status", "detail"), PACKS: ("split", "shard", "index", "rows"),
+           "rejected/rejected.parquet": ("row",)}
 
 
 def read_stats(directory: str | os.PathLike, name: str, columns: list[str] | None = None, *,
@@ -243,7 +246,12 @@ def read_stats(directory: str | os.PathLike, name: str, columns: list[str] | Non
         if sha256_file(path) != manifest["stats"][name]["sha256"]:
             raise OutputError(f"{path} does not match the sha256 in the manifest: the build was changed or "
                               f"damaged (tzc-data verify {directory})")
-        return pl.read_parquet(path, columns=columns)
+        frame = pl.read_parquet(path, columns=columns)
+        missing = [c for c in _NEEDED.get(name, ()) if c not in frame.columns and columns is None]
+        if missing:
+            raise OutputError(f"{path} has no column {', '.join(missing)}: it is not the build's {name}; "
+                              f"tzc-data verify {directory} says what else is wrong")
+        return frame
     except OutputError:
         raise
     except Exception as err:  # pyarrow/polars raise their own error types on damaged files
@@ -403,12 +411,23 @@ Builds = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 def _as_builds(directory: Builds) -> list[str]:
     """One build (a path) or several (a list or tuple of paths), as a list of paths."""
     if isinstance(directory, (str, os.PathLike)):
-        return [os.fspath(directory)]
+        return [utf8_path(os.fspath(directory))]
     if not isinstance(directory, Sequence) or not all(isinstance(d, (str, os.PathLike)) for d in directory):
         raise TypeError(f"a build is a path, and a mixture a list of paths; got {type(directory).__name__}")
     if not directory:
         raise ConfigError("no builds given: a mixture needs at least one")
-    return [os.fspath(d) for d in directory]
+    return [utf8_path(os.fspath(d)) for d in directory]
+
+
+def utf8_path(path: str, what: str = "build") -> str:
+    """``path`` as it is, or :class:`ConfigError` when it holds bytes that are not UTF-8 (surrogate
+    escapes): the shard reader takes only UTF-8 paths, and a build records its paths as text."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = repr(path.encode("utf-8", "surrogateescape"))[1:]
+        raise ConfigError(f"{what} {shown} is not valid UTF-8: paths must be valid UTF-8") from None
+    return path
 
 
 def _check_weights(builds: Sequence[str], weights: Sequence[float] | None) -> list[float] | None:
@@ -521,10 +540,55 @@ def _records(directory: str | os.PathLike, split: str, manifest: dict[str, Any] 
     list ``verify`` checks; a split without packed rows gives an empty dataset."""
     grain = _grain()
     manifest = read_manifest(directory) if manifest is None else manifest
-    paths = shard_paths(directory, split, manifest)
+    paths, seq_len = shard_paths(directory, split, manifest), manifest["config"]["seq_len"]
     if not paths:
-        return grain.MapDataset.source([]), manifest["config"]["seq_len"]
-    return grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths)), manifest["config"]["seq_len"]
+        return grain.MapDataset.source([]), seq_len
+    return grain.MapDataset.source(_ShardRecords(os.fspath(directory), paths, seq_len)), seq_len
+
+
+class _ShardRecords:
+    """The records of a split's shards, in order, as a Grain data source (``len`` and random access).
+
+    A shard Riegeli cannot open or read (truncated, a flipped byte) or a record that is not one
+    packed row of the manifest's seq_len raises :class:`OutputError` naming the shard and record
+    and pointing at ``tzc-data verify``, never the reader's raw RuntimeError."""
+
+    def __init__(self, directory: str, paths: list[str], seq_len: int):
+        from bisect import bisect_right
+
+        from tzc_data.pack import DTYPE, FIELDS
+
+        self.directory, self.paths, self.row_bytes = directory, paths, len(FIELDS) * seq_len * DTYPE.itemsize
+        self.seq_len, self._bisect = seq_len, bisect_right
+        self.sources, self.starts = [], [0]
+        for path in paths:
+            try:
+                self.sources.append(_grain().sources.ArrayRecordDataSource([path]))
+            except Exception as err:  # noqa: BLE001 - Riegeli raises RuntimeError (and others) on damaged files
+                raise self._damaged(path, "cannot be opened", err) from None
+            self.starts.append(self.starts[-1] + len(self.sources[-1]))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def __getitem__(self, index: int) -> bytes:
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        shard = self._bisect(self.starts, index) - 1
+        at = index - self.starts[shard]
+        try:
+            record = self.sources[shard][at]
+        except Exception as err:  # noqa: BLE001 - as above
+            raise self._damaged(self.paths[shard], f"record {at} cannot be read", err) from None
+        if len(record) != self.row_bytes:
+            raise self._damaged(self.paths[shard], f"record {at} has {len(record)} bytes, not the "
+                                f"{self.row_bytes} of a row of seq_len {self.seq_len}", None)
+        return record
+
+    def _damaged(self, path: str, what: str, err: BaseException | None) -> OutputError:
+        cause = f" ({_first_line(err)})" if err is not None else ""
+        return OutputError(f"shard {path}: {what}{cause}: the build is damaged or was changed; "
+                           f"tzc-data verify {self.directory} says what else is wrong")
 
 
 def shard_paths(directory: str | os.PathLike, split: str = "train",
@@ -607,5 +671,9 @@ def hf_dataset(directory: str | os.PathLike, split: str = "train", *, cache_dir:
     folder = cache_dir or tempfile.mkdtemp(prefix="tzc-hf-")
     os.makedirs(folder, exist_ok=True)
     target = os.path.join(folder, f"{split}.parquet")
-    export_parquet(directory, target, split, overwrite=True)  # the export this cache holds
+    if export_parquet(directory, target, split, overwrite=True) == 0:  # the export this cache holds
+        import pyarrow.parquet as pq
+
+        # an empty split loads empty, with the same features (from_parquet refuses a file of no rows)
+        return datasets.Dataset(datasets.table.InMemoryTable(pq.read_table(target)))
     return datasets.Dataset.from_parquet(target, cache_dir=cache_dir)

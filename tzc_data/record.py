@@ -15,7 +15,7 @@ KEPT = "kept"
 
 # reason -> (what it means, the option that controls it). The guardrail and the README use this.
 REASONS: dict[str, tuple[str, str]] = {
-    "malformed": ("missing/null/non-string field, invalid UTF-8 or an undecodable line", "fix the source"),
+    "malformed": ("missing/null/non-string field, invalid UTF-8 or an undecodable line", "none (fix the source)"),
     "format_mismatch": ("the row does not fit --format (an OpenO1 output without <Thought>, two user turns…)",
                         "--format"),
     "unterminated_think": ("the response has no </think>: cut at the generation limit", "none (never trainable)"),

@@ -191,6 +191,9 @@ def _difference(found: Any, record: dict[str, Any]) -> str:
     if key.startswith("excluded["):
         path = record["identity"]["excluded"][int(key[len("excluded["):].split("]")[0])]["path"]
         return f"--exclude {path} changed since (it was rebuilt: its prompt hashes or near-dup keys differ)"
+    if key == "config.max_tokens" and identity.get("config", {}).get("seq_len") != record["identity"]["config"].get(
+            "seq_len"):  # --max-tokens defaults to --seq-len, and sorts first: name the option that changed
+        key, before, now = "config.seq_len", identity["config"].get("seq_len"), record["identity"]["config"]["seq_len"]
     if key.startswith("config.") and key.count(".") == 1 and "[" not in key:
         key = "--" + key.removeprefix("config.").replace("_", "-")  # the option, as the user wrote it
     return f"{key} was {before!r}, now {now!r}"

@@ -41,7 +41,7 @@ from tzc_data import format as fmt
 from tzc_data.dedupe import prompt_hash, split_of
 from tzc_data.errors import TzcError
 from tzc_data.files import stray_entry
-from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json, tokenizer_label
+from tzc_data.load import PACKS, RECORDS, check_manifest, read_manifest_json, tokenizer_label, utf8_path
 from tzc_data.minhash import RECORD as NEAR_RECORD
 from tzc_data.minhash import NearDupIndex, fingerprint
 from tzc_data.pack import check_row, decode_row
@@ -68,7 +68,7 @@ def verify(builds: Sequence[str], tokenizers: Sequence[str] = ()) -> list[str]:
     cache: dict[str, Tokenizer] = {}
     for build in builds:
         try:
-            manifest = read_manifest_json(build)
+            manifest = read_manifest_json(utf8_path(build))
         except TzcError as err:
             problems.append(f"{build}: {err}")
             continue
@@ -526,6 +526,28 @@ class Template:
         return "".join(out)
 
 
+def _check_config(build: str, config: dict[str, Any], start: int, stop: int,
+                  records: RecordTotals | None) -> list[str]:
+    """The recorded options the data can contradict: the range the build read and --max-tokens
+    (no kept example is longer; unreadable stats are a problem of their own)."""
+    problems = []
+    if (config.get("start", start), config.get("stop", stop)) != (start, stop):
+        problems.append(f"{build}: config records the range {config.get('start')}:{config.get('stop')}, the "
+                        f"manifest's range is {start}:{stop}")
+    limit = config.get("max_tokens")
+    if "max_tokens" in config and not (_is_count(limit) and 1 <= limit <= config["seq_len"]):
+        problems.append(f"{build}: config.max_tokens {json.dumps(limit)[:40]} is not a token count from 1 to "
+                        f"config.seq_len ({config['seq_len']})")
+    elif limit is not None and records is not None and records.longest > limit:  # None: a problem said why
+        problems.append(f"{build}: a kept example of {RECORDS} holds {records.longest} tokens, more than "
+                        f"config.max_tokens {limit}")
+    return problems
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 # ---------------------------------------------------------------------------------------------
 # stats/records.parquet
 
@@ -544,6 +566,7 @@ class RecordTotals:
     by_split: Counter = field(default_factory=Counter)  # kept examples per split
     tokens_by_split: Counter = field(default_factory=Counter)
     unique_hashes: int | None = None
+    longest: int = 0  # tokens of the longest kept example
 
 
 def check_records(build: str, manifest: dict[str, Any], layout: Layout, packs: Packs | None,
@@ -633,6 +656,7 @@ def _check_batch(where: str, batch: pa.RecordBatch, next_row: int, manifest: dic
         return next_row + n
     kept_hashes.append(found_kept.hashes)
     totals.tokens += int(found_kept.tokens.sum())
+    totals.longest = max(totals.longest, int(found_kept.tokens.max()))
     totals.loss_tokens += int(found_kept.loss.sum())
     for k, row in enumerate(found_kept.row.tolist()):
         split = found_kept.split[k]
@@ -742,6 +766,7 @@ def check_counts(build: str, manifest: dict[str, Any], layout: Layout, packs: Pa
     differ("by_status adds up to", sum(counts["by_status"].values()), counts["read"])
     differ("by_status counts kept:", counts["by_status"].get("kept", 0), counts["kept"])
     differ("config.seq_len is", config["seq_len"], packing["seq_len"])
+    problems += _check_config(build, config, start, stop, records)
     if manifest.get("record_layout") != json.loads(json.dumps(record_layout(config["seq_len"]))):
         problems.append(f"{build} {MANIFEST}: record_layout does not describe rows of seq_len {config['seq_len']} "
                         "as this tzc writes them")
@@ -877,7 +902,7 @@ def check_decontaminated(builds: Sequence[str], benchmarks: Sequence[str], token
     indexes: dict[int, Any] = {}
     for build in builds:
         try:
-            manifest = read_manifest_json(build)
+            manifest = read_manifest_json(utf8_path(build))
             if check_manifest(build, manifest):
                 continue  # verify has named what is wrong with it
             tokenizer = _tokenizer(manifest, tokenizers, cache)

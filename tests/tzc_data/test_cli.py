@@ -84,3 +84,26 @@ def test_explain_takes_any_count_of_examples(tmp_path, capsys, tiny_model_path):
     text = capsys.readouterr().out
     kept = int(text.split(":")[1].split()[0].replace(",", ""))
     assert kept > 0 and text.count("\nrow ") == kept
+
+
+def test_arguments_that_are_not_utf8_are_refused_naming_the_option_before_anything_is_written(
+        tmp_path, capsys, monkeypatch, tiny_model_path):
+    """argv bytes that are not UTF-8 arrive as surrogate escapes: text options and paths holding them
+    are one line naming the option, and the build writes nothing (no staging folder to --resume)."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    bad = os.fsdecode(b"bad \xff byte")
+    build = ["build", "--source", "synthetic", "--range", "0:4", "--out", "out", "--tokenizer", tiny_model_path,
+             "--no-progress"]
+    cases = [(build + ["--system", bad], "--system"), (build + ["--revision", bad], "--revision"),
+             (build + ["--format", f"columns:prompt={bad},response=r"], "--format"),
+             (build[:6] + [bad] + build[7:], "--out"), (build + ["--exclude", bad], "--exclude"),
+             (build[:8] + [bad] + build[9:], "--tokenizer"), (["fuzz-format", "--system", bad], "--system"),
+             (["verify", bad], "DIR")]
+    for argv, option in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"tzc-data: error: {option} ") and err.count("\n") == 1, err
+        assert "'" + r"bad \xff byte" in err or r"prompt=bad \xff byte" in err, err
+        assert "must be valid UTF-8" in err and os.listdir(tmp_path) == [], (argv, os.listdir(tmp_path))

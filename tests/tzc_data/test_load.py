@@ -1,5 +1,6 @@
 """Reading builds back: Grain, batches, numpy, PyTorch, Hugging Face, Parquet export."""
 
+import os
 import re
 
 import numpy as np
@@ -150,6 +151,8 @@ def test_a_split_without_rows_loads_empty_and_says_so_where_it_cannot_be(empty_s
         target = tmp_path / f"{out.name}.parquet"
         assert main(["export", str(out), "--split", split, "-o", str(target)]) == 0
         assert pq.read_table(target).num_rows == 0
+        empty = tzc_data.hf_dataset(out, split, cache_dir=str(tmp_path / f"hf-{out.name}"))
+        assert len(empty) == 0 and list(empty.features) == list(FIELDS)
         capsys.readouterr()
         assert main(["inspect", str(out), "--split", split, "--row", "0", "--tokenizer", tiny_model_path]) == 2
         assert capsys.readouterr().err == f"tzc-data: error: split '{split}' of {out} has no packed rows\n"
@@ -172,6 +175,88 @@ def test_the_loaders_read_the_manifests_shards_entries(small_build, tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(OutputError, match=r"splits\['eval'\] is \[.*\], but the shards of split 'eval' are"):
         tzc_data.load(out, "eval")
+
+
+def _damaged_copies(build, root):
+    """Copies of ``build``: a truncated shard, a flipped byte in a shard, a manifest whose seq_len
+    is not the shards' (each a one-line OutputError naming the shard, never Riegeli's RuntimeError)."""
+    import json
+    import shutil
+
+    copies = {}
+    for name in ("truncated", "flipped", "seq_len"):
+        copies[name] = root / name
+        shutil.copytree(build, copies[name])
+    shard = sorted((copies["truncated"] / "shards").glob("train-00000-*"))[0].name
+    with open(copies["truncated"] / "shards" / shard, "r+b") as handle:
+        handle.truncate(os.path.getsize(handle.name) // 2)
+    with open(copies["flipped"] / "shards" / shard, "r+b") as handle:
+        handle.seek(5000)
+        byte = handle.read(1)
+        handle.seek(5000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    manifest = json.loads((copies["seq_len"] / "manifest.json").read_text())
+    manifest["config"]["seq_len"] = 10**12
+    (copies["seq_len"] / "manifest.json").write_text(json.dumps(manifest))
+    return copies, shard
+
+
+def test_a_damaged_shard_is_one_line_naming_it_from_the_loaders_and_the_cli(small_build, tmp_path, tiny_model_path,
+                                                                             capsys):
+    from tzc_data.cli import main
+
+    copies, shard = _damaged_copies(small_build[0], tmp_path)
+    for name, out in copies.items():
+        named = re.escape(shard) if name != "seq_len" else r"train-\d+-of-\d+\.array_record"  # every shard differs
+        what = f"shard {re.escape(str(out / 'shards'))}/{named}: .*tzc-data verify {re.escape(str(out))}"
+        for read in (lambda: tzc_data.load(out)[0], lambda: list(tzc_data.iter_rows(out)),
+                     lambda: list(tzc_data.batches(out, 2, seed=0, num_epochs=1))):
+            with pytest.raises(OutputError, match=what):
+                read()
+        for argv in (["inspect", str(out), "--row", "0", "--tokenizer", tiny_model_path],
+                     ["export", str(out), "-o", str(tmp_path / f"{name}.parquet")]):
+            capsys.readouterr()
+            assert main(argv) == 2, (name, argv)
+            err = capsys.readouterr().err
+            assert re.fullmatch(f"tzc-data: error: {what} says what else is wrong\n", err), err
+        assert not (tmp_path / f"{name}.parquet").exists()
+
+
+def test_a_stats_file_swapped_for_another_is_refused_naming_it(small_build, tmp_path, capsys):
+    import hashlib
+    import json
+    import shutil
+
+    from tzc_data.cli import main
+
+    out = tmp_path / "b"
+    shutil.copytree(small_build[0], out)
+    shutil.copyfile(out / "stats/packs.parquet", out / "stats/records.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["stats"]["stats/records.parquet"]["sha256"] = hashlib.sha256(
+        (out / "stats/records.parquet").read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["explain", str(out), "--reason", "too_long"]) == 2
+    assert capsys.readouterr().err == (f"tzc-data: error: {out}/stats/records.parquet has no column row, status, "
+                                       f"detail: it is not the build's stats/records.parquet; tzc-data verify {out} "
+                                       "says what else is wrong\n")
+
+
+def test_a_build_path_that_is_not_utf8_is_refused_by_the_loaders_and_verify(small_build, tmp_path):
+    """The shard reader takes only UTF-8 paths (it raised its own TypeError), and verify read such a
+    build as damaged: both refuse it, naming the path."""
+    import shutil
+
+    from tzc_data.errors import ConfigError
+    from tzc_data.verify import verify
+
+    bad = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"b\xff"))
+    shutil.copytree(small_build[0], bad)
+    for read in (lambda: tzc_data.load(bad), lambda: tzc_data.mixture([bad, str(small_build[0])]),
+                 lambda: list(tzc_data.batches(bad, 2, seed=0, num_epochs=1))):
+        with pytest.raises(ConfigError, match=r"build '.*b\\xff' is not valid UTF-8: paths must be valid UTF-8"):
+            read()
+    assert verify([bad]) == [f"{bad}: build '{tmp_path}/b\\xff' is not valid UTF-8: paths must be valid UTF-8"]
 
 
 # ---------------------------------------------------------------------------------------------

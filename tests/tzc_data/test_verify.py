@@ -605,3 +605,21 @@ def test_a_gemma3_build_is_its_own_and_never_mixes_with_a_gemma2_build(builds, t
     assert main(["verify", str(first), str(gemma3)]) == 1
     with pytest.raises(ConfigError, match="gemma2 tokenizer.*gemma3 tokenizer"):
         tzc_data.batches([str(first), str(gemma3)], 2, seed=0)
+
+
+def test_recorded_options_the_data_contradicts_are_problems(builds, tmp_path):
+    """config.stop other than the range, config.max_tokens below the kept examples' tokens: never ``ok``."""
+    build = _copy(builds[0], tmp_path)
+    manifest = _manifest(build)
+    import polars as pl
+
+    records = pl.read_parquet(build / "stats" / "records.parquet")
+    longest = int(records.filter(pl.col("status") == "kept")["tokens"].max())
+    _save(build, {**manifest, "config": {**manifest["config"], "stop": 301, "max_tokens": longest - 1}})
+    problems = verify([str(build)])
+    assert f"{build}: config records the range 0:301, the manifest's range is 0:300" in problems
+    assert (f"{build}: a kept example of stats/records.parquet holds {longest} tokens, more than config.max_tokens "
+            f"{longest - 1}") in problems
+    _save(build, {**manifest, "config": {**manifest["config"], "max_tokens": "many"}})
+    assert verify([str(build)]) == [f'{build}: config.max_tokens "many" is not a token count from 1 to '
+                                    f"config.seq_len ({manifest['config']['seq_len']})"]

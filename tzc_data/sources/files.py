@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -37,6 +38,9 @@ from tzc_data.sources.formats import GLAIVE, Format, parse_format
 
 JSONL_UNIT_ROWS = 10_000
 SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
+# a line break or other control character in a file name is written escaped (\n) in details and messages,
+# which are one line each
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 _SCAN_NOTICE_BYTES = 1 << 30  # JSONL beyond this gets a line on stderr: the survey reads it once
 
 
@@ -190,7 +194,8 @@ class FileSetSource(Source):
         listed = self.description.get("files") or []
         entry = listed[k] if k < len(listed) else None
         name = entry.get("path") if isinstance(entry, dict) else entry
-        return name if isinstance(name, str) and name else os.path.basename(self.paths[k])
+        name = name if isinstance(name, str) and name else os.path.basename(self.paths[k])
+        return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), name)
 
     @classmethod
     def identity(cls, description: dict[str, Any]) -> tuple:

@@ -324,3 +324,22 @@ def test_a_file_rewritten_after_the_source_opened_fails_its_unit(tmp_path):
     assert [e.row for e in read(source, 0, 3)] == [0, 1, 2]  # a.jsonl is as it was
     with pytest.raises(SourceError, match=r"^source file b\.jsonl changed while the build read it"):
         list(read(pickle.loads(pickle.dumps(source)), 0, 6))  # as a worker reads it
+
+
+def test_a_line_break_in_a_file_name_is_escaped_in_details_and_explain(tmp_path, capsys, tiny_model_path):
+    """A detail is one line in the stats and in ``explain``: a file name's line break is written ``\\n``."""
+    import polars as pl
+
+    from tzc_data.cli import main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (tmp_path / "src" / "evil\nname.jsonl").write_text("not json\n" + json.dumps(GOOD) + "\n")
+    out = tmp_path / "out"
+    assert main(["build", "--source", str(tmp_path / "src"), "--range", "0:3", "--out", str(out),
+                 "--tokenizer", tiny_model_path, "--no-progress", "--min-kept-ratio", "0"]) == 0
+    details = pl.read_parquet(out / "stats" / "records.parquet").filter(pl.col("status") == "malformed")["detail"]
+    assert len(details) == 1 and details[0].startswith("evil\\nname.jsonl line 1") and "\n" not in details[0]
+    capsys.readouterr()
+    assert main(["explain", str(out), "--reason", "malformed"]) == 0
+    assert "row 1: evil\\nname.jsonl line 1" in capsys.readouterr().out
