@@ -346,6 +346,18 @@ def save_flax(params: dict[str, np.ndarray], directory: str, config: Any, *,
     return directory
 
 
+def save_lora_checkpoint(model: Any, directory: str) -> str:
+    """The LoRA parameters of ``model`` (a decoding view: factors in the base's dtype) as the orbax
+    checkpoint the judges restore in unrestricted mode, at ``directory`` (staged and renamed)."""
+    import orbax.checkpoint as ocp
+
+    with staged(directory) as path:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.abspath(path), nnx.state(model, nnx.LoRAParam))
+        checkpointer.wait_until_finished()
+    return directory
+
+
 __all__ = ["adapter_arrays", "adapter_config", "hf_config_gemma3", "hf_state_dict", "is_exported_adapters", "is_gemma3",
            "kaggle_params", "kaggle_params_gemma3", "load_adapters", "merged_params", "param_arrays", "save_adapters",
-           "save_flax", "save_merged", "staged"]
+           "save_flax", "save_merged", "staged", "save_lora_checkpoint"]

@@ -9,7 +9,7 @@ decode greedily through tunix's ``Sampler`` with the notebook's ``tokenizer``, `
 ``CKPT_DIR`` (``tzc_train.session``); :func:`judges_names` makes the names.
 
 **Unrestricted mode.** The same restore from ``kagglehub.model_download(MODEL_ID + "/jax/size")``:
-:func:`save_lora_checkpoint` writes the LoRA parameters as that orbax checkpoint (``tzc-train export``
+:func:`tzc_train.export.save_lora_checkpoint` writes the LoRA parameters as that orbax checkpoint (``tzc-train export``
 puts it in ``OUT/kaggle``, the folder to upload as the Kaggle model's files), not merged weights.
 
 Dtypes: ``lora_policy`` holds its LoRA factors in the base weights' dtype (bfloat16 for Gemma 2 2B),
@@ -124,20 +124,5 @@ def judges_names(run: str, *, weights: str | None = None, restore: bool = True) 
             "MAX_GENERATION_STEPS": budget, "mesh": mesh}
 
 
-def save_lora_checkpoint(model: Any, directory: str) -> str:
-    """The LoRA parameters of ``model`` (a decoding view: factors in the base's dtype) as the orbax
-    checkpoint the judges restore in unrestricted mode, at ``directory`` (staged and renamed)."""
-    import orbax.checkpoint as ocp
-    from flax import nnx
-
-    from tzc_train.export import staged
-
-    with staged(directory) as path:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(os.path.abspath(path), nnx.state(model, nnx.LoRAParam))
-        checkpointer.wait_until_finished()
-    return directory
-
-
 __all__ = ["JUDGES_BUDGET", "build_system", "generation_budget", "judges_names", "max_prompt_length",
-           "prompt_template", "save_lora_checkpoint"]
+           "prompt_template"]

@@ -601,7 +601,6 @@ def export_run(run: str, out: str, *, weights: str | None = None, merged: bool =
     over a non-empty directory."""
     from tzc_data.look import build_tokenizer
     from tzc_train import export
-    from tzc_train.kaggle import save_lora_checkpoint
     from tzc_train.model import for_decoding
 
     config = read_run_config(run)
@@ -624,7 +623,7 @@ def export_run(run: str, out: str, *, weights: str | None = None, merged: bool =
         written = {"adapters": export.save_adapters(model, targets[export.ADAPTERS], rank=config.lora_rank,
                                                     alpha=config.lora_alpha, targets=config.lora_targets,
                                                     base=config.model, dtype=config.dtype, run=os.path.abspath(run)),
-                   "kaggle": save_lora_checkpoint(for_decoding(model), targets[export.KAGGLE])}
+                   "kaggle": export.save_lora_checkpoint(for_decoding(model), targets[export.KAGGLE])}
         if merged:
             params = export.merged_params(model, rank=config.lora_rank, alpha=config.lora_alpha)
             written["merged"] = export.save_merged(params, targets[export.MERGED], model_config, special=special)
