@@ -226,7 +226,7 @@ def test_a_gemma3_run_exports_in_every_layout_and_each_loads_back_with_tunix_gem
 
     build, result, run = gemma3_run
     written = export_run(str(run), str(tmp_path / "export"))
-    assert set(written) == {"adapters", "merged", "flax"}
+    assert set(written) == {"adapters", "kaggle", "merged", "flax"}
     config = json.loads((tmp_path / "export" / "merged" / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and config["final_logit_softcapping"] is None
     assert config["layer_types"] == ["sliding_attention"] * 5 + ["full_attention"]
