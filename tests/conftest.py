@@ -24,15 +24,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
+import hashlib
 import io
 import json
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
 
-from tzc_data.synthetic import generate
-from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path, known_tokenizer_path
+from tzc_data.sources.generator import generate
+from tzc_data.text.tokenize import Tokenizer, gemma2_tokenizer_path, known_tokenizer_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "data"
@@ -112,3 +115,19 @@ def _no_hub(monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("TZC_CACHE", str(Path.home() / ".cache" / "tzc"))
+
+
+def sha256s(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (relative path) -> its sha256: two builds compared byte for byte."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def parquet_source(folder: Path) -> Path:
+    """Three files of synthetic rows, in row groups of 40, 25 and 60 rows: 300 rows, 10 units."""
+    folder.mkdir()
+    rows = [generate(3, i) for i in range(300)]
+    for k, (lo, hi, group) in enumerate([(0, 120, 40), (120, 170, 25), (170, 300, 60)]):
+        table = pa.table({"prompt": [r.prompt for r in rows[lo:hi]], "response": [r.response for r in rows[lo:hi]]})
+        pq.write_table(table, folder / f"part-{k}.parquet", row_group_size=group)
+    return folder

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -35,17 +34,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 import tzc_data  # noqa: E402
-from tzc_data import format as fmt  # noqa: E402
-from tzc_data.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
+from tzc_data.build.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
 from tzc_data.sources import local_source, read  # noqa: E402
-from tzc_data.synthetic import SyntheticRow, generate  # noqa: E402
-from tzc_data.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
-from tzc_data.wordcache import WordCache  # noqa: E402
+from tzc_data.sources.generator import SyntheticRow, generate  # noqa: E402
+from tzc_data.text import format as fmt  # noqa: E402
+from tzc_data.text.tokenize import Tokenizer, gemma2_tokenizer_path  # noqa: E402
+from tzc_data.text.wordcache import WordCache  # noqa: E402
 
 PYTHON = sys.executable
 
@@ -94,7 +92,7 @@ def tokenize_only(texts: list[str], tokenizer: Tokenizer, threads: int = -1) -> 
 
 
 def tokenize_cached(texts: list[str], tokenizer: Tokenizer, expected: list[int]) -> tuple[float, float, float]:
-    """(wall s, CPU s, word hit rate): the build's word cache (tzc_data.wordcache) on ``texts``, cold,
+    """(wall s, CPU s, word hit rate): the build's word cache (tzc_data.text.wordcache) on ``texts``, cold,
     one thread; its token counts must equal SentencePiece's (``expected``). The rendered texts hold the
     template's markup, so no id is refused here (the build encodes content alone and refuses them)."""
     cache = WordCache(tokenizer.sp.encode, ())
@@ -225,9 +223,9 @@ def main() -> None:
              "best with best. Build times include start-up (tokenizer load), the synthetic generator, stats, shards and manifest. "
              "CPU s is user + system time of the process (and its threads). SentencePiece's batch encode spreads "
              "over every core, so the tokenize-only line uses the whole machine. The build encodes content through "
-             "a word cache (`tzc_data/wordcache.py`: each space-delimited word encoded once, exact for Gemma 2's "
+             "a word cache (`tzc_data/text/wordcache.py`: each space-delimited word encoded once, exact for Gemma 2's "
              "BPE, proven per model and tested against SentencePiece), on its one Python thread. The synthetic "
-             "source has a small vocabulary, so its hit rate is higher than real traces' (the README gives both).",
+             "source has a small vocabulary, so its hit rate is higher than real traces' (docs/building.md gives both).",
              "")
         try:
             source = rows_parquet(kept, f"{tmp}/kept.parquet")
@@ -293,8 +291,18 @@ def main() -> None:
                                 text=True, check=True).stdout
         emit("## 7. Loader", "", loader.split("\n\n", 1)[1].strip(), "")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    Path(args.out).write_text("\n".join(lines) + "\n" + kept_sections(Path(args.out)))
     print(f"wrote {args.out}")
+
+
+def kept_sections(path: Path) -> str:
+    """The sections of ``path`` after the ones this script writes (from "## 8." on): other tools'
+    figures, recorded by hand with their dates, which a rerun of this script must not erase."""
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    start = re.search(r"^## 8\. ", text, re.M)
+    return "\n" + text[start.start():] if start else ""
 
 
 def _cpu() -> str:

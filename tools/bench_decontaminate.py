@@ -23,10 +23,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tzc_data.config import BuildConfig  # noqa: E402
-from tzc_data.decontaminate import benchmark_index  # noqa: E402
-from tzc_data.pipeline import build  # noqa: E402
-from tzc_data.synthetic import generate  # noqa: E402
+from tzc_data.build.config import BuildConfig  # noqa: E402
+from tzc_data.build.pipeline import build  # noqa: E402
+from tzc_data.sources.generator import generate  # noqa: E402
+from tzc_data.text.decontaminate import benchmark_index  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 

@@ -28,8 +28,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tzc_data.synthetic import generate  # noqa: E402
-from tzc_data.tokenize import gemma2_tokenizer_path  # noqa: E402
+from tzc_data.sources.generator import generate  # noqa: E402
+from tzc_data.text.tokenize import gemma2_tokenizer_path  # noqa: E402
 
 ENGINES = [("local", ["--engine", "local"]), ("processes, 2 workers", ["--engine", "processes", "--workers", "2"]),
            ("ray (local instance)", ["--engine", "ray"])]

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import tzc_data  # noqa: E402
-from tzc_data.load import READ_OPTIONS, _grain  # noqa: E402
+from tzc_data.read.load import READ_OPTIONS, grain_module  # noqa: E402
 
 
 def rate(count: int, seconds: float) -> str:
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("build")
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    grain = _grain()
+    grain = grain_module()
     manifest = tzc_data.read_manifest(args.build)
     paths = [os.path.join(args.build, name) for name in manifest["splits"]["train"]]
     source = grain.sources.ArrayRecordDataSource(paths)

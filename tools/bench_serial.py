@@ -1,21 +1,21 @@
 """The serial parts of a build at the whole dataset's scale, measured on synthetic keys and lengths.
 
-Everything after the map runs in one process (``tzc_data/pipeline.py``): the dedup pass over the
+Everything after the map runs in one process (``tzc_data/build/pipeline.py``): the dedup pass over the
 candidates' keys, packing their lengths, and finalising the stats. The map scales with machines;
 these do not, so they bound a cluster build. Each part runs here in its own process (so its peak
 RSS is its own, read from VmHWM) at ``--rows`` candidates (default: GlaiveAI's 22.2M rows):
 
-1. dedup: :func:`tzc_data.dedup_pass.sharing_a_key` over every candidate's prompt hash and 16 LSH
-   band keys, then the serial first-kept-wins check (:func:`tzc_data.dedup_pass.decide`, a
+1. dedup: :func:`tzc_data.build.dedup.sharing_a_key` over every candidate's prompt hash and 16 LSH
+   band keys, then the serial first-kept-wins check (:func:`tzc_data.build.dedup.decide`, a
    compiled loop) on the rows that share a key. Keys are random except for planted duplicates:
    ``--dup-share`` of the rows repeat an earlier prompt exactly, ``--near-share`` are near copies
    of one (12 of 16 bands equal, a sketch with 10% of its bytes changed: estimated Jaccard about
    0.85);
-2. pack: :func:`tzc_data.pack.packed_rows` (best-fit-decreasing, as a build runs it) over
+2. pack: :func:`tzc_data.build.pack.packed_rows` (best-fit-decreasing, as a build runs it) over
    GlaiveAI-like lengths (log-normal, median 2,000 tokens, clipped to 64..4,096) into 4,096-token
    rows;
 3. stats: unit tables of ``--stats-rows`` rows in 20,000-row units (the stats columns a build writes,
-   random values), through :func:`tzc_data.dedup_pass.final_batches` into ``records.parquet``;
+   random values), through :func:`tzc_data.build.dedup.final_batches` into ``records.parquet``;
 4. shards: ``--shard-rows`` packed rows written as a node writes its shards (:func:`shards`).
 
 Each part reports wall seconds and CPU seconds (the machine may be shared: CPU seconds compare).
@@ -65,8 +65,8 @@ def _keys(rows: int, dup_share: float, near_share: float, seed: int = 0):
 
 
 def dedup(rows: int, dup_share: float, near_share: float) -> dict:
-    from tzc_data.dedup_pass import decide, sharing_a_key
-    from tzc_data.minhash import NearDupIndex
+    from tzc_data.build.dedup import decide, sharing_a_key
+    from tzc_data.text.minhash import NearDupIndex
 
     hashes, bands, near_rows, seed = _keys(rows, dup_share, near_share)
     wall, cpu = time.perf_counter(), time.process_time()
@@ -94,7 +94,7 @@ def dedup(rows: int, dup_share: float, near_share: float) -> dict:
 
 
 def pack(rows: int) -> dict:
-    from tzc_data.pack import packed_rows, rows_lower_bound
+    from tzc_data.build.pack import packed_rows, rows_lower_bound
 
     rng = np.random.default_rng(2)
     lengths = np.clip(rng.lognormal(np.log(2000), 0.6, rows), 64, 4096).astype(np.int32)
@@ -111,9 +111,9 @@ def stats(rows: int) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tzc_data import units
-    from tzc_data.dedup_pass import Outcomes, final_batches
-    from tzc_data.write import stats_schema, unit_schema, write_records
+    from tzc_data.build import units
+    from tzc_data.build.dedup import Outcomes, final_batches
+    from tzc_data.build.write import stats_schema, unit_schema, write_records
 
     names = ["english_score", "loop_repeats", "repeated_share", "compression_ratio", "near_dup_jaccard"]
     schema = unit_schema(names, text=False)
@@ -154,9 +154,9 @@ def stats(rows: int) -> dict:
 def shards(rows: int) -> dict:
     """Shard writing, what each node does for its share of the packed rows: ``rows`` packed rows
     of GlaiveAI-like lengths (token ids random below 256,000: they compress less than text),
-    written by :func:`tzc_data.write.write_shard` in shards of 1,024 rows, zstd:1."""
-    from tzc_data.pack import Kept, packed_rows
-    from tzc_data.write import shard_tasks, write_shard
+    written by :func:`tzc_data.build.write.write_shard` in shards of 1,024 rows, zstd:1."""
+    from tzc_data.build.pack import Kept, packed_rows
+    from tzc_data.build.write import shard_tasks, write_shard
 
     rng = np.random.default_rng(4)
     lengths = np.clip(rng.lognormal(np.log(2000), 0.6, 2 * rows), 64, 4096).astype(np.int32)

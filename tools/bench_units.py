@@ -1,6 +1,6 @@
 """Per-unit row-stage throughput on one core: the map's cost, which scales with machines.
 
-Runs :class:`tzc_data.rowstage.RowStage` (read, filters, format, tokenize with the Gemma 2
+Runs :class:`tzc_data.build.rowstage.RowStage` (read, filters, format, tokenize with the Gemma 2
 tokenizer, length bound, MinHash keys, the unit's files) over every unit of a source in this one
 process, and reports rows and tokens per CPU second. Sources: the synthetic source, and the real
 long R1 traces of ``../shared/data/r1_long_clean.jsonl`` (118 traces of 8k-64k characters, one
@@ -27,10 +27,10 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from tzc_data.config import BuildConfig  # noqa: E402
+from tzc_data.build.config import BuildConfig  # noqa: E402
+from tzc_data.build.rowstage import RowStage  # noqa: E402
 from tzc_data.sources import local_source, open_source  # noqa: E402
-from tzc_data.rowstage import RowStage  # noqa: E402
-from tzc_data.tokenize import gemma2_tokenizer_path, load_tokenizer  # noqa: E402
+from tzc_data.text.tokenize import gemma2_tokenizer_path, load_tokenizer  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data")
 
@@ -72,7 +72,7 @@ def fixed_costs(files: int) -> list[dict]:
     """A one-row build, and ``files`` one-row files (a unit each): the fixed costs of a build and of a unit."""
     import json as json_module
 
-    from tzc_data.synthetic import generate
+    from tzc_data.sources.generator import generate
 
     results = []
     with tempfile.TemporaryDirectory() as folder:

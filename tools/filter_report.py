@@ -23,14 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tzc_data.config import BuildConfig  # noqa: E402
-from tzc_data.dedupe import normalise  # noqa: E402
+from tzc_data.build.config import BuildConfig  # noqa: E402
+from tzc_data.build.pipeline import build  # noqa: E402
 from tzc_data.filters import EnglishFilter, RepetitionFilter  # noqa: E402
-from tzc_data.format import FormatError, split_response  # noqa: E402
-from tzc_data.minhash import NearDupIndex, drop_near_duplicates, exact_jaccard  # noqa: E402
-from tzc_data.pipeline import build  # noqa: E402
 from tzc_data.record import Example  # noqa: E402
-from tzc_data.synthetic import _prompt, generate  # noqa: E402
+from tzc_data.sources.generator import _prompt, generate  # noqa: E402
+from tzc_data.text.dedupe import normalise  # noqa: E402
+from tzc_data.text.format import FormatError, split_response  # noqa: E402
+from tzc_data.text.minhash import NearDupIndex, drop_near_duplicates, exact_jaccard  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -7,7 +7,7 @@ The step is the one ``tzc-train`` runs (``tzc_train.trainer.Trainer``'s accumula
 tzc's packed inputs and loss, float32 LoRA masters cast to bfloat16, AdamW, ``--remat``), on a
 model with random weights (no weights needed). Two row layouts of the same examples:
 
-- ``packed``: best-fit-decreasing into rows of ``--seq-len`` tokens (``tzc_data.pack``), segment
+- ``packed``: best-fit-decreasing into rows of ``--seq-len`` tokens (``tzc_data.build.pack``), segment
   ids and per-example positions, as a tzc build stores them;
 - ``one-per-row``: one example per row, padded to ``--seq-len``, as the original Kaggle entry fed
   tunix.
@@ -48,7 +48,7 @@ def rows(lengths: list[int], seq_len: int, vocab: int, *, packed: bool, seed: in
     """All rows of one layout, as ``tzc_data.batches`` yields them (numpy int32 ``[rows, seq_len]``)."""
     import numpy as np
 
-    from tzc_data.pack import best_fit_decreasing
+    from tzc_data.build.pack import best_fit_decreasing
 
     bins = best_fit_decreasing(lengths, seq_len) if packed else [[k] for k in range(len(lengths))]
     rng = np.random.default_rng(seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tzc_data.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
+from tzc_data.build.pack import best_fit_decreasing, fill, rows_lower_bound  # noqa: E402
 
 
 def next_fit(lengths: list[int], capacity: int) -> int:
@@ -38,8 +38,8 @@ def main() -> None:
     tokens = (pl.read_parquet(Path(args.build) / "stats" / "records.parquet")
               .filter(pl.col("status") == "kept")["tokens"].to_list())
     print(f"{len(tokens):,} kept examples from {args.build}; median {sorted(tokens)[len(tokens) // 2]:,} tokens\n")
-    print(f"| seq_len | examples | one per row, truncated | greedy next-fit | best-fit-decreasing (tzc) "
-          f"| bound | BFD time |")
+    print("| seq_len | examples | one per row, truncated | greedy next-fit | best-fit-decreasing (tzc) "
+          "| bound | BFD time |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for seq_len in args.seq_len:
         lengths = [t for t in tokens if t <= seq_len]

@@ -11,10 +11,11 @@ import sys
 from typing import Any
 
 from tzc_data import __version__
-from tzc_data import format as fmt
-from tzc_data.config import COMPRESSIONS, ENGINES, BuildConfig, parse_range
+from tzc_data.build.config import COMPRESSIONS, BuildConfig, parse_range
+from tzc_data.engines import ENGINES
 from tzc_data.errors import ConfigError, TzcError
 from tzc_data.record import KEPT, REASONS
+from tzc_data.text import format as fmt
 
 
 class _DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -135,7 +136,7 @@ def _build_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
-    from tzc_data.pipeline import build
+    from tzc_data.build.pipeline import build
 
     start, stop = parse_range(args.range)
     engine = args.engine or ("processes" if (args.workers or 1) > 1 else "local")
@@ -210,7 +211,7 @@ def _length_lines(manifest: dict[str, Any]) -> list[str]:
         return []
     shown = "/".join(f"{turn['percentiles'][p]:,}" for p in ("p1", "p50", "p90", "p99"))
     fits = ", ".join(f"{int(b):,} {share:.1%}" for b, share in turn["fits"].items())
-    from tzc_data.lengths import over_budget_warning
+    from tzc_data.text.lengths import over_budget_warning
 
     warning = over_budget_warning(turn, manifest.get("config", {}).get("max_model_tokens"))
     return [f"  model turn tokens p1/p50/p90/p99 {shown}, max {turn['max']:,}; fits {fits}"] + \
@@ -250,8 +251,8 @@ def _fuzz_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_fuzz(args: argparse.Namespace) -> int:
-    from tzc_data.fuzz import run
-    from tzc_data.tokenize import load_tokenizer
+    from tzc_data.text.fuzz import run
+    from tzc_data.text.tokenize import load_tokenizer
 
     if args.examples < 1:
         raise TzcError("--examples must be at least 1")
@@ -317,7 +318,7 @@ def _explain_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    from tzc_data.explain import explain
+    from tzc_data.look.explain import explain
 
     if args.n < 1:
         raise TzcError(f"-n {args.n}: must be at least 1")
@@ -361,12 +362,12 @@ def _look_parsers(sub: argparse._SubParsersAction) -> None:
 def _run_stats(args: argparse.Namespace) -> int:
     import json
 
-    from tzc_data.look import format_table, summarise
+    from tzc_data.look.stats import format_table, summarise
 
     summaries = [summarise(build) for build in args.builds]
     if args.fits is not None:
-        from tzc_data.lengths import fits, fits_line
-        from tzc_data.load import RECORDS
+        from tzc_data.layout import RECORDS
+        from tzc_data.text.lengths import fits, fits_line
 
         if args.fits < 1:
             raise TzcError(f"--fits {args.fits}: must be at least 1 token")
@@ -380,21 +381,21 @@ def _run_stats(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from tzc_data.look import inspect_row
+    from tzc_data.look.inspect import inspect_row
 
     print(inspect_row(args.build, args.row, split=args.split, tokenizer=args.tokenizer, colour=args.colour))
     return 0
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from tzc_data.report import write_report
+    from tzc_data.look.report import write_report
 
     print(f"wrote {write_report(args.build, args.output, overwrite=args.overwrite)}")
     return 0
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from tzc_data.load import export_parquet
+    from tzc_data.read.load import export_parquet
 
     count = export_parquet(args.build, args.output, args.split, overwrite=args.overwrite)
     print(f"wrote {count:,} packed rows of {args.split} to {args.output}")

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -36,7 +36,7 @@ from tzc_data.errors import OutputError
 
 MANIFEST = "manifest.json"
 STAGING_MARKER = ".tzc-staging.json"
-UNITS_DIR = ".units"  # a build's units (tzc_data.units): scratch, gone once the manifest is written
+UNITS_DIR = ".units"  # a build's units (tzc_data.build.units): scratch, gone once the manifest is written
 
 # Every entry a finished build may hold: top-level names, and for each folder the names inside it.
 _BUILD_FILES = frozenset({MANIFEST, "prompt_hashes.bin", "near_dup.bin"})
@@ -45,7 +45,7 @@ _BUILD_FOLDERS = {
     "stats": re.compile(r"(records|packs)\.parquet"),
     "rejected": re.compile(r"rejected\.parquet"),
 }
-# What else a staging directory holds: the units' files (tzc_data.units) and atomic_path's temporaries.
+# What else a staging directory holds: the units' files (tzc_data.build.units) and atomic_path's temporaries.
 _UNIT_FILE = re.compile(r"u\d{6,}\.(parquet|tokens|json)|plan\.json")
 _TEMPORARY = re.compile(r"\..+\.tzc-tmp-\d+")
 
@@ -55,7 +55,7 @@ def atomic_path(path: str, *, durable: bool = True) -> Iterator[str]:
     """Yield a temporary path beside ``path``; on success it is fsynced and renamed to ``path``,
     on failure removed. For writers that want a file name (Parquet, ArrayRecord, numpy).
     ``durable=False`` skips the fsync: for files that something written later makes durable
-    (a unit's files: :func:`tzc_data.units.write_markers` syncs them before their marker)."""
+    (a unit's files: :func:`tzc_data.build.units.write_markers` syncs them before their marker)."""
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name}.tzc-tmp-{os.getpid()}")
     try:

@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from tzc_data import format as fmt
 from tzc_data.cli import main
+from tzc_data.text import format as fmt
 
 
 def test_fuzz_format_passes_through_a_tokenizer(capsys, tiny_model_path):
@@ -29,7 +29,7 @@ def test_console_script_help_lists_the_options():
 
 
 def test_explain_shows_examples_with_the_trigger_marked(tmp_path, capsys):
-    from tzc_data.tokenize import gemma2_tokenizer_path
+    from tzc_data.text.tokenize import gemma2_tokenizer_path
 
     out = tmp_path / "b"
     assert main(["build", "--source", "synthetic", "--range", "0:1500", "--out", str(out), "--keep-rejected",
@@ -68,7 +68,7 @@ def test_a_tzc_data_process_puts_arrow_on_the_system_allocator():
 def test_a_whole_number_for_a_float_option_is_recorded_as_the_cli_records_it():
     """BuildConfig(min_kept_ratio=0) from Python and --min-kept-ratio 0 from the CLI are one build:
     the manifest (and so a resume's check) records 0.0 for both."""
-    from tzc_data.config import BuildConfig
+    from tzc_data.build.config import BuildConfig
 
     config = BuildConfig(out="x", start=0, stop=5, min_kept_ratio=0, eval_fraction=0)
     assert repr(config.recorded()["min_kept_ratio"]) == "0.0" and repr(config.eval_fraction) == "0.0"

@@ -10,9 +10,23 @@ a filter means writing one class and listing it in ``rowstage.build_filters``.
 from tzc_data.filters.base import Filter, Verdict, apply_filters
 from tzc_data.filters.language import EnglishFilter, english_score
 from tzc_data.filters.length import LengthFilter
-from tzc_data.filters.repetition import (Covering, Cycle, Repeat, RepetitionFilter, Run, compression_ratio, copy_run,
-                                         covering_unit, cycling_tail, dup_ngram_share, quoted, repeated_units,
-                                         repeating_tail, skeleton, top_ngram_share)
+from tzc_data.filters.repetition import (
+                                         Covering,
+                                         Cycle,
+                                         Repeat,
+                                         RepetitionFilter,
+                                         Run,
+                                         compression_ratio,
+                                         copy_run,
+                                         covering_unit,
+                                         cycling_tail,
+                                         dup_ngram_share,
+                                         quoted,
+                                         repeated_units,
+                                         repeating_tail,
+                                         skeleton,
+                                         top_ngram_share,
+)
 
 __all__ = ["Covering", "Cycle", "EnglishFilter", "Filter", "LengthFilter", "Repeat", "RepetitionFilter", "Run",
            "Verdict", "apply_filters", "compression_ratio", "copy_run", "covering_unit", "cycling_tail",

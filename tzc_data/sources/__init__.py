@@ -8,7 +8,7 @@ place that turns a ``--source`` spec into a source, and that maps a manifest's r
 - :mod:`.files`: Parquet (:mod:`.parquet`: a unit is a row group) and JSONL (:mod:`.jsonl`: a unit is
   a block of lines, or a whole ``.jsonl.gz``) files on disk, surveyed when opened.
 - :mod:`.hub`: a hub dataset's Parquet files at one commit, through the same reader.
-- :mod:`.synthetic`: the deterministic generator of :mod:`tzc_data.synthetic`.
+- :mod:`.synthetic`: the deterministic generator of :mod:`tzc_data.sources.generator`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The synthetic generator (:mod:`tzc_data.synthetic`) as a source: row ``i`` is ``generate(seed, i)``.
+"""The synthetic generator (:mod:`tzc_data.sources.generator`) as a source: row ``i`` is ``generate(seed, i)``.
 
 Every row index exists and costs the same to reach, so units are runs of :data:`UNIT_ROWS` rows
 aligned to multiples of it (clipped to the range): the same pieces for any range that holds them.
@@ -17,11 +17,11 @@ from tzc_data.errors import SourceError
 from tzc_data.record import Example
 from tzc_data.sources.base import Source, Unit, check_start, validate, whole_units
 from tzc_data.sources.formats import GLAIVE
-from tzc_data.synthetic import generate
+from tzc_data.sources.generator import generate
 
 UNIT_ROWS = 256
 ROWS = 1 << 25  # 33,554,432: more than GlaiveAI's 22.2M rows; a plan of them is 131,072 units
-GENERATOR = "tzc_data.synthetic v1"
+GENERATOR = "tzc_data.sources.generator v1"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 import pytest
 
-from tzc_data.synthetic import generate
+from tzc_data.sources.generator import generate
 
 from .helpers import write_rows
 

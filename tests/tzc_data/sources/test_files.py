@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tzc_data.errors import SourceError
 from tzc_data.sources import FileSetSource, changed_since, local_source, read, reopen, source_identity
-from tzc_data.synthetic import generate
+from tzc_data.sources.generator import generate
 
 from .helpers import GOOD, as_tuples, corrupt_group, jsonl_line, write_rows
 

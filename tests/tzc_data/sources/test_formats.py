@@ -5,9 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tzc_data.errors import ConfigError, SourceError
-from tzc_data.format import split_response
 from tzc_data.sources import local_source, open_source, read
 from tzc_data.sources.formats import parse_format
+from tzc_data.text.format import split_response
 
 
 def _parts(example):
@@ -122,7 +122,7 @@ def test_the_format_options_that_do_not_apply_are_refused():
 
 def test_a_build_records_its_format_and_explain_reads_the_rows_again_in_it(tmp_path, capsys, tiny_model_path):
     from tzc_data.cli import main
-    from tzc_data.synthetic import generate
+    from tzc_data.sources.generator import generate
 
     rows = []
     for i in range(12):

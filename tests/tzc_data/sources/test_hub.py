@@ -6,8 +6,8 @@ import pytest
 
 from tzc_data.errors import SourceError
 from tzc_data.sources import changed_since, read, reopen, source_identity
+from tzc_data.sources.generator import generate
 from tzc_data.sources.hub import HubSource, hub_source, parquet_tree_source
-from tzc_data.synthetic import generate
 
 from .conftest import GROUP_ROWS, GROUPS
 from .helpers import RecordingOpener, as_tuples, group_ranges

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tzc_data.errors import SourceError
 from tzc_data.sources import local_source, read
 from tzc_data.sources.files import JSONL_UNIT_ROWS
-from tzc_data.synthetic import generate
+from tzc_data.sources.generator import generate
 
 from .helpers import GOOD, RecordingOpener, as_tuples, jsonl_line, write_jsonl
 

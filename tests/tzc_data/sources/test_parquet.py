@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from tzc_data.errors import SourceError
 from tzc_data.sources import local_source, read
+from tzc_data.sources.generator import generate
 from tzc_data.sources.parquet import covering_row_groups
-from tzc_data.synthetic import generate
 
 from .conftest import GROUP_ROWS, GROUPS
 from .helpers import RecordingOpener, as_tuples, corrupt_group, group_ranges, write_rows

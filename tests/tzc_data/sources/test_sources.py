@@ -10,7 +10,7 @@ from tzc_data.errors import SourceError
 from tzc_data.record import Example
 from tzc_data.sources import KINDS, FileSetSource, Source, SyntheticSource, Unit, open_source, reopen, source_identity
 from tzc_data.sources.base import validate
-from tzc_data.synthetic import generate
+from tzc_data.sources.generator import generate
 
 from .helpers import GOOD, corrupt_group, write_jsonl
 

@@ -1,8 +1,8 @@
 import pickle
 
 from tzc_data.sources import changed_since, reopen, source_identity
+from tzc_data.sources.generator import generate
 from tzc_data.sources.synthetic import UNIT_ROWS, SyntheticSource
-from tzc_data.synthetic import generate
 
 from .helpers import as_tuples
 
@@ -35,6 +35,6 @@ def test_a_synthetic_source_and_its_units_pickle_and_read_the_same():
 def test_a_synthetic_source_reopens_at_its_seed():
     recorded = SyntheticSource(seed=3).describe()
     assert reopen(recorded) == SyntheticSource(seed=3)
-    assert source_identity(recorded) == ("synthetic", 3, "tzc_data.synthetic v1")
+    assert source_identity(recorded) == ("synthetic", 3, "tzc_data.sources.generator v1")
     assert changed_since(recorded, SyntheticSource(3).describe()) is None
     assert changed_since(recorded, SyntheticSource(4).describe()) == "its seed is 4 now, the build recorded 3"

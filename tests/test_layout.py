@@ -1,0 +1,191 @@
+"""The house rules of the package layout (docs/design.md), checked on the source itself.
+
+Every import is read with ``ast``, at module level and inside functions alike (a lazy import is
+still a dependency); imports under ``if TYPE_CHECKING:`` are not, as they never run. Nothing is
+imported here, so a rule broken by a module that fails to import is still named.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("tzc_data", "tzc_train")
+
+# Modules over LONGEST lines are allowed only as one idea, said here.
+LONGEST = 450
+ONE_IDEA = {
+    "tzc_data.filters.repetition": "the repetition signals: one detector of loops, with the proofs of its bounds",
+    "tzc_data.cli": "the only module that knows option names: every subcommand's parser and its one-line errors",
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+@cache
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def _type_checking_only(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+@cache
+def imports(module: str) -> frozenset[str]:
+    """Every module ``module`` imports when it runs (anywhere in it), resolved to a module name:
+    ``from a import b`` is ``a.b`` when that is a module of ours, else ``a``."""
+    tree = ast.parse(modules()[module].read_text(encoding="utf-8"))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if _type_checking_only(node, parents):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules() else node.module)
+    return frozenset(found)
+
+
+def ours(names: frozenset[str]) -> set[str]:
+    return {name for name in names if name in modules()}
+
+
+def reachable(start: str) -> set[str]:
+    """Every module (ours or not) that importing ``start`` and calling anything in it may import."""
+    seen, todo, outside = {start}, [start], set()
+    while todo:
+        for name in imports(todo.pop()):
+            if name in modules():
+                if name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+            else:
+                outside.add(name)
+    return seen | outside
+
+
+def in_wing(module: str, *wings: str) -> bool:
+    return any(module == wing or module.startswith(wing + ".") for wing in wings)
+
+
+def test_there_are_modules_to_check():
+    assert "tzc_data.build.pipeline" in modules() and "tzc_train.cli" in modules()
+
+
+def test_no_import_circles():
+    """Tarjan's strongly connected components over our modules: every component is one module."""
+    graph = {m: sorted(ours(imports(m))) for m in modules()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                circles.append(sorted(component))
+
+    for module in graph:
+        if module not in index:
+            visit(module)
+    assert circles == [], f"modules that import each other: {circles}"
+
+
+@pytest.mark.parametrize("module", [m for m in sorted(modules()) if m.startswith("tzc_data")])
+def test_tzc_data_never_imports_the_trainer(module):
+    banned = {"jax", "jaxlib", "flax", "optax", "orbax", "tunix", "tzc_train"}
+    found = sorted(name for name in imports(module) if name.split(".")[0] in banned)
+    assert found == [], f"{module} imports {found}: tzc_data never imports JAX or tzc_train"
+
+
+@pytest.mark.parametrize("module", [m for m in sorted(modules())
+                                    if in_wing(m, "tzc_data.read", "tzc_data.verify", "tzc_data.look")])
+def test_the_read_side_imports_nothing_of_the_build(module):
+    found = sorted(name for name in reachable(module) if in_wing(name, "tzc_data.build", "tzc_data.engines"))
+    assert found == [], f"{module} reaches {found}: the read side (read/, verify/, look/) never imports the build"
+
+
+@pytest.mark.parametrize("module", [m for m in sorted(modules()) if in_wing(m, "tzc_data.read")] + ["tzc_data"])
+def test_the_loaders_import_neither_verify_nor_sentencepiece(module):
+    found = sorted(name for name in reachable(module)
+                   if in_wing(name, "tzc_data.verify", "sentencepiece", "tzc_data.text.tokenize"))
+    assert found == [], f"{module} reaches {found}: what a trainer imports pulls neither verify nor SentencePiece"
+
+
+def test_the_engines_base_imports_no_engine():
+    engines = {m for m in modules() if in_wing(m, "tzc_data.engines") and m != "tzc_data.engines.base"}
+    assert sorted(ours(imports("tzc_data.engines.base")) & engines) == []
+    for engine in ("tzc_data.engines.local", "tzc_data.engines.processes", "tzc_data.engines.ray"):
+        assert "tzc_data.engines.base" in imports(engine), f"{engine} is not built on the engines' base"
+
+
+def test_only_the_pipeline_runs_the_stages_in_order():
+    """The stages of a build are called from one module: nothing else in the package imports
+    more than one of them (tests and tools may)."""
+    stages = {"tzc_data.build.units", "tzc_data.build.rowstage", "tzc_data.build.dedup", "tzc_data.build.pack",
+              "tzc_data.build.write", "tzc_data.build.publish"}
+    callers = {m: sorted(ours(imports(m)) & stages) for m in modules() if m not in stages}
+    assert {m: s for m, s in callers.items() if len(s) > 1} == {"tzc_data.build.pipeline": sorted(stages)}
+
+
+@pytest.mark.parametrize("module", sorted(modules()))
+def test_no_module_outgrows_one_idea(module):
+    lines = modules()[module].read_text(encoding="utf-8").count("\n")
+    if module in ONE_IDEA:
+        return
+    assert lines <= LONGEST, (f"{module} has {lines} lines: split it by concern, or say in ONE_IDEA why it is "
+                              "one idea")
+
+
+def test_no_module_level_mutable_state():
+    """A module-level name bound to a list, dict or set literal that anything mutates in place:
+    shared state between builds (or tests) in one process. Constants are tuples, frozensets or
+    dicts nobody writes to."""
+    problems = []
+    for module, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        mutable = {t.id for node in tree.body if isinstance(node, ast.Assign)
+                   and isinstance(node.value, (ast.List, ast.Set, ast.ListComp, ast.SetComp))
+                   for t in node.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Global):
+                problems.append(f"{module}: global {', '.join(node.names)}")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id in mutable
+                    and node.func.attr in ("append", "extend", "add", "update", "insert", "pop", "clear", "remove")):
+                problems.append(f"{module}: {node.func.value.id}.{node.func.attr}")
+    assert problems == []

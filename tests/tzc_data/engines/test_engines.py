@@ -1,0 +1,93 @@
+"""Engines: ``--engine processes --workers 2`` writes the bytes ``--engine local`` writes, and a
+worker that dies fails the build in one line and leaves it resumable to the same bytes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import parquet_source, sha256s
+
+from tzc_data.cli import main
+from tzc_data.engines.local import LocalExecutor
+from tzc_data.engines.processes import ProcessExecutor
+
+
+@pytest.mark.parametrize("case", ["synthetic with an eval split", "parquet files of several row groups",
+                                  "excluding an earlier build"])
+def test_two_worker_processes_write_the_bytes_of_one_process(tmp_path, tiny_model_path, case):
+    common = ["--tokenizer", tiny_model_path, "--seq-len", "8192", "--rows-per-shard", "8", "--min-kept-ratio", "0",
+              "--no-progress"]
+    if case == "synthetic with an eval split":
+        args = ["--source", "synthetic", "--range", "100:900", "--eval-fraction", "0.2"]
+    elif case == "parquet files of several row groups":
+        args = ["--source", str(parquet_source(tmp_path / "src")), "--range", "10:290"]
+    else:
+        assert main(["build", "--source", "synthetic", "--range", "0:300", "--out", str(tmp_path / "first"),
+                     *common]) == 0
+        args = ["--source", "synthetic", "--range", "300:800", "--exclude", str(tmp_path / "first")]
+    assert main(["build", "--out", str(tmp_path / "local"), *args, *common, "--engine", "local"]) == 0
+    assert main(["build", "--out", str(tmp_path / "procs"), *args, *common, "--engine", "processes",
+                 "--workers", "2"]) == 0
+    local, procs = sha256s(tmp_path / "local"), sha256s(tmp_path / "procs")
+    assert len(local) >= 6 and local == procs
+
+
+def test_a_worker_that_dies_fails_the_build_in_one_line_and_it_resumes_to_the_same_bytes(tmp_path, tiny_model_path):
+    args = ["--source", "synthetic", "--range", "0:3000", "--tokenizer", tiny_model_path, "--seq-len", "8192",
+            "--min-kept-ratio", "0", "--no-progress"]
+    assert main(["build", "--out", str(tmp_path / "ref"), *args]) == 0
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    build = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args,
+                              "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list((staging / ".units").glob("u*.json")) and time.time() < deadline:
+        time.sleep(0.01)
+    workers = [p for p in Path("/proc").glob("[0-9]*") if _parent(p) == build.pid and b"spawn_main" in _cmdline(p)]
+    assert workers, "no worker process found"
+    os.kill(int(workers[0].name), signal.SIGKILL)
+    _, err = build.communicate(timeout=120)
+    assert build.returncode == 2, err
+    assert err.count("\n") == 1 and "a worker process died" in err and "--resume" in err, err
+    assert not out.exists()
+    assert main(["build", "--out", str(out), *args, "--workers", "2", "--resume"]) == 0
+    assert sha256s(out) == sha256s(tmp_path / "ref")
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        for line in (proc / "status").read_text().splitlines():
+            if line.startswith("PPid:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+class _Unit:
+    def __init__(self, index: int):
+        self.index, self.where = index, f"unit {index}"
+
+
+def _fail_on_three(unit: _Unit) -> int:
+    if unit.index == 3:
+        raise ValueError("a bug")
+    return unit.index
+
+
+def test_the_process_engine_runs_every_unit_once_and_a_bug_keeps_its_traceback():
+    units = [_Unit(k) for k in range(9)]
+    assert list(LocalExecutor().run(lambda u: u.index, units)) == list(range(9))
+    assert sorted(ProcessExecutor(2).run(_fail_on_three, units[:3] + units[4:])) == [0, 1, 2, 4, 5, 6, 7, 8]
+    with pytest.raises(RuntimeError, match=r"unit 3: a worker failed:\n(.|\n)*ValueError: a bug"):
+        list(ProcessExecutor(2).run(_fail_on_three, units))

@@ -1,0 +1,147 @@
+"""``--engine processes``: ``--workers N`` spawned processes on this machine.
+
+Spawned, not forked: the parent may already run threads, SentencePiece's or tqdm's, and a fork
+would copy their locks. Each worker gets the stage once and then units through a queue, at most
+two a worker in flight. A worker dies with the build (a build killed with SIGKILL cannot stop its
+pool), and a worker that dies (the OOM killer) fails the build with one line; its unit has no
+marker, so ``--resume`` redoes it. Ctrl-C stops the build, not every worker with a traceback.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from tzc_data.engines.base import Executor, run_unit
+from tzc_data.errors import TzcError
+
+if TYPE_CHECKING:
+    from tzc_data.build.units import UnitDone
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class ProcessExecutor(Executor):
+    def __init__(self, workers: int, *, ahead: int = 2):
+        self.workers, self.ahead = workers, ahead
+
+    def map(self, task: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        """The tasks in ``workers`` spawned processes; results in order."""
+        if len(items) < 2:
+            return [task(item) for item in items]
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context, initializer=_die_with,
+                                   initargs=(os.getpid(),))
+        try:
+            with _children_ignore_sigint():  # the pool starts its processes as the tasks are submitted
+                results = pool.map(task, items)
+            done = list(results)
+        except BrokenProcessPool:
+            raise TzcError("a worker process died while writing shards (out of memory?); run again with "
+                           "--resume, or with fewer --workers") from None
+        except BaseException:  # Ctrl-C: do not wait for the shards in flight (the workers die with us)
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        return done
+
+    def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
+        if not units:
+            return
+        context = multiprocessing.get_context("spawn")
+        tasks, results = context.Queue(), context.Queue()
+        count = min(self.workers, len(units))
+        pool = [context.Process(target=_serve, args=(os.getpid(), stage, tasks, results), daemon=True)
+                for _ in range(count)]
+        with _children_ignore_sigint():
+            for process in pool:
+                process.start()
+        finished = False
+        try:
+            pending = iter(units)
+            in_flight: dict[int, Any] = {}
+            for unit in _take(pending, count * self.ahead):
+                tasks.put(unit)
+                in_flight[unit.index] = unit
+            while in_flight:
+                index, done, failure = _next_result(results, pool, in_flight)
+                unit = in_flight.pop(index)
+                if failure is not None:
+                    raise failure
+                for more in _take(pending, 1):
+                    tasks.put(more)
+                    in_flight[more.index] = more
+                yield done
+            finished = True
+        finally:
+            for _ in pool:
+                tasks.put(None)
+            for process in pool:
+                if finished:  # idle now: they stop when told; after a failure or Ctrl-C, at once
+                    process.join(timeout=5)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+            tasks.close()
+            results.close()
+
+
+def _take(units: Iterator[Any], n: int) -> list[Any]:
+    return [unit for _, unit in zip(range(n), units)]
+
+
+def _next_result(results: Any, pool: list[Any], in_flight: dict[int, Any]) -> tuple[int, Any, BaseException | None]:
+    """The next finished unit; a worker that died fails the build naming a unit it may have held."""
+    while True:
+        try:
+            return results.get(timeout=1.0)
+        except queue.Empty:
+            dead = [p for p in pool if not p.is_alive()]
+            if dead:
+                where = ", ".join(u.where for u in list(in_flight.values())[:2])
+                raise TzcError(f"a worker process died (exit code {dead[0].exitcode}; out of memory?) while units "
+                               f"were in flight ({where}); run again with --resume, or with fewer --workers") from None
+
+
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started inside ignore SIGINT (an ignored signal stays ignored through the exec of
+    a spawned child, and Python keeps it so): a Ctrl-C interrupts the build, which stops its
+    workers, instead of raising KeyboardInterrupt with a traceback in every worker."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _die_with(parent: int) -> None:
+    """Make this worker die with ``parent`` (a build killed with SIGKILL cannot stop its workers)."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl: the worker only lingers
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
+    """A worker's life: die with the parent, then run units until told to stop."""
+    _die_with(parent)
+    while (unit := tasks.get()) is not None:
+        results.put((unit.index, *run_unit(stage, unit)))
