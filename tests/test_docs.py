@@ -255,3 +255,58 @@ def test_make_targets_named_in_the_readme_exist():
                 named.update(re.findall(r"(?:^|\s)make\s+([a-z][\w-]*)", span))
     assert {"demo", "test"} <= named
     assert named <= targets, f"make targets named in the docs but not in the Makefile: {sorted(named - targets)}"
+
+
+# ------------------------------------------------------------------------------------------ names of code
+def code_paths(path: Path) -> list[tuple[int, str]]:
+    """(line, path) of every repository path the page names: ``tzc_data/build/pack.py``, ``tools/…``."""
+    return [(number, found.rstrip(".")) for number, line, _ in fenced(path.read_text())
+            for found in re.findall(r"\b(?:tzc_data|tzc_train|tests|tools)/[\w./-]*", line)]
+
+
+def dotted_names(path: Path) -> list[tuple[int, str]]:
+    """(line, name) of every dotted name of the packages the page names: ``tzc_data.text.format.parse``."""
+    return [(number, found.rstrip(".")) for number, line, _ in fenced(path.read_text())
+            for found in re.findall(r"\btzc_(?:data|train)(?:\.\w+)+", line)]
+
+
+PATHS = [(page, number, name) for page in PAGES for number, name in code_paths(page)]
+DOTTED = [(page, number, name) for page in PAGES for number, name in dotted_names(page)]
+
+
+@pytest.mark.parametrize("page,line,name", PATHS, ids=[f"{p.relative_to(ROOT)}:{n}:{t}" for p, n, t in PATHS])
+def test_every_path_named_exists(page, line, name):
+    """From a stage's name in the docs to its file: a moved or renamed module fails here."""
+    assert (ROOT / name).exists(), f"{page.relative_to(ROOT)}:{line}: {name} does not exist"
+
+
+def _resolves(name: str) -> bool:
+    """``name`` is a module of ours, or a name defined at the top level of one (read, not imported)."""
+    import ast
+
+    parts = name.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        source = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+        if not source.exists():
+            continue
+        rest = parts[cut:]
+        if not rest:
+            return True
+        tree = ast.parse(source.read_text())
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        defined |= {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) for a in n.names}
+        return rest[0] in defined
+    return False
+
+
+@pytest.mark.parametrize("page,line,name", DOTTED, ids=[f"{p.relative_to(ROOT)}:{n}:{t}" for p, n, t in DOTTED])
+def test_every_dotted_name_resolves(page, line, name):
+    assert _resolves(name), f"{page.relative_to(ROOT)}:{line}: {name} is no module or top-level name of ours"
+
+
+def test_the_name_checks_can_fail():
+    assert _resolves("tzc_data.build.pipeline.build") and _resolves("tzc_data.verify")
+    assert not _resolves("tzc_data.pipeline") and not _resolves("tzc_data.build.pipeline.no_such_name")
+    assert len(PATHS) > 5 and len(DOTTED) > 5
