@@ -88,8 +88,8 @@ class UnitRows:
                 c[name].append(getattr(example, name))
 
     def write(self, path: str, *, durable: bool = True) -> None:
-        with atomic_path(path, durable=durable) as temporary:
-            pq.write_table(pa.table(self.columns, schema=self.schema), temporary)
+        with atomic_path(path, durable=durable) as temporary:  # scratch: no column statistics, nothing filters on them
+            pq.write_table(pa.table(self.columns, schema=self.schema), temporary, write_statistics=False)
 
 
 def stats_schema(score_names: Sequence[str]) -> pa.Schema:
@@ -102,7 +102,8 @@ def unit_batches(paths: Iterable[str], columns: list[str] | None = None,
                  size: int = STATS_BATCH) -> Iterator[pa.Table]:
     """The units' tables, one after another, in tables of exactly ``size`` rows (the last shorter):
     the final files' row groups do not depend on where the units were cut."""
-    yield from _rebatch((b for p in paths for b in pq.ParquetFile(p).iter_batches(columns=columns)), size)
+    tables = (pq.ParquetFile(p).read(columns=columns, use_threads=False) for p in paths)  # a unit at a time
+    yield from _rebatch((b for table in tables for b in table.to_batches()), size)
 
 
 def write_records(path: str, batches: Iterable[pa.Table], score_names: Sequence[str]) -> str:
