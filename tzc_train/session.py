@@ -149,5 +149,5 @@ def write_summary(out: str, new: list[dict[str, Any]], *, steps: int, max_steps:
     return summary
 
 
-__all__ = ["CHECKPOINTS", "Deadline", "SAVE_RESERVE_S", "SUMMARY", "checkpoint_root", "format_seconds",
+__all__ = ["CHECKPOINTS", "SAVE_RESERVE_S", "SUMMARY", "Deadline", "checkpoint_root", "format_seconds",
            "legacy_layout", "parse_duration", "read_summary", "saved_step", "step_folders", "write_summary"]

@@ -154,5 +154,5 @@ def attention_types(model_config: Any) -> list[Any]:
     return [t for _, t in zip(range(model_config.num_layers), itertools.cycle(pattern))]
 
 
-__all__ = ["Base", "MODELS", "attention_types", "base", "check_tokenizer", "family_of", "model_class", "module",
+__all__ = ["MODELS", "Base", "attention_types", "base", "check_tokenizer", "family_of", "model_class", "module",
            "real_config", "tiny_config", "tiny_model"]
