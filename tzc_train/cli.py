@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tzc_train.bases import MODELS
+from tzc_train.model.bases import MODELS
 
 
 def _report(prog: str, action: Callable[[], int]) -> int:
@@ -130,7 +130,7 @@ def export_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from tzc_train.train import export_run
+        from tzc_train.submit.export import export_run
 
         print(json.dumps(export_run(args.run, args.out, weights=args.weights, merged=args.merged)))
         return 0
@@ -139,7 +139,7 @@ def export_main(argv: list[str]) -> int:
 
 
 def notebook_main(argv: list[str]) -> int:
-    from tzc_train.notebook import DEFAULT_PACKAGE
+    from tzc_train.submit.notebook import DEFAULT_PACKAGE
 
     parser = argparse.ArgumentParser(
         prog="tzc-train notebook", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -157,7 +157,7 @@ def notebook_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from tzc_train.notebook import write_notebook
+        from tzc_train.submit.notebook import write_notebook
 
         print(write_notebook(args.run, args.out, package=args.package, overwrite=args.overwrite))
         return 0
@@ -166,7 +166,7 @@ def notebook_main(argv: list[str]) -> int:
 
 
 def plan_main(argv: list[str]) -> int:
-    """``tzc-train plan``: compile the train step for a TPU topology here and size it (tzc_train/plan.py)."""
+    """``tzc-train plan``: compile the train step for a TPU topology here and size it (tzc_train/plan/)."""
     parser = argparse.ArgumentParser(
         prog="tzc-train plan", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Compile the training step ahead of time for a TPU topology on this machine (no TPU, no "
@@ -199,9 +199,10 @@ def plan_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        from tzc_train.plan import DoesNotFit, PlanConfig, plan
+        from tzc_train.config import parse_mesh
+        from tzc_train.plan.config import DoesNotFit, PlanConfig
+        from tzc_train.plan.report import plan
         from tzc_train.session import parse_duration
-        from tzc_train.train import parse_mesh
 
         config = PlanConfig(data=args.data, model=args.model, topology=args.topology, batch_size=args.batch_size,
                             grad_accum=args.grad_accum, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
@@ -306,8 +307,9 @@ def train_main(argv: list[str], started: float) -> int:
     args = train_parser().parse_args(argv)
 
     def run() -> int:
+        from tzc_train.config import LORA_TARGETS, TrainConfig, parse_data_weights, parse_mesh
         from tzc_train.session import parse_duration
-        from tzc_train.train import LORA_TARGETS, TrainConfig, parse_data_weights, parse_mesh, train
+        from tzc_train.train import train
 
         if _mixture_weights_as_model_weights(args.weights):
             raise ValueError(f"--weights {args.weights}: --weights is the model's weights (a path); a mixture's "

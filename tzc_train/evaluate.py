@@ -35,9 +35,8 @@ from tzc_data import format as fmt
 from tzc_data.decontaminate import check_held_out
 from tzc_data.look import build_tokenizer
 from tzc_data.tokenize import Tokenizer
-from tzc_train.kaggle import JUDGES_BUDGET
 from tzc_train.sample import Sample, sample
-
+from tzc_train.submit.kaggle import JUDGES_BUDGET
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,7 +135,9 @@ def decode(request: DecodeRequest, prompts: list[Prompt]) -> list[Sample]:
 
 
 def _decode(request: DecodeRequest, prompts: list[Prompt]) -> tuple[list[Sample], dict[str, Any]]:
-    from tzc_train.train import base_model, make_mesh, parse_mesh, restore_adapters, with_lora
+    from tzc_train.config import parse_mesh
+    from tzc_train.model.load import base_model, make_mesh
+    from tzc_train.model.lora import restore_adapters, with_lora
 
     manifest = tzc_data.read_manifest(request.data)
     tokenizer = build_tokenizer(manifest, request.tokenizer)
@@ -157,8 +158,8 @@ def _decode(request: DecodeRequest, prompts: list[Prompt]) -> tuple[list[Sample]
 def decoding_config(request: DecodeRequest) -> Any:
     """A ``TrainConfig`` that rebuilds the model: the run's (or export's) recorded choices, then
     the request's explicit ones."""
-    from tzc_train.export import adapter_config, is_exported_adapters
-    from tzc_train.train import LORA_TARGETS, TrainConfig, read_run_config
+    from tzc_train.config import LORA_TARGETS, TrainConfig, read_run_config
+    from tzc_train.model.adapters import adapter_config, is_exported_adapters
 
     recorded: dict[str, Any] = {"model": "gemma2-2b", "weights": None, "dtype": None, "lora_rank": 64, "lora_alpha": 64.0,
                                 "lora_targets": LORA_TARGETS}

@@ -73,7 +73,7 @@ def sample(model: Any, model_config: Any, tokenizer: Tokenizer, prompts: list[st
     """
     from tunix.generate import sampler as sampler_lib
 
-    from tzc_train.model import for_decoding
+    from tzc_train.model.views import for_decoding
 
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need --max-new-tokens >= 1 and --batch-size >= 1; got {max_new_tokens}, {batch_size}")

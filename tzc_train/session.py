@@ -1,5 +1,4 @@
-"""Sessions that end on time: ``--time-limit``, the train feed that stops before it, the run folder
-and its summary.
+"""Sessions that end on time: ``--time-limit`` and its clock, the run folder and its summary.
 
 The run folder (``--out``) is the competition's ``CKPT_DIR``: checkpoints go to
 ``CKPT_DIR/actor/<step>/{model_params,optimizer_state}``, where the judges' cells list the all-digit
@@ -8,9 +7,11 @@ step folders and restore ``model_params`` of the largest; ``tzc_run.json``, ``su
 
 A Kaggle TPU session stops hard after 9 hours. A run given ``--time-limit 8h40m`` stops handing
 batches to the trainer once the next step could not finish and be saved before the limit,
-measured from the start of the command (imports, model loading and compilation included). tunix
-then ends its loop the way it ends at the end of the data: it saves a checkpoint at the last step
-and closes, and ``--resume`` in the next session continues from there with the same data order.
+measured from the start of the command (imports, model loading and compilation included): the
+:class:`Deadline` here says whether one more step fits, and the train feed
+(:class:`tzc_train.feed.Feed`) asks it before each batch. tunix then ends its loop the way it ends
+at the end of the data: it saves a checkpoint at the last step and closes, and ``--resume`` in the
+next session continues from there with the same data order.
 
 The run's summary (``--out/summary.json``) is rewritten at the end of every session: steps, tokens,
 wall time, the last train and eval losses and perplexities, and one line per session.
@@ -23,11 +24,9 @@ import math
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 SUMMARY = "summary.json"
 CHECKPOINTS = "actor"  # the judges' cells read CKPT_DIR/actor/<step>/model_params
@@ -108,63 +107,6 @@ class Deadline:
         return self.elapsed() + 2 * step_seconds + self.reserve < self.limit
 
 
-@dataclass
-class Feed:
-    """The train iterator tunix reads: hands out ``batches`` until ``deadline`` nears.
-
-    Counts the non-padding tokens of every batch it hands out (also the ones tunix skips on
-    resume, which are the earlier sessions' steps): ``tokens(k)`` is the number in the first ``k``.
-    The step time it budgets is the longest interval between two requests after the first
-    (the first holds the step's compilation), or that first one while it is all there is. On a
-    resume, the ``skip`` batches tunix draws and discards to reach the checkpoint's step are not
-    timed: the first interval after them is the one that holds the compilation.
-    """
-
-    batches: Iterator[dict[str, np.ndarray]]
-    deadline: Deadline
-    agree: Callable[[bool], bool] | None = None  # multi-host: every host takes process 0's decision
-    skip: int = 0  # batches already trained on (a resumed run's checkpoint step)
-    stopped: str | None = None
-    _cumulative: list[int] = field(default_factory=lambda: [0])
-    _first: float | None = None  # the first interval (compilation), then the longest since
-    _longest: float | None = None
-    _last: float | None = None
-
-    def __iter__(self) -> Feed:
-        return self
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        served = len(self._cumulative) - 1
-        if served >= self.skip and not self._go_on():
-            self.stopped = "time limit"
-            raise StopIteration
-        try:
-            batch = next(self.batches)
-        except StopIteration:
-            self.stopped = "end of data"
-            raise
-        self._cumulative.append(self._cumulative[-1] + int(np.count_nonzero(batch["segment_ids"])))
-        if served >= self.skip:
-            self._last = self.deadline.clock()
-        return batch
-
-    def _go_on(self) -> bool:
-        """Whether the next step still fits; times the interval since the last batch handed out."""
-        now = self.deadline.clock()
-        if self._last is not None:
-            if self._first is None:
-                self._first = now - self._last
-            else:
-                self._longest = max(self._longest or 0.0, now - self._last)
-        step = self._longest if self._longest is not None else (self._first or 0.0)
-        go_on = self.deadline.leaves_room_for(step)
-        return self.agree(go_on) if self.agree is not None else go_on
-
-    def tokens(self, steps: int) -> int:
-        """Non-padding tokens in the first ``steps`` batches handed out."""
-        return self._cumulative[min(steps, len(self._cumulative) - 1)]
-
-
 def read_summary(out: str) -> dict[str, Any] | None:
     try:
         with open(os.path.join(out, SUMMARY), encoding="utf-8") as handle:
@@ -207,5 +149,5 @@ def write_summary(out: str, new: list[dict[str, Any]], *, steps: int, max_steps:
     return summary
 
 
-__all__ = ["CHECKPOINTS", "Deadline", "Feed", "SAVE_RESERVE_S", "SUMMARY", "checkpoint_root", "format_seconds",
+__all__ = ["CHECKPOINTS", "SAVE_RESERVE_S", "SUMMARY", "Deadline", "checkpoint_root", "format_seconds",
            "legacy_layout", "parse_duration", "read_summary", "saved_step", "step_folders", "write_summary"]

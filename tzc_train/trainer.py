@@ -1,4 +1,11 @@
-"""tunix's ``PeftTrainer`` with honest losses: token means over the whole optimizer step and the eval set.
+"""tunix's ``PeftTrainer`` with honest losses, as a run sets it up, and the console line it prints.
+
+:func:`make_trainer` builds the trainer a run uses: tzc's :class:`Trainer` with AdamW on a linear
+warmup and cosine decay (:func:`lr_schedule`), orbax checkpoints in ``--out/actor`` (the judges'
+``CKPT_DIR/actor/<step>/model_params``), TensorBoard in ``--out/tensorboard``, packed rows' inputs
+and loss (:mod:`tzc_train.model.loss`), an eval every :func:`eval_interval` steps.
+:class:`ConsoleLine`, a tunix training hook, prints a line per step and per eval and keeps the
+session's losses.
 
 tunix 0.1.7 accumulates gradients with ``optax.MultiSteps``, which averages the micro-batches'
 gradients of a loss that is already a per-micro-batch mean: a micro-batch with few target tokens
@@ -23,6 +30,10 @@ by the same count.
 
 from __future__ import annotations
 
+import math
+import os
+import sys
+import time
 from typing import Any
 
 import jax
@@ -30,7 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from tunix.sft import peft_trainer, sharding_utils
+from tunix.sft import checkpoint_manager, hooks, metrics_logger, peft_trainer, sharding_utils
+
+from tzc_train.config import TrainConfig
+from tzc_train.feed import Feed
+from tzc_train.model.loss import packed_inputs, packed_loss
+from tzc_train.session import checkpoint_root, format_seconds
 
 
 def micro_batches(batch: dict[str, jax.Array], count: int) -> dict[str, jax.Array]:
@@ -124,4 +140,98 @@ class Trainer(peft_trainer.PeftTrainer):
         return self.pop_eval_loss()
 
 
-__all__ = ["Trainer", "micro_batches"]
+def make_trainer(config: TrainConfig, model: nnx.Module, steps: int) -> tuple[Trainer, optax.Schedule]:
+    """tzc's Trainer with AdamW on warmup + cosine, checkpoints in ``--out/actor`` (the judges'
+    ``CKPT_DIR/actor/<step>/model_params``), TensorBoard in ``--out/tensorboard``."""
+    schedule = lr_schedule(config.lr, config.warmup_steps, steps)
+    optimizer = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=config.weight_decay)
+    training = peft_trainer.TrainingConfig(
+        eval_every_n_steps=eval_interval(config, steps), max_steps=steps,
+        checkpoint_root_directory=os.path.abspath(checkpoint_root(config.out)),
+        checkpointing_options=checkpoint_manager.ocp.CheckpointManagerOptions(
+            save_interval_steps=config.save_every, max_to_keep=3),
+        metrics_logging_options=metrics_logger.MetricsLoggerOptions(
+            log_dir=os.path.join(os.path.abspath(config.out), "tensorboard")),
+    )
+    trainer = (Trainer(model, optimizer, training, grad_accum=config.grad_accum)
+               .with_gen_model_input_fn(packed_inputs).with_loss_fn(packed_loss))
+    return trainer, schedule
+
+
+def lr_schedule(peak: float, warmup_steps: int, steps: int) -> optax.Schedule:
+    """The learning rate of each step by its 0-based index: linear warmup to ``peak`` over
+    ``warmup_steps`` steps, then cosine decay towards 0. The first step trains at
+    ``peak / warmup_steps`` (never at 0), the warmup's last step at ``peak``, the last step just above 0."""
+    warmup = min(warmup_steps, steps - 1)
+    if warmup <= 0:
+        return optax.cosine_decay_schedule(peak, steps + 1)
+    base = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps + 1)
+    return lambda count: base(count + 1)
+
+
+def eval_interval(config: TrainConfig, steps: int) -> int:
+    """``--eval-every``, or about 20 evals a run and never more often than every 50 steps."""
+    return config.eval_every or max(50, math.ceil(steps / 20))
+
+
+class ConsoleLine(hooks.TrainingHooks):
+    """One line per step: step of the run's total, loss, tokens/s (non-padding), learning rate, the
+    time to the end at the rate since the first step and the time to ``--time-limit``; one per eval.
+
+    tunix reports a step's loss once the next step is under way, and the last one at the end, so
+    the interval between two reports can hold two steps or almost none. The rate is therefore the
+    average since the first report; the first line's rate includes compilation. The learning rate
+    printed is the one the step used (optax's schedule at the step's 0-based index).
+    """
+
+    def __init__(self, schedule: optax.Schedule, feed: Feed, steps: int, every: int = 1):
+        self.schedule, self.feed, self.steps, self.every = schedule, feed, steps, every
+        self.started = time.perf_counter()
+        self.first: tuple[int, float] | None = None
+        self.losses: list[float] = []
+        self.evals: list[tuple[int, float]] = []  # (step, token-mean eval loss)
+        self.restored = 0
+
+    def on_train_start(self, train_ctx: Any) -> None:
+        self.restored = train_ctx.train_steps
+
+    def on_train_step_end(self, train_ctx: Any, train_step: int, train_loss: float) -> None:
+        loss = float(train_loss)  # waits for the step
+        now = time.perf_counter()
+        self.losses.append(loss)
+        if self.first is None:
+            self.first = (train_step, now)
+            tokens, seconds = self.feed.tokens(train_step) - self.feed.tokens(self.restored), now - self.started
+        else:
+            tokens, seconds = self.feed.tokens(train_step) - self.feed.tokens(self.first[0]), now - self.first[1]
+        if train_step % self.every == 0:
+            print(f"step {train_step:>6}/{self.steps}  loss {loss:.4f}  {tokens / max(seconds, 1e-9):>9,.0f} tokens/s  "
+                  f"lr {float(self.schedule(train_step - 1)):.2e}{self.times(train_step, now)}", file=sys.stderr,
+                  flush=True)
+
+    def times(self, step: int, now: float) -> str:
+        """``  eta 1h02m  limit in 3h10m``: the rest of the run at the mean step time since the first
+        report (compilation excluded), and what is left of ``--time-limit``."""
+        first_step, first_time = self.first or (step, now)
+        done = step - first_step
+        text = f"  eta {format_seconds((self.steps - step) * (now - first_time) / done)}" if done > 0 else ""
+        deadline = self.feed.deadline
+        if deadline.limit is not None:
+            text += f"  limit in {format_seconds(deadline.limit - deadline.elapsed())}"
+        return text
+
+    def on_eval_step_end(self, train_ctx: Any, eval_loss: float) -> None:
+        self.record_eval(train_ctx.train_steps, train_ctx.pop_eval_loss())
+
+    def record_eval(self, step: int, loss: float | None) -> None:
+        if loss is not None:
+            self.evals.append((step, loss))
+            print(f"eval loss {loss:.4f}  perplexity {math.exp(min(loss, 700)):.3f}  (step {step})",
+                  file=sys.stderr, flush=True)
+
+    def on_train_end(self, train_ctx: Any) -> None: ...
+    def on_train_step_start(self, train_ctx: Any) -> None: ...
+    def on_eval_step_start(self, train_ctx: Any) -> None: ...
+
+
+__all__ = ["ConsoleLine", "Trainer", "eval_interval", "lr_schedule", "make_trainer", "micro_batches"]

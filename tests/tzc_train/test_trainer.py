@@ -1,5 +1,8 @@
 """tzc's Trainer on a tiny Gemma 2 over 8 fake CPU devices: the step is the token mean over the whole
-effective batch (not a mean of micro-batch means), and the eval loss is a token mean (not a sum)."""
+effective batch (not a mean of micro-batch means), and the eval loss is a token mean (not a sum); the
+learning rate and the eval cadence a run sets it up with."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,11 +11,13 @@ import optax
 import pytest
 import qwix
 from flax import nnx
+from tiny_runs import run_config
 from tunix.rl import reshard
 from tunix.sft import peft_trainer, sharding_utils
 
-from tzc_train.model import packed_inputs, packed_loss, prepare, tiny_model
-from tzc_train.trainer import Trainer, micro_batches
+from tzc_train.model.loss import packed_inputs, packed_loss
+from tzc_train.model.views import prepare, tiny_model
+from tzc_train.trainer import Trainer, eval_interval, lr_schedule, micro_batches
 
 VOCAB, LENGTH = 600, 32
 
@@ -112,3 +117,17 @@ def test_trainer_refuses_tunix_accumulation_on_top_of_its_own(mesh):
     config = peft_trainer.TrainingConfig(eval_every_n_steps=1, max_steps=1, gradient_accumulation_steps=2)
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         Trainer(_lora_model(mesh), optax.sgd(1.0), config, grad_accum=2)
+
+
+def test_the_learning_rate_never_trains_a_step_at_zero():
+    schedule = lr_schedule(1e-2, 5, 100)
+    assert [round(float(schedule(i)), 6) for i in range(5)] == [0.002, 0.004, 0.006, 0.008, 0.01]
+    assert 0 < float(schedule(99)) < 1e-5 and float(schedule(50)) < 1e-2
+    assert float(lr_schedule(1e-2, 0, 10)(0)) == pytest.approx(1e-2)
+    assert float(lr_schedule(1e-2, 10, 1)(0)) == pytest.approx(1e-2)  # one step: no warmup
+
+
+def test_evals_come_at_a_sensible_cadence():
+    """--eval-every, or about 20 evals a run and never more often than every 50 steps."""
+    every = functools.partial(eval_interval, run_config("-", "u", eval_every=None))
+    assert every(100) == 50 and every(22_500) == 1125 and eval_interval(run_config("-", "u", eval_rows=5), 100) == 8

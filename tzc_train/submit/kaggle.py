@@ -1,6 +1,6 @@
 """The competition's deliverables: what the judges' cells restore and decode.
 
-**Single session.** The judges re-run the participant's notebook (:mod:`tzc_train.notebook`), then
+**Single session.** The judges re-run the participant's notebook (:mod:`tzc_train.submit.notebook`), then
 list ``CKPT_DIR/actor/``, take the largest all-digit step, restore
 ``CKPT_DIR/actor/<step>/model_params`` with orbax's ``StandardCheckpointer`` into the abstract state
 of the notebook's ``lora_policy`` (``nnx.state(lora_policy, nnx.LoRAParam)``), ``nnx.update`` it, and
@@ -9,13 +9,14 @@ decode greedily through tunix's ``Sampler`` with the notebook's ``tokenizer``, `
 ``CKPT_DIR`` (``tzc_train.session``); :func:`judges_names` makes the names.
 
 **Unrestricted mode.** The same restore from ``kagglehub.model_download(MODEL_ID + "/jax/size")``:
-:func:`tzc_train.export.save_lora_checkpoint` writes the LoRA parameters as that orbax checkpoint (``tzc-train export``
-puts it in ``OUT/kaggle``, the folder to upload as the Kaggle model's files), not merged weights.
+:func:`tzc_train.submit.export.save_lora_checkpoint` writes the LoRA parameters as that orbax checkpoint
+(``tzc-train export`` puts it in ``OUT/kaggle``, the folder to upload as the Kaggle model's files), not
+merged weights.
 
 Dtypes: ``lora_policy`` holds its LoRA factors in the base weights' dtype (bfloat16 for Gemma 2 2B),
-since tunix's Sampler makes its KV cache in the model's dtype (``tzc_train.model.for_decoding``).
+since tunix's Sampler makes its KV cache in the model's dtype (``tzc_train.model.views.for_decoding``).
 A run's checkpoints hold the float32 masters; orbax casts them to the target's dtype on restore,
-which is the same rounding as the cast :func:`~tzc_train.model.for_decoding` does.
+which is the same rounding as the cast :func:`~tzc_train.model.views.for_decoding` does.
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ def judges_names(run: str, *, weights: str | None = None, restore: bool = True) 
     import dataclasses
 
     from tzc_data.look import build_tokenizer
-    from tzc_train.model import for_decoding
+    from tzc_train.config import read_run_config
+    from tzc_train.model.load import base_model, run_mesh
+    from tzc_train.model.lora import restore_adapters, with_lora
+    from tzc_train.model.views import for_decoding
     from tzc_train.session import saved_step
-    from tzc_train.train import base_model, read_run_config, restore_adapters, run_mesh, with_lora
 
     config = read_run_config(run)
     if weights:

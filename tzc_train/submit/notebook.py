@@ -10,7 +10,7 @@ Kaggle TPU, it
 3. trains with the run's recorded options into ``CKPT_DIR`` (``CKPT_DIR/actor/<step>/model_params``),
    with ``--time-limit`` set from what is left of the session;
 4. defines the names the judges' cells use: ``lora_policy``, ``tokenizer``, ``model_config``,
-   ``MAX_PROMPT_LENGTH``, ``PROMPT_TEMPLATE``, ``MAX_GENERATION_STEPS`` (``tzc_train.kaggle``).
+   ``MAX_PROMPT_LENGTH``, ``PROMPT_TEMPLATE``, ``MAX_GENERATION_STEPS`` (``tzc_train.submit.kaggle``).
 
 Its first code cell is tagged ``parameters`` (papermill's convention): a test, or a user, replaces
 any value there, e.g. to run it small on CPU.
@@ -25,13 +25,13 @@ from typing import Any
 
 import tzc_data
 from tzc_data import format as fmt
-from tzc_train.kaggle import build_system, generation_budget, prompt_template
 from tzc_train.session import read_summary
+from tzc_train.submit.kaggle import build_system, generation_budget, prompt_template
 
 # tzc is not on PyPI (a different "tzc" is): the notebook installs the wheel attached as a Kaggle dataset
 # (`python -m pip wheel --no-deps . -w dist`), or any pip argument the user names.
 DEFAULT_PACKAGE = f"/kaggle/input/tzc/tzc-{tzc_data.__version__}-py3-none-any.whl[train]"
-# The base's Flax weights on Kaggle, by family (tzc_train.bases): a folder of that name holds the checkpoint.
+# The base's Flax weights on Kaggle, by family (tzc_train.model.bases): a folder of that name holds the checkpoint.
 KAGGLE_WEIGHTS = {"gemma2": "google/gemma-2/flax/gemma2-2b-it", "gemma3": "google/gemma-3/flax/gemma3-1b-it"}
 # Options of tzc_run.json the notebook sets itself, from where it runs.
 _SET_HERE = ("data", "out", "weights", "resume", "time_limit", "mesh")
@@ -41,7 +41,7 @@ def write_notebook(run: str, out: str, *, package: str = DEFAULT_PACKAGE, overwr
     """Write the submission notebook for ``run`` (a ``tzc-train`` run folder) to ``out``; returns ``out``.
     Refuses an existing ``out`` unless ``overwrite``; written under a temporary name and renamed."""
     from tzc_data.verify import verify
-    from tzc_train.train import read_run_config
+    from tzc_train.config import read_run_config
 
     config = read_run_config(run)
     if len(config.builds) != 1:
@@ -111,7 +111,7 @@ def _title(facts: dict[str, Any]) -> str:
 
 
 def _base(facts: dict[str, Any]) -> Any:
-    from tzc_train.bases import base
+    from tzc_train.model.bases import base
 
     return base(facts["config"].model)
 
@@ -296,9 +296,9 @@ print(f"{DATA}: {manifest['counts']['kept']:,} examples in {manifest['packing'][
 '''
 
 _TRAIN = '''# Training: the run's options, into CKPT_DIR; stops with a checkpoint in time, and a re-run continues it.
-from tzc_train.train import TrainConfig, train
-
-from tzc_train.bases import base
+from tzc_train.config import TrainConfig
+from tzc_train.model.bases import base
+from tzc_train.train import train
 
 if MODEL_WEIGHTS is None and not base(TRAIN_OPTIONS["model"]).tiny:
     import kagglehub
@@ -314,7 +314,7 @@ print({k: v for k, v in summary.items() if k not in ("losses", "sessions")})
 
 _NAMES = '''# What the judges' cells use: lora_policy (the base with LoRA factors in its dtype, the latest
 # checkpoint restored), tokenizer, model_config, MAX_PROMPT_LENGTH; PROMPT_TEMPLATE must be the build's.
-from tzc_train.kaggle import judges_names
+from tzc_train.submit.kaggle import judges_names
 
 _names = judges_names(CKPT_DIR, weights=MODEL_WEIGHTS)
 lora_policy, tokenizer, model_config = _names["lora_policy"], _names["tokenizer"], _names["model_config"]

@@ -6,10 +6,10 @@
     gemma3-1b    Gemma 3 1B-IT, from --weights                            tunix.models.gemma3
 
 Per family: tunix's module (``ModelConfig``, the model class, ``RematConfig``, ``AttentionType``), the
-real config, the tiny config, the loaders of Hugging Face safetensors and of a Kaggle Flax checkpoint,
-and the tokenizer its builds must have been made with (``tzc_data``'s ``gemma2`` or ``gemma3``, as the
-manifest names it). Everything else (packed attention, the loss, LoRA, the trainer) is one code path:
-both families share the layer structure tzc relies on (``layers[i].attn`` with ``q_einsum`` /
+real config, the tiny config and its random model, and the tokenizer its builds must have been made with
+(``tzc_data``'s ``gemma2`` or ``gemma3``, as the manifest names it). Real weights are loaded by
+:mod:`tzc_train.model.load`. Everything else (packed attention, the loss, LoRA, the trainer) is one code
+path: both families share the layer structure tzc relies on (``layers[i].attn`` with ``q_einsum`` /
 ``kv_einsum`` / ``attn_vec_einsum``, ``mlp.{gate,up,down}_proj``, ``embedder.input_embedding``).
 
 What Gemma 3 changes for training: a 262,144-piece vocabulary (tied embedding), one key/value head
@@ -20,7 +20,6 @@ What Gemma 3 changes for training: a 262,144-piece vocabulary (tied embedding), 
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -145,63 +144,6 @@ def check_tokenizer(name: str, recorded: dict[str, Any], build: str) -> None:
                          f"{vocab:,} rows of --model {name}'s embedding")
 
 
-def load(name: str, weights: str | None, vocab_size: int, mesh: jax.sharding.Mesh) -> tuple[nnx.Module, Any]:
-    """The base model and its config: a tiny random model, or real weights in bfloat16 (the tiny
-    model's float32 when ``weights`` are a tiny model's export) from a Hugging Face safetensors
-    directory or a Kaggle Flax checkpoint."""
-    import jax.numpy as jnp
-
-    b = base(name)
-    model_config = tiny_config(b.family, vocab_size) if b.tiny else real_config(name)
-    if weights is None:  # only the tiny models may come without weights (validated in TrainConfig)
-        return tiny_model(b.family, vocab_size, mesh), model_config
-    dtype = jnp.float32 if b.tiny else jnp.bfloat16
-    if os.path.isdir(weights) and any(n.endswith(".safetensors") for n in os.listdir(weights)):
-        model = _from_safetensors(b.family, weights, model_config, mesh, dtype)
-        return model, dataclasses.replace(model_config, num_embed=model.embedder.input_embedding.shape[0])
-    return _from_kaggle(b.family, weights, model_config, mesh, dtype), model_config
-
-
-def _from_safetensors(family: str, path: str, model_config: Any, mesh: jax.sharding.Mesh, dtype: Any) -> nnx.Module:
-    if family == "gemma2":
-        from tunix.models.gemma import params_safetensors
-    else:
-        from tunix.models.gemma3 import params_safetensors
-    return params_safetensors.create_model_from_safe_tensors(path, model_config, mesh, dtype=dtype)
-
-
-def _from_kaggle(family: str, path: str, model_config: Any, mesh: jax.sharding.Mesh, dtype: Any) -> nnx.Module:
-    """A Kaggle (Flax/orbax) checkpoint as a tunix model of ``model_config``, through tunix's own
-    key mapping (Gemma 2: ``module_from_linen_variables``, since ``Gemma.from_params`` picks the
-    config from a version string; Gemma 3: ``params.create_model_from_checkpoint``)."""
-    from tunix.rl import reshard
-
-    def refused(err: Exception) -> ValueError:
-        return ValueError(f"--weights {path}: not a Kaggle Flax checkpoint or a safetensors directory "
-                          f"({str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__})")
-
-    if family == "gemma3":
-        from tunix.models.gemma3 import params as gemma3_params
-
-        try:
-            return gemma3_params.create_model_from_checkpoint(os.path.abspath(path), model_config, mesh, dtype=dtype)
-        except (FileNotFoundError, ValueError, KeyError) as err:
-            raise refused(err) from None
-    from flax import nnx
-    from tunix.models.gemma import params as gemma_params
-
-    gemma_lib = module("gemma2")
-    try:
-        params = gemma_params.load_and_format_params(os.path.abspath(path))
-    except (FileNotFoundError, ValueError) as err:
-        raise refused(err) from None
-    model = gemma_lib.module_from_linen_variables(
-        module_factory=lambda: gemma_lib.Gemma(model_config, rngs=nnx.Rngs(params=0)),
-        variables=params["transformer"], map_key_fn=gemma_lib._map_linen_var_names,
-        assign_val_fn=gemma_lib._assign_linen_params_to_nnx_state)
-    return reshard.reshard_model_to_mesh(model, mesh)
-
-
 def attention_types(model_config: Any) -> list[Any]:
     """Each layer's attention type (``LOCAL_SLIDING`` or ``GLOBAL``) of a config of either family."""
     if hasattr(model_config, "attention_types"):
@@ -212,5 +154,5 @@ def attention_types(model_config: Any) -> list[Any]:
     return [t for _, t in zip(range(model_config.num_layers), itertools.cycle(pattern))]
 
 
-__all__ = ["Base", "MODELS", "attention_types", "base", "check_tokenizer", "family_of", "load", "model_class",
-           "module", "real_config", "tiny_config", "tiny_model"]
+__all__ = ["MODELS", "Base", "attention_types", "base", "check_tokenizer", "family_of", "model_class", "module",
+           "real_config", "tiny_config", "tiny_model"]

@@ -1,10 +1,15 @@
 """Export a run: its adapters alone, the judges' LoRA checkpoint, and the adapters merged into the base.
 
+:func:`export_run` (``tzc-train export``) writes every layout below for a run's latest checkpoint;
+the functions it calls write one layout each from a model or its parameters.
+
     OUT/kaggle/                         the unrestricted-mode deliverable: the LoRA parameters as the orbax
                                         checkpoint the judges' cells restore into ``lora_policy``
-                                        (``tzc_train.kaggle``); upload this folder as the Kaggle model's files
+                                        (``tzc_train.submit.kaggle``); upload this folder as the Kaggle
+                                        model's files
     OUT/adapters/adapters.safetensors   float32 LoRA factors by module path (``layers/0/attn/q_einsum/w_lora_a``…)
     OUT/adapters/adapter_config.json    rank, alpha, target regex, base model and dtype, the run it came from
+                                        (read back by ``tzc_train.model.adapters``)
     OUT/merged/model.safetensors        a plain Gemma 2 checkpoint in Hugging Face's layout and names
     OUT/merged/config.json              Hugging Face ``Gemma2ForCausalLM`` config (special ids: the build's tokenizer's)
     OUT/flax/                           the same merged weights as a Kaggle Flax (orbax) Gemma 2 checkpoint
@@ -50,6 +55,7 @@ weights are ``[out, in]``; norms and the embedding are stored as they are (both 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -60,11 +66,18 @@ from typing import Any
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 from tunix.models.gemma import model as gemma_lib
 
+import tzc_data
+from tzc_train.config import read_run_config
+from tzc_train.model.adapters import ADAPTER_CONFIG, ADAPTER_FILE, adapter_arrays, param_arrays
+from tzc_train.model.bases import attention_types
+from tzc_train.model.load import base_model, run_mesh
+from tzc_train.model.lora import restore_adapters, with_lora
+from tzc_train.model.views import for_decoding
+
 ADAPTERS, MERGED, FLAX, KAGGLE = "adapters", "merged", "flax", "kaggle"
-ADAPTER_FILE, ADAPTER_CONFIG = "adapters.safetensors", "adapter_config.json"
 
 # Last path component of the weight -> einsum from (A, B) to the weight's own axis order.
 _MERGE = {
@@ -74,10 +87,6 @@ _MERGE = {
     "attn_vec_einsum": "nhr,rd->nhd",  # w [heads, head_dim, embed]
     "gate_proj": "ir,ro->io", "up_proj": "ir,ro->io", "down_proj": "ir,ro->io",  # kernel [in, out]
 }
-
-
-def _path(parts: tuple) -> str:
-    return "/".join(map(str, parts))
 
 
 @contextlib.contextmanager
@@ -96,17 +105,6 @@ def staged(directory: str) -> Iterator[str]:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def param_arrays(model: nnx.Module, kind: Any = nnx.Param) -> dict[str, np.ndarray]:
-    """The parameters of ``model`` that ``kind`` (an nnx filter) selects, as numpy arrays by path
-    (``layers/0/attn/q_einsum/w``)."""
-    return {_path(path): np.asarray(value.get_value()) for path, value in nnx.state(model, kind).flat_state()}
-
-
-def adapter_arrays(model: nnx.Module) -> dict[str, np.ndarray]:
-    """The LoRA factors of ``model`` as float32 numpy arrays, by path."""
-    return {path: value.astype(np.float32, copy=False) for path, value in param_arrays(model, nnx.LoRAParam).items()}
-
-
 def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float, targets: str,
                   base: str, dtype: str | None = None, run: str | None = None) -> str:
     with staged(directory) as path:
@@ -117,39 +115,6 @@ def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float,
                        "dtype": dtype, "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
                       handle, indent=2)
     return directory
-
-
-def is_exported_adapters(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
-
-
-def adapter_config(directory: str) -> dict[str, Any]:
-    """``adapter_config.json`` of exported adapters: rank, alpha, targets, base model, run."""
-    with open(os.path.join(directory, ADAPTER_CONFIG), encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def load_adapters(model: nnx.Module, directory: str) -> dict[str, Any]:
-    """Put exported adapters back on a LoRA model built with the same rank and targets; returns
-    their config. Refuses, naming the path, any adapter that is missing or has another shape."""
-    config = adapter_config(directory)
-    arrays = load_file(os.path.join(directory, ADAPTER_FILE))
-    state = nnx.state(model, nnx.LoRAParam)
-    flat = dict(state.flat_state())
-    expected = {_path(p) for p in flat}
-    if set(arrays) != expected:
-        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
-        raise ValueError(f"{directory}: adapters do not match this model (rank/targets?): missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}")
-    for path, variable in flat.items():
-        value = arrays[_path(path)]
-        current = variable.get_value()
-        if value.shape != current.shape:
-            raise ValueError(f"{directory}: adapter {_path(path)} has shape {value.shape}, the model wants "
-                             f"{current.shape} (was it trained with another --lora-rank?)")
-        variable.set_value(np.asarray(value, dtype=current.dtype))
-    nnx.update(model, state)
-    return config
 
 
 def merged_params(model: nnx.Module, *, rank: int, alpha: float) -> dict[str, np.ndarray]:
@@ -233,8 +198,6 @@ def hf_config_gemma3(config: Any, vocab_size: int, dtype: str, special: dict[str
     """Hugging Face ``config.json`` of a Gemma 3 text model (``Gemma3ForCausalLM``): QK-norm, no
     soft-caps, local layers (window, RoPE base 10,000) with every sixth layer global (base 1,000,000)."""
     from tunix.models.gemma3 import model as gemma3_lib
-
-    from tzc_train.bases import attention_types
 
     types = ["sliding_attention" if t == gemma3_lib.AttentionType.LOCAL_SLIDING else "full_attention"
              for t in attention_types(config)]
@@ -358,6 +321,44 @@ def save_lora_checkpoint(model: Any, directory: str) -> str:
     return directory
 
 
-__all__ = ["adapter_arrays", "adapter_config", "hf_config_gemma3", "hf_state_dict", "is_exported_adapters", "is_gemma3",
-           "kaggle_params", "kaggle_params_gemma3", "load_adapters", "merged_params", "param_arrays", "save_adapters",
-           "save_flax", "save_merged", "staged", "save_lora_checkpoint"]
+def export_run(run: str, out: str, *, weights: str | None = None, merged: bool = True) -> dict[str, Any]:
+    """Write ``out/adapters`` and ``out/kaggle`` (the unrestricted-mode deliverable: the LoRA
+    parameters as the orbax checkpoint the judges restore, ``tzc_train.submit.kaggle``) and, unless
+    ``merged=False``, ``out/merged`` and ``out/flax``, for a run's latest checkpoint (see the module
+    docstring). ``weights`` overrides the base weights the run used. Refuses to write over a
+    non-empty directory."""
+    from tzc_data.look import build_tokenizer
+
+    config = read_run_config(run)
+    if weights:
+        config = dataclasses.replace(config, weights=weights)
+    names = [ADAPTERS, KAGGLE] + ([MERGED, FLAX] if merged else [])
+    targets = {name: os.path.join(out, name) for name in names}
+    taken = [t for t in targets.values() if os.path.exists(t) and (not os.path.isdir(t) or os.listdir(t))]
+    if taken:
+        raise ValueError(f"{taken[0]} already exists and is not empty; choose another --out")
+    manifest = tzc_data.read_manifest(config.builds[0])
+    tokenizer = build_tokenizer(manifest, None)
+    special = {"bos": tokenizer.bos, "eos": tokenizer.eos, "pad": max(tokenizer.pad, 0),
+               "end_of_turn": tokenizer.end_of_turn}
+    mesh = run_mesh(config)
+    with mesh:
+        base, model_config = base_model(config, manifest["tokenizer"]["vocab_size"], mesh)
+        model = with_lora(base, config, mesh)
+        restore_adapters(model, run, "--run")
+        written = {"adapters": save_adapters(model, targets[ADAPTERS], rank=config.lora_rank,
+                                             alpha=config.lora_alpha, targets=config.lora_targets,
+                                             base=config.model, dtype=config.dtype, run=os.path.abspath(run)),
+                   "kaggle": save_lora_checkpoint(for_decoding(model), targets[KAGGLE])}
+        if merged:
+            params = merged_params(model, rank=config.lora_rank, alpha=config.lora_alpha)
+            written["merged"] = save_merged(params, targets[MERGED], model_config, special=special)
+            # Gemma.from_params builds Kaggle's config (256,128 embedding rows; Hugging Face's have 256,000)
+            rows = gemma_lib.ModelConfig.gemma2_2b_it().num_embed if config.model == "gemma2-2b" else 0
+            written["flax"] = save_flax(params, targets[FLAX], model_config, vocab_rows=rows)
+    return written
+
+
+__all__ = ["ADAPTERS", "FLAX", "KAGGLE", "MERGED", "export_run", "hf_config", "hf_config_gemma3", "hf_state_dict",
+           "is_gemma3", "kaggle_params", "kaggle_params_gemma3", "merged_params", "save_adapters", "save_flax",
+           "save_lora_checkpoint", "save_merged", "staged"]

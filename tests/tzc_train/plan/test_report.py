@@ -5,9 +5,11 @@ import re
 
 import jax
 import pytest
+
 from tzc_data.cli import main as tzc_data_main
 from tzc_train.cli import main
-from tzc_train.plan import PlanConfig, PlanError, model_flops, plan
+from tzc_train.plan.config import PlanConfig, PlanError
+from tzc_train.plan.report import model_flops, plan
 
 # The README's training command for a v5e-8 (its "Training at the entry's scale" part).
 README_SETTINGS = ["--batch-size", "8", "--grad-accum", "4", "--remat", "block"]
@@ -47,7 +49,7 @@ def test_the_readme_settings_fit_a_v5e_8(build, capsys):
 def test_every_layout_is_compiled_and_the_cheapest_that_fits_is_chosen(build, capsys):
     """Without --mesh: each fsdp x tp split the model and the batch allow, with its own counts; the plan
     is the cheapest one that fits, and its hours are judged against the time limit less the overheads."""
-    from tzc_train.plan import layout_candidates
+    from tzc_train.plan.report import layout_candidates
 
     config = PlanConfig(data=str(build), model="tiny", batch_size=8, steps=100, fast_compile=True)
     assert layout_candidates(config, 600, 8) == [(8, 1), (4, 2), (2, 4)]
@@ -130,7 +132,7 @@ def test_model_flops_of_gemma3_1b_match_its_parameter_count():
     """Gemma 3 1B: 1.0e9 parameters, 0.30e9 of them the tied 262,144-row embedding; about 2.0 GFLOP a
     token forward, against 5.2 for Gemma 2 2B; its attention over a 4096-token row costs less than
     Gemma 2's (five layers in six see 512 keys)."""
-    from tzc_train import bases
+    from tzc_train.model import bases
 
     gemma3, gemma2 = bases.real_config("gemma3-1b"), bases.real_config("gemma2-2b")
     one_token = model_flops(gemma3, 0, rows=1, seq_len=1)

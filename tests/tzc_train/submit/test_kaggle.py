@@ -17,9 +17,9 @@ from nbclient import NotebookClient
 import tzc_data
 from tzc_data.cli import main as tzc_data_main
 from tzc_data.format import DEFAULT_SYSTEM
-from tzc_train.kaggle import JUDGES_BUDGET, generation_budget, max_prompt_length, prompt_template
-from tzc_train.notebook import write_notebook
-from tzc_train.train import TrainConfig, write_run_config
+from tzc_train.config import TrainConfig, write_run_config
+from tzc_train.submit.kaggle import JUDGES_BUDGET, generation_budget, max_prompt_length, prompt_template
+from tzc_train.submit.notebook import write_notebook
 
 SYSTEM = "Answer with reasoning, then the answer. Use {braces} freely."
 QUESTIONS = [f"What is {i} mod 17?" for i in (3, 50, 123)]
@@ -81,7 +81,7 @@ judged = [sampler(input_strings=[PROMPT_TEMPLATE.format(question=q)], max_genera
 def _dump(name: str) -> str:
     """A cell that writes what the judges' cells produced: their completions and the restored adapters."""
     return f'''
-from tzc_train.export import param_arrays
+from tzc_train.model.adapters import param_arrays
 np_arrays = {{k.replace("/", "|"): np.asarray(v, np.float32) for k, v in param_arrays(lora_policy, nnx.LoRAParam).items()}}
 np.savez(os.path.join(WORK, "{name}.npz"), **np_arrays)
 with open(os.path.join(WORK, "{name}.json"), "w") as handle:
@@ -147,7 +147,9 @@ def _run_adapters(ckpt) -> dict[str, np.ndarray]:
     """The run's latest adapters (float32 masters) rounded to bfloat16, restored by tzc's own code."""
     import jax.numpy as jnp
 
-    from tzc_train.train import base_model, lora_state, make_mesh, read_run_config, restore_adapters, with_lora
+    from tzc_train.config import read_run_config
+    from tzc_train.model.load import base_model, make_mesh
+    from tzc_train.model.lora import lora_state, restore_adapters, with_lora
 
     config = read_run_config(str(ckpt))
     manifest = tzc_data.read_manifest(config.builds[0])
@@ -195,7 +197,7 @@ def test_the_judges_greedy_completions_equal_tzc_train_eval(submission, tmp_path
 
 
 def test_the_notebook_fills_the_template_and_defines_the_judges_names(submission):
-    from tzc_train.bases import base
+    from tzc_train.model.bases import base
 
     cells = submission["notebook"].cells
     text = "\n".join(c.source for c in cells)
