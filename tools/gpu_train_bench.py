@@ -15,7 +15,7 @@ model with random weights (no weights needed). Two row layouts of the same examp
 Example lengths are drawn from a log-normal (median a quarter of ``--seq-len``: about 1,000 tokens at
 4096, capped at ``--seq-len``), loss on the latter 80% of each. ``tokens/s`` counts real
 (non-padding) tokens, so the two layouts compare on the work that matters; MFU is model FLOPs of
-all the rows computed (``tzc_train.plan.model_flops``, padding included) over the device's peak
+all the rows computed (``tzc_train.plan.report.model_flops``, padding included) over the device's peak
 bfloat16 FLOP/s (``--peak-tflops``, or a table by device kind). Peak memory is JAX's
 ``peak_bytes_in_use`` (not reported by the CPU backend). Compilation and ``--warmup`` steps are not
 timed. Prints one Markdown table.
@@ -75,8 +75,9 @@ def build(args: argparse.Namespace, mesh) -> tuple:
     from tunix.models import dummy_model_creator
     from tunix.models.gemma import model as gemma_lib
 
-    from tzc_train.model import prepare, tiny_config
-    from tzc_train.train import TrainConfig, with_lora
+    from tzc_train.config import TrainConfig
+    from tzc_train.model.lora import with_lora
+    from tzc_train.model.views import prepare, tiny_config
 
     if args.tiny:
         model_config, dtype = tiny_config(args.vocab), jnp.float32
@@ -97,8 +98,9 @@ def run_layout(name: str, data: dict, args: argparse.Namespace, mesh, model, opt
     from flax import nnx
     from tunix.sft import sharding_utils
 
-    from tzc_train.model import packed_inputs, packed_loss
-    from tzc_train.plan import model_flops, step_owner
+    from tzc_train.model.loss import packed_inputs, packed_loss
+    from tzc_train.plan.compile import step_owner
+    from tzc_train.plan.report import model_flops
     from tzc_train.trainer import Trainer
 
     owner = step_owner(packed_inputs, packed_loss, args.grad_accum)
@@ -168,7 +170,7 @@ def main() -> None:
 
     import jax
 
-    from tzc_train.train import make_mesh
+    from tzc_train.model.load import make_mesh
 
     mesh = make_mesh(None)
     lengths = example_lengths(args.examples, args.seq_len, seed=0)

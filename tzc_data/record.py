@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 KEPT = "kept"
 
-# reason -> (what it means, the option that controls it). The guardrail and the README use this.
+# reason -> (what it means, the option that controls it). The guardrail, explain and docs/building.md use this.
 REASONS: dict[str, tuple[str, str]] = {
     "malformed": ("missing/null/non-string field, invalid UTF-8 or an undecodable line", "none (fix the source)"),
     "format_mismatch": ("the row does not fit --format (an OpenO1 output without <Thought>, two user turns…)",

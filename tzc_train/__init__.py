@@ -14,7 +14,7 @@
     submit/      `tzc-train export` (every layout), the judges' names (kaggle.py), the submission notebook
     cli.py       `tzc-train` and its subcommands
 
-Imports go one way, never in a circle (tests/tzc_train/test_layout.py checks it): session.py and the
+Imports go one way, never in a circle (tests/test_house_rules.py checks it): session.py and the
 model's parts (bases, attention, views, loss, adapters) know nothing of a run; config.py knows the
 model's names; model/load.py and model/lora.py build a run's model from its config; feed, trainer and
 train build on those; plan/, sample, evaluate, submit/ and cli sit on top.

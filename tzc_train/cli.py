@@ -117,7 +117,7 @@ def export_main(argv: list[str]) -> int:
         prog="tzc-train export",
         description="Write a run's latest adapters for the competition and for everyone else: OUT/kaggle (the "
                     "unrestricted-mode deliverable: the LoRA parameters as the orbax checkpoint the judges' cells "
-                    "restore into lora_policy; upload this folder as the Kaggle model's files, see the README), "
+                    "restore into lora_policy; upload this folder as the Kaggle model's files, see docs/submission.md), "
                     "OUT/adapters (safetensors + adapter_config.json, for --init-lora and `sample --lora`), and the "
                     "adapters merged into the base weights, for Hugging Face and tunix users (the competition loads "
                     "neither): OUT/merged (Hugging Face layout safetensors) and OUT/flax (the Kaggle Flax layout of "
@@ -269,9 +269,10 @@ def train_parser() -> argparse.ArgumentParser:
                         help="packed rows per micro-batch, all hosts together (a multiple of the mesh's fsdp axis)")
     parser.add_argument("--grad-accum", type=int, default=1,
                         help="micro-batches per optimizer step; the loss is the token mean over all of them")
-    parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW), after linear warmup, "
-                                                                "then cosine decay to 0")
-    parser.add_argument("--warmup-steps", type=int, default=10, help="optimizer steps of linear warmup from 0")
+    parser.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW), reached at the last warmup "
+                        "step, then cosine decay: the last step trains just above 0")
+    parser.add_argument("--warmup-steps", type=int, default=10, help="optimizer steps of linear warmup: the first "
+                        "trains at --lr / --warmup-steps (never at 0)")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay of the adapters")
     parser.add_argument("--lora-rank", type=int, default=64, help="rank of each LoRA adapter")
     parser.add_argument("--lora-alpha", type=float, default=64.0, help="LoRA scale: the update is x A B alpha/rank")
@@ -279,7 +280,7 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mesh", help="FSDPxTP, e.g. 2x4 (default: devices/tp x tp, tp = gcd(devices, 4))")
     parser.add_argument("--remat", choices=["none", "block", "decoder"], default="block",
                         help="recompute each attention/MLP block (block) or each layer (decoder) in the backward "
-                             "pass; block needed the least memory in `tzc-train plan` (README)")
+                             "pass; block needed the least memory in `tzc-train plan` (docs/training.md)")
     parser.add_argument("--attention", choices=["auto", "plain", "splash"], default="auto",
                         help="auto: splash attention (Pallas) on TPU, the plain reference elsewhere")
     parser.add_argument("--seed", type=int, default=0, help="the data order and the adapters' initialisation")

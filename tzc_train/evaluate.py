@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 
 import tzc_data
-from tzc_data import format as fmt
-from tzc_data.decontaminate import check_held_out
-from tzc_data.look import build_tokenizer
-from tzc_data.tokenize import Tokenizer
+from tzc_data.text import format as fmt
+from tzc_data.verify.contamination import check_held_out
+from tzc_data.text.tokenize import build_tokenizer
+from tzc_data.text.tokenize import Tokenizer
 from tzc_train.sample import Sample, sample
 from tzc_train.submit.kaggle import JUDGES_BUDGET
 
@@ -186,7 +186,7 @@ def evaluate(request: DecodeRequest, *, prompts: str | None = None, limit: int =
              allow_overlap: bool = False) -> dict[str, Any]:
     """Decode the eval split's prompts (or the ``prompts`` file's) and report; see the module docstring.
     A ``prompts`` file that shares word n-grams with the build's training prompts is refused
-    (:func:`tzc_data.decontaminate.check_held_out`), or with ``allow_overlap`` reported as ``overlap``."""
+    (:func:`tzc_data.verify.contamination.check_held_out`), or with ``allow_overlap`` reported as ``overlap``."""
     if limit < 0:
         raise ValueError(f"--limit {limit}: must be >= 0")
     manifest = tzc_data.read_manifest(request.data)

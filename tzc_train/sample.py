@@ -1,6 +1,6 @@
 """Greedy samples from a trained model, and the format check the original entry reported
 ("Format Validation: 9/10"): a completion passes when it is ``<reasoning>…</reasoning>`` then
-``<answer>…</answer>`` (``tzc_data.format.parse_completion``).
+``<answer>…</answer>`` (``tzc_data.text.format.parse_completion``).
 
 Prompts are encoded exactly as in training (``Tokenizer.encode_prompt``: content apart from the
 markup, ending in ``<start_of_turn>model\\n``), not by re-tokenizing a rendered string: defect 5 of
@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tzc_data import format as fmt
-from tzc_data.tokenize import Tokenizer
+from tzc_data.text import format as fmt
+from tzc_data.text.tokenize import Tokenizer
 
 
 class PromptEncoder:

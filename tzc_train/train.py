@@ -46,7 +46,7 @@ def train(config: TrainConfig, *, started: float | None = None) -> dict[str, Any
     (default: now)."""
     started = time.monotonic() if started is None else started
     manifest = tzc_data.read_manifest(config.builds[0])  # a mixture's builds share seq_len and tokenizer
-    seq_len, vocab_size = manifest["config"]["seq_len"], manifest["tokenizer"]["vocab_size"]
+    vocab_size = manifest["tokenizer"]["vocab_size"]
     check_out(config)
     if config.resume:
         check_resume(config)

@@ -9,7 +9,7 @@ import pytest
 import tiny_runs
 
 import tzc_data
-from tzc_data.look import build_tokenizer
+from tzc_data.text.tokenize import build_tokenizer
 from tzc_train.evaluate import Prompt, eval_split_prompts, format_report, read_prompts, references_fitting, report
 from tzc_train.sample import Sample, check_format
 
@@ -69,7 +69,7 @@ def test_eval_refuses_prompts_that_overlap_the_training_build_or_warns_when_allo
     import tzc_train.evaluate as evaluate_module
     from tzc_data.cli import main
     from tzc_data.errors import ConfigError
-    from tzc_data.synthetic import generate
+    from tzc_data.sources.generator import generate
     from tzc_train.evaluate import DecodeRequest, evaluate
 
     build = tmp_path / "build"

@@ -9,7 +9,7 @@ import pytest
 import tiny_runs
 from tiny_runs import alone, logits
 
-from tzc_data.look import build_tokenizer
+from tzc_data.text.tokenize import build_tokenizer
 from tzc_train.evaluate import DecodeRequest, Prompt, decode
 from tzc_train.model import bases
 from tzc_train.model.load import make_mesh

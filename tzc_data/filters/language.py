@@ -4,7 +4,7 @@ English prose of any topic is full of "the", "of", "is", "to"…; Spanish, Germa
 shares only a few of them, and text in a non-Latin script shares none. Measured on the prompt plus
 the start of the reasoning (what the competition's English-only rule is about), it costs one
 ``split`` and a set lookup per word. Maths-heavy English scores lower than prose but far above
-other languages; the README reports the false-drop rate on the real prompts and traces in
+other languages; docs/building.md reports the false-drop rate on the real prompts and traces in
 ``../shared/data``.
 """
 

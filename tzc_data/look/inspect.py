@@ -7,20 +7,16 @@ trainer use it too.
 
 from __future__ import annotations
 
-import os
 import re
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 import polars as pl
 
 from tzc_data.errors import TzcError
-from tzc_data.files import sha256_file
 from tzc_data.layout import PACKS
 from tzc_data.read.load import load
 from tzc_data.read.manifest import read_manifest, read_stats
-from tzc_data.text.tokenize import Tokenizer, known_name, known_tokenizer_path
+from tzc_data.text.tokenize import build_tokenizer
 
 # ---------------------------------------------------------------------------------------------
 
@@ -35,45 +31,6 @@ def printable(text: str) -> str:
     text from the data cannot drive the terminal it is shown on (``explain``, ``inspect``).
     Line breaks and tabs stay; a backslash stays as it is."""
     return _CONTROLS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-
-
-def find_tokenizer(manifest: dict[str, Any], paths: Sequence[str] = (), *, memo: bool = False) -> Tokenizer:
-    """The tokenizer a build was made with: the first of ``paths``, the path the build recorded, or
-    the cached Gemma 2 or Gemma 3 one, whose sha256 is the one the manifest records; TzcError otherwise."""
-    expected = manifest["tokenizer"]["sha256"]
-    recorded = manifest["config"].get("tokenizer")
-    tried = []
-    for candidate in [*paths, recorded]:
-        if not candidate or candidate in tried:
-            continue
-        tried.append(candidate)
-        try:
-            if os.path.isfile(candidate) and sha256_file(candidate) == expected:
-                return _tokenizer(candidate, manifest, memo)
-        except OSError:
-            continue
-    if known_name(expected):  # Gemma 2's or Gemma 3's: from the cache, fetched if need be
-        return _tokenizer(str(known_tokenizer_path(known_name(expected))), manifest, memo)
-    looked = f" (not at {', '.join(tried)})" if tried else ""
-    raise TzcError(f"cannot find the build's tokenizer {manifest['tokenizer']['file']} (sha256 {expected[:12]}...)"
-                   f"{looked}; pass --tokenizer PATH")
-
-
-def _tokenizer(path: str, manifest: dict[str, Any], memo: bool) -> Tokenizer:
-    try:
-        return Tokenizer(path, system=manifest["config"]["system"], memo=memo)
-    except ValueError as err:  # format.FormatError: a system prompt the template refuses
-        raise TzcError(f"the build's system prompt cannot be used with its tokenizer: {err}") from None
-
-
-def build_tokenizer(manifest: dict[str, Any], path: str | None) -> Tokenizer:
-    """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 or 3 one."""
-    expected = manifest["tokenizer"]["sha256"]
-    if path and not os.path.isfile(path):
-        raise TzcError(f"--tokenizer {path} is not a file")
-    if path and sha256_file(path) != expected:
-        raise TzcError(f"--tokenizer {path} is not the tokenizer of this build (sha256 {expected[:12]}...)")
-    return find_tokenizer(manifest, [path] if path else [], memo=True)
 
 
 def inspect_row(directory: str, row: int, *, split: str = "train", tokenizer: str | None = None,

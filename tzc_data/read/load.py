@@ -1,7 +1,10 @@
-"""Read a finished build back: the manifest (checked: :func:`read_manifest`), its stats, and the
-packed rows as a Grain ``MapDataset``, read from the manifest's ``shards`` entries, the list verify checks.
+"""The loaders: a finished build (or a mixture of builds) as packed rows, batches and exports.
 
-Grain is imported lazily: the build itself does not need it.
+:func:`load` gives random access to the packed rows (a Grain ``MapDataset``), :func:`batches` a
+shuffled, checkpointable, multi-host iterator of batches, :func:`iter_rows` the rows in order, and
+the exports hand a build to other frameworks. Each reads the manifest's ``shards`` entries, the
+list ``verify`` checks (:mod:`.shards`); several builds are a mixture (:mod:`.mixture`). Grain is
+imported on first use: the build itself does not need it.
 """
 
 from __future__ import annotations

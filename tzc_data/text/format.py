@@ -10,7 +10,7 @@ system prompt opens the first user turn. Every part is trimmed, as the Gemma tem
 text, and the prompt used at inference (:func:`render_prompt`) is the rendered sample's exact
 prefix: the original pipeline trained on ``model\\n`` but sampled after ``model`` (defect 5).
 
-Policy for markup inside content (documented in the README): content that contains one of our
+Policy for markup inside content (documented in docs/building.md): content that contains one of our
 tags (``<reasoning>``, ``</answer>``, ``<think>``…) or a Gemma control string (``<start_of_turn>``,
 ``<eos>``, ``<unused7>``…) is *refused* with :class:`FormatError`, never rewritten. Rewriting
 would silently change what the model is taught; refusing keeps every kept sample parseable and

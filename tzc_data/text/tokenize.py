@@ -34,16 +34,17 @@ import threading
 import zipfile
 from array import array
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
-from tzc_data.errors import TokenizerError
-from tzc_data.files import sha256_file  # noqa: F401  (tzc_data.text.tokenize.sha256_file is public)
+from tzc_data.errors import TokenizerError, TzcError
+from tzc_data.files import sha256_file  # (tzc_data.text.tokenize.sha256_file is public, as it was in tzc_data.tokenize)
 from tzc_data.record import Example
 from tzc_data.text import format as fmt
 from tzc_data.text.wordcache import WordCache, checked_int32, exact_rule
@@ -405,3 +406,42 @@ def _attach(example: Example, parts: list[bytes | None], tokenizer: Tokenizer) -
         return
     example.tokens, example.prompt_tokens = tokenizer.assemble(*parts)
     example.reasoning_tokens, example.answer_tokens = len(parts[1]) // _ITEM, len(parts[2]) // _ITEM
+
+
+def find_tokenizer(manifest: dict[str, Any], paths: Sequence[str] = (), *, memo: bool = False) -> Tokenizer:
+    """The tokenizer a build was made with: the first of ``paths``, the path the build recorded, or
+    the cached Gemma 2 or Gemma 3 one, whose sha256 is the one the manifest records; TzcError otherwise."""
+    expected = manifest["tokenizer"]["sha256"]
+    recorded = manifest["config"].get("tokenizer")
+    tried = []
+    for candidate in [*paths, recorded]:
+        if not candidate or candidate in tried:
+            continue
+        tried.append(candidate)
+        try:
+            if os.path.isfile(candidate) and sha256_file(candidate) == expected:
+                return _tokenizer_at(candidate, manifest, memo)
+        except OSError:
+            continue
+    if known_name(expected):  # Gemma 2's or Gemma 3's: from the cache, fetched if need be
+        return _tokenizer_at(str(known_tokenizer_path(known_name(expected))), manifest, memo)
+    looked = f" (not at {', '.join(tried)})" if tried else ""
+    raise TzcError(f"cannot find the build's tokenizer {manifest['tokenizer']['file']} (sha256 {expected[:12]}...)"
+                   f"{looked}; pass --tokenizer PATH")
+
+
+def _tokenizer_at(path: str, manifest: dict[str, Any], memo: bool) -> Tokenizer:
+    try:
+        return Tokenizer(path, system=manifest["config"]["system"], memo=memo)
+    except ValueError as err:  # format.FormatError: a system prompt the template refuses
+        raise TzcError(f"the build's system prompt cannot be used with its tokenizer: {err}") from None
+
+
+def build_tokenizer(manifest: dict[str, Any], path: str | None) -> Tokenizer:
+    """The tokenizer a build was made with: ``path``, the recorded path, or the cached Gemma 2 or 3 one."""
+    expected = manifest["tokenizer"]["sha256"]
+    if path and not os.path.isfile(path):
+        raise TzcError(f"--tokenizer {path} is not a file")
+    if path and sha256_file(path) != expected:
+        raise TzcError(f"--tokenizer {path} is not the tokenizer of this build (sha256 {expected[:12]}...)")
+    return find_tokenizer(manifest, [path] if path else [], memo=True)

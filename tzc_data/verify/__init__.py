@@ -21,7 +21,7 @@ says where to look. Shards are streamed in chunks; what is held per build is a f
 packed row and per kept example (a few dozen bytes each), never the tokens.
 """
 
-from tzc_data.verify.benchmarks import check_decontaminated
+from tzc_data.verify.contamination import check_decontaminated
 from tzc_data.verify.builds import check_build, verify
 
 __all__ = ["check_build", "check_decontaminated", "verify"]

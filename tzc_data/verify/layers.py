@@ -220,7 +220,7 @@ class Segments:
 def tokenizer_for(manifest: dict[str, Any], paths: Sequence[str], cache: dict[str, Tokenizer]) -> Tokenizer:
     key = f"{manifest['tokenizer']['sha256']} {manifest['config']['system']}"
     if key not in cache:
-        from tzc_data.look.inspect import find_tokenizer  # here: checking a mixture of builds loads no SentencePiece
+        from tzc_data.text.tokenize import find_tokenizer  # here: checking a mixture of builds loads no SentencePiece
 
         cache[key] = find_tokenizer(manifest, paths, memo=False)
     return cache[key]

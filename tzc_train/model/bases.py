@@ -130,7 +130,7 @@ def check_tokenizer(name: str, recorded: dict[str, Any], build: str) -> None:
     b = base(name)
     if b.tiny:
         return
-    from tzc_data.tokenize import KNOWN, known_name
+    from tzc_data.text.tokenize import KNOWN, known_name
 
     made_for = recorded.get("name") or known_name(recorded["sha256"])
     if made_for is not None and made_for != b.family:

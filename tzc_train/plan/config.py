@@ -72,7 +72,7 @@ class PlanConfig:
 
 def remat_advice(remat: str) -> str:
     """What else to try, for a plan that does not fit: ``block`` needs the least memory of the three
-    (README, "Training at the entry's scale"), so only the others are told to use it."""
+    (docs/training.md, "The plan at the entry's scale"), so only the others are told to use it."""
     return "" if remat == "block" else " or use --remat block"
 
 

@@ -112,7 +112,7 @@ def save_adapters(model: nnx.Module, directory: str, *, rank: int, alpha: float,
         save_file(adapter_arrays(model), os.path.join(path, ADAPTER_FILE))
         with open(os.path.join(path, ADAPTER_CONFIG), "w", encoding="utf-8") as handle:
             json.dump({"format": "tzc-lora-1", "rank": rank, "alpha": alpha, "targets": targets, "base_model": base,
-                       "dtype": dtype, "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/export.py)"},
+                       "dtype": dtype, "run": run, "merge": "W += alpha/rank * A@B (per-module contraction in tzc_train/submit/export.py)"},
                       handle, indent=2)
     return directory
 
@@ -327,7 +327,7 @@ def export_run(run: str, out: str, *, weights: str | None = None, merged: bool =
     ``merged=False``, ``out/merged`` and ``out/flax``, for a run's latest checkpoint (see the module
     docstring). ``weights`` overrides the base weights the run used. Refuses to write over a
     non-empty directory."""
-    from tzc_data.look import build_tokenizer
+    from tzc_data.text.tokenize import build_tokenizer
 
     config = read_run_config(run)
     if weights:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 import tzc_data
-from tzc_data import format as fmt
+from tzc_data.text import format as fmt
 
 JUDGES_BUDGET = 768  # new tokens: MAX_GENERATION_STEPS in the competition's template
 MIN_PROMPT_LENGTH = 256
@@ -101,7 +101,7 @@ def judges_names(run: str, *, weights: str | None = None, restore: bool = True) 
     mesh ``lora_policy`` is placed on. ``weights``: the base weights, when they moved since the run."""
     import dataclasses
 
-    from tzc_data.look import build_tokenizer
+    from tzc_data.text.tokenize import build_tokenizer
     from tzc_train.config import read_run_config
     from tzc_train.model.load import base_model, run_mesh
     from tzc_train.model.lora import restore_adapters, with_lora

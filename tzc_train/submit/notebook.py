@@ -24,7 +24,7 @@ import os
 from typing import Any
 
 import tzc_data
-from tzc_data import format as fmt
+from tzc_data.text import format as fmt
 from tzc_train.session import read_summary
 from tzc_train.submit.kaggle import build_system, generation_budget, prompt_template
 
@@ -277,8 +277,8 @@ except ImportError:
 
 _BUILD = '''# The data: an attached build as it is, else this session builds it (GlaiveAI rows from the hub).
 import tzc_data
-from tzc_data.config import BuildConfig
-from tzc_data.pipeline import build
+from tzc_data.build.config import BuildConfig
+from tzc_data.build.pipeline import build
 from tzc_data.verify import verify
 
 if BUILD_ATTACHED:

@@ -307,11 +307,11 @@ def mix_builds(tmp_path_factory, tiny_model_path, other_model_path):
 def _origins(*builds):
     """Packed row bytes -> the build it comes from (the builds' rows are all distinct)."""
     origin = {}
-    for build in builds:
-        for row in tzc_data.iter_rows(build):
+    for made in builds:
+        for row in tzc_data.iter_rows(made):
             key = row["tokens"].tobytes() + row["segment_ids"].tobytes()
             assert key not in origin
-            origin[key] = build
+            origin[key] = made
     return origin
 
 

@@ -19,7 +19,7 @@ from tzc_data.cli import main
 from tzc_data.errors import ConfigError
 from tzc_data.text.decontaminate import benchmark_index, words
 from tzc_data.text.tokenize import Tokenizer
-from tzc_data.verify.benchmarks import overlapping_prompts
+from tzc_data.verify.contamination import overlapping_prompts
 
 GLAIVE = [r["prompt"] for r in read_jsonl("glaive_prompts_real.jsonl")]
 TRACES = read_jsonl("r1_traces_clean.jsonl")

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tzc_train.attention import packed_mask, reference_attention, splash_attention
+from tzc_train.model.attention import packed_mask, reference_attention, splash_attention
 
 
 def _packed(rng, batch=2, length=256, heads=8, kv_heads=4, head_dim=16):

@@ -21,7 +21,7 @@ def test_the_tiny_gemma3_is_gemma3s_architecture():
 
 
 def _tokenizer_entry(name, vocab):
-    from tzc_data.tokenize import KNOWN
+    from tzc_data.text.tokenize import KNOWN
 
     return {"sha256": KNOWN[name].sha256, "vocab_size": vocab, "file": f"{name}.model", "name": name}
 

@@ -11,7 +11,7 @@ from tzc_train.cli import main
 from tzc_train.plan.config import PlanConfig, PlanError
 from tzc_train.plan.report import model_flops, plan
 
-# The README's training command for a v5e-8 (its "Training at the entry's scale" part).
+# The training command for a v5e-8 in docs/training.md ("The plan at the entry's scale").
 README_SETTINGS = ["--batch-size", "8", "--grad-accum", "4", "--remat", "block"]
 
 
@@ -35,7 +35,7 @@ def build(tmp_path_factory, tiny_model_path):
 
 
 def test_the_readme_settings_fit_a_v5e_8(build, capsys):
-    """The whole 26-layer step at Gemma 2 2B shapes (the README's figures: 5.58 GiB a chip)."""
+    """The whole 26-layer step at Gemma 2 2B shapes (docs/training.md's figures: 5.58 GiB a chip)."""
     assert main(["plan", "--data", str(build), "--epochs", "4", "--fast-compile", "--mesh", "2x4", *README_SETTINGS]) == 0
     out = capsys.readouterr().out
     assert "v5e:2x4 (8 chips, mesh fsdp x tp = 2x4)" in out and "fits" in out and "DOES NOT FIT" not in out
@@ -114,7 +114,7 @@ def gemma3_build(tmp_path_factory):
 
 def test_the_readme_settings_fit_a_v5e_8_for_gemma3_1b(gemma3_build, capsys):
     """The whole 26-layer step at Gemma 3 1B shapes (262,144-row embedding, one key/value head; the
-    README's figures: 3.17 GiB a chip), compiled for the TPU; and a Gemma 3 build is refused for
+    docs/training.md's figures: 3.17 GiB a chip), compiled for the TPU; and a Gemma 3 build is refused for
     Gemma 2 2B before anything compiles."""
     assert main(["plan", "--model", "gemma3-1b", "--data", str(gemma3_build), "--epochs", "4", "--fast-compile",
                  "--mesh", "2x4", *README_SETTINGS]) == 0

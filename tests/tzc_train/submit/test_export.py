@@ -13,7 +13,7 @@ import tiny_runs
 from flax import nnx
 from tiny_runs import VOCAB, alone, logits, run_config
 
-from tzc_data.look import build_tokenizer
+from tzc_data.text.tokenize import build_tokenizer
 from tzc_train.model.load import base_model, load_base, make_mesh
 from tzc_train.model.lora import lora_state
 from tzc_train.model.views import prepare

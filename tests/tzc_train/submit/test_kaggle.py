@@ -16,7 +16,7 @@ from nbclient import NotebookClient
 
 import tzc_data
 from tzc_data.cli import main as tzc_data_main
-from tzc_data.format import DEFAULT_SYSTEM
+from tzc_data.text.format import DEFAULT_SYSTEM
 from tzc_train.config import TrainConfig, write_run_config
 from tzc_train.submit.kaggle import JUDGES_BUDGET, generation_budget, max_prompt_length, prompt_template
 from tzc_train.submit.notebook import write_notebook
