@@ -109,11 +109,10 @@ def pack(rows: int) -> dict:
 
 def stats(rows: int) -> dict:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from tzc_data.build import units
     from tzc_data.build.dedup import Outcomes, final_batches
-    from tzc_data.build.write import stats_schema, unit_schema, write_records
+    from tzc_data.build.write import stats_schema, unit_schema, write_records, write_unit_table
 
     names = ["english_score", "loop_repeats", "repeated_share", "compression_ratio", "near_dup_jaccard"]
     schema = unit_schema(names, text=False)
@@ -133,7 +132,7 @@ def stats(rows: int) -> dict:
                 columns[name] = pa.array(rng.integers(10, 4000, n).astype(np.int32))
             for name in names[:-1]:
                 columns[name] = pa.array(rng.random(n))
-            pq.write_table(pa.table(columns, schema=schema), units.table_path(staging, index))
+            write_unit_table(pa.table(columns, schema=schema), units.table_path(staging, index))
             done.append(units.UnitDone(index=index, start=lo, stop=lo + n, counts={}, candidates=int(kept.sum()),
                                        tokens=0, files={}))
             candidates += int(kept.sum())

@@ -46,7 +46,7 @@ _BUILD_FOLDERS = {
     "rejected": re.compile(r"rejected\.parquet"),
 }
 # What else a staging directory holds: the units' files (tzc_data.build.units) and atomic_path's temporaries.
-_UNIT_FILE = re.compile(r"u\d{6,}\.(parquet|tokens|json)|plan\.json")
+_UNIT_FILE = re.compile(r"u\d{6,}\.(arrow|tokens|json)|plan\.json")
 _TEMPORARY = re.compile(r"\..+\.tzc-tmp-\d+")
 
 

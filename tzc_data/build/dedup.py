@@ -20,13 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tzc_data import files
 from tzc_data.build import loops, units
 from tzc_data.build.config import BuildConfig
 from tzc_data.build.pack import Kept
-from tzc_data.build.write import STATS_BATCH, unit_batches
+from tzc_data.build.write import STATS_BATCH, read_unit_table, unit_batches
 from tzc_data.record import KEPT
 from tzc_data.text.minhash import BANDS, DUPLICATE, NEAR_EXCLUDED, NUM_PERM, RECORD, NearDupIndex, outcome_reason
 
@@ -50,10 +49,8 @@ class Outcomes:
 
 
 def _candidates(staging: str, index: int, columns: list[str]) -> pa.Table:
-    """The rows of unit ``index`` that passed the row stage, with ``columns``. Read through
-    ``ParquetFile`` on this thread: ``read_table``'s dataset layer and thread pool cost five times
-    the read itself on a small unit, and the serial passes read every unit three times."""
-    table = pq.ParquetFile(units.table_path(staging, index)).read(columns=["status", *columns], use_threads=False)
+    """The rows of unit ``index`` that passed the row stage, with ``columns``."""
+    table = read_unit_table(units.table_path(staging, index), ["status", *columns])
     return table.filter(pc.equal(table.column("status"), KEPT))
 
 

@@ -4,8 +4,9 @@ A source cuts the build's range into units (a Parquet row group, a block of JSON
 of the synthetic source: see ``tzc_data/sources``). The row stage turns one unit into three
 files in the staging directory's ``.units/`` folder::
 
-    u000042.parquet   one row per input row of the unit: its stats, and for each row that passed
-                      the per-row stages its dedup keys (prompt hash, LSH bands, sketch)
+    u000042.arrow     one row per input row of the unit: its stats, and for each row that passed
+                      the per-row stages its dedup keys (prompt hash, LSH bands, sketch); an Arrow
+                      IPC file, which the serial passes map and read four times a unit
     u000042.tokens    int32 tokens of those rows, one after the other, in row order
     u000042.json      the done-marker, written last: the unit, its counts, each file's size and
                       xxh3-128 digest, and the marker's own digest
@@ -54,7 +55,7 @@ def folder(staging: str) -> str:
 
 
 def table_path(staging: str, index: int) -> str:
-    return os.path.join(staging, UNITS_DIR, f"u{index:06d}.parquet")
+    return os.path.join(staging, UNITS_DIR, f"u{index:06d}.arrow")
 
 
 def tokens_path(staging: str, index: int) -> str:
@@ -124,6 +125,10 @@ def read_done(staging: str, index: int, start: int, stop: int) -> UnitDone | Non
         raise OutputError(damaged.format("the marker itself")) from None
     if digest != _digest(body) or (done.index, done.start, done.stop) != (index, start, stop):
         raise OutputError(damaged.format("the marker itself"))
+    expected = {os.path.basename(table_path(staging, index)), os.path.basename(tokens_path(staging, index))}
+    if set(done.files) != expected:  # an older tzc's unit files (Parquet tables): not what this one reads
+        raise OutputError(f"cannot resume: the units in {folder(staging)} were written by another version of tzc "
+                          f"({', '.join(sorted(done.files))}); run without --resume to start over")
     for name, (size, digest) in sorted(done.files.items()):
         full = os.path.join(folder(staging), name)
         if not os.path.isfile(full) or os.path.getsize(full) != size or files.file_digest(full) != digest:

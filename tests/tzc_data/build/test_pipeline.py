@@ -738,15 +738,15 @@ def test_resume_refuses_a_staging_folder_whose_contents_changed(tmp_path, capsys
     if damage == "tokens byte":
         flip(units / "u000001.tokens", 4000)
     elif damage == "table byte":
-        flip(units / "u000001.parquet", 300)
+        flip(units / "u000001.arrow", 300)
     elif damage == "tables swapped":
-        first, second = (units / "u000000.parquet").read_bytes(), (units / "u000001.parquet").read_bytes()
-        (units / "u000000.parquet").write_bytes(second)
-        (units / "u000001.parquet").write_bytes(first)
+        first, second = (units / "u000000.arrow").read_bytes(), (units / "u000001.arrow").read_bytes()
+        (units / "u000000.arrow").write_bytes(second)
+        (units / "u000001.arrow").write_bytes(first)
     elif damage == "table truncated":
-        os.truncate(units / "u000001.parquet", 100)
+        os.truncate(units / "u000001.arrow", 100)
     elif damage == "table missing":
-        os.remove(units / "u000000.parquet")
+        os.remove(units / "u000000.arrow")
     elif damage == "marker edited":
         marker["counts"]["kept"] += 1
         (units / "u000001.json").write_text(json.dumps(marker))
