@@ -1,4 +1,5 @@
 """The plan record a resume compares (what a refused resume says changed), and the done-markers."""
+
 import os
 
 from tzc_data.build.units import _difference
