@@ -16,7 +16,7 @@ from typing import Any
 
 from tzc_data.errors import OutputError
 from tzc_data.files import atomic_path, check_output_file
-from tzc_data.layout import decode_row
+from tzc_data.layout import FIELDS, decode_row
 from tzc_data.read.mixture import Builds, as_builds, build_seed, check_weights, mix, mixture_parts
 from tzc_data.read.shards import decode_batch, grain_module, split_records
 
@@ -142,7 +142,6 @@ def export_parquet(directory: str | os.PathLike, out: str | os.PathLike, split: 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from tzc_data.layout import FIELDS
 
     out = check_output_file(os.fspath(out), overwrite=overwrite)
     rows = load(directory, split)

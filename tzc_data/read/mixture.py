@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Union
 
 from tzc_data.errors import ConfigError
+from tzc_data.layout import read_hashes
 from tzc_data.read.across import check_disjoint
 from tzc_data.read.manifest import first_line, read_manifest, tokenizer_label, utf8_path
 from tzc_data.read.shards import grain_module, split_records
@@ -131,7 +132,6 @@ def mixture_parts(builds: list[str], split: str, weights: Sequence[float] | None
 
 def _check_compatible(builds: list[str], manifests: list[dict[str, Any]]) -> None:
     """Refuse builds that cannot be mixed: see :func:`mixture`."""
-    from tzc_data.layout import read_hashes
 
     first, head = builds[0], manifests[0]
     seen: dict[str, str] = {}

@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from tzc_data.errors import OutputError
+from tzc_data.layout import DTYPE, FIELDS
 from tzc_data.read.manifest import first_line, read_manifest, shard_entries
 
 
@@ -45,7 +46,6 @@ class _ShardRecords:
     def __init__(self, directory: str, paths: list[str], seq_len: int):
         from bisect import bisect_right
 
-        from tzc_data.layout import DTYPE, FIELDS
 
         self.directory, self.paths, self.row_bytes = directory, paths, len(FIELDS) * seq_len * DTYPE.itemsize
         self.seq_len, self._bisect = seq_len, bisect_right
@@ -99,7 +99,6 @@ def shard_paths(directory: str | os.PathLike, split: str = "train",
 def decode_batch(records: list[bytes], seq_len: int) -> dict[str, Any]:
     import numpy as np
 
-    from tzc_data.layout import DTYPE, FIELDS
 
     out = np.empty((len(records), len(FIELDS), seq_len), dtype=DTYPE)
     for k, record in enumerate(records):
