@@ -212,15 +212,16 @@ def test_no_module_outgrows_one_idea(module):
 
 
 def test_no_module_level_mutable_state():
-    """A module-level name bound to a list, dict or set literal that anything mutates in place:
+    """A module-level name bound to a list, dict or set literal that anything mutates in place (by
+    a method, or by assigning to an item or a slice of it):
     shared state between builds (or tests) in one process. Constants are tuples, frozensets or
     dicts nobody writes to."""
     problems = []
     for module, path in modules().items():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        mutable = {t.id for node in tree.body if isinstance(node, ast.Assign)
+        mutable = {t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
                    and isinstance(node.value, (ast.List, ast.Set, ast.ListComp, ast.SetComp))
-                   for t in node.targets if isinstance(t, ast.Name)}
+                   for t in getattr(node, "targets", [getattr(node, "target", None)]) if isinstance(t, ast.Name)}
         for node in ast.walk(tree):
             if isinstance(node, ast.Global):
                 problems.append(f"{module}: global {', '.join(node.names)}")
@@ -228,6 +229,10 @@ def test_no_module_level_mutable_state():
                     and isinstance(node.func.value, ast.Name) and node.func.value.id in mutable
                     and node.func.attr in ("append", "extend", "add", "update", "insert", "pop", "clear", "remove")):
                 problems.append(f"{module}: {node.func.value.id}.{node.func.attr}")
+            targets = node.targets if isinstance(node, ast.Assign) else \
+                [node.target] if isinstance(node, ast.AugAssign) else []
+            problems += [f"{module}: {t.value.id}[...] =" for t in targets
+                         if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id in mutable]
     assert problems == []
 
 

@@ -9,11 +9,14 @@ unit; ``--repeat`` copies them, which flatters the word cache: the default is on
 
     python tools/bench_units.py [--rows 4096] [--repeat 1]
     python tools/bench_units.py --fixed [--files 2000]
+    python tools/bench_units.py --versus-sentencepiece 3 [--rounds 3]
 
 ``--fixed`` measures the fixed costs instead, each build a ``tzc-data build`` process of its own
 (start-up, imports, the tokenizer's load, the serial part and the publish included): a one-row
 build, and a folder of ``--files`` one-row JSONL files (one unit each). The cost of a unit is
 their difference over ``files - 1``. Reports wall and CPU seconds (the machine may be shared).
+``--versus-sentencepiece`` compares one build process on the real traces with SentencePiece alone
+on the same texts (:func:`versus_sentencepiece`).
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def measure(name: str, source, start: int, stop: int, config: BuildConfig) -> di
             "tokens_per_cpu_s": round(tokens / cpu)}
 
 
-def _build_process(source: str, rows: int, out: str) -> dict:
+def _build_process(source: str, rows: int, out: str, *extra: str) -> dict:
     """One ``tzc-data build`` in a process of its own: wall and CPU seconds."""
     import resource
     import subprocess
@@ -60,7 +63,7 @@ def _build_process(source: str, rows: int, out: str) -> dict:
     wall = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")}
     subprocess.run([sys.executable, "-m", "tzc_data.cli", "build", "--source", source, "--range", f"0:{rows}",
-                    "--out", out, "--overwrite", "--no-progress", "--min-kept-ratio", "0"], check=True,
+                    "--out", out, "--overwrite", "--no-progress", "--min-kept-ratio", "0", *extra], check=True,
                    stdout=subprocess.DEVNULL, env=env)
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -93,6 +96,61 @@ def fixed_costs(files: int) -> list[dict]:
     return results
 
 
+_SENTENCEPIECE = """
+import json, sys
+import sentencepiece
+sp = sentencepiece.SentencePieceProcessor(model_file=sys.argv[1], num_threads=1)
+with open(sys.argv[2], encoding="utf-8") as handle:
+    texts = [row["prompt"] + "\\n" + row["response"] for row in map(json.loads, handle)]
+print(sum(len(ids) for ids in sp.encode(texts, num_threads=1)))
+"""
+
+
+def _sentencepiece_process(path: str) -> dict:
+    """SentencePiece alone in a process of its own, one thread, on every row's prompt and response
+    (the characters the build tokenizes, less the template's few tags): wall and CPU seconds."""
+    import resource
+    import subprocess
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    tokens = subprocess.run([sys.executable, "-c", _SENTENCEPIECE, str(gemma2_tokenizer_path()), path], check=True,
+                            capture_output=True, text=True).stdout
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "tokens": int(tokens)}
+
+
+def versus_sentencepiece(copies: int, rounds: int) -> list[dict]:
+    """One ``tzc-data build`` process on the real short and long traces of ``../shared/data``
+    against SentencePiece on the same texts, each in a process of its own with its start-up: once,
+    and with every row ``copies`` times (as a source that repeats rows gives them; the word cache
+    sees each text again). Best of ``rounds``, alternating."""
+    rows = []
+    for name in ("r1_traces_clean.jsonl", "r1_long_clean.jsonl"):
+        with open(os.path.join(SHARED, name), encoding="utf-8") as handle:
+            rows += [json.loads(line) for line in handle if line.strip()]
+    results = []
+    with tempfile.TemporaryDirectory() as folder:
+        for times in (1, copies):
+            path = os.path.join(folder, f"real-x{times}.jsonl")
+            with open(path, "w", encoding="utf-8") as out:
+                for _ in range(times):
+                    out.writelines(json.dumps({"prompt": r["prompt"], "response": r["response"]}) + "\n" for r in rows)
+            _sentencepiece_process(path)  # the page cache, the tokenizer's file
+            builds, pieces = [], []
+            for _ in range(rounds):
+                builds.append(_build_process(path, len(rows) * times, os.path.join(folder, "out"),
+                                             "--seq-len", "32768", "--max-tokens", "32768"))
+                pieces.append(_sentencepiece_process(path))
+            build, piece = min(builds, key=lambda r: r["cpu_s"]), min(pieces, key=lambda r: r["cpu_s"])
+            results.append({"rows": len(rows) * times, "copies": times, "build_cpu_s": build["cpu_s"],
+                            "build_wall_s": build["wall_s"], "sentencepiece_cpu_s": piece["cpu_s"],
+                            "sentencepiece_wall_s": piece["wall_s"], "tokens": piece["tokens"],
+                            "build_speed_vs_sentencepiece": round(piece["cpu_s"] / build["cpu_s"], 2)})
+    return results
+
+
 def projection(rows_per_core_s: float, serial_s: float, *, rows: int = 22_200_000, machines: int = 16,
                cores: int = 2) -> float:
     """Hours for ``rows`` on ``machines`` x ``cores``: the map spread over every core, then the serial part."""
@@ -105,7 +163,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="copies of the 118 long traces")
     parser.add_argument("--fixed", action="store_true", help="the fixed costs: a one-row build, a unit")
     parser.add_argument("--files", type=int, default=2000, help="one-row files for --fixed")
+    parser.add_argument("--versus-sentencepiece", type=int, metavar="COPIES", default=0,
+                        help="a build process on the real short and long traces against SentencePiece's one thread "
+                             "on the same texts, once and with every row COPIES times")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --versus-sentencepiece (best of)")
     args = parser.parse_args()
+    if args.versus_sentencepiece:
+        for result in versus_sentencepiece(args.versus_sentencepiece, args.rounds):
+            print(json.dumps(result), flush=True)
+        return
     if args.fixed:
         for result in fixed_costs(args.files):
             print(json.dumps(result), flush=True)

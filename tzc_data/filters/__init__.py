@@ -3,8 +3,10 @@ with a reason and a detail that shows what triggered it, plus named scores for t
 
 A filter is any object with ``name``, ``score_names`` and ``__call__(example) -> Verdict``
 (:mod:`tzc_data.filters.base`); :func:`apply_filters` runs a list of them (first drop wins, every
-score is recorded). One module per kind: ``repetition`` (loops), ``language``, ``length``. Adding
-a filter means writing one class and listing it in ``rowstage.build_filters``.
+score is recorded). One module per kind: ``repetition`` (loops), ``language``, ``length``; the
+repetition signals and the English score also run compiled (the ``compiled`` package, numba:
+imported only once a filter has judged a few hundred rows). Adding a filter means writing one
+class and listing it in ``rowstage.build_filters``.
 """
 
 from tzc_data.filters.base import Filter, Verdict, apply_filters

@@ -11,9 +11,13 @@ other languages; docs/building.md reports the false-drop rate on the real prompt
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
 
-from tzc_data.filters.base import Verdict
+import numpy as np
+
+from tzc_data.filters.base import Switch, Verdict
 from tzc_data.record import Example
 
 STOPWORDS = frozenset(b"""
@@ -30,16 +34,29 @@ _LETTER = re.compile(r"[^\W\d_]")
 _LATIN = re.compile(r"[A-Za-z]")
 
 
-def english_score(text: str) -> float:
-    """Share of words that are English function words (0 for text that is mostly non-Latin letters)."""
+def english_score(text: str, *, compiled: bool = False) -> float:
+    """Share of words that are English function words (0 for text that is mostly non-Latin letters).
+    ``compiled``: the words and the function words counted by
+    :func:`tzc_data.filters.compiled.english.english_counts` (the same counts)."""
     if not text.isascii():
         letters = len(_LETTER.findall(text))
         if letters and len(_LATIN.findall(text)) / letters < 0.5:
             return 0.0
+    if compiled:
+        count, words_of, table = _compiled()
+        hits, words = count(text.encode("utf-8", "surrogatepass"), words_of, table)
+        return hits / words if words else 0.0
     words = text.encode("utf-8", "surrogatepass").translate(_WORDS).split()
     if not words:
         return 0.0
     return sum(map(STOPWORDS.__contains__, words)) / len(words)
+
+
+@lru_cache(maxsize=None)
+def _compiled() -> tuple[Any, np.ndarray, np.ndarray]:
+    """The compiled counter, the word table it reads and its table of :data:`STOPWORDS` (loaded once)."""
+    from tzc_data.filters.compiled.english import english_counts, stopword_table  # imports numba: only here
+    return english_counts, np.frombuffer(_WORDS, dtype=np.uint8), stopword_table(STOPWORDS)
 
 
 @dataclass(frozen=True)
@@ -50,9 +67,13 @@ class EnglishFilter:
     sample_chars: int = 400
     name: str = "language"
     score_names: tuple[str, ...] = ("english_score",)
+    # How the words are counted, never the score: as RepetitionFilter.compiled
+    compiled: bool | None = field(default=None, compare=False, repr=False)
+    _switch: Switch = field(default_factory=Switch, init=False, compare=False, repr=False)
 
     def __call__(self, example: Example) -> Verdict:
-        score = english_score(f"{example.prompt}\n{example.reasoning[: self.sample_chars]}")
+        score = english_score(f"{example.prompt}\n{example.reasoning[: self.sample_chars]}",
+                              compiled=self._switch(self.compiled, 1))
         scores = {"english_score": round(score, 4)}
         if score < self.min_score:
             return Verdict("non_english", f"{score:.0%} English function words (< {self.min_score:.0%})", scores)

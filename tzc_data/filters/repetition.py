@@ -16,9 +16,10 @@ text the prompt holds is not counted. Each signal catches one way of looping:
 * ``copy_run``: one line restated again and again after a short new remark each time.
 * ``covering_unit`` / ``repeated_units``: the same paragraph or long sentence anywhere in the text,
   judged by the share of the text its copies cover (open-instruct's "same paragraph N times").
-* ``dup_ngram_share`` / ``top_ngram_share``: Gopher-style shares: characters inside word 10-grams that occur more than once,
-  and the share of the most frequent word 3-gram. Reasoning legitimately repeats "Wait, but" and
-  "Let me", so the thresholds are set for reasoning text, not web text.
+* ``dup_ngram_share`` / ``top_ngram_share``: Gopher-style shares: characters inside word 10-grams
+  that occur more than once, and the share of the most frequent word 3-gram. Reasoning
+  legitimately repeats "Wait, but" and "Let me", so the thresholds are set for reasoning text, not
+  web text.
 * ``compression_ratio``: zlib-compressed size over raw size, a cheap global signal.
 
 The signals run on UTF-8 bytes: :func:`folded` (lower case, no digits) for the tail, the units
@@ -30,22 +31,27 @@ per signal and stores every score for the stats. The loop signals are checked on
 and on the answer (the cycle and the run on the last 8,000 characters of each, where a loop grows);
 the others on both together, and the share-based ones on the last few thousand characters, where
 degenerate traces end up (which also bounds their cost).
+
+The functions here are the definitions. :class:`RepetitionFilter` computes them in Python for its
+first :data:`~tzc_data.filters.base.COMPILE_FROM` rows, then with :mod:`tzc_data.filters.compiled`
+(numba, one call a row, about 4x faster; see there why it gives the same numbers, and
+tests/tzc_data/filters/test_filter_compiled.py and test_filter_decisions.py for the checks): the
+verdicts, reasons, details and scores are the same either way.
 """
 from __future__ import annotations
 
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import NamedTuple
 
 import numpy as np
 
-from tzc_data.filters.base import Verdict
+from tzc_data.filters.base import FOLD, Switch, Verdict, clip
 from tzc_data.record import Example
 
-_FOLD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
 _DIGITS = b"0123456789"
 
 
@@ -56,7 +62,7 @@ def folded(text: str) -> bytes:
     equal. Every signal below works on these bytes: splitting, counting and comparing bytes runs
     at memchr speed, faster than the same on a ``str`` (measured: the repetition filter went from
     about 200 to about 150 µs per synthetic trace)."""
-    return text.encode("utf-8", "surrogatepass").translate(_FOLD, _DIGITS)
+    return text.encode("utf-8", "surrogatepass").translate(FOLD, _DIGITS)
 
 
 def lowered(text: str) -> str:
@@ -257,7 +263,7 @@ def cased(text: str) -> bytes:
     """UTF-8 of ``text`` in (ASCII) lower case, digits kept: the loop signals compare lines with
     their numbers (a list "1 on the first die, 6 on the second" is not a loop; the same fraction
     chain four times is)."""
-    return text.encode("utf-8", "surrogatepass").translate(_FOLD)
+    return text.encode("utf-8", "surrogatepass").translate(FOLD)
 
 
 class Cycle(NamedTuple):
@@ -453,8 +459,25 @@ class RepetitionFilter:
     score_names: tuple[str, ...] = ("loop_repeats", "loop_span", "cycle_repeats", "cycle_span", "run_copies",
                                     "paragraph_repeats", "sentence_repeats", "repeated_share",
                                     "ngram_dup_share", "ngram_top_share", "compression_ratio")
+    # How the signals are computed, never what they decide: True, the compiled judge
+    # (:mod:`tzc_data.filters.compiled`); False, the Python functions above; None, Python until this
+    # filter has judged COMPILE_FROM rows, then compiled (see :class:`~tzc_data.filters.base.Switch`).
+    compiled: bool | None = field(default=None, compare=False, repr=False)
+    _switch: Switch = field(default_factory=Switch, init=False, compare=False, repr=False)
 
     def __call__(self, example: Example) -> Verdict:
+        return self.judge_batch([example])[0]
+
+    def judge_batch(self, examples: list[Example]) -> list[Verdict]:
+        """``[self(e) for e in examples]``: by the Python functions above, or by the compiled judge
+        (:func:`tzc_data.filters.compiled.verdict.judge_batch`, the same verdicts)."""
+        if self._switch(self.compiled, len(examples)):
+            from tzc_data.filters.compiled.verdict import judge_batch  # imports numba: only here
+            return judge_batch(self, examples)
+        return [self._judge(example) for example in examples]
+
+    def _judge(self, example: Example) -> Verdict:
+        """The verdict from the Python functions above: the definition the compiled judge keeps."""
         # The loop signals belong to each part; the others look at both parts at once (one pass).
         low = {part: folded(getattr(example, part)) for part in ("reasoning", "answer")}
         is_quoted = quoter(folded(example.prompt))
@@ -467,7 +490,7 @@ class RepetitionFilter:
                     key=lambda c: c.share, default=Covering(0, 0.0, b""))
         scores |= {"paragraph_repeats": p_count, "sentence_repeats": s_count, "repeated_share": round(cover.share, 4)}
         if reason is None and cover.copies and cover.share >= self.repeated_share:
-            reason, detail = "repeated_paragraphs", f"repeats {_clip(cover.unit)!r} x{cover.copies} " \
+            reason, detail = "repeated_paragraphs", f"repeats {clip(cover.unit)!r} x{cover.copies} " \
                                                     f"({cover.share:.0%} of the text)"
         if len(both) < self.min_chars:
             return Verdict(reason, detail or "", scores)
@@ -506,7 +529,8 @@ class RepetitionFilter:
                 longest = tail
             if tail and reason is None and self.tail_repeats and tail.repeats >= self.tail_repeats \
                     and tail.span >= self.tail_chars and not is_quoted(text.rstrip()[-tail.span:]):
-                reason, detail = "loop", f"{part} ends with {_clip(tail.unit)!r} x{tail.repeats:.1f} ({tail.span:,} chars)"
+                reason, detail = "loop", \
+                    f"{part} ends with {clip(tail.unit)!r} x{tail.repeats:.1f} ({tail.span:,} chars)"
             body = cased(getattr(example, part))
             raw, stripped = _split(body[-self.loop_window:])  # a loop that grows to the end fills the end
             counts = Counter(stripped)  # at C speed
@@ -515,13 +539,13 @@ class RepetitionFilter:
                 cycle = found
             if found and reason is None and self.cycle_repeats and found.span >= self.tail_chars:
                 reason, detail = "loop", f"{part} ends cycling through {found.lines} lines, {found.repeats:.1f} " \
-                                         f"copies each ({found.span:,} chars), most often {_clip(found.unit)!r}"
+                                         f"copies each ({found.span:,} chars), most often {clip(found.unit)!r}"
             line_run = _run(raw, stripped, counts, 30, 2.0, 100, self.run_copies or 2, run_quoted)
             if line_run and (run is None or line_run.copies > run.copies):
                 run = line_run
             if line_run and reason is None and self.run_copies and line_run.copies >= self.run_copies \
                     and 3 * (max(0, len(body) - self.loop_window) + line_run.end) >= 2 * len(body):  # in the last third
-                reason, detail = "loop", f"{part} re-emits {_clip(line_run.unit)!r} x{line_run.copies} " \
+                reason, detail = "loop", f"{part} re-emits {clip(line_run.unit)!r} x{line_run.copies} " \
                                          "with little new text between the copies"
         scores["loop_repeats"] = round(longest.repeats, 2) if longest else 0.0
         scores["loop_span"] = float(longest.span) if longest else 0.0
@@ -529,9 +553,3 @@ class RepetitionFilter:
         scores["cycle_span"] = float(cycle.span) if cycle else 0.0
         scores["run_copies"] = float(run.copies) if run else 0.0
         return reason, detail
-
-
-def _clip(text: str | bytes, width: int = 80) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return text if len(text) <= width else text[: width - 3] + "..."

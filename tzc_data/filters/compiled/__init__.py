@@ -1,0 +1,113 @@
+"""The repetition signals of :mod:`tzc_data.filters.repetition` and the English score of
+:mod:`tzc_data.filters.language`, compiled with numba.
+
+:class:`~tzc_data.filters.repetition.RepetitionFilter` computes every signal on every row, since
+each one's score goes to the stats. Written with ``bytes`` methods and ``Counter`` they cost about
+300 µs a synthetic row (35-40% of a build's CPU), spread over a dozen steps of 5-50 µs, most of
+it Python stepping through lines, units and words one at a time. Here the same steps run as loops
+over the UTF-8 bytes, in one call a row (:func:`~tzc_data.filters.compiled.judge.judge`); zlib
+(the compression ratio), rounding, and the verdict's words stay in Python
+(:mod:`~tzc_data.filters.compiled.verdict`). Importing numba and loading these functions from
+numba's cache costs a few tenths of a second a process, so a filter only switches to them once it
+has judged :data:`~tzc_data.filters.base.COMPILE_FROM` rows (:class:`~tzc_data.filters.base.Switch`).
+
+The modules, each built on the ones before: ``tables`` (bytes 8 at a time, tables of equal
+units), ``split`` (lines, paragraphs, sentences, words), ``quotes`` (what the prompt holds),
+``loops`` (the loop signals and the repeated units), ``judge`` (a row's signals in one call),
+``english`` (the English score's counts), and ``verdict`` (the filter's verdict from them). Names
+with a leading underscore are private to this package.
+
+**Why the results are exactly those of the Python definitions.** Each function names the one it
+mirrors; tests/tzc_data/filters/test_filter_compiled.py checks each against it on generated texts,
+and tests/tzc_data/filters/test_filter_decisions.py pins the filters' decisions on every shared
+trace and on 20,000 synthetic rows, both ways. What makes them equal:
+
+* *Bytes.* The texts are the same UTF-8 bytes (``surrogatepass``). ``_cased`` sets bit 5 of
+  exactly the bytes ``A``-``Z`` (``c - 65 < 26`` unsigned), which is ``translate(_FOLD)``;
+  ``_compact`` drops exactly the bytes ``0``-``9``, ``translate``'s delete set, so the two make
+  :func:`~tzc_data.filters.repetition.folded`.
+* *Splits.* Each is the ``bytes`` method's. Whitespace is ``bytes.split()`` and ``strip()``'s six
+  ASCII bytes. ``_split``'s three ``replace`` calls turn exactly the spaces that follow ``.``,
+  ``?`` or ``!`` into line breaks (a replacement removes a space, so it neither creates nor
+  overlaps another match), which is the mark ``_lines`` sets. ``split(b"\\n\\n")`` cuts greedily
+  from the left (``_parts`` skips a blank line that starts inside the last one); ``split(b". ")``
+  cannot overlap itself. ``rsplit(None, most)`` less its unsplit rest is the last ``most`` words
+  (``_last_words``). The marks are a byte array read back in order (``_marked``: the set bits of
+  each 64-bit word, lowest first).
+* *Equality.* Every comparison of two texts compares all their bytes (``_equal``, 8 at a time; a
+  buffer holds 8 bytes or more past its text, so reading a word there is safe, and the bytes past
+  the text are masked off). Equal units are grouped by an open-addressing table (``_intern``) that
+  a 64-bit digest of each unit's length and first and last 8 bytes (``_key``) only points into: a
+  unit joins a group only when its bytes equal the group's first unit, so different units with
+  one digest stay apart (the probe moves on). Groups are numbered in order of first occurrence,
+  the order of a ``dict`` or ``Counter`` of the same units, so every "the first one wins" tie is
+  broken as in Python (and ``sorted(..., reverse=True)``, which is stable, is a scan for the
+  largest key that keeps the first of equals). Word n-grams are compared as tuples of these group
+  numbers: equal exactly when their words are. (``dup_ngram_share`` in Python compares 64-bit
+  hashes of words and of n-grams, so it agrees with the exact count here unless two different
+  10-grams of one text collide in 64 bits.)
+* *Numbers.* Counts and lengths are integers; a share is one IEEE division of two integers below
+  2**53, as in Python; the float comparisons (``size < repeats * distinct``,
+  ``copied >= share * chars``, ``at - end <= gap * length + slack``, a share against its
+  threshold) are the same double operations on the same values; rounding is done in Python.
+* *Search.* ``rfind`` is a reverse Horspool search: after a mismatch at ``i``, an occurrence at
+  ``i - k`` (``0 < k < width``) needs ``needle[k] == text[i]``, so moving back by the least such
+  ``k`` (``width`` if there is none) skips no occurrence, and the first match met is the last one.
+* *The cycle's ends* are nested (the last 6, 9, 13, ... lines), so each end's counts are the last
+  one's plus the lines it adds: a line whose count goes from 1 to 2 adds both copies to the
+  copied characters, one already at 2 or more adds its own; the most frequent line is the first
+  one, from the end's start, with the top count (a ``Counter``'s first key with it).
+
+**Numba's cache and this package.** numba reuses a cached function while its own file is
+unchanged, and does not look at the files of the functions it calls (and inlines). Split over
+several files, a change to ``tables`` would leave ``judge``'s cached code stale. So the functions
+here are cached in a folder named by a digest of every file of this package
+(:func:`_cache_folder`): any change to any of them starts a fresh cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from numba.core import config
+
+
+def _cache_folder() -> str | None:
+    """Where this package's compiled functions are cached: ``tzc-<digest>`` under numba's cache
+    folder (``NUMBA_CACHE_DIR``) if one is set, else under this package's ``__pycache__``, else
+    under the user's cache folder, the first that can be written; None if none can (numba then
+    caches as it would, or not at all)."""
+    here = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(here.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tzc"
+    for root in (config.CACHE_DIR, here / "__pycache__", user):
+        if not root:
+            continue
+        folder = Path(root) / f"tzc-{digest.hexdigest()[:16]}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK):
+            return str(folder)
+    return None
+
+
+def _load() -> None:
+    """Import the modules, their functions cached in :func:`_cache_folder` (numba chooses a
+    function's cache folder when it is decorated, from ``numba.config.CACHE_DIR``: set here for
+    that moment only, then put back)."""
+    folder, saved = _cache_folder(), config.CACHE_DIR
+    if folder:
+        config.CACHE_DIR = folder
+    try:
+        from tzc_data.filters.compiled import english, judge  # noqa: F401 (decorates every function)
+    finally:
+        config.CACHE_DIR = saved
+
+
+_load()
