@@ -158,9 +158,8 @@ def shares(measure, source: str, stop: int, rounds: int, baseline, label: str, r
 
 def examples_of(source: str, stop: int) -> list:
     """The examples the quality filters judge in a build of ``source``: split, kept."""
-    from tzc_data.text.format import split_examples
-
     from tzc_data.sources import open_source
+    from tzc_data.text.format import split_examples
     opened = open_source(source)
     rows = []
     for unit in opened.plan(0, stop):

@@ -38,13 +38,20 @@ from tzc_data.text.minhash import band_keys, signature
 from tzc_data.text.tokenize import Tokenizer, chunks, tokenize
 
 _BATCH = 256  # rows whose MinHash signatures are computed together
+# Rows a process must expect to judge before its quality filters may load their compiled code:
+# loading it (numba's import, the code from its cache) costs about 0.55 s a process, and saves
+# about 0.25 ms a row (docs/benchmarks.md, section 13), so it pays from about 2,000 rows on.
+COMPILED_FROM_ROWS = 2500
 
 
 def build_filters(config: BuildConfig) -> list[Filter]:
-    """The quality filters that run on the split text, in order."""
+    """The quality filters that run on the split text, in order. Where a process can expect
+    :data:`COMPILED_FROM_ROWS` rows, they switch to their compiled code after their first few
+    hundred rows; else they stay in Python. Either way they decide the same."""
+    compiled = None if (config.stop - config.start) / max(1, config.workers) >= COMPILED_FROM_ROWS else False
     filters: list[Filter] = []
     if config.language_filter:  # first: cheap, and a foreign trace is "non_english" whatever else it is
-        filters.append(EnglishFilter(min_score=config.min_english_score))
+        filters.append(EnglishFilter(min_score=config.min_english_score, compiled=compiled))
     if config.loop_filter:
         filters.append(RepetitionFilter(
             tail_repeats=config.loop_min_repeats, tail_chars=config.loop_min_chars,
@@ -52,7 +59,7 @@ def build_filters(config: BuildConfig) -> list[Filter]:
             paragraph_repeats=config.max_paragraph_repeats, sentence_repeats=config.max_sentence_repeats,
             repeated_share=config.min_repeated_share,
             ngram_dup_share=config.max_ngram_dup_share, ngram_top_share=config.max_ngram_top_share,
-            min_compression=config.min_compression_ratio))
+            min_compression=config.min_compression_ratio, compiled=compiled))
     return filters
 
 
