@@ -27,8 +27,10 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import xxhash
 
@@ -339,3 +341,47 @@ def file_digest(path: str) -> str:
         while piece := handle.read(1 << 20):
             digest.update(piece)
     return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """tzc's own cache folder (tokenizers, their proofs, compiled code): ``$TZC_CACHE``, else
+    ``~/.cache/tzc``."""
+    return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
+
+
+def compiled_cache(version: str, beside: Path) -> str:
+    """A folder where numba may cache compiled code whose source is ``version`` (a digest of the
+    code's files, so that an edit to any of them starts a fresh cache: numba itself notices only a
+    change to a cached function's own file). Under numba's cache folder if one is set
+    (``NUMBA_CACHE_DIR``), else ``beside`` the code (its package's ``__pycache__``), else under
+    :func:`cache_dir`: the first that can be written. If none can, a new temporary folder, where each
+    process compiles the code afresh (slow, never wrong, and never numba's own locations, which
+    would keep stale code)."""
+    from numba.core import config  # only where compiled code is wanted
+
+    for root in (config.CACHE_DIR, beside, cache_dir() / "numba"):
+        if not root:
+            continue
+        folder = Path(root) / f"tzc-{version}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(folder, os.W_OK | os.X_OK):
+            return str(folder)
+    return tempfile.mkdtemp(prefix=f"tzc-numba-{version}-")
+
+
+@contextmanager
+def numba_cache(folder: str) -> Iterator[None]:
+    """Functions decorated with numba's ``cache=True`` inside cache in ``folder``: numba picks a
+    function's cache folder when it is decorated, from ``numba.config.CACHE_DIR``, set here for that
+    moment only and then put back."""
+    from numba.core import config
+
+    saved = config.CACHE_DIR
+    config.CACHE_DIR = folder
+    try:
+        yield
+    finally:
+        config.CACHE_DIR = saved

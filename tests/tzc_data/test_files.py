@@ -154,3 +154,25 @@ def test_a_staging_folder_is_emptied_only_of_what_a_build_writes_there(tmp_path)
     (staging / ".units" / "thesis.txt").unlink()
     files.clear_staging(str(staging))
     assert os.listdir(staging) == [files.STAGING_MARKER]
+
+
+def test_compiled_code_is_cached_by_its_version_in_the_first_folder_that_can_be_written(tmp_path, monkeypatch):
+    from numba.core import config
+
+    from tzc_data.files import compiled_cache, numba_cache
+    monkeypatch.setattr(config, "CACHE_DIR", "")
+    monkeypatch.setenv("TZC_CACHE", str(tmp_path / "tzc"))
+    beside = tmp_path / "package" / "__pycache__"
+    assert compiled_cache("v1", beside) == str(beside / "tzc-v1")
+    assert compiled_cache("v2", beside) == str(beside / "tzc-v2")  # an edit starts a fresh cache
+    (tmp_path / "file").write_text("")
+    blocked = tmp_path / "file" / "__pycache__"  # cannot be made: a file stands in its way
+    assert compiled_cache("v1", blocked) == str(tmp_path / "tzc" / "numba" / "tzc-v1")
+    monkeypatch.setenv("TZC_CACHE", str(tmp_path / "file" / "tzc"))
+    fallback = compiled_cache("v1", blocked)  # nowhere to write: a fresh folder, never numba's own places
+    assert os.path.basename(fallback).startswith("tzc-numba-v1-") and os.access(fallback, os.W_OK)
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))
+    assert compiled_cache("v1", beside) == str(tmp_path / "numba" / "tzc-v1")  # NUMBA_CACHE_DIR first
+    with numba_cache("somewhere"):
+        assert config.CACHE_DIR == "somewhere"
+    assert config.CACHE_DIR == str(tmp_path / "numba")

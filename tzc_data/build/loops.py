@@ -10,18 +10,23 @@ cache costs about half a second a process, more than a small build's whole seria
 :data:`COMPILE_FROM` items the very same functions run in the interpreter (their ``py_func``), so
 there is one implementation; the tests run both ways and compare.
 
-Compiled code is cached on disk (numba's ``cache=True``: next to this file, or in numba's user
-cache when the package folder is read-only), so only the first large build on a machine compiles.
+Compiled code is cached on disk (numba's ``cache=True``, in the folder
+:func:`tzc_data.files.compiled_cache` gives: next to this file, or under tzc's cache folder when the
+package folder is read-only), so only the first large build on a machine compiles.
 """
 
 from __future__ import annotations
 
+import hashlib
 import types
 from collections.abc import Callable
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tzc_data.files import compiled_cache, numba_cache
 
 COMPILE_FROM = 4096  # items; below this the loops run in the interpreter (see the module docstring)
 
@@ -37,11 +42,13 @@ def _compiled(name: str) -> Callable[..., Any]:
     import numba  # only here: tzc_data imports without paying for it
 
     scope = dict(globals())
-    for helper in (*_HELPERS, name):
-        plain = globals()[helper]
-        rebound = types.FunctionType(plain.__code__, scope, helper, plain.__defaults__)
-        rebound.__module__, rebound.__qualname__ = plain.__module__, plain.__qualname__
-        scope[helper] = numba.njit(cache=True, nogil=True)(rebound)
+    version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    with numba_cache(compiled_cache(version, Path(__file__).parent / "__pycache__")):
+        for helper in (*_HELPERS, name):
+            plain = globals()[helper]
+            rebound = types.FunctionType(plain.__code__, scope, helper, plain.__defaults__)
+            rebound.__module__, rebound.__qualname__ = plain.__module__, plain.__qualname__
+            scope[helper] = numba.njit(cache=True, nogil=True)(rebound)
     return scope[name]
 
 

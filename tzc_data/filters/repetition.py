@@ -43,7 +43,8 @@ from __future__ import annotations
 import zlib
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from itertools import accumulate
 from typing import NamedTuple
 
@@ -427,6 +428,11 @@ def compression_ratio(text: str | bytes) -> float:
     return len(zlib.compress(raw, 1)) / len(raw) if raw else 1.0
 
 
+_NOT_NUMBERS = frozenset({"name", "score_names", "compiled", "_switch"})
+_INTEGERS = ("tail_chars", "run_copies", "paragraph_repeats", "sentence_repeats", "loop_window", "min_chars",
+             "window_chars", "max_words")
+
+
 @dataclass(frozen=True)
 class RepetitionFilter:
     """All repetition signals on the reasoning and the answer; one drop reason per kind.
@@ -471,10 +477,20 @@ class RepetitionFilter:
     def judge_batch(self, examples: list[Example]) -> list[Verdict]:
         """``[self(e) for e in examples]``: by the Python functions above, or by the compiled judge
         (:func:`tzc_data.filters.compiled.verdict.judge_batch`, the same verdicts)."""
-        if self._switch(self.compiled, len(examples)):
+        if self._switch(self.compiled, len(examples)) and self._compilable:
             from tzc_data.filters.compiled.verdict import judge_batch  # imports numba: only here
             return judge_batch(self, examples)
         return [self._judge(example) for example in examples]
+
+    @cached_property
+    def _compilable(self) -> bool:
+        """Whether the compiled judge computes what the Python functions do with these fields:
+        each a number of at most 2**31 in size (so not NaN), the lengths and counts integers, and
+        ``max_words`` not negative. Other values (which the API allows and the CLI's bounds do
+        not reach) are judged in Python."""
+        numbers = [getattr(self, f.name) for f in fields(self) if f.name not in _NOT_NUMBERS]
+        return all(type(v) in (int, float) and abs(v) <= 2**31 for v in numbers) \
+            and all(type(getattr(self, name)) is int for name in _INTEGERS) and self.max_words >= 0
 
     def _judge(self, example: Example) -> Verdict:
         """The verdict from the Python functions above: the definition the compiled judge keeps."""

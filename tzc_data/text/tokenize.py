@@ -44,7 +44,7 @@ from typing import Any
 import sentencepiece as spm
 
 from tzc_data.errors import TokenizerError, TzcError
-from tzc_data.files import sha256_file  # (tzc_data.text.tokenize.sha256_file is public, as it was in tzc_data.tokenize)
+from tzc_data.files import cache_dir, sha256_file  # noqa: F401 (sha256_file: public here, as in tzc_data.tokenize)
 from tzc_data.record import Example
 from tzc_data.text import format as fmt
 from tzc_data.text.wordcache import WordCache, checked_int32, exact_rule
@@ -84,10 +84,6 @@ def known_name(sha256: str) -> str | None:
 _SPECIAL_PIECES = {"<start_of_turn>", "<end_of_turn>", "<mask>", "<2mass>", "[@BOS@]", "[toxicity=0]",
                    "[multimodal]", "<start_of_image>"}  # the last two: Gemma 3
 _UNUSED = re.compile(r"<unused\d+>")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
 
 
 def gemma2_tokenizer_path() -> Path:

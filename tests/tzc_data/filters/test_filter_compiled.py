@@ -395,3 +395,23 @@ def test_a_filter_switches_to_compiled_code_after_compile_from_rows(monkeypatch)
     for _ in range(COMPILE_FROM):
         english(example)
     assert english._switch.left == 0 and EnglishFilter()._switch.left == COMPILE_FROM
+
+
+@pytest.mark.parametrize("setting", [dict(min_chars=float("nan")), dict(window_chars=10**20),
+                                     dict(window_chars=-10**20), dict(loop_window=10**20), dict(loop_window=-10**20), dict(max_words=-1),
+                                     dict(max_words=2**53 + 1), dict(max_words=True), dict(tail_chars=10**400),
+                                     dict(loop_window=100.5), dict(window_chars=float("nan"))])
+def test_fields_the_compiled_judge_cannot_hold_are_judged_in_python(setting):
+    """Values the API allows and the CLI does not reach: the compiled filter gives what the Python
+    one gives (a verdict, or the same error)."""
+    example = Example(row=0, prompt="x", reasoning="abc. " * 500, answer="abc. " * 10)
+    outcomes = []
+    for compiled in (False, True):
+        check = dataclasses.replace(RepetitionFilter(), compiled=compiled, **setting)
+        try:
+            outcomes.append(check(example))
+        except Exception as error:  # noqa: BLE001 (the Python definition's own error, whatever it is)
+            outcomes.append(type(error))
+    assert outcomes[0] == outcomes[1]
+    assert not dataclasses.replace(RepetitionFilter(), **setting)._compilable
+    assert RepetitionFilter()._compilable

@@ -62,52 +62,27 @@ trace and on 20,000 synthetic rows, both ways. What makes them equal:
 unchanged, and does not look at the files of the functions it calls (and inlines). Split over
 several files, a change to ``tables`` would leave ``judge``'s cached code stale. So the functions
 here are cached in a folder named by a digest of every file of this package
-(:func:`_cache_folder`): any change to any of them starts a fresh cache.
+(:func:`tzc_data.files.compiled_cache`), never in numba's own places: any change to any of them
+starts a fresh cache. (Python's own ``.pyc`` check, by a file's size and modification second, is
+not covered: a file rewritten within one second at the same size may still run its old bytecode,
+here as anywhere in Python.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
-from numba.core import config
+from tzc_data.files import compiled_cache, numba_cache
 
 
-def _cache_folder() -> str | None:
-    """Where this package's compiled functions are cached: ``tzc-<digest>`` under numba's cache
-    folder (``NUMBA_CACHE_DIR``) if one is set, else under this package's ``__pycache__``, else
-    under the user's cache folder, the first that can be written; None if none can (numba then
-    caches as it would, or not at all)."""
-    here = Path(__file__).parent
+def _version() -> str:
+    """A digest of every file of this package."""
     digest = hashlib.sha256()
-    for path in sorted(here.glob("*.py")):
+    for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tzc"
-    for root in (config.CACHE_DIR, here / "__pycache__", user):
-        if not root:
-            continue
-        folder = Path(root) / f"tzc-{digest.hexdigest()[:16]}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK):
-            return str(folder)
-    return None
+    return digest.hexdigest()[:16]
 
 
-def _load() -> None:
-    """Import the modules, their functions cached in :func:`_cache_folder` (numba chooses a
-    function's cache folder when it is decorated, from ``numba.config.CACHE_DIR``: set here for
-    that moment only, then put back)."""
-    folder, saved = _cache_folder(), config.CACHE_DIR
-    if folder:
-        config.CACHE_DIR = folder
-    try:
-        from tzc_data.filters.compiled import english, judge  # noqa: F401 (decorates every function)
-    finally:
-        config.CACHE_DIR = saved
-
-
-_load()
+with numba_cache(compiled_cache(_version(), Path(__file__).parent / "__pycache__")):
+    from tzc_data.filters.compiled import english, judge  # noqa: E402, F401 (decorates, and so caches, every function)
