@@ -486,8 +486,8 @@ class RepetitionFilter:
     def _compilable(self) -> bool:
         """Whether the compiled judge computes what the Python functions do with these fields:
         each a number of at most 2**31 in size (so not NaN), the lengths and counts integers, and
-        ``max_words`` not negative. Other values (which the API allows and the CLI's bounds do
-        not reach) are judged in Python."""
+        ``max_words`` not negative. Other values (a threshold of 10**400 or NaN, a fractional
+        window) are judged in Python, whose answer (a verdict, or an error) is the definition."""
         numbers = [getattr(self, f.name) for f in fields(self) if f.name not in _NOT_NUMBERS]
         return all(type(v) in (int, float) and abs(v) <= 2**31 for v in numbers) \
             and all(type(getattr(self, name)) is int for name in _INTEGERS) and self.max_words >= 0
