@@ -228,7 +228,7 @@ def main() -> None:
              "over every core, so the tokenize-only line uses the whole machine. The build encodes content through "
              "a word cache (`tzc_data/text/wordcache.py`: each space-delimited word encoded once, exact for Gemma 2's "
              "BPE, proven per model and tested against SentencePiece), on its one Python thread. The synthetic "
-             "source has a small vocabulary, so its hit rate is higher than real traces' (docs/building.md gives both).",
+             "source has a small vocabulary, so its hit rate is higher than real traces' ([building.md](building.md#speed-and-memory) gives both).",
              "")
         try:
             source = rows_parquet(kept, f"{tmp}/kept.parquet")
