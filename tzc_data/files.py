@@ -14,12 +14,15 @@ Promises, each checked here rather than at the call sites:
   (:func:`lock_staging`) for its whole life; a second build into the same ``--out`` is refused,
   naming the first one's pid. Staging directories carry a marker, so a folder that merely has
   the staging name is never taken for ours.
+- **What is removed wholesale is what this process made.** Only a temporary folder it created
+  itself for compiled code (:func:`compiled_cache`), at its exit.
 - **No command writes over a build.** :func:`check_output_file` refuses an output path inside
   a build directory (``report -o BUILD/manifest.json``).
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import errno
 import fcntl
@@ -27,7 +30,9 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,6 +55,7 @@ _BUILD_FOLDERS = {
 # What else a staging directory holds: the units' files (tzc_data.build.units) and atomic_path's temporaries.
 _UNIT_FILE = re.compile(r"u\d{6,}\.(arrow|tokens|json)|plan\.json")
 _TEMPORARY = re.compile(r"\..+\.tzc-tmp-\d+")
+_NUMBA_CONFIG = threading.RLock()  # held while numba.config.CACHE_DIR points at a tzc folder
 
 
 @contextmanager
@@ -354,9 +360,11 @@ def compiled_cache(version: str, beside: Path) -> str:
     code's files, so that an edit to any of them starts a fresh cache: numba itself notices only a
     change to a cached function's own file). Under numba's cache folder if one is set
     (``NUMBA_CACHE_DIR``), else ``beside`` the code (its package's ``__pycache__``), else under
-    :func:`cache_dir`: the first that can be written. If none can, a new temporary folder, where each
-    process compiles the code afresh (slow, never wrong, and never numba's own locations, which
-    would keep stale code)."""
+    :func:`cache_dir`: the first that can be written. If none can, a new temporary folder, removed
+    when the process exits, where each process compiles the code afresh (slow, never wrong).
+    Not numba's own locations, which would keep stale code, unless numba cannot write the folder
+    given at the moment it decorates (a full disk) or ``NUMBA_CACHE_LOCATOR_CLASSES`` overrides
+    where it looks: numba then falls back to its own."""
     from numba.core import config  # only where compiled code is wanted
 
     for root in (config.CACHE_DIR, beside, cache_dir() / "numba"):
@@ -369,19 +377,22 @@ def compiled_cache(version: str, beside: Path) -> str:
             continue
         if os.access(folder, os.W_OK | os.X_OK):
             return str(folder)
-    return tempfile.mkdtemp(prefix=f"tzc-numba-{version}-")
+    folder = tempfile.mkdtemp(prefix=f"tzc-numba-{version}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # made just now by this process: ours
+    return folder
 
 
 @contextmanager
 def numba_cache(folder: str) -> Iterator[None]:
     """Functions decorated with numba's ``cache=True`` inside cache in ``folder``: numba picks a
     function's cache folder when it is decorated, from ``numba.config.CACHE_DIR``, set here for that
-    moment only and then put back."""
+    moment only and then put back (under a lock: two threads would otherwise restore each other's)."""
     from numba.core import config
 
-    saved = config.CACHE_DIR
-    config.CACHE_DIR = folder
-    try:
-        yield
-    finally:
-        config.CACHE_DIR = saved
+    with _NUMBA_CONFIG:
+        saved = config.CACHE_DIR
+        config.CACHE_DIR = folder
+        try:
+            yield
+        finally:
+            config.CACHE_DIR = saved

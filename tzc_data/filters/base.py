@@ -31,7 +31,8 @@ def clip(text: str | bytes, width: int = 80) -> str:
 
 class Switch:
     """When a filter whose ``compiled`` is None moves from its Python definition to its compiled
-    code: once it has judged ``rows`` rows. Importing numba and loading compiled code from its cache
+    code: once it has judged ``rows`` rows, counted a call at a time (a filter judging batches of 64
+    switches after the batch that reaches them). Importing numba and loading compiled code from its cache
     costs a few tenths of a second a process, more than a small build's rows take in Python; the
     two decide the same, so the switch changes the time a build takes, never what it keeps.
 
@@ -79,7 +80,7 @@ def apply_filters(examples: Iterable[Example], filters: Sequence[Filter], batch:
         for check in filters:
             kept = [example for example in chunk if example.kept]
             judge_batch = getattr(check, "judge_batch", None)
-            for example, verdict in zip(kept, judge_batch(kept) if judge_batch else map(check, kept)):
+            for example, verdict in zip(kept, judge_batch(kept) if judge_batch else map(check, kept), strict=True):
                 example.scores.update(verdict.scores)
                 if verdict.reason is not None:
                     example.drop(verdict.reason, verdict.detail)

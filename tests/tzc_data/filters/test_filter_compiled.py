@@ -187,7 +187,7 @@ def test_property_the_splits_are_the_bytes_methods(text):
     window = cased(text)
     raw0, raw1, start, stop, n = split._lines(array(window), len(window))
     raw, stripped = _split(window)
-    assert [window[s:e] for s, e in zip(raw0, raw1)] == [r.replace(b"\n", b" ") if False else r for r in raw]
+    assert [window[s:e] for s, e in zip(raw0, raw1)] == raw
     assert [window[s:e] for s, e in zip(start, stop)] == stripped and n == len(raw)
     # paragraphs and sentences: split(b"\n\n"), split(b". ") on the folded text
     low = folded(text)

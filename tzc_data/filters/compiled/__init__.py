@@ -23,7 +23,7 @@ and tests/tzc_data/filters/test_filter_decisions.py pins the filters' decisions 
 trace and on 20,000 synthetic rows, both ways. What makes them equal:
 
 * *Bytes.* The texts are the same UTF-8 bytes (``surrogatepass``). ``_cased`` sets bit 5 of
-  exactly the bytes ``A``-``Z`` (``c - 65 < 26`` unsigned), which is ``translate(_FOLD)``;
+  exactly the bytes ``A``-``Z`` (``c - 65 < 26`` unsigned), which is ``translate(FOLD)``;
   ``_compact`` drops exactly the bytes ``0``-``9``, ``translate``'s delete set, so the two make
   :func:`~tzc_data.filters.repetition.folded`.
 * *Splits.* Each is the ``bytes`` method's. Whitespace is ``bytes.split()`` and ``strip()``'s six
