@@ -398,7 +398,8 @@ def test_a_filter_switches_to_compiled_code_after_compile_from_rows(monkeypatch)
 
 
 @pytest.mark.parametrize("setting", [dict(min_chars=float("nan")), dict(window_chars=10**20),
-                                     dict(window_chars=-10**20), dict(loop_window=10**20), dict(loop_window=-10**20), dict(max_words=-1),
+                                     dict(window_chars=-10**20), dict(loop_window=10**20), dict(loop_window=-10**20),
+                                     dict(max_words=-1),
                                      dict(max_words=2**53 + 1), dict(max_words=True), dict(tail_chars=10**400),
                                      dict(loop_window=100.5), dict(window_chars=float("nan"))])
 def test_fields_the_compiled_judge_cannot_hold_are_judged_in_python(setting):
