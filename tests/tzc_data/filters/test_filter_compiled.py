@@ -416,3 +416,15 @@ def test_fields_the_compiled_judge_cannot_hold_are_judged_in_python(setting):
     assert outcomes[0] == outcomes[1]
     assert not dataclasses.replace(RepetitionFilter(), **setting)._compilable
     assert RepetitionFilter()._compilable
+
+
+@pytest.mark.parametrize("window", [-9000, -5000, -100, 0, 1, 100, 2500])
+def test_windows_of_any_sign_are_judged_alike(window):
+    """``text[-window:]`` with a window of 0 or below is the whole text or its end from ``-window``:
+    the compiled judge slices as Python does (values the random settings above do not draw)."""
+    texts = ["Let me check. " * 300 + "\n\nThe answer is 4.", "Wait, so x = 3.\nHmm.\n" * 120, "abc. " * 900]
+    for text in texts:
+        example = Example(row=0, prompt="What is x?", reasoning=text, answer=text[:700])
+        check = RepetitionFilter(loop_window=window, window_chars=window, min_chars=0)
+        assert check._compilable
+        assert dataclasses.replace(check, compiled=True)(example) == dataclasses.replace(check, compiled=False)(example)
