@@ -33,7 +33,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -355,11 +355,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
 
 
-def compiled_cache(version: str, beside: Path) -> str:
-    """A folder where numba may cache compiled code whose source is ``version`` (a digest of the
-    code's files, so that an edit to any of them starts a fresh cache: numba itself notices only a
-    change to a cached function's own file). Under numba's cache folder if one is set
-    (``NUMBA_CACHE_DIR``), else ``beside`` the code (its package's ``__pycache__``), else under
+def compiled_cache(sources: Sequence[Path]) -> str:
+    """A folder where numba may cache the compiled code of ``sources`` (Python files of one
+    folder), named by a digest of them all, so that an edit to any of them starts a fresh cache:
+    numba itself notices only a change to a cached function's own file. Under numba's cache folder
+    if one is set (``NUMBA_CACHE_DIR``), else beside the code (its folder's ``__pycache__``), else under
     :func:`cache_dir`: the first that can be written. If none can, a new temporary folder, removed
     when the process exits, where each process compiles the code afresh (slow, never wrong).
     Not numba's own locations, which would keep stale code, unless numba cannot write the folder
@@ -367,7 +367,11 @@ def compiled_cache(version: str, beside: Path) -> str:
     where it looks: numba then falls back to its own."""
     from numba.core import config  # only where compiled code is wanted
 
-    for root in (config.CACHE_DIR, beside, cache_dir() / "numba"):
+    digest = hashlib.sha256()
+    for path in sorted(sources):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    version = digest.hexdigest()[:16]
+    for root in (config.CACHE_DIR, sources[0].parent / "__pycache__", cache_dir() / "numba"):
         if not root:
             continue
         folder = Path(root) / f"tzc-{version}"

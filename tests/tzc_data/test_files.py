@@ -162,17 +162,30 @@ def test_compiled_code_is_cached_by_its_version_in_the_first_folder_that_can_be_
     from tzc_data.files import compiled_cache, numba_cache
     monkeypatch.setattr(config, "CACHE_DIR", "")
     monkeypatch.setenv("TZC_CACHE", str(tmp_path / "tzc"))
-    beside = tmp_path / "package" / "__pycache__"
-    assert compiled_cache("v1", beside) == str(beside / "tzc-v1")
-    assert compiled_cache("v2", beside) == str(beside / "tzc-v2")  # an edit starts a fresh cache
-    (tmp_path / "file").write_text("")
-    blocked = tmp_path / "file" / "__pycache__"  # cannot be made: a file stands in its way
-    assert compiled_cache("v1", blocked) == str(tmp_path / "tzc" / "numba" / "tzc-v1")
-    monkeypatch.setenv("TZC_CACHE", str(tmp_path / "file" / "tzc"))
-    fallback = compiled_cache("v1", blocked)  # nowhere to write: a fresh folder, never numba's own places
-    assert os.path.basename(fallback).startswith("tzc-numba-v1-") and os.access(fallback, os.W_OK)
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "a.py").write_text("x = 1\n")
+    (package / "b.py").write_text("y = 2\n")
+    sources = [package / "a.py", package / "b.py"]
+    first = compiled_cache(sources)
+    assert os.path.dirname(first) == str(package / "__pycache__") and os.path.basename(first).startswith("tzc-")
+    assert compiled_cache(sources[::-1]) == first  # the files' order does not matter
+    (package / "b.py").write_text("y = 3\n")
+    second = compiled_cache(sources)
+    assert second != first and os.path.dirname(second) == str(package / "__pycache__")  # an edit: a fresh cache
+    version = os.path.basename(second)
+    blocked = tmp_path / "blocked"  # its __pycache__ cannot be made: a file stands in the way
+    blocked.mkdir()
+    (blocked / "__pycache__").write_text("")
+    copies = [blocked / "a.py", blocked / "b.py"]
+    for source, copy in zip(sources, copies):
+        copy.write_bytes(source.read_bytes())
+    assert compiled_cache(copies) == str(tmp_path / "tzc" / "numba" / version)  # the version is the files'
+    monkeypatch.setenv("TZC_CACHE", str(tmp_path / "blocked" / "__pycache__" / "tzc"))
+    fallback = compiled_cache(copies)  # nowhere to write: a fresh folder, never numba's own places
+    assert os.path.basename(fallback).startswith(f"tzc-numba-{version[4:]}-") and os.access(fallback, os.W_OK)
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))
-    assert compiled_cache("v1", beside) == str(tmp_path / "numba" / "tzc-v1")  # NUMBA_CACHE_DIR first
+    assert compiled_cache(sources) == str(tmp_path / "numba" / version)  # NUMBA_CACHE_DIR first
     with numba_cache("somewhere"):
         assert config.CACHE_DIR == "somewhere"
     assert config.CACHE_DIR == str(tmp_path / "numba")

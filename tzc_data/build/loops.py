@@ -17,7 +17,6 @@ package folder is read-only), so only the first large build on a machine compile
 
 from __future__ import annotations
 
-import hashlib
 import types
 from collections.abc import Callable
 from functools import lru_cache
@@ -42,8 +41,7 @@ def _compiled(name: str) -> Callable[..., Any]:
     import numba  # only here: tzc_data imports without paying for it
 
     scope = dict(globals())
-    version = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    with numba_cache(compiled_cache(version, Path(__file__).parent / "__pycache__")):
+    with numba_cache(compiled_cache([Path(__file__)])):
         for helper in (*_HELPERS, name):
             plain = globals()[helper]
             rebound = types.FunctionType(plain.__code__, scope, helper, plain.__defaults__)

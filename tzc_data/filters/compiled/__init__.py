@@ -70,19 +70,9 @@ here as anywhere in Python.)
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from tzc_data.files import compiled_cache, numba_cache
 
-
-def _version() -> str:
-    """A digest of every file of this package."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-with numba_cache(compiled_cache(_version(), Path(__file__).parent / "__pycache__")):
+with numba_cache(compiled_cache(list(Path(__file__).parent.glob("*.py")))):
     from tzc_data.filters.compiled import english, judge  # noqa: E402, F401 (decorates, and so caches, every function)

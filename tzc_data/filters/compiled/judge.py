@@ -91,28 +91,18 @@ def _top_gram(buf, start, stop, most):
 
 
 @numba.njit(**_JIT)
-def _ngrams(buf, start, stop, most, dup):
-    """On the last ``most`` words of ``buf[start:stop]``: (their count, their characters, the top
-    3-gram's copies, its characters, characters inside repeated 10-grams (if ``dup``))."""
+def _dup_covered(buf, start, stop, most):
+    """On the last ``most`` words of ``buf[start:stop]``: (their count, their characters, the
+    characters inside 10-grams that occur more than once). Words are grouped by their bytes and
+    10-grams by their words' groups, so the count is exact."""
     starts, stops = _last_words(buf, start, stop, most)
     n = len(starts)
     total = 0
     for k in range(n):
         total += stops[k] - starts[k]
-    if n <= 3:
-        return n, total, 0, 0, 0
-    ids, _, _, _, _ = _intern(buf.view(np.uint64), starts, stops, n)
-    grams = n - 2
-    group, count = _intern_grams(ids, grams, 3)
-    top = 0
-    for k in range(grams):
-        top = max(top, count[group[k]])
-    chars = 0
-    for k in range(grams):
-        if count[group[k]] == top:
-            chars = max(chars, stops[k] - starts[k] + stops[k + 1] - starts[k + 1] + stops[k + 2] - starts[k + 2])
     covered = 0
-    if dup and n > 10:
+    if n > 10:
+        ids, _, _, _, _ = _intern(buf.view(np.uint64), starts, stops, n)
         grams = n - 9
         group, count = _intern_grams(ids, grams, 10)
         last = -1  # the words up to this one are counted already
@@ -121,7 +111,7 @@ def _ngrams(buf, start, stop, most, dup):
                 for j in range(max(k, last + 1), k + 10):
                     covered += stops[j] - starts[j]
                 last = k + 9
-    return n, total, top, chars, covered
+    return n, total, covered
 
 
 @numba.njit(**_JIT)
@@ -219,5 +209,5 @@ def judge(reasoning, answer, prompt, params):
 def dup_share(both, start, stop, most):
     """``dup_ngram_share`` of the last ``most`` words of ``both[start:stop]`` (the 10-gram share,
     which the filter only computes where zlib already sees repetition)."""
-    words, total, _, _, covered = _ngrams(both, start, stop, most, True)
+    words, total, covered = _dup_covered(both, start, stop, most)
     return covered / total if words > 10 else 0.0
