@@ -389,7 +389,7 @@ def test_workers_die_with_a_killed_build_and_the_resumed_build_is_identical(tmp_
 # tokenizer threads behind, crashed children). The child's audit hook SIGKILLs it just before its
 # K-th file-system change under the server's folder, or records every change.
 _KILL_SERVER = r"""
-import json, os, signal, sys
+import json, os, re, signal, sys
 import tzc_data.cli, tzc_data.build.pipeline
 
 CHANGES = {"os.rename", "os.remove", "os.truncate", "os.mkdir", "os.rmdir", "shutil.rmtree", "shutil.copyfile"}
@@ -412,12 +412,15 @@ for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # this pipe carries the server's answers only
-        seen = []
+        seen, matched = [], []
+        pattern = request["kill_before"] and re.compile(request["kill_before"])
         def hook(event, args):
             found = change(event, args)
             if found is not None:
                 seen.append(found)
-                if len(seen) == request["kill_at"]:
+                if pattern and pattern.fullmatch(found):
+                    matched.append(found)
+                if len(seen) == request["kill_at"] or (pattern and len(matched) == request["nth"] + 1):
                     os.kill(os.getpid(), signal.SIGKILL)
         sys.addaudithook(hook)
         code = tzc_data.cli.main(request["argv"])
@@ -430,7 +433,12 @@ for line in sys.stdin:
 
 class _Killer:
     """Runs ``tzc-data ARGV`` in a child of the server above: :meth:`events` lists the changes an
-    uninterrupted run makes, :meth:`kill` SIGKILLs a run just before its K-th change."""
+    uninterrupted run makes, :meth:`kill` SIGKILLs a run just before its K-th change and
+    :meth:`kill_before` just before the n-th change a pattern matches.
+
+    Where the order of changes depends on time (done-markers are written in batches at least every
+    half second), only :meth:`kill_before` names the same change in every run: a K-th change counted
+    on an earlier run may be another file in a slower one."""
 
     def __init__(self, root: Path):
         import subprocess
@@ -440,9 +448,10 @@ class _Killer:
         self.server = subprocess.Popen([sys.executable, "-c", _KILL_SERVER], cwd=root, text=True,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def _run(self, argv: list[str], kill_at: int) -> int:
+    def _run(self, argv: list[str], kill_at: int, kill_before: str | None = None, nth: int = 0) -> int:
         record = self.root / "events.json"
-        self.server.stdin.write(json.dumps({"argv": argv, "kill_at": kill_at, "record": str(record)}) + "\n")
+        request = {"argv": argv, "kill_at": kill_at, "kill_before": kill_before, "nth": nth, "record": str(record)}
+        self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         return int(self.server.stdout.readline())
 
@@ -456,6 +465,10 @@ class _Killer:
     def kill(self, argv: list[str], k: int) -> None:
         status = self._run(argv, k)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, f"the build was not killed at change {k}"
+
+    def kill_before(self, argv: list[str], pattern: re.Pattern, nth: int = 0) -> None:
+        status = self._run(argv, 0, pattern.pattern, nth)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, f"the build made no change {nth} matching {pattern}"
 
     def close(self) -> None:
         self.server.stdin.close()
@@ -602,9 +615,7 @@ def test_resume_refuses_a_unit_whose_tokens_lost_their_tail(tmp_path, capsys):
                str(gemma2_tokenizer_path()), "--no-progress", *args]
     killer = _Killer(tmp_path)
     try:  # killed just before the second unit's marker: the first unit stands
-        events = killer.events(command)
-        shutil.rmtree(out)
-        killer.kill(command, [k for k, e in enumerate(events, 1) if MARKER.fullmatch(e)][1])
+        killer.kill_before(command, MARKER, 1)
     finally:
         killer.close()
     tokens = staging / ".units" / "u000000.tokens"
@@ -692,9 +703,7 @@ def test_first_kept_wins_across_exact_and_near_dedup_and_survives_a_resume(tmp_p
                str(gemma2_tokenizer_path()), "--no-progress", *args]
     killer = _Killer(tmp_path)
     try:  # killed just before the second unit's marker: the first one, rows 0 and 1, stands
-        events = killer.events(command)
-        shutil.rmtree(tmp_path / "run")
-        killer.kill(command, [k for k, e in enumerate(events, 1) if MARKER.fullmatch(e)][1])
+        killer.kill_before(command, MARKER, 1)
     finally:
         killer.close()
     assert _build(tmp_path / "run", f"0:{len(prompts)}", *args, "--resume") == 0
@@ -712,9 +721,7 @@ def _killed_staging(tmp_path: Path, args: list[str], before: re.Pattern | str, n
                str(gemma2_tokenizer_path()), "--no-progress", *args]
     killer = _Killer(tmp_path)
     try:
-        events = killer.events(command)
-        shutil.rmtree(tmp_path / "run")
-        killer.kill(command, [k for k, e in enumerate(events, 1) if before.fullmatch(e)][nth])
+        killer.kill_before(command, before, nth)
     finally:
         killer.close()
     return tmp_path / ".run.tzc-partial"
