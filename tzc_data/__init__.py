@@ -11,8 +11,8 @@ loaders, importing neither the build nor SentencePiece.
 __version__ = "0.1.0"
 
 # Importing tzc_data (a trainer does) loads no SentencePiece, JAX or tzc_train, and changes no
-# process-wide setting: the build's choice of Arrow allocator is made where a build runs
-# (tzc_data.cli.main, and tzc_data.build.pipeline.build for the build itself).
+# process-wide setting: the tzc-data command makes its own (tzc_data.process, from tzc_data.cli.run),
+# and tzc_data.build.pipeline.build chooses Arrow's allocator for the build's own duration.
 from tzc_data.errors import TzcError
 from tzc_data.read.load import batches, export_parquet, hf_dataset, iter_rows, load, torch_dataset
 from tzc_data.read.manifest import read_manifest

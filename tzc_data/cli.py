@@ -14,6 +14,7 @@ from tzc_data import __version__
 from tzc_data.build.config import COMPRESSIONS, BuildConfig, parse_range
 from tzc_data.engines import ENGINES
 from tzc_data.errors import ConfigError, TzcError
+from tzc_data.process import own_process
 from tzc_data.record import KEPT, REASONS
 from tzc_data.text import format as fmt
 
@@ -435,19 +436,15 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _arrow_allocator() -> None:
-    """The system allocator for Arrow in a ``tzc-data`` process and the worker processes it spawns.
-
-    Arrow's default (mimalloc) keeps the memory of every table a build writes and reads back: peak
-    RSS grew by about 1 KB per row; the system allocator gives it back. Arrow reads the variable
-    once, when it loads: only before that, and only when the user has not chosen a pool. Here, not
-    on ``import tzc_data``: a library import changes no process-wide setting."""
-    if "pyarrow" not in sys.modules:
-        os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+def run() -> int:
+    """The ``tzc-data`` command: :func:`main` in a process of its own, with a tzc process's
+    settings (:func:`tzc_data.process.own_process`). Tests and notebooks call :func:`main`, which
+    changes nothing process-wide."""
+    own_process()
+    return main()
 
 
 def main(argv: list[str] | None = None) -> int:
-    _arrow_allocator()
     parser = argparse.ArgumentParser(prog="tzc-data", description="Clean, packed, verifiable SFT data from "
                                      "reasoning traces. Drop reasons: " + ", ".join(REASONS) + ".")
     parser.add_argument("--version", action="version", version=f"tzc-data {__version__}")
@@ -475,4 +472,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())

@@ -50,12 +50,13 @@ def test_explain_shows_examples_with_the_trigger_marked(tmp_path, capsys):
 
 
 def test_a_tzc_data_process_puts_arrow_on_the_system_allocator():
-    """The choice that ``import tzc_data`` no longer makes: the CLI makes it before Arrow loads
-    (mimalloc kept the memory of every table a build writes), unless the user chose a pool."""
+    """The choice that ``import tzc_data`` does not make: the command (:func:`tzc_data.cli.run`)
+    makes it before Arrow loads (mimalloc kept the memory of every table a build writes), unless
+    the user chose a pool."""
     import os
 
-    code = ("import contextlib, io, sys; from tzc_data.cli import main\n"
-            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): main(['--version'])\n"
+    code = ("import contextlib, io, sys; from tzc_data.cli import run\nsys.argv = ['tzc-data', '--version']\n"
+            "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()): run()\n"
             "import pyarrow as pa; print(pa.default_memory_pool().backend_name)")
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     for chosen, expected in ((None, "system"), ("jemalloc", "jemalloc")):

@@ -39,8 +39,9 @@ from tzc_data.text.tokenize import Tokenizer, chunks, tokenize
 
 _BATCH = 256  # rows whose MinHash signatures are computed together
 # Rows a process must expect to judge before its quality filters may load their compiled code:
-# loading it (numba's import, the code from its cache) costs about 0.55 s a process, and saves
-# about 0.25 ms a row (docs/benchmarks.md, section 13), so it pays from about 2,000 rows on.
+# loading it costs about 0.45 s in a tzc-data process (numba's import 0.23 s, the first call from
+# its cache 0.17 s; 0.21 s more where numba may import SciPy, see tzc_data.process), and saves
+# about 0.25 ms a row (docs/benchmarks.md, sections 13 and 14), so it pays from about 2,000 rows on.
 COMPILED_FROM_ROWS = 2500
 
 
@@ -90,13 +91,14 @@ class RowStage:
     """Run one unit: ``stage(unit)`` writes its files and returns its done-marker.
 
     Picklable: the tokenizer travels as its model's bytes, and the tokenizer and filters built
-    from them are cached per process (never pickled).
+    from them are cached per process (never pickled). A stage made with its process's tools reads
+    the model's bytes out of its tokenizer only when it is pickled (``tokenizer_model`` None till then).
     """
 
     config: BuildConfig
     source: Source
     staging: str
-    tokenizer_model: bytes = field(repr=False)
+    tokenizer_model: bytes | None = field(repr=False)
     tokenizer_name: str
     excluded: dict[bytes, str] = field(repr=False)
     benchmarks: BenchmarkIndex | None = field(default=None, repr=False)  # --decontaminate's n-grams
@@ -104,15 +106,19 @@ class RowStage:
     @classmethod
     def of(cls, config: BuildConfig, source: Source, staging: str, tokenizer: Tokenizer,
            excluded: dict[bytes, str], benchmarks: BenchmarkIndex | None = None) -> RowStage:
-        stage = cls(config=config, source=source, staging=staging, tokenizer_model=tokenizer.sp.serialized_model_proto(),
+        usable = tokenizer.system == check_system(config.system) and tokenizer.memo_refused != "turned off"
+        stage = cls(config=config, source=source, staging=staging,
+                    tokenizer_model=None if usable else tokenizer.sp.serialized_model_proto(),
                     tokenizer_name=tokenizer.path, excluded=excluded, benchmarks=benchmarks)
-        if tokenizer.system == check_system(config.system) and tokenizer.memo_refused != "turned off":
-            # This process's tools are the given tokenizer (not pickled: a worker builds its own).
+        if usable:  # this process's tools are the given tokenizer (not pickled: a worker builds its own)
             stage.__dict__["_tools"] = (tokenizer, build_filters(config), score_names(config))
         return stage
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_tools"}
+        state = {k: v for k, v in self.__dict__.items() if k != "_tools"}
+        if state["tokenizer_model"] is None:
+            state["tokenizer_model"] = self._tools[0].sp.serialized_model_proto()
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

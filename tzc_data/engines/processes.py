@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tzc_data.engines.base import Executor, run_unit
 from tzc_data.errors import TzcError
+from tzc_data.process import own_process
 
 if TYPE_CHECKING:
     from tzc_data.build.units import UnitDone
@@ -129,7 +130,9 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 
 def _die_with(parent: int) -> None:
-    """Make this worker die with ``parent`` (a build killed with SIGKILL cannot stop its workers)."""
+    """Make this worker die with ``parent`` (a build killed with SIGKILL cannot stop its workers),
+    with the settings of a process tzc owns (:func:`tzc_data.process.own_process`)."""
+    own_process()
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)

@@ -58,6 +58,7 @@ from tzc_data.build import units as unit_files
 from tzc_data.build.units import UnitDone
 from tzc_data.engines.base import Executor, run_unit
 from tzc_data.errors import ConfigError, OutputError, TzcError
+from tzc_data.process import allow
 
 RETRIES = 2  # times a unit whose actor died is run again (on a restarted actor) before the build fails
 _RAY_VERSION = "2.60.0"
@@ -272,6 +273,7 @@ def _unseen_staging(staging: str) -> TzcError | None:
 
 
 def _import_ray() -> Any:
+    allow("pandas")  # Ray Data imports it (a tzc-data process refuses it: tzc_data.process)
     try:
         import ray
         import ray.data  # noqa: F401  (Ray Data is ray[data]: pandas, pyarrow, fsspec)

@@ -26,15 +26,16 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import fsspec
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tzc_data.errors import SourceError
 from tzc_data.record import Example
 from tzc_data.sources import jsonl, parquet
 from tzc_data.sources.base import Source, Unit, check_start, count, missing
 from tzc_data.sources.formats import GLAIVE, Format, parse_format
+
+if TYPE_CHECKING:
+    import fsspec
 
 JSONL_UNIT_ROWS = 10_000
 SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz")
@@ -68,7 +69,7 @@ class FileSetSource(Source):
 
     kind: ClassVar[str] = "local"
 
-    fs: fsspec.AbstractFileSystem
+    fs: fsspec.AbstractFileSystem | None  # None: local files, opened with open() (no fsspec to import)
     paths: tuple[str, ...]
     description: dict[str, Any]
     opener: Callable[[str], Any] | None = None
@@ -92,7 +93,9 @@ class FileSetSource(Source):
 
     def _open(self, path: str):
         try:
-            return self.opener(path) if self.opener else self.fs.open(path, "rb")
+            if self.opener:
+                return self.opener(path)
+            return open(path, "rb") if self.fs is None else self.fs.open(path, "rb")
         except OSError as err:
             raise SourceError(f"cannot open {path}: {err.strerror or err}") from err
 
@@ -270,7 +273,7 @@ def local_source(spec: str, *, format: str = GLAIVE, jsonl_unit_rows: int = JSON
         files.append({"path": os.path.relpath(path, root), **entry})
         layouts.append(layout)
         _check_unchanged(path, stamps[-1], files[-1]["path"])
-    return FileSetSource(fs=fsspec.filesystem("file"), paths=tuple(os.path.abspath(p) for p in paths),
+    return FileSetSource(fs=None, paths=tuple(os.path.abspath(p) for p in paths),
                          description={"kind": "local", "spec": spec, "files": files}, layout=tuple(layouts),
                          format=fmt, read_folders=_folders_read(spec), stamp=tuple(stamps))
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, ClassVar
-
-import fsspec
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tzc_data.errors import SourceError
 from tzc_data.sources.base import Source, differing_key
 from tzc_data.sources.files import FileSetSource
 from tzc_data.sources.formats import GLAIVE, Format, parse_format
+
+if TYPE_CHECKING:
+    import fsspec  # the hub's filesystem is fsspec's: imported where one is made (huggingface_hub)
 
 HF_DATASET = "glaiveai/reasoning-v1-20m"
 HF_SPLIT = "train"

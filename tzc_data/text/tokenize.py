@@ -47,7 +47,7 @@ from tzc_data.errors import TokenizerError, TzcError
 from tzc_data.files import cache_dir, sha256_file  # noqa: F401 (sha256_file: public here, as in tzc_data.tokenize)
 from tzc_data.record import Example
 from tzc_data.text import format as fmt
-from tzc_data.text.wordcache import WordCache, checked_int32, exact_rule
+from tzc_data.text.wordcache import WordCache, checked_int32, exact_rule, plain_codec
 
 GEMMA2_SHA256 = "61a7b147390c64585d6c3543dd6fc636906c9af3865a5548f27f31aee1d4c8e2"
 GEMMA3_SHA256 = "a96dfa1c296977bd225176202b305aeb29f3f49cc7d54b15bd31e998f91b9736"
@@ -155,7 +155,8 @@ class Tokenizer:
                 raise TokenizerError(f"tokenizer {self.path} has no {name} piece: not a Gemma-style chat tokenizer")
         self.special_ids, refused, bridges = _model_facts(sp, self.sha256)
         self.memo_refused = refused if memo else "turned off"
-        self.memo = WordCache(sp.encode, self.special_ids, decode_ids=sp.decode, bridges=bridges) \
+        encode_one, decode_one = plain_codec(sp)
+        self.memo = WordCache(encode_one, self.special_ids, decode_ids=decode_one, bridges=bridges) \
             if self.memo_refused is None else None
         enc = sp.encode  # markup: fixed strings, encoded once per build
         self.system = system = fmt.check_system(system)

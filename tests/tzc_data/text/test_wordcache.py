@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from tzc_data.text import fuzz
 from tzc_data.text.tokenize import Tokenizer, _ints
-from tzc_data.text.wordcache import WordCache, why_not_exact
+from tzc_data.text.wordcache import WordCache, plain_codec, why_not_exact
 
 # Whitespace shapes that decide where words are cut: runs of spaces, a literal "▁", newlines, tabs.
 SPACES = [" ", "  ", "   ", "\u2581", " \u2581", "\u2581 ", "\n", "\n ", " \n", "\t", "\t ", "\u00a0", "\u3000"]
@@ -203,3 +203,60 @@ def test_gemma3_cached_ids_equal_sentencepiece_on_real_traces(gemma3_tokenizer, 
         reasoning, answer = row["response"].split("</think>", 1)
         parts = (row["prompt"].strip(), reasoning.replace("<think>", "").strip(), answer.strip())
         assert tok.encode_example(*parts) == plain.encode_example(*parts)
+
+
+@settings(max_examples=800, deadline=None, derandomize=True)
+@given(texts())
+def test_property_plain_codec_is_sentencepiece_without_its_wrapper(gemma_tokenizer, text):
+    sp = gemma_tokenizer.sp
+    encode, decode = plain_codec(sp)
+    assert encode is not sp.encode and decode is not sp.decode  # the pinned sentencepiece has the entry points
+    ids = encode(text)
+    assert ids == sp.encode(text) and decode(ids) == sp.decode(ids)
+
+
+def test_the_build_tokenizer_caches_through_the_plain_codec_and_gives_sentencepiece_ids(gemma_tokenizer, clean_traces):
+    sp, memo = gemma_tokenizer.sp, gemma_tokenizer.memo
+    assert memo.encode_ids is not sp.encode and memo.decode_ids is not sp.decode
+    for row in clean_traces:
+        assert ids_of(memo, row["response"]) == sp.encode(row["response"])
+
+
+class _Wrapper:
+    """A SentencePieceProcessor's Python face, over a processor whose entry points may disagree."""
+
+    _enable_sampling, _nbest_size, _alpha, _add_bos, _add_eos, _reverse = False, -1, 0.1, False, False, False
+
+    def __init__(self, sp, processor):
+        self.sp, self._processor = sp, processor
+
+    def encode(self, text):
+        return self.sp.encode(text)
+
+    def decode(self, ids):
+        return self.sp.decode(ids)
+
+
+@pytest.mark.parametrize("case", ["no processor", "sampling", "entry points disagree", "other signature"])
+def test_plain_codec_falls_back_to_the_wrapper(gemma_tokenizer, case):
+    sp = gemma_tokenizer.sp
+    processor = sp._processor
+
+    class Wrong:  # encodes one id off
+        def _EncodeAsIds(self, text, *options):
+            return [i + 1 for i in processor._EncodeAsIds(text, *options)]
+
+        _DecodeIds = processor._DecodeIds
+
+    class Other:  # another sentencepiece: other arguments
+        def _EncodeAsIds(self, text):
+            return processor._EncodeAsIds(text, False, -1, 0.1, False, False, False)
+
+        _DecodeIds = processor._DecodeIds
+
+    wrapper = _Wrapper(sp, {"no processor": None, "sampling": processor, "entry points disagree": Wrong(),
+                            "other signature": Other()}[case])
+    if case == "sampling":
+        wrapper._enable_sampling = True
+    encode, decode = plain_codec(wrapper)
+    assert (encode, decode) == (wrapper.encode, wrapper.decode)

@@ -1,0 +1,87 @@
+"""A tzc process's settings: made by the tzc-data command and its workers, never by an import."""
+
+import json
+import subprocess
+import sys
+
+from tzc_data.text.tokenize import gemma2_tokenizer_path
+
+# What a process ends with: the refused packages it imported, and whether pyarrow and pandas still work.
+_REPORT = """
+import json, sys
+{setup}
+import pyarrow as pa
+table = pa.table({{"a": pa.array([1, 2]), "b": pa.array(["x", None])}})
+try:
+    import pandas
+    pandas_imports = True
+except ImportError:
+    pandas_imports = False
+print(json.dumps({{"imported": sorted(m for m in ("pandas", "scipy") if m in sys.modules),
+                  "pandas_imports": pandas_imports, "rows": table.num_rows}}))
+"""
+
+
+def _report(setup: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", _REPORT.format(setup=setup)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_the_libraries_import_pandas_and_scipy_for_nothing_without_the_settings():
+    """The premise (make test installs both: pandas for the trainer, SciPy for JAX): pyarrow imports
+    pandas on a first array, numba SciPy on its first compiled call."""
+    found = _report("import numba, numpy as np\n(numba.njit(lambda x: x + 1))(np.int64(1))")
+    assert found["imported"] == ["pandas", "scipy"] and found["pandas_imports"]
+
+
+def test_own_process_refuses_them_and_arrow_and_numba_go_on_without():
+    found = _report("from tzc_data.process import own_process\nown_process()\n"
+                    "import numba, numpy as np\nassert (numba.njit(lambda x: x + 1))(np.int64(1)) == 2")
+    assert found == {"imported": [], "pandas_imports": False, "rows": 2}
+
+
+def test_importing_tzc_data_or_calling_main_changes_nothing(tmp_path):
+    argv = ["build", "--source", "synthetic", "--range", "0:20", "--out", str(tmp_path / "b"),
+            "--tokenizer", str(gemma2_tokenizer_path()), "--no-progress"]
+    assert _report(f"import tzc_data, tzc_data.cli\nassert tzc_data.cli.main({argv!r}) == 0")["pandas_imports"]
+
+
+def test_a_process_that_imported_pandas_keeps_it():
+    found = _report("import pandas\nfrom tzc_data.process import own_process\nown_process()\nown_process()")
+    assert "pandas" in found["imported"] and found["pandas_imports"]
+
+
+def test_a_worker_of_engine_processes_makes_the_settings():
+    found = _report("import os\nfrom tzc_data.engines.processes import _die_with\n_die_with(os.getppid())")
+    assert found == {"imported": [], "pandas_imports": False, "rows": 2}
+
+
+_PROBE = """
+import atexit, runpy, sys
+atexit.register(lambda: print("IMPORTED", sorted(m for m in ("pandas", "scipy") if m in sys.modules),
+                              "numba" in sys.modules, file=sys.stderr))
+sys.argv = ["tzc-data", *sys.argv[1:]]
+runpy.run_module("tzc_data.cli", run_name="__main__")
+"""
+
+
+def test_the_tzc_data_command_builds_without_importing_either(tmp_path):
+    """The command (``python -m tzc_data.cli`` runs :func:`tzc_data.cli.run`, as the console script
+    does), on 3,000 rows: the compiled filters load."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(_PROBE)
+    done = subprocess.run([sys.executable, str(probe), "build", "--source", "synthetic", "--range", "0:3000",
+                           "--out", str(tmp_path / "b"), "--tokenizer", str(gemma2_tokenizer_path()), "--no-progress"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "IMPORTED [] True" in done.stderr
+
+
+def test_allow_lifts_a_refusal_and_the_ray_engine_lifts_pandas_for_ray_data():
+    found = _report("from tzc_data.process import allow, own_process\nown_process()\nallow('pandas')")
+    assert found["pandas_imports"]
+    done = subprocess.run([sys.executable, "-c", "from tzc_data.process import own_process\nown_process()\n"
+                           "from tzc_data.engines.ray import _import_ray\nimport sys\n_import_ray()\n"
+                           "print('pandas' in sys.modules, 'scipy' in sys.modules)"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.split() == ["True", "False"], done.stderr
