@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tzc_data.text.tokenize import gemma2_tokenizer_path
 
 # What a process ends with: the refused packages it imported, and whether pyarrow and pandas still work.
@@ -52,9 +54,30 @@ def test_a_process_that_imported_pandas_keeps_it():
     assert "pandas" in found["imported"] and found["pandas_imports"]
 
 
-def test_a_worker_of_engine_processes_makes_the_settings():
-    found = _report("import os\nfrom tzc_data.engines.processes import _die_with\n_die_with(os.getppid())")
-    assert found == {"imported": [], "pandas_imports": False, "rows": 2}
+_WORKERS = """
+import sys
+sys.path.insert(0, {folder!r})
+from probe import pandas_imports
+from tzc_data.engines.processes import ProcessExecutor
+from tzc_data.process import own_process
+if __name__ == "__main__":
+    if sys.argv[1] == "command":
+        own_process()
+    print(ProcessExecutor(2).map(pandas_imports, [0, 1]))
+"""
+
+
+@pytest.mark.parametrize("parent, expected", [("command", "[False, False]"), ("library", "[True, True]")])
+def test_the_workers_of_engine_processes_refuse_what_their_parent_refuses(tmp_path, parent, expected):
+    """A worker of the tzc-data command refuses pandas; one of a library call (a notebook's
+    build) does not, so a source that imports pandas builds the same on every engine."""
+    (tmp_path / "probe.py").write_text("def pandas_imports(_):\n    try:\n        import pandas  # noqa: F401\n"
+                                       "    except ImportError:\n        return False\n    return True\n")
+    script = tmp_path / "workers.py"
+    script.write_text(_WORKERS.format(folder=str(tmp_path)))
+    done = subprocess.run([sys.executable, str(script), parent], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == expected
 
 
 _PROBE = """

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tzc_data.engines.base import Executor, run_unit
 from tzc_data.errors import TzcError
-from tzc_data.process import own_process
+from tzc_data.process import refuse, refused
 
 if TYPE_CHECKING:
     from tzc_data.build.units import UnitDone
@@ -42,7 +42,7 @@ class ProcessExecutor(Executor):
             return [task(item) for item in items]
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context, initializer=_die_with,
-                                   initargs=(os.getpid(),))
+                                   initargs=(os.getpid(), refused()))
         try:
             with _children_ignore_sigint():  # the pool starts its processes as the tasks are submitted
                 results = pool.map(task, items)
@@ -62,7 +62,7 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         tasks, results = context.Queue(), context.Queue()
         count = min(self.workers, len(units))
-        pool = [context.Process(target=_serve, args=(os.getpid(), stage, tasks, results), daemon=True)
+        pool = [context.Process(target=_serve, args=(os.getpid(), refused(), stage, tasks, results), daemon=True)
                 for _ in range(count)]
         with _children_ignore_sigint():
             for process in pool:
@@ -129,10 +129,11 @@ def _children_ignore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _die_with(parent: int) -> None:
+def _die_with(parent: int, imports: tuple[str, ...] = ()) -> None:
     """Make this worker die with ``parent`` (a build killed with SIGKILL cannot stop its workers),
-    with the settings of a process tzc owns (:func:`tzc_data.process.own_process`)."""
-    own_process()
+    and refuse the ``imports`` the parent refuses (:mod:`tzc_data.process`: none where the parent
+    is a library call, pandas and SciPy where it is the ``tzc-data`` command)."""
+    refuse(imports)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
@@ -143,8 +144,8 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _serve(parent: int, stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
+def _serve(parent: int, imports: tuple[str, ...], stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
     """A worker's life: die with the parent, then run units until told to stop."""
-    _die_with(parent)
+    _die_with(parent, imports)
     while (unit := tasks.get()) is not None:
         results.put((unit.index, *run_unit(stage, unit)))

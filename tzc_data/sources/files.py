@@ -1,4 +1,4 @@
-"""Parquet and JSONL files read through one fsspec filesystem: local files, and (see :mod:`.hub`) the hub.
+"""Parquet and JSONL files: local ones opened with :func:`open`, and (see :mod:`.hub`) the hub's through fsspec.
 
 Files are read in sorted path order and share one global row index. A unit is a Parquet row group
 (:mod:`.parquet`), a block of :data:`JSONL_UNIT_ROWS` rows of a plain JSONL file, or a whole
@@ -58,12 +58,13 @@ class FileLayout:
 
 @dataclass(frozen=True)
 class FileSetSource(Source):
-    """Parquet and JSONL files read through one fsspec filesystem, in sorted path order.
+    """Parquet and JSONL files in sorted path order: local files (``fs`` None, opened with
+    :func:`open`, so that a local build imports no fsspec), or files of an fsspec filesystem (the hub).
 
     ``layout``, when known (a local source surveys its files), is each file's :class:`FileLayout`:
     files wholly before ``start`` are then skipped unopened. Without it (the hub) a plan reads the
     footer of each file up to the end of the range. A file that no longer holds the rows it held
-    when planned is refused when read. ``opener`` exists for the tests: it wraps ``fs.open`` to
+    when planned is refused when read. ``opener`` exists for the tests: it replaces the opening, to
     record what is read.
     """
 

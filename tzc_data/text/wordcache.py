@@ -120,26 +120,48 @@ _PROBES = ("", " ", "a", " the", "  two  spaces", "wörld", " 日本語", "\u258
 def plain_codec(sp: Any) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
     """``sp.encode`` and ``sp.decode`` of one text (``sp``, a SentencePieceProcessor) without the
     per-call option handling of SentencePiece's Python wrapper: the extension's own entry points,
-    with the model's options.
-    The word cache calls them once per new word: on the real traces' 26,000 new words, 3.0 us a
-    word through them against 4.1 us through the wrapper. They are used only where this
-    sentencepiece has them and they agree with the wrapper on :data:`_PROBES`; else the wrapper's
-    functions are returned."""
+    with the model's options (:class:`_Direct`). The word cache calls them once per new word: on
+    the real traces' 26,000 new words, 3.0 us a word through them against 4.1 us through the
+    wrapper. They are used only where this sentencepiece has them and they agree with the wrapper
+    on :data:`_PROBES`; else the wrapper's functions are returned. Either way they pickle (as ``sp``)."""
     try:
-        processor = sp._processor
-        options = (sp._enable_sampling, sp._nbest_size, sp._alpha, sp._add_bos, sp._add_eos, sp._reverse)
-        direct_encode, direct_decode = processor._EncodeAsIds, processor._DecodeIds
-        if not options[0]:  # sampling draws other ids on each call: the wrapper alone handles it
-
-            def encode(text: str) -> list[int]:
-                return direct_encode(text, *options)
-
-            if all(encode(t) == sp.encode(t) and direct_decode(sp.encode(t)) == sp.decode(sp.encode(t))
-                   for t in _PROBES):
-                return encode, direct_decode
-    except (AttributeError, TypeError, RuntimeError):  # another sentencepiece: its wrapper
+        direct = _Direct(sp)
+        if all(direct.encode(t) == sp.encode(t) and direct.decode(sp.encode(t)) == sp.decode(sp.encode(t))
+               for t in _PROBES):
+            return direct.encode, direct.decode
+    except (AttributeError, TypeError, RuntimeError, ValueError):  # another sentencepiece: its wrapper
         pass
     return sp.encode, sp.decode
+
+
+class _Direct:
+    """SentencePiece's extension entry points for one text's ids and back, bound to ``sp``'s
+    options; pickled as ``sp``, bound again when unpickled."""
+
+    def __init__(self, sp: Any) -> None:
+        self.sp = sp
+        self._bind()
+
+    def _bind(self) -> None:
+        sp = self.sp
+        options = (sp._enable_sampling, sp._nbest_size, sp._alpha, sp._add_bos, sp._add_eos, sp._reverse)
+        if options[0]:
+            raise ValueError("sampling draws other ids on each call: the wrapper alone handles it")
+        self._options = options
+        self._encode, self._decode = sp._processor._EncodeAsIds, sp._processor._DecodeIds
+
+    def encode(self, text: str) -> list[int]:
+        return self._encode(text, *self._options)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._decode(ids)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"sp": self.sp}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.sp = state["sp"]
+        self._bind()
 
 
 class _Generation(dict):

@@ -210,14 +210,14 @@ def test_gemma3_cached_ids_equal_sentencepiece_on_real_traces(gemma3_tokenizer, 
 def test_property_plain_codec_is_sentencepiece_without_its_wrapper(gemma_tokenizer, text):
     sp = gemma_tokenizer.sp
     encode, decode = plain_codec(sp)
-    assert encode is not sp.encode and decode is not sp.decode  # the pinned sentencepiece has the entry points
+    assert encode != sp.encode and decode != sp.decode  # the pinned sentencepiece has the entry points
     ids = encode(text)
     assert ids == sp.encode(text) and decode(ids) == sp.decode(ids)
 
 
 def test_the_build_tokenizer_caches_through_the_plain_codec_and_gives_sentencepiece_ids(gemma_tokenizer, clean_traces):
     sp, memo = gemma_tokenizer.sp, gemma_tokenizer.memo
-    assert memo.encode_ids is not sp.encode and memo.decode_ids is not sp.decode
+    assert memo.encode_ids != sp.encode and memo.decode_ids != sp.decode
     for row in clean_traces:
         assert ids_of(memo, row["response"]) == sp.encode(row["response"])
 
@@ -260,3 +260,12 @@ def test_plain_codec_falls_back_to_the_wrapper(gemma_tokenizer, case):
         wrapper._enable_sampling = True
     encode, decode = plain_codec(wrapper)
     assert (encode, decode) == (wrapper.encode, wrapper.decode)
+
+
+def test_a_tokenizer_and_its_word_cache_pickle_and_encode_the_same_after(gemma_tokenizer, clean_traces):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(gemma_tokenizer))
+    text = clean_traces[0]["response"]
+    assert again.memo.encode(text) == gemma_tokenizer.memo.encode(text) is not None
+    assert again.memo.encode_ids != again.sp.encode  # still the direct entry points
