@@ -62,9 +62,12 @@ def _build_process(source: str, rows: int, out: str, *extra: str) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     wall = time.perf_counter()
     env = {**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")}
+    # From the temporary folder: run from inside a checkout, ``-m`` puts the working directory
+    # first on the path, and that checkout's tzc_data would run instead of this one's.
+    # The paths given are the temporary folder's, absolute.
     subprocess.run([sys.executable, "-m", "tzc_data.cli", "build", "--source", source, "--range", f"0:{rows}",
                     "--out", out, "--overwrite", "--no-progress", "--min-kept-ratio", "0", *extra], check=True,
-                   stdout=subprocess.DEVNULL, env=env)
+                   stdout=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())
     wall = time.perf_counter() - wall
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
