@@ -62,8 +62,8 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         tasks, results = context.Queue(), context.Queue()
         count = min(self.workers, len(units))
-        pool = [context.Process(target=_serve, args=(os.getpid(), refused(), stage, tasks, results), daemon=True)
-                for _ in range(count)]
+        args = (os.getpid(), refused(), stage, tasks, results)
+        pool = [context.Process(target=_serve, args=args, daemon=True) for _ in range(count)]
         with _children_ignore_sigint():
             for process in pool:
                 process.start()
@@ -129,7 +129,7 @@ def _children_ignore_sigint() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _die_with(parent: int, imports: tuple[str, ...] = ()) -> None:
+def _die_with(parent: int, imports: tuple[str, ...]) -> None:
     """Make this worker die with ``parent`` (a build killed with SIGKILL cannot stop its workers),
     and refuse the ``imports`` the parent refuses (:mod:`tzc_data.process`: none where the parent
     is a library call, pandas and SciPy where it is the ``tzc-data`` command)."""

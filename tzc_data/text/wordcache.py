@@ -126,8 +126,8 @@ def plain_codec(sp: Any) -> tuple[Callable[[str], list[int]], Callable[[list[int
     on :data:`_PROBES`; else the wrapper's functions are returned. Either way they pickle (as ``sp``)."""
     try:
         direct = _Direct(sp)
-        if all(direct.encode(t) == sp.encode(t) and direct.decode(sp.encode(t)) == sp.decode(sp.encode(t))
-               for t in _PROBES):
+        if all(direct.encode(t) == ids and direct.decode(ids) == sp.decode(ids)
+               for t, ids in zip(_PROBES, map(sp.encode, _PROBES))):
             return direct.encode, direct.decode
     except (AttributeError, TypeError, RuntimeError, ValueError):  # another sentencepiece: its wrapper
         pass
@@ -233,7 +233,7 @@ class WordCache:
         decode = self.decode_ids
         if decode is not None and not (self._ascii_decodes and word.isascii()) and decode(ids) != word:
             return None
-        return array("i", ids).tobytes() if self.special_ids.isdisjoint(ids) else None  # checked_int32, inlined
+        return checked_int32(ids, self.special_ids)
 
     def encode(self, text: str) -> Encoded:
         if self.bridges and self._bridged(text):
