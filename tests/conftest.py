@@ -106,6 +106,22 @@ def real_prompts() -> list[str]:
     return [row["prompt"] for row in read_jsonl("glaive_prompts_real.jsonl")]
 
 
+@pytest.fixture
+def no_native(monkeypatch):
+    """As on a machine where no extension module can be built (no C compiler): the compiled code
+    of the filters and the serial loops comes from numba's just-in-time compiler."""
+    from tzc_data import native
+    from tzc_data.filters import compiled, language
+
+    monkeypatch.setattr(native, "load", lambda *_: None)
+    monkeypatch.setattr(native, "build", lambda *_: None)
+    compiled.kernels.cache_clear()
+    language._compiled.cache_clear()
+    yield
+    compiled.kernels.cache_clear()
+    language._compiled.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch):
     """Tests never reach a model or dataset hub."""

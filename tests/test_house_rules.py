@@ -24,7 +24,8 @@ ONE_IDEA = {
                                    "function of the same normalised text",
     "tzc_data.cli": "tzc-data's command line: every subcommand's parser, and the one-line errors of each",
 }
-CORE = {"tzc_data.errors", "tzc_data.record", "tzc_data.files", "tzc_data.layout", "tzc_data.process"}
+CORE = {"tzc_data.errors", "tzc_data.record", "tzc_data.files", "tzc_data.layout", "tzc_data.process",
+        "tzc_data.native"}
 
 
 def module_name(path: Path) -> str:

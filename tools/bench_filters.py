@@ -6,9 +6,10 @@ The quality filters are the language and the repetition filters (``--no-language
 --no-loop-filter`` turns them off; near-duplicate detection, MinHash, is not one of them and
 stays on). Their share of a build is ``1 - CPU(off) / CPU(every filter)``, from the medians of
 ``--rounds`` interleaved rounds, each round building with the baseline's code and this code,
-filters off and on. The baseline's code is its ``tzc_data/filters`` package, read from git
-(``git show``) in place of this one; everything else is this checkout. CPU is user + system time
-(the machine may be shared).
+filters off and on. The baseline's code is read from git (``git archive``): a build process runs
+its whole ``tzc_data``; the builds in one process and the filters alone take its filter classes
+(``tzc_data/filters``) in place of this checkout's, everything else being this checkout. CPU is
+user + system time (the machine may be shared).
 
 Two ways, on two sources:
 
@@ -48,17 +49,13 @@ sys.path.insert(0, str(ROOT))
 
 
 def baseline_package(revision: str, into: Path) -> Path:
-    """``tzc_data/filters`` at ``revision``, written under ``into``; returns the folder that plays
-    ``tzc_data`` (holding only ``filters``)."""
-    names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{revision}:tzc_data/filters"],
-                           check=True, capture_output=True, text=True).stdout.split()
-    folder = into / "tzc_data" / "filters"
-    folder.mkdir(parents=True)
-    for name in names:
-        if name.endswith(".py"):
-            text = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:tzc_data/filters/{name}"],
-                                  check=True, capture_output=True).stdout
-            (folder / name).write_bytes(text)
+    """The ``tzc_data`` package at ``revision``, written under ``into``; returns its folder. A
+    build process runs all of it (its filters, compiled code and the stages around them, as they
+    were); the in-process builds and the filters alone take its ``filters`` modules only."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", revision, "tzc_data"],
+                             check=True, capture_output=True).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     return into / "tzc_data"
 
 
@@ -75,8 +72,7 @@ def config(source: str, stop: int, off: bool, out: str):
 def child(args: argparse.Namespace) -> None:
     """One build in this process (run by the parent as a process of its own)."""
     if args.baseline_path:
-        import tzc_data
-        tzc_data.__path__.insert(0, args.baseline_path)  # tzc_data.filters from the baseline
+        sys.path.insert(0, os.path.dirname(args.baseline_path))  # all of tzc_data from the baseline
     from tzc_data.build.pipeline import build
     build(config(args.source, args.stop, args.off, args.out), progress=False)
     import tzc_data.filters

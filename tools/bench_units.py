@@ -16,7 +16,9 @@ unit; ``--repeat`` copies them, which flatters the word cache: the default is on
 build, and a folder of ``--files`` one-row JSONL files (one unit each). The cost of a unit is
 their difference over ``files - 1``. Reports wall and CPU seconds (the machine may be shared).
 ``--versus-sentencepiece`` compares one build process on the real traces with SentencePiece alone
-on the same texts (:func:`versus_sentencepiece`).
+on the same texts (:func:`versus_sentencepiece`). Both build the compiled code's extension
+modules first where this machine has not (:func:`native_modules`, as any earlier large build
+would), and say whether they could.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+import types
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -160,6 +163,21 @@ def projection(rows_per_core_s: float, serial_s: float, *, rows: int = 22_200_00
     return (rows / (rows_per_core_s * machines * cores) + serial_s) / 3600
 
 
+def native_modules() -> dict:
+    """The quality filters' and the serial loops' extension modules, built now if need be (seconds,
+    once a machine): the builds measured here then load them, as they do on a machine where an
+    earlier build or ``make test`` built them. Where the tree has none (before they existed), says so."""
+    try:
+        from tzc_data.build import loops
+        from tzc_data.filters.compiled import kernels
+    except ImportError:
+        return {"native_modules": "none in this tree"}
+    if not hasattr(loops, "module"):
+        return {"native_modules": "none in this tree"}
+    filters = "built" if isinstance(kernels(), types.ModuleType) else "just-in-time"
+    return {"native_modules": {"filters": filters, "loops": "built" if loops.module(build=True) else "just-in-time"}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=4096, help="synthetic rows")
@@ -171,6 +189,8 @@ def main() -> None:
                              "on the same texts, once and with every row COPIES times")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --versus-sentencepiece (best of)")
     args = parser.parse_args()
+    if args.versus_sentencepiece or args.fixed:
+        print(json.dumps(native_modules()), flush=True)
     if args.versus_sentencepiece:
         for result in versus_sentencepiece(args.versus_sentencepiece, args.rounds):
             print(json.dumps(result), flush=True)

@@ -22,7 +22,6 @@ Promises, each checked here rather than at the call sites:
 
 from __future__ import annotations
 
-import atexit
 import ctypes
 import errno
 import fcntl
@@ -30,10 +29,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -55,7 +51,6 @@ _BUILD_FOLDERS = {
 # What else a staging directory holds: the units' files (tzc_data.build.units) and atomic_path's temporaries.
 _UNIT_FILE = re.compile(r"u\d{6,}\.(arrow|tokens|json)|plan\.json")
 _TEMPORARY = re.compile(r"\..+\.tzc-tmp-\d+")
-_NUMBA_CONFIG = threading.RLock()  # held while numba.config.CACHE_DIR points at a tzc folder
 
 
 @contextmanager
@@ -353,50 +348,3 @@ def cache_dir() -> Path:
     """tzc's own cache folder (tokenizers, their proofs, compiled code): ``$TZC_CACHE``, else
     ``~/.cache/tzc``."""
     return Path(os.environ.get("TZC_CACHE", Path.home() / ".cache" / "tzc"))
-
-
-def compiled_cache(sources: Sequence[Path]) -> str:
-    """A folder where numba may cache the compiled code of ``sources`` (Python files of one
-    folder), named by a digest of them all, so that an edit to any of them starts a fresh cache:
-    numba itself notices only a change to a cached function's own file. Under numba's cache folder
-    if one is set (``NUMBA_CACHE_DIR``), else beside the code (its folder's ``__pycache__``), else under
-    :func:`cache_dir`: the first that can be written. If none can, a new temporary folder, removed
-    when the process exits, where each process compiles the code afresh (slow, never wrong).
-    Not numba's own locations, which would keep stale code, unless numba cannot write the folder
-    given at the moment it decorates (a full disk) or ``NUMBA_CACHE_LOCATOR_CLASSES`` overrides
-    where it looks: numba then falls back to its own."""
-    from numba.core import config  # only where compiled code is wanted
-
-    digest = hashlib.sha256()
-    for path in sorted(sources):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    version = digest.hexdigest()[:16]
-    for root in (config.CACHE_DIR, sources[0].parent / "__pycache__", cache_dir() / "numba"):
-        if not root:
-            continue
-        folder = Path(root) / f"tzc-{version}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            continue
-        if os.access(folder, os.W_OK | os.X_OK):
-            return str(folder)
-    folder = tempfile.mkdtemp(prefix=f"tzc-numba-{version}-")
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # made just now by this process: ours
-    return folder
-
-
-@contextmanager
-def numba_cache(folder: str) -> Iterator[None]:
-    """Functions decorated with numba's ``cache=True`` inside cache in ``folder``: numba picks a
-    function's cache folder when it is decorated, from ``numba.config.CACHE_DIR``, set here for that
-    moment only and then put back (under a lock: two threads would otherwise restore each other's)."""
-    from numba.core import config
-
-    with _NUMBA_CONFIG:
-        saved = config.CACHE_DIR
-        config.CACHE_DIR = folder
-        try:
-            yield
-        finally:
-            config.CACHE_DIR = saved

@@ -154,38 +154,3 @@ def test_a_staging_folder_is_emptied_only_of_what_a_build_writes_there(tmp_path)
     (staging / ".units" / "thesis.txt").unlink()
     files.clear_staging(str(staging))
     assert os.listdir(staging) == [files.STAGING_MARKER]
-
-
-def test_compiled_code_is_cached_by_its_version_in_the_first_folder_that_can_be_written(tmp_path, monkeypatch):
-    from numba.core import config
-
-    from tzc_data.files import compiled_cache, numba_cache
-    monkeypatch.setattr(config, "CACHE_DIR", "")
-    monkeypatch.setenv("TZC_CACHE", str(tmp_path / "tzc"))
-    package = tmp_path / "package"
-    package.mkdir()
-    (package / "a.py").write_text("x = 1\n")
-    (package / "b.py").write_text("y = 2\n")
-    sources = [package / "a.py", package / "b.py"]
-    first = compiled_cache(sources)
-    assert os.path.dirname(first) == str(package / "__pycache__") and os.path.basename(first).startswith("tzc-")
-    assert compiled_cache(sources[::-1]) == first  # the files' order does not matter
-    (package / "b.py").write_text("y = 3\n")
-    second = compiled_cache(sources)
-    assert second != first and os.path.dirname(second) == str(package / "__pycache__")  # an edit: a fresh cache
-    version = os.path.basename(second)
-    blocked = tmp_path / "blocked"  # its __pycache__ cannot be made: a file stands in the way
-    blocked.mkdir()
-    (blocked / "__pycache__").write_text("")
-    copies = [blocked / "a.py", blocked / "b.py"]
-    for source, copy in zip(sources, copies):
-        copy.write_bytes(source.read_bytes())
-    assert compiled_cache(copies) == str(tmp_path / "tzc" / "numba" / version)  # the version is the files'
-    monkeypatch.setenv("TZC_CACHE", str(tmp_path / "blocked" / "__pycache__" / "tzc"))
-    fallback = compiled_cache(copies)  # nowhere to write: a fresh folder, never numba's own places
-    assert os.path.basename(fallback).startswith(f"tzc-numba-{version[4:]}-") and os.access(fallback, os.W_OK)
-    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "numba"))
-    assert compiled_cache(sources) == str(tmp_path / "numba" / version)  # NUMBA_CACHE_DIR first
-    with numba_cache("somewhere"):
-        assert config.CACHE_DIR == "somewhere"
-    assert config.CACHE_DIR == str(tmp_path / "numba")

@@ -1,17 +1,18 @@
 """The serial part's inner loops, written once as plain Python over numpy arrays and compiled with
-numba when the input is large.
+numba when the input is large, or whenever this machine has their extension module.
 
 Why numba: the loops (first kept wins over the rows that share a key, best-fit-decreasing over
 every kept length, finding which keys repeat) are sequential by nature, one decision depending on
 the last, so numpy cannot vectorise them; in the interpreter they cost about a microsecond a step,
 and at 22.2M rows they were most of the serial part's eight minutes. axolotl's multipack packer
-takes the same route. Why only when large: importing numba and loading a compiled loop from its
-cache costs about half a second a process, more than a small build's whole serial part. Below
-:data:`COMPILE_FROM` items the very same functions run in the interpreter (their ``py_func``), so
-there is one implementation; the tests run both ways and compare.
+takes the same route. The very same functions run in the interpreter (there is one
+implementation; the tests run every way and compare) where compiled code would cost more than it
+saves: below :data:`COMPILE_FROM` items when this machine has not built the loops' extension
+module (:mod:`tzc_data.native`: built once, seconds; loaded in a millisecond after that), or
+where numba's just-in-time compiler is all there is (half a second a process to load its cache).
 
 Compiled code is cached on disk (numba's ``cache=True``, in the folder
-:func:`tzc_data.files.compiled_cache` gives: next to this file, or under tzc's cache folder when the
+:func:`tzc_data.native.compiled_cache` gives: next to this file, or under tzc's cache folder when the
 package folder is read-only), so only the first large build on a machine compiles.
 """
 
@@ -25,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from tzc_data.files import compiled_cache, numba_cache
+from tzc_data import native
+from tzc_data.native import compiled_cache, numba_cache
 
 COMPILE_FROM = 4096  # items; below this the loops run in the interpreter (see the module docstring)
 
@@ -50,13 +52,38 @@ def _compiled(name: str) -> Callable[..., Any]:
     return scope[name]
 
 
+NAME = "tzc_loops"  # the extension module's name
+SPECS: dict[str, native.Spec] = {  # what run() is given, in the types numba infers for it (a test compares)
+    "mark_repeated": ("none", ("uint64[A1]", "bool[C1]", "int64")),
+    "first_kept_wins": ("none", ("int64[C1]", "int64", "int64[C2]", "int64", "int64[C2]", "uint8[C2]", "uint8[C2]",
+                                 "float64", "uint8[C1]", "int64[C1]", "float64[C1]", "int64[C1]")),
+    "best_fit_decreasing": ("int64", ("int64[C1]", "int64[C1]", "int64", "int64", "int64[C1]")),
+}
+
+
+def _exports() -> list[tuple[str, Any, native.Spec]]:
+    return [(name, _compiled(name), spec) for name, spec in SPECS.items()]
+
+
+def module(build: bool) -> types.ModuleType | None:
+    """The loops' extension module: loaded if built, else built now if ``build``; None if neither."""
+    sources = [Path(__file__)]
+    return native.load(NAME, sources) or (native.build(NAME, sources, _exports) if build else None)
+
+
 def run(function: Callable[..., Any], size: int, *args: Any, compiled: bool | None = None) -> Any:
-    """``function(*args)``, compiled when ``size`` (the items it loops over) is at least
-    :data:`COMPILE_FROM` or ``compiled`` says so."""
-    if compiled is None:
-        compiled = size >= COMPILE_FROM
-    if compiled:
-        return _compiled(function.__name__)(*args)
+    """``function(*args)``: by the extension module where this machine has it (built now where
+    ``size`` is at least :data:`COMPILE_FROM` or ``compiled`` says so) and ``args`` are the types it
+    was built for; else compiled just in time in those cases; else in the interpreter. ``compiled``
+    False forces the interpreter."""
+    name = function.__name__
+    wanted = size >= COMPILE_FROM if compiled is None else compiled
+    if compiled is not False:
+        found = module(build=wanted)
+        if found is not None and native.matches(SPECS[name], args):
+            return getattr(found, name)(*args)
+    if wanted:
+        return _compiled(name)(*args)
     with np.errstate(over="ignore"):  # the hashes' multiplications wrap, as they do compiled
         return function(*args)
 

@@ -28,6 +28,7 @@ from tzc_data.build.config import BuildConfig
 from tzc_data.build.write import UnitRows
 from tzc_data.errors import SourceError
 from tzc_data.filters import EnglishFilter, Filter, LengthFilter, RepetitionFilter, apply_filters
+from tzc_data.filters.compiled import ready
 from tzc_data.record import Example
 from tzc_data.sources import Source, Unit
 from tzc_data.text.decontaminate import SCORE_NAMES as CONTAMINATION_SCORES
@@ -38,18 +39,20 @@ from tzc_data.text.minhash import band_keys, signature
 from tzc_data.text.tokenize import Tokenizer, chunks, tokenize
 
 _BATCH = 256  # rows whose MinHash signatures are computed together
-# Rows a process must expect to judge before its quality filters may load their compiled code:
-# loading it costs about 0.45 s in a tzc-data process (numba's import 0.23 s, the first call from
-# its cache 0.17 s; 0.21 s more where numba may import SciPy, see tzc_data.process), and saves
-# about 0.25 ms a row (docs/benchmarks.md, sections 13 and 14), so it pays from about 2,000 rows on.
+# Rows a process must expect to judge before its quality filters may compile their code, where this
+# machine has not built it yet: building the extension module takes about half a minute once
+# (numba's just-in-time compiler, where it cannot be built, as long once, then 0.45 s a process to
+# load), and compiled code saves about 0.25 ms a row (docs/benchmarks.md, sections 13 to 15).
 COMPILED_FROM_ROWS = 2500
 
 
 def build_filters(config: BuildConfig) -> list[Filter]:
-    """The quality filters that run on the split text, in order. Where a process can expect
-    :data:`COMPILED_FROM_ROWS` rows, they switch to their compiled code after their first few
-    hundred rows; else they stay in Python. Either way they decide the same."""
-    compiled = None if (config.stop - config.start) / max(1, config.workers) >= COMPILED_FROM_ROWS else False
+    """The quality filters that run on the split text, in order. They use their compiled code from
+    the first row where this machine has built it (:func:`tzc_data.filters.compiled.ready`: it
+    then loads in a millisecond); else, where a process can expect :data:`COMPILED_FROM_ROWS` rows,
+    they compile it after their first few hundred rows, and otherwise stay in Python. Either way
+    they decide the same."""
+    compiled = None if (config.stop - config.start) / max(1, config.workers) >= COMPILED_FROM_ROWS else ready()
     filters: list[Filter] = []
     if config.language_filter:  # first: cheap, and a foreign trace is "non_english" whatever else it is
         filters.append(EnglishFilter(min_score=config.min_english_score, compiled=compiled))

@@ -31,20 +31,29 @@ def clip(text: str | bytes, width: int = 80) -> str:
 
 class Switch:
     """When a filter whose ``compiled`` is None moves from its Python definition to its compiled
-    code: once it has judged ``rows`` rows, counted a call at a time (a filter judging batches of 64
-    switches after the batch that reaches them). Importing numba and loading compiled code from its cache
-    costs a few tenths of a second a process, more than a small build's rows take in Python; the
-    two decide the same, so the switch changes the time a build takes, never what it keeps.
+    code: at once where this machine has the compiled code's extension module
+    (:func:`tzc_data.filters.compiled.ready`, asked at the first call), else once the filter has
+    judged ``rows`` rows, counted a call at a time (a filter judging batches of 64 switches after
+    the batch that reaches them). Building that module, or loading numba's just-in-time code, costs
+    more than a small build's rows take in Python; the two decide the same, so the switch changes
+    the time a build takes, never what it keeps.
 
     A filter holds its own (filters are built once a process and kept for its units)."""
 
     def __init__(self, rows: int = COMPILE_FROM) -> None:
         self.left = rows
+        self.asked = False
 
     def __call__(self, compiled: bool | None, rows: int) -> bool:
         """Whether to judge the next ``rows`` rows compiled, given the filter's ``compiled``."""
         if compiled is not None:
             return compiled
+        if not self.asked:
+            from tzc_data.filters.compiled import ready  # no numba: a digest of its files, a look on disk
+
+            self.asked = True
+            if ready():
+                self.left = 0
         if self.left <= 0:
             return True
         self.left -= rows

@@ -37,7 +37,8 @@ _LATIN = re.compile(r"[A-Za-z]")
 def english_score(text: str, *, compiled: bool = False) -> float:
     """Share of words that are English function words (0 for text that is mostly non-Latin letters).
     ``compiled``: the words and the function words counted by
-    :func:`tzc_data.filters.compiled.english.english_counts` (the same counts)."""
+    :func:`tzc_data.filters.compiled.english.english_counts` (the same counts; see
+    :func:`tzc_data.filters.compiled.kernels`)."""
     if not text.isascii():
         letters = len(_LETTER.findall(text))
         if letters and len(_LATIN.findall(text)) / letters < 0.5:
@@ -55,8 +56,9 @@ def english_score(text: str, *, compiled: bool = False) -> float:
 @lru_cache(maxsize=None)
 def _compiled() -> tuple[Any, np.ndarray, np.ndarray]:
     """The compiled counter, the word table it reads and its table of :data:`STOPWORDS` (loaded once)."""
-    from tzc_data.filters.compiled.english import english_counts, stopword_table  # imports numba: only here
-    return english_counts, np.frombuffer(_WORDS, dtype=np.uint8), stopword_table(STOPWORDS)
+    from tzc_data.filters.compiled import kernels, stopword_table  # compiles, or loads compiled code: only here
+
+    return kernels().english_counts, np.frombuffer(_WORDS, dtype=np.uint8).copy(), stopword_table(STOPWORDS)
 
 
 @dataclass(frozen=True)

@@ -466,8 +466,9 @@ class RepetitionFilter:
                                     "paragraph_repeats", "sentence_repeats", "repeated_share",
                                     "ngram_dup_share", "ngram_top_share", "compression_ratio")
     # How the signals are computed, never what they decide: True, the compiled judge
-    # (:mod:`tzc_data.filters.compiled`); False, the Python functions above; None, Python until this
-    # filter has judged COMPILE_FROM rows, then compiled (see :class:`~tzc_data.filters.base.Switch`).
+    # (:mod:`tzc_data.filters.compiled`); False, the Python functions above; None, compiled where
+    # its module is built, else Python until this filter has judged COMPILE_FROM rows, then compiled
+    # (see :class:`~tzc_data.filters.base.Switch`).
     compiled: bool | None = field(default=None, compare=False, repr=False)
     _switch: Switch = field(default_factory=Switch, init=False, compare=False, repr=False)
 
@@ -478,7 +479,7 @@ class RepetitionFilter:
         """``[self(e) for e in examples]``: by the Python functions above, or by the compiled judge
         (:func:`tzc_data.filters.compiled.verdict.judge_batch`, the same verdicts)."""
         if self._switch(self.compiled, len(examples)) and self._compilable:
-            from tzc_data.filters.compiled.verdict import judge_batch  # imports numba: only here
+            from tzc_data.filters.compiled.verdict import judge_batch  # loads compiled code: only here
             return judge_batch(self, examples)
         return [self._judge(example) for example in examples]
 

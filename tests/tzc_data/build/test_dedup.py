@@ -1,6 +1,7 @@
 """The serial dedup pass: deciding only the candidates that share a key gives every outcome a pass
 over all candidates gives, and every twin is a kept row."""
 
+import random
 import tempfile
 
 import numpy as np
@@ -78,6 +79,20 @@ def test_property_deciding_only_rows_that_share_a_key_is_deciding_them_all(choic
        st.sampled_from([(True, True), (True, False), (False, True)]),
        st.lists(st.tuples(st.integers(0, 3), st.integers(0, 45), st.integers(0, 4)), max_size=3))
 def test_property_the_compiled_pass_decides_as_decide_batch(choices, dedup, excluded):
+    _check_passes(choices, dedup, excluded)
+
+
+def test_the_just_in_time_pass_decides_as_decide_batch(no_native):
+    """Where no extension module can be built: numba's just-in-time code of the same loop."""
+    rng = random.Random(3)
+    for dedup in [(True, True), (True, False), (False, True)]:
+        for _ in range(6):
+            choices = [(rng.randint(0, 3), rng.randint(0, 45), rng.randint(0, 4)) for _ in range(rng.randint(1, 40))]
+            excluded = [(rng.randint(0, 3), rng.randint(0, 45), rng.randint(0, 4)) for _ in range(rng.randint(0, 3))]
+            _check_passes(choices, dedup, excluded)
+
+
+def _check_passes(choices, dedup, excluded):
     exact_on, near_on = dedup
     prompts = [_prompt(c) for c in choices]
     others = [_prompt(c) for c in excluded] if near_on else []
@@ -87,15 +102,18 @@ def test_property_the_compiled_pass_decides_as_decide_batch(choices, dedup, excl
     if not near_on:
         keys, sketches = np.zeros((0, 16), np.uint64), np.zeros((0, 128), np.uint8)
     hashes = np.frombuffer(b"".join(prompt_hash(p) for p in prompts), np.uint8).reshape(-1, 16)
-    for compiled in (False, True):
+    for compiled in (False, True):  # the interpreter; the native module (built if need be)
         got = decide(hashes if exact_on else None, keys, sketches, np.arange(len(prompts)),
                      _excluded_index(others) if near_on else None, compiled=compiled)
         assert [None if not code else (int(code), int(twin), float(jaccard), got.builds.get(k))
                 for k, (code, twin, jaccard) in enumerate(zip(got.codes, got.twins, got.jaccards))] == every
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_mark_repeated_finds_exactly_the_keys_that_occur_twice(compiled):
+@pytest.mark.parametrize("how", ["python", "just-in-time", "native"])
+def test_mark_repeated_finds_exactly_the_keys_that_occur_twice(how, request):
+    if how == "just-in-time":
+        request.getfixturevalue("no_native")
+    compiled = how != "python"
     rng = np.random.default_rng(5)
     for n, bits in [(0, 1), (1, 1), (50, 1), (3000, 4), (3000, 16)]:
         keys = rng.integers(0, 2**64, size=(n, 3), dtype=np.uint64)

@@ -43,26 +43,21 @@ def test_property_same_row_count_as_textbook_best_fit_decreasing(lengths):
     assert len(best_fit_decreasing(lengths, 64)) == _bfd_reference(lengths, 64)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_compiled_and_interpreted_packing_give_the_textbook_bins(compiled):
+@pytest.mark.parametrize("how", ["python", "just-in-time", "native"])
+def test_compiled_and_interpreted_packing_give_the_textbook_bins(how, request, monkeypatch):
+    from tzc_data.build import loops
+
+    if how == "just-in-time":
+        request.getfixturevalue("no_native")
+    if how == "python":
+        monkeypatch.setattr(loops, "module", lambda build: None)
+    monkeypatch.setattr(loops, "COMPILE_FROM", 1 << 62 if how == "python" else 0)
     rng = np.random.default_rng(11)
     for capacity, n, high in [(64, 300, 64), (4096, 500, 4096), (131_072, 150, 131_072), (5000, 400, 90)]:
         lengths = rng.integers(1, high + 1, size=n)
-        members, offsets = _packed_forced(lengths, capacity, compiled)
+        members, offsets = packed_rows(lengths, capacity)
         bins = [members[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
         assert bins == _bfd_reference(lengths.tolist(), capacity, bins_too=True)
-
-
-def _packed_forced(lengths, capacity, compiled):
-    """:func:`packed_rows` with its loop forced compiled or interpreted."""
-    from tzc_data.build import loops
-
-    saved = loops.COMPILE_FROM
-    loops.COMPILE_FROM = 0 if compiled else 1 << 62
-    try:
-        return packed_rows(lengths, capacity)
-    finally:
-        loops.COMPILE_FROM = saved
 
 
 def test_fill_on_glaive_like_lengths_is_near_the_lower_bound():

@@ -19,7 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tzc_data import native
 from tzc_data.filters import EnglishFilter, RepetitionFilter, Verdict, apply_filters, english_score, repetition
+from tzc_data.filters import compiled as package
 from tzc_data.filters.base import COMPILE_FROM, Switch
 from tzc_data.filters.compiled import english, judge, loops, quotes, split, tables, verdict
 from tzc_data.filters.language import STOPWORDS
@@ -142,7 +144,7 @@ def test_property_the_compiled_english_score_is_the_python_one(text, more):
 def test_the_compiled_code_holds_the_python_constants():
     assert tuple(tables.SIZES) == repetition._SIZES
     assert bytes(np.flatnonzero(tables.PUNCTUATION).astype(np.uint8)) == bytes(sorted(b".,;:!?\"'()[]"))
-    table = english.stopword_table(STOPWORDS)
+    table = package.stopword_table(STOPWORDS)
     assert np.count_nonzero(table) == len(STOPWORDS)
     assert {int(v).to_bytes(8, "little").rstrip(b"\0") for v in table if v} == set(STOPWORDS)
     assert all(isinstance(getattr(RepetitionFilter(), name), (int, float)) for name in verdict.PARAMS)
@@ -378,6 +380,8 @@ def test_batched_apply_filters_makes_the_calls_of_one_example_at_a_time(batch):
 
 
 def test_a_filter_switches_to_compiled_code_after_compile_from_rows(monkeypatch):
+    """Where this machine has not built the compiled code's module: Python for the first rows."""
+    monkeypatch.setattr(package, "ready", lambda: False)
     example = Example(row=0, prompt="What is 2+2?", reasoning="Let me think. " * 200, answer="4")
     used = []
     real = verdict.judge_batch
@@ -427,3 +431,71 @@ def test_windows_of_any_sign_are_judged_alike(window):
         check = RepetitionFilter(loop_window=window, window_chars=window, min_chars=0)
         assert check._compilable
         assert dataclasses.replace(check, compiled=True)(example) == dataclasses.replace(check, compiled=False)(example)
+
+
+def test_a_filter_uses_compiled_code_from_its_first_row_where_the_module_is_built(monkeypatch):
+    asked = []
+    monkeypatch.setattr(package, "ready", lambda: asked.append(1) or True)
+    example = Example(row=0, prompt="What is 2+2?", reasoning="Let me think. " * 200, answer="4")
+    used = []
+    real = verdict.judge_batch
+    monkeypatch.setattr(verdict, "judge_batch", lambda check, batch: used.append(len(batch)) or real(check, batch))
+    check = RepetitionFilter()
+    for _ in range(3):
+        check(example)
+    assert used == [1, 1, 1] and asked == [1]  # asked once a filter
+    assert not RepetitionFilter(compiled=False)._switch(False, 1)
+
+
+# -- the extension module against numba's just-in-time code ---------------------------------------
+
+@pytest.fixture(scope="module")
+def both_kernels():
+    """The native module's functions and numba's just-in-time ones (the module is built if need be:
+    a test that cannot build it fails)."""
+    return package.kernels(True), package.kernels(False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(examples(), repetition_filters())
+def test_property_the_module_computes_what_numbas_jit_does(both_kernels, example, check):
+    module, jit = both_kernels
+    params = np.array([float(getattr(check, name)) for name in verdict.PARAMS], dtype=np.float64)
+    texts = [getattr(example, part).encode("utf-8", "surrogatepass") for part in ("reasoning", "answer", "prompt")]
+    got, expected = module.judge(*texts, params), jit.judge(*texts, params)
+    assert got[0].tobytes() == expected[0].tobytes() and got[1:] == expected[1:]
+    assert [type(v) for v in got] == [type(v) for v in expected]
+    both, length = got[0], got[1]
+    for most in (0, 3, 11, 200):
+        assert module.dup_share(both, 0, length, most) == jit.dup_share(both, 0, length, most)
+    words_of, table = np.frombuffer(language_words(), dtype=np.uint8).copy(), package.stopword_table(STOPWORDS)
+    assert module.english_counts(texts[0], words_of, table) == jit.english_counts(texts[0], words_of, table)
+
+
+def language_words() -> bytes:
+    from tzc_data.filters.language import _WORDS
+
+    return _WORDS
+
+
+def test_the_exported_types_are_what_numba_infers_for_what_the_filters_pass(both_kernels, no_native):
+    """The module converts its arguments to the declared types without checking them: they must be
+    exactly what numba's dispatcher types the filters' own arguments as."""
+    example = Example(row=0, prompt="What is 2+2? Say it.", reasoning="Let me think. It is 4. " * 120,
+                      answer="It is 4. " * 30)
+    check = RepetitionFilter(dup_ngram_gate=1.0)  # dup_share is called too
+    assert verdict.judge_batch(check, [example], use_native=False)
+    english_score(example.reasoning, compiled=True)
+    inferred = {name: getattr(module, name).nopython_signatures for name, module in
+                (("judge", judge), ("dup_share", judge), ("english_counts", english))}
+    for name, spec in package.SPECS.items():
+        signature = native.numba_signature(spec)
+        assert [(s.args, s.return_type) for s in inferred[name]] == [(signature.args, signature.return_type)], name
+
+
+def test_without_a_module_the_filters_use_numbas_jit(no_native):
+    found = package.kernels()
+    assert found.judge is judge.judge and found.english_counts is english.english_counts
+    assert not package.ready()
+    with pytest.raises(RuntimeError, match="the native module tzc_filters could not be built"):
+        package.kernels(True)

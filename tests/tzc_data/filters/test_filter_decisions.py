@@ -18,9 +18,12 @@ columns). The digests were computed by the code before issue 28's speed-up (comm
 must not change: a change that means to decide differently re-pins them and says so in its commit.
 
 The filters decide in Python or with their compiled code (``compiled=True``, what a build uses
-once a process has judged ``COMPILE_FROM`` rows): both are pinned, the compiled code on every set,
-the Python code on the shared traces and the first 5,000 synthetic rows (the rest would take a
-minute and a half).
+from its first row where this machine has built the compiled code's extension module, or once a
+process has judged ``COMPILE_FROM`` rows): both are pinned, the compiled code on every set, the
+Python code on the shared traces and the first 5,000 synthetic rows (the rest would take a minute
+and a half). The compiled code is the extension module's; numba's just-in-time code of the same
+functions (where no module can be built) is pinned on the shared traces, and compared with the
+module's on generated texts in test_filter_compiled.py.
 """
 
 from __future__ import annotations
@@ -151,10 +154,15 @@ def digest(made: list) -> str:
     return hashlib.sha256(json.dumps(made).encode()).hexdigest()
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
+@pytest.mark.parametrize("how", ["python", "compiled", "just-in-time"])
 @pytest.mark.parametrize("setting", SETTINGS)
 @pytest.mark.parametrize("name", SHARED_FILES)
-def test_the_filters_decide_on_every_shared_trace_as_pinned(name, setting, compiled):
+def test_the_filters_decide_on_every_shared_trace_as_pinned(name, setting, how, request):
+    """Python, the native module (what a build uses where it can be built), and numba's
+    just-in-time code of the same functions (where it cannot)."""
+    if how == "just-in-time":
+        request.getfixturevalue("no_native")
+    compiled = how != "python"
     made = decisions(shared_examples(name), filters_for(setting, compiled))
     if setting == "default":
         dropped = sum(any(verdict[1] for verdict in row) for row in made)

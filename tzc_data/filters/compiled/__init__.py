@@ -7,8 +7,14 @@ each one's score goes to the stats. Written with ``bytes`` methods and ``Counter
 it Python stepping through lines, units and words one at a time. Here the same steps run as loops
 over the UTF-8 bytes, in one call a row (:func:`~tzc_data.filters.compiled.judge.judge`); zlib
 (the compression ratio), rounding, and the verdict's words stay in Python
-(:mod:`~tzc_data.filters.compiled.verdict`). Importing numba and loading these functions from
-numba's cache costs a few tenths of a second a process, so a filter only switches to them once it
+(:mod:`~tzc_data.filters.compiled.verdict`).
+
+:func:`kernels` gives the three functions the filters call (``judge``, ``dup_share``,
+``english_counts``): from the extension module :mod:`tzc_data.native` builds of them once per
+machine and version of this package (loaded in under a millisecond, without numba), else, where it
+cannot be built, through numba's just-in-time compiler (half a second a process to load from its
+cache). Importing this package imports no numba; its modules but ``shared`` and ``verdict`` do. A filter uses the
+compiled code from its first row where the module is built (:func:`ready`), and otherwise once it
 has judged :data:`~tzc_data.filters.base.COMPILE_FROM` rows (:class:`~tzc_data.filters.base.Switch`).
 
 The modules, each built on the ones before: ``tables`` (bytes 8 at a time, tables of equal
@@ -62,17 +68,79 @@ trace and on 20,000 synthetic rows, both ways. What makes them equal:
 unchanged, and does not look at the files of the functions it calls (and inlines). Split over
 several files, a change to ``tables`` would leave ``judge``'s cached code stale. So the functions
 here are cached in a folder named by a digest of every file of this package
-(:func:`tzc_data.files.compiled_cache`), never in numba's own places: any change to any of them
-starts a fresh cache. (Python's own ``.pyc`` check, by a file's size and modification second, is
-not covered: a file rewritten within one second at the same size may still run its old bytecode,
-here as anywhere in Python.)
+(:func:`tzc_data.native.compiled_cache`, through ``tables._jit``), never in numba's own places: any
+change to any of them starts a fresh cache, and names a fresh extension module. (Python's own
+``.pyc`` check, by a file's size and modification second, is not covered: a file rewritten within
+one second at the same size may still run its old bytecode, here as anywhere in Python.)
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from functools import lru_cache
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
-from tzc_data.files import compiled_cache, numba_cache
+import numpy as np
 
-with numba_cache(compiled_cache(list(Path(__file__).parent.glob("*.py")))):
-    from tzc_data.filters.compiled import english, judge  # noqa: E402, F401 (decorates, and so caches, every function)
+from tzc_data import native
+from tzc_data.filters.compiled.shared import MULTIPLIER, sources
+
+NAME = "tzc_filters"  # the extension module's name
+
+
+def ready() -> bool:
+    """Whether this machine has the extension module of this package's version (built by an
+    earlier process), so that compiled code costs next to nothing to load."""
+    return native.load(NAME, sources()) is not None
+
+
+@lru_cache(maxsize=None)
+def kernels(use_native: bool | None = None) -> ModuleType | SimpleNamespace:
+    """``judge``, ``dup_share`` and ``english_counts``, compiled: from the extension module where
+    ``use_native`` is not False (built now if need be: once per machine and version, about half a
+    minute where numba's cache does not hold the functions yet, a few seconds where it does), else, or where
+    it cannot be built and ``use_native`` is None, numba's just-in-time functions. Both are numba's
+    code of the same functions."""
+    if use_native is not False:
+        module = native.load(NAME, sources()) or native.build(NAME, sources(), _exports)
+        if module is not None:
+            return module
+        if use_native:
+            raise RuntimeError(f"the native module {NAME} could not be built (see the tzc_data.native log)")
+    from tzc_data.filters.compiled import english, judge
+
+    return SimpleNamespace(judge=judge.judge, dup_share=judge.dup_share, english_counts=english.english_counts)
+
+
+# What each function is exported with: exactly the types numba infers for what the filters pass
+# (a test compares them), so the module converts nothing.
+_COUNTS = ("uint8[C1]", "int64", "int64", "int64", "int64", "float64", "float64", "float64", "float64", "float64",
+           "int64", "int64", "float64", "float64", "int64", "int64", "int64", "int64", "float64")
+SPECS: dict[str, native.Spec] = {
+    "judge": (_COUNTS, ("bytes", "bytes", "bytes", "float64[C1]")),
+    "dup_share": ("float64", ("uint8[C1]", "int64", "int64", "int64")),
+    "english_counts": (("int64", "int64"), ("bytes", "uint8[C1]", "uint64[C1]")),
+}
+
+
+def _exports() -> list[tuple[str, Any, native.Spec]]:
+    from tzc_data.filters.compiled import english, judge
+
+    functions = {"judge": judge.judge, "dup_share": judge.dup_share, "english_counts": english.english_counts}
+    return [(name, functions[name], spec) for name, spec in SPECS.items()]
+
+
+def stopword_table(stopwords: frozenset[bytes]) -> np.ndarray:
+    """An open-addressing set of ``stopwords`` for ``english_counts``: each word (8 bytes or
+    fewer, none of them zero) as the integer of its bytes, little-endian and zero-padded, which no
+    other word of 8 bytes or fewer shares; slot ``(v * MULTIPLIER) >> 56``, then the next."""
+    table = np.zeros(256, dtype=np.uint64)
+    for word in stopwords:
+        if not 0 < len(word) <= 8 or 0 in word:
+            raise ValueError(f"stopword {word!r}: a table entry is 1 to 8 bytes, none of them zero")
+        v = int.from_bytes(word, "little")
+        slot = (v * MULTIPLIER) % 2**64 >> 56
+        while table[slot]:
+            slot = (slot + 1) % 256
+        table[slot] = v
+    return table

@@ -4,29 +4,12 @@ Part of :mod:`tzc_data.filters.compiled` (see there why it decides as the Python
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from tzc_data.filters.compiled.tables import _JIT, _M1, _U56, _ZERO
+from tzc_data.filters.compiled.tables import _M1, _U56, _ZERO, _jit
 
 
-def stopword_table(stopwords: frozenset[bytes]) -> np.ndarray:
-    """An open-addressing set of ``stopwords`` for :func:`english_counts`: each word (8 bytes or
-    fewer, none of them zero) as the integer of its bytes, little-endian and zero-padded, which no
-    other word of 8 bytes or fewer shares; slot ``(v * _M1) >> 56``, then the next."""
-    table = np.zeros(256, dtype=np.uint64)
-    for word in stopwords:
-        if not 0 < len(word) <= 8 or 0 in word:
-            raise ValueError(f"stopword {word!r}: a table entry is 1 to 8 bytes, none of them zero")
-        v = int.from_bytes(word, "little")
-        slot = (v * int(_M1)) % 2**64 >> 56
-        while table[slot]:
-            slot = (slot + 1) % 256
-        table[slot] = v
-    return table
-
-
-@numba.njit(**_JIT)
+@_jit()
 def english_counts(text, words_of, table):
     """``language.english_score``'s counts on the UTF-8 ``text``: (the words of
     ``text.translate(words_of).split()`` that ``table`` holds, those words). A word is a run of

@@ -4,14 +4,12 @@ Part of :mod:`tzc_data.filters.compiled` (see there why it decides as the Python
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from tzc_data.filters.compiled.loops import _part_loops, _tail, _units
 from tzc_data.filters.compiled.quotes import _is_quoted, _prompt_words
 from tzc_data.filters.compiled.split import _last_words, _lines, _parts
 from tzc_data.filters.compiled.tables import (
-    _JIT,
     _LOW,
     _M1,
     _M2,
@@ -23,12 +21,13 @@ from tzc_data.filters.compiled.tables import (
     _folded,
     _intern,
     _intern_grams,
+    _jit,
     _key,
     _table_size,
 )
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _top_gram(buf, start, stop, most):
     """``top_ngram_share``'s numbers on the last ``most`` words of ``buf[start:stop]``: (their
     count, their characters, the top 3-gram's copies, its characters). A 3-gram is keyed by its
@@ -90,7 +89,7 @@ def _top_gram(buf, start, stop, most):
     return n, total, top, chars
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _dup_covered(buf, start, stop, most):
     """On the last ``most`` words of ``buf[start:stop]``: (their count, their characters, the
     characters inside 10-grams that occur more than once). Words are grouped by their bytes and
@@ -114,7 +113,7 @@ def _dup_covered(buf, start, stop, most):
     return n, total, covered
 
 
-@numba.njit(**_JIT)
+@_jit()
 def judge(reasoning, answer, prompt, params):
     """:meth:`RepetitionFilter._judge <tzc_data.filters.repetition.RepetitionFilter._judge>`'s
     counts and shares, and its reason as far as zlib's ratio is not involved.
@@ -205,7 +204,7 @@ def judge(reasoning, answer, prompt, params):
             float(cycle_span), float(run_best), p_count, s_count, cover_share, top, d0, d1, d2, d3, d4)
 
 
-@numba.njit(**_JIT)
+@_jit()
 def dup_share(both, start, stop, most):
     """``dup_ngram_share`` of the last ``most`` words of ``both[start:stop]`` (the 10-gram share,
     which the filter only computes where zlib already sees repetition)."""

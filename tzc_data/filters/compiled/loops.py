@@ -5,16 +5,15 @@ Part of :mod:`tzc_data.filters.compiled` (see there why it decides as the Python
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from tzc_data.filters.compiled.quotes import _is_quoted, _prompt_words
 from tzc_data.filters.compiled.split import _lines
-from tzc_data.filters.compiled.tables import _JIT, SIZES, _cased, _equal, _intern, _lookup, _space
+from tzc_data.filters.compiled.tables import SIZES, _cased, _equal, _intern, _jit, _lookup, _space
 
 # -- the signals -----------------------------------------------------------------------------------
 
-@numba.njit(**_JIT)
+@_jit()
 def _rfind(buf, a, needle, width, stop, shift):
     """``buf[a:].rfind(buf[needle:needle + width], 0, stop)`` (offsets from ``a``)."""
     i = stop - width
@@ -28,7 +27,7 @@ def _rfind(buf, a, needle, width, stop, shift):
     return -1
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _tail(buf, a, b):
     """``repeating_tail(buf[a:b])`` (probe 32, 8 candidates): (period, span, where the stripped text
     ends), period 0 for None."""
@@ -70,7 +69,7 @@ def _tail(buf, a, b):
     return best_period, best_span, b
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _cycle(buf, start, stop, group, first, count, groups, pieces, table, repeats, share, prompt, p_start, p_stop):
     """``repetition._cycle`` (least 12, window 256) given the table of the lines (:func:`_intern`) and
     the lines of the prompt (``prompt[p_start[k]:p_stop[k]]``, cased): (lines, distinct lines,
@@ -138,7 +137,7 @@ def _cycle(buf, start, stop, group, first, count, groups, pieces, table, repeats
     return best
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _run(buf, raw0, raw1, start, stop, group, first, count, groups, pieces, min_copies, prompt, prompt_length):
     """``repetition._run`` (least 30, gap 2.0, slack 100) with ``quoter(prompt[:prompt_length])``
     (cased): (copies, the unit's piece, start, end), copies 0 for None."""
@@ -183,7 +182,7 @@ def _run(buf, raw0, raw1, start, stop, group, first, count, groups, pieces, min_
     return best
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _part_loops(cased, n, window, repeats, share, min_copies, prompt, prompt_length, p_start, p_stop):
     """The cycle and the run of one part, ``cased[:n]`` (from :func:`_cased`), on its last
     ``window`` bytes (``text[-window:]``): (lines, distinct lines, chars, unit start, unit stop;
@@ -204,7 +203,7 @@ def _part_loops(cased, n, window, repeats, share, min_copies, prompt, prompt_len
             run_start, run_end)
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _units(buf, starts, stops, least, min_copies, prompt, prompt_length, index, ready):
     """``repetition._unit_stats`` of the parts ``buf[starts[k]:stops[k]]`` with
     ``quoter(prompt[:prompt_length])``: (the most repeated unit's count, the covering unit's copies,

@@ -5,12 +5,10 @@ Part of :mod:`tzc_data.filters.compiled` (see there why it decides as the Python
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from tzc_data.filters.compiled.split import _words
 from tzc_data.filters.compiled.tables import (
-    _JIT,
     _LOW,
     _TAG,
     _U1,
@@ -19,6 +17,7 @@ from tzc_data.filters.compiled.tables import (
     _equal,
     _ids_key,
     _intern,
+    _jit,
     _key,
     _lookup,
     _table_size,
@@ -26,7 +25,7 @@ from tzc_data.filters.compiled.tables import (
 
 # -- quoted ----------------------------------------------------------------------------------------
 
-@numba.njit(**_JIT)
+@_jit()
 def _strip_punctuation(buf, starts, stops):
     for k in range(len(starts)):
         s, e = starts[k], stops[k]
@@ -38,13 +37,13 @@ def _strip_punctuation(buf, starts, stops):
         stops[k] = e
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit(inline="always")
 def _bit(words, start, stop):
     """Which of 4,096 bits stands for ``buf[start:stop]``: the top 12 bits of its digest."""
     return np.int64(_key(words, start, stop) >> np.uint64(52))
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _prompt_words(prompt, m):
     """The first of what ``quoter(prompt)`` gathers: the prompt's words without the punctuation
     around them, and a 4,096-bit set of them (a bit per word, :func:`_bit`; two words may share
@@ -60,7 +59,7 @@ def _prompt_words(prompt, m):
     return starts, stops, bits, empty, empty, np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64)
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _prompt_index(prompt, words_index):
     """The rest of what ``quoter(prompt)`` gathers, from :func:`_prompt_words`: the words grouped
     by their bytes, and the set of the prompt's word 3-grams (as triples of groups; a slot holds
@@ -89,7 +88,7 @@ def _prompt_index(prompt, words_index):
     return starts, stops, bits, group, first, table, gram_table
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _contains(hay, hay_length, needle, start, stop):
     """``needle[start:stop] in hay[:hay_length]`` (for a non-empty needle)."""
     m = stop - start
@@ -101,7 +100,7 @@ def _contains(hay, hay_length, needle, start, stop):
     return False
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _quoted(buf, start, stop, prompt, prompt_length, index):
     """``quoted(buf[start:stop], prompt[:prompt_length])`` for a non-empty unit the prompt does not
     contain, ``index`` being the prompt's :func:`_prompt_index`: whether words the prompt holds
@@ -145,7 +144,7 @@ def _quoted(buf, start, stop, prompt, prompt_length, index):
     return chars > 0 and hit * 2 >= chars
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _is_quoted(buf, start, stop, prompt, prompt_length, index, ready):
     """``quoted(buf[start:stop], prompt[:prompt_length])``, gathering the prompt's words
     (:func:`_prompt_words`, ``ready`` 1) and then its groups and 3-grams (:func:`_prompt_index`,

@@ -5,14 +5,13 @@ Part of :mod:`tzc_data.filters.compiled` (see there why it decides as the Python
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from tzc_data.filters.compiled.tables import _JIT, _marked, _space
+from tzc_data.filters.compiled.tables import _jit, _marked, _space
 
 # -- splitting -------------------------------------------------------------------------------------
 
-@numba.njit(**_JIT)
+@_jit()
 def _lines(buf, m):
     """``repetition._split(buf[:m])``: the pieces between line breaks, a line break being a newline
     or a space after ``.``, ``?`` or ``!``. Returns (raw starts, raw stops, stripped starts,
@@ -44,7 +43,7 @@ def _lines(buf, m):
     return raw0, raw1, start, stop, pieces
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _parts(buf, m):
     """``buf[:m].split(b"\\n\\n")`` and ``buf[:m].split(b". ")``: (starts, stops) of each."""
     mark = np.zeros(len(buf), dtype=np.uint8)
@@ -85,7 +84,7 @@ def _parts(buf, m):
     return p_starts, p_stops, s_starts, s_stops
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _words(buf, start, stop):
     """``buf[start:stop].split()``: (starts, stops) of the words."""
     starts = np.empty((stop - start + 1) // 2 + 1, dtype=np.int64)
@@ -105,7 +104,7 @@ def _words(buf, start, stop):
     return starts[:k], stops[:k]
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _last_words(buf, start, stop, most):
     """``buf[start:stop].rsplit(None, most)`` less the unsplit rest: the last ``most`` words."""
     starts = np.empty(most, dtype=np.int64)

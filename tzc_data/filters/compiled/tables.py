@@ -5,11 +5,32 @@ Part of :mod:`tzc_data.filters.compiled` (see there why it decides as the Python
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
 import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-_JIT = dict(cache=True, nogil=True)  # every compiled function: cached (see the package), no GIL
+from tzc_data.filters.compiled.shared import MULTIPLIER, sources
+from tzc_data.native import compiled_cache, numba_cache
+
+
+@lru_cache(maxsize=None)
+def _cache_folder() -> str:
+    return compiled_cache(sources())
+
+
+def _jit(**options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """``numba.njit`` for every function of this package: cached in the folder of this package's
+    version (see the package, and :func:`tzc_data.native.compiled_cache`), without the GIL."""
+    def decorate(function: Callable[..., Any]) -> Any:
+        with numba_cache(_cache_folder()):
+            return numba.njit(cache=True, nogil=True, **options)(function)
+    return decorate
+
+
 # Constants the compiled code holds (numba freezes a global array into the code it compiles and
 # caches, so they are written out here; a test checks them against repetition's _SIZES and
 # quoted()'s punctuation).
@@ -17,7 +38,7 @@ SIZES = np.array([int(6 * 1.5 ** k) for k in range(16)], dtype=np.int64)  # the 
 PUNCTUATION = np.zeros(256, dtype=np.bool_)  # what quoted() strips off each word
 PUNCTUATION[np.frombuffer(b".,;:!?\"'()[]", dtype=np.uint8)] = True
 _ALL = np.uint64(0xFFFFFFFFFFFFFFFF)
-_M1 = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(MULTIPLIER)
 _M2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _ZERO = np.uint64(0)
 _TAG = np.uint64(0xFFFFFFFF00000000)
@@ -35,7 +56,7 @@ def padded(data: bytes) -> bytes:
 
 # -- bytes, 8 at a time ----------------------------------------------------------------------------
 
-@numba.njit(inline="always", **_JIT)
+@_jit(inline="always")
 def _load(words, i):
     """Bytes ``i`` to ``i + 7`` of the buffer whose 64-bit words are ``words``, as one word."""
     j = i >> 3
@@ -43,7 +64,7 @@ def _load(words, i):
     return (words[j] >> shift) | ((words[j + 1] << _U1) << (_U63 - shift))
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit(inline="always")
 def _equal(a, a0, b, b0, n):
     """``A[a0:a0 + n] == B[b0:b0 + n]`` for the buffers whose words are ``a`` and ``b``."""
     k = 0
@@ -56,7 +77,7 @@ def _equal(a, a0, b, b0, n):
     return ((_load(a, a0 + k) ^ _load(b, b0 + k)) & (_ALL >> np.uint64(64 - 8 * (n - k)))) == _ZERO
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit(inline="always")
 def _key(words, start, stop):
     """A 64-bit digest of ``buf[start:stop]``: its length, first and last 8 bytes. Only a hint of
     where to look in a table: equality is always decided by :func:`_equal`."""
@@ -74,7 +95,7 @@ def _key(words, start, stop):
     return h ^ (h >> np.uint64(31))
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit(inline="always")
 def _ids_key(ids, start, n):
     """A 64-bit digest of the word numbers ``ids[start:start + n]`` (an n-gram)."""
     h = np.uint64(n)
@@ -83,13 +104,13 @@ def _ids_key(ids, start, n):
     return h ^ (h >> np.uint64(31))
 
 
-@numba.njit(inline="always", **_JIT)
+@_jit(inline="always")
 def _space(c):
     """``bytes.split()`` and ``strip()``'s whitespace: space, \\t, \\n, \\v, \\f, \\r."""
     return c == 32 or (c >= 9 and c <= 13)
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _cased(src, start, stop):
     """``src[start:stop]`` in ASCII lower case, zero-padded as :func:`padded`: one loop the compiler
     vectorises (returns the buffer and the text's length)."""
@@ -102,7 +123,7 @@ def _cased(src, start, stop):
     return out, n
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _folded(src):
     """``src`` in ASCII lower case without its digits, zero-padded as :func:`padded` (returns the
     buffer and the text's length)."""
@@ -116,7 +137,7 @@ def _folded(src):
     return out[:(m + 7) // 8 * 8 + 8], m
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _compact(src, n, out, m):
     """Append ``src[:n]`` without its digits to ``out`` from ``m`` on; returns where it ends. With
     ``src`` from :func:`_cased`, ``repetition.folded``. No branch: each byte is written, and the
@@ -128,7 +149,7 @@ def _compact(src, n, out, m):
     return m
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _marked(mark, n):
     """The non-zero bits of ``mark[:n]`` (zero-padded to a multiple of 8; each byte 0, 1 or 2), in
     order, each as ``8 * offset + bit``."""
@@ -151,7 +172,7 @@ def _marked(mark, n):
 
 # -- tables of equal units ------------------------------------------------------------------------
 
-@numba.njit(**_JIT)
+@_jit()
 def _table_size(n):
     """Slots for ``n`` units: a power of two, at most two thirds full."""
     size = 16
@@ -164,7 +185,7 @@ def _table_size(n):
 # position) it stands for in the low 32 bits; 0 is an empty slot. The slot is chosen by the
 # digest's low bits, so the top bits still tell most units apart before their bytes are compared.
 
-@numba.njit(**_JIT)
+@_jit()
 def _intern(words, starts, stops, n):
     """Group the units ``buf[starts[k]:stops[k]]`` (k < n) by their bytes. Returns (the group of
     each unit, each group's first unit, each group's count, the number of groups, and the table);
@@ -200,7 +221,7 @@ def _intern(words, starts, stops, n):
     return group, first, count, groups, table
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _lookup(table, twords, tstarts, tstops, first, words, start, stop):
     """The group of :func:`_intern`'s ``table`` (over ``twords``) whose units equal
     ``buf[start:stop]``, or -1."""
@@ -220,7 +241,7 @@ def _lookup(table, twords, tstarts, tstops, first, words, start, stop):
         i = (i + 1) & mask
 
 
-@numba.njit(**_JIT)
+@_jit()
 def _intern_grams(ids, n, width):
     """Group the word n-grams ``ids[k:k + width]`` (k < n) by their words. Returns (the group of
     each n-gram, each group's count)."""

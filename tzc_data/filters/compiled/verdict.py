@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from tzc_data.filters.base import FOLD, Verdict, clip
-from tzc_data.filters.compiled.judge import dup_share, judge
+from tzc_data.filters.compiled import kernels
 from tzc_data.record import Example
 
 # The filter's fields the judge reads, in the order of its ``params``; and the reasons by the
@@ -27,13 +27,17 @@ PARAMS = ("tail_repeats", "tail_chars", "cycle_repeats", "cycle_share", "run_cop
 REASONS = (None, "loop", "loop", "loop", "repeated_paragraphs", "ngram_repetition", "compressible")
 
 
-def judge_batch(check: Any, examples: list[Example]) -> list[Verdict]:
-    """``[check._judge(e) for e in examples]`` for a ``RepetitionFilter`` ``check``, compiled."""
+def judge_batch(check: Any, examples: list[Example], use_native: bool | None = None) -> list[Verdict]:
+    """``[check._judge(e) for e in examples]`` for a ``RepetitionFilter`` ``check``, compiled
+    (``use_native``: as :func:`~tzc_data.filters.compiled.kernels`)."""
+    compiled = kernels(use_native)
     params = np.array([float(getattr(check, name)) for name in PARAMS], dtype=np.float64)
+    judge = compiled.judge
     counts = [judge(e.reasoning.encode("utf-8", "surrogatepass"), e.answer.encode("utf-8", "surrogatepass"),
                     e.prompt.encode("utf-8", "surrogatepass"), params) for e in examples]
     ratios = [_ratio(c[0], c[1], c[2]) for c in counts]
-    return [_verdict(check, example, c, ratio) for example, c, ratio in zip(examples, counts, ratios)]
+    return [_verdict(check, example, c, ratio, compiled.dup_share)
+            for example, c, ratio in zip(examples, counts, ratios)]
 
 
 def _ratio(both: np.ndarray, length: int, words_from: int) -> float | None:
@@ -44,7 +48,7 @@ def _ratio(both: np.ndarray, length: int, words_from: int) -> float | None:
     return len(zlib.compress(end, 1)) / len(end) if end else 1.0
 
 
-def _verdict(check: Any, example: Example, counts: tuple, ratio: float | None) -> Verdict:
+def _verdict(check: Any, example: Example, counts: tuple, ratio: float | None, dup_share: Any) -> Verdict:
     """The verdict from the judge's counts and zlib's ratio: ``RepetitionFilter._judge``'s steps
     after the signals, by the same expressions."""
     (both, length, words_from, reason, part, loop_repeats, loop_span, cycle_repeats, cycle_span, run_copies,
