@@ -115,10 +115,10 @@ def no_native(monkeypatch):
 
     monkeypatch.setattr(native, "load", lambda *_: None)
     monkeypatch.setattr(native, "build", lambda *_: None)
-    compiled.kernels.cache_clear()
+    compiled._kernels.cache_clear()
     language._compiled.cache_clear()
     yield
-    compiled.kernels.cache_clear()
+    compiled._kernels.cache_clear()
     language._compiled.cache_clear()
 
 

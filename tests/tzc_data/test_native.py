@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from tzc_data import native
 module = native.load("tzc_test_kernel", [Path({source!r})])
-print(module.total(np.arange(5.0), 2.0), "numba" in sys.modules)
+print(module.total(np.arange(5.0), 2.0) if module else None, "numba" in sys.modules)
 """
 
 
@@ -79,7 +79,8 @@ def test_processes_building_at_once_compile_once_and_a_load_needs_no_numba(packa
     assert count.read_text() == "compiled\n"  # the other found the module: at once, or after the lock
     folder = os.path.dirname(paths.pop())
     assert os.path.dirname(folder) == str(package / "__pycache__")
-    assert sorted(os.listdir(folder)) == sorted(["tzc_test_kernel.lock", native._file_name("tzc_test_kernel")])
+    name = native._file_name("tzc_test_kernel")
+    assert sorted(os.listdir(folder)) == sorted(["tzc_test_kernel.lock", name, name + ".xxh3"])
     script = tmp_path / "loader.py"
     script.write_text(LOADER.format(source=str(package / "kernel.py")))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
@@ -190,3 +191,29 @@ def test_the_file_name_holds_the_python_abi_and_numpys_major_version():
     name = native._file_name("tzc_x")
     assert name == f"tzc_x.numpy{np.__version__.split('.')[0]}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
+
+
+def test_a_damaged_module_is_not_loaded_and_the_next_build_replaces_it(package, tmp_path, caplog):
+    count = tmp_path / "compiles.txt"
+    builder = _build(package, count, tmp_path)
+    out, err = builder.communicate(timeout=300)
+    assert builder.returncode == 0, err
+    path = out.split()[0]
+    with open(path, "r+b") as damaged:
+        damaged.truncate(1000)  # an ELF header, then nothing: mapping it ends in SIGBUS
+    (package / "__pycache__" / os.path.basename(os.path.dirname(path)) / ".tzc_test_kernel-abcd1234").mkdir()
+    script = tmp_path / "loader.py"  # in a process of its own: a crash would not take the tests with it
+    script.write_text(LOADER.format(source=str(package / "kernel.py")))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "None" and "its bytes are not those tzc built there" in done.stderr
+    assert "it will be built again" in done.stderr
+    builder = _build(package, count, tmp_path)  # replaces it, and the killed build's work folder
+    out, err = builder.communicate(timeout=300)
+    assert builder.returncode == 0, err
+    assert out.split()[:2] == [path, "3.0"] and count.read_text() == "compiled\n" * 2
+    assert not any(name.startswith(".tzc_test_kernel-") for name in os.listdir(os.path.dirname(path)))
+    os.remove(path + ".xxh3")
+    with caplog.at_level(logging.WARNING, logger="tzc_data.native"):
+        assert native.load("tzc_test_kernel", [package / "kernel.py"]) is None  # no record of what was built
+    assert "no record of its digest" in caplog.text

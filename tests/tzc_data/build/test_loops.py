@@ -29,6 +29,7 @@ def test_a_builds_serial_passes_call_every_loop_in_the_module_with_the_types_num
         calls.setdefault(names[id(spec)], []).append((matched, arguments))
         return matched
 
+    assert loops.module(build=True) is not None  # a build this small would not build it (a test that cannot fails)
     monkeypatch.setattr(native, "matches", spy)
     assert main(["build", "--source", "synthetic", "--range", "0:700", "--out", str(tmp_path / "b"), "--no-progress",
                  "--min-kept-ratio", "0"]) == 0

@@ -499,3 +499,21 @@ def test_without_a_module_the_filters_use_numbas_jit(no_native):
     assert not package.ready()
     with pytest.raises(RuntimeError, match="the native module tzc_filters could not be built"):
         package.kernels(True)
+
+
+def test_a_process_tries_to_build_the_module_once(monkeypatch):
+    from tzc_data.filters import language
+
+    tries = []
+    monkeypatch.setattr(native, "load", lambda *_: None)
+    monkeypatch.setattr(native, "build", lambda *_: tries.append(1))
+    package._kernels.cache_clear()
+    language._compiled.cache_clear()
+    try:
+        assert package.kernels() is package.kernels(None)
+        english_score("The cat sat on the mat.", compiled=True)
+        RepetitionFilter(compiled=True)(Example(row=0, prompt="x", reasoning="abc. " * 300, answer="abc"))
+        assert tries == [1]
+    finally:
+        package._kernels.cache_clear()
+        language._compiled.cache_clear()

@@ -94,13 +94,17 @@ def ready() -> bool:
     return native.load(NAME, sources()) is not None
 
 
-@lru_cache(maxsize=None)
 def kernels(use_native: bool | None = None) -> ModuleType | SimpleNamespace:
     """``judge``, ``dup_share`` and ``english_counts``, compiled: from the extension module where
     ``use_native`` is not False (built now if need be: once per machine and version, about half a
     minute where numba's cache does not hold the functions yet, a few seconds where it does), else, or where
     it cannot be built and ``use_native`` is None, numba's just-in-time functions. Both are numba's
-    code of the same functions."""
+    code of the same functions. Found once a process for each ``use_native``."""
+    return _kernels(use_native)
+
+
+@lru_cache(maxsize=None)
+def _kernels(use_native: bool | None) -> ModuleType | SimpleNamespace:
     if use_native is not False:
         module = native.load(NAME, sources()) or native.build(NAME, sources(), _exports)
         if module is not None:
