@@ -4,6 +4,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,7 +207,7 @@ def test_a_damaged_module_is_not_loaded_and_the_next_build_replaces_it(package, 
     script.write_text(LOADER.format(source=str(package / "kernel.py")))
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[0] == "None" and "its bytes are not those tzc built there" in done.stderr
+    assert done.stdout.split()[0] == "None" and "its size or bytes are not those tzc built there" in done.stderr
     assert "it will be built again" in done.stderr
     builder = _build(package, count, tmp_path)  # replaces it, and the killed build's work folder
     out, err = builder.communicate(timeout=300)
@@ -217,3 +218,27 @@ def test_a_damaged_module_is_not_loaded_and_the_next_build_replaces_it(package, 
     with caplog.at_level(logging.WARNING, logger="tzc_data.native"):
         assert native.load("tzc_test_kernel", [package / "kernel.py"]) is None  # no record of what was built
     assert "no record of its digest" in caplog.text
+
+
+def test_a_module_overwritten_in_place_at_its_size_is_refused(package, tmp_path):
+    """Not only truncation: other bytes at either end, at the same size."""
+    count = tmp_path / "compiles.txt"
+    builder = _build(package, count, tmp_path)
+    out, err = builder.communicate(timeout=300)
+    assert builder.returncode == 0, err
+    path = out.split()[0]
+    recorded = open(path + ".xxh3").read().strip()
+    assert recorded == native._digest(path) and recorded.split()[0] == str(os.path.getsize(path))
+    for offset in (100, os.path.getsize(path) - 100):
+        with open(path, "r+b") as damaged:
+            damaged.seek(offset)
+            original = damaged.read(1)
+            damaged.seek(offset)
+            damaged.write(bytes([original[0] ^ 0xFF]))
+        assert native._digest(path) != recorded
+        with pytest.raises(ImportError, match="its size or bytes are not those tzc built there"):
+            native._import("tzc_test_kernel", Path(path))
+        with open(path, "r+b") as restored:
+            restored.seek(offset)
+            restored.write(original)
+    assert native._digest(path) == recorded

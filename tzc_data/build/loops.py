@@ -8,7 +8,7 @@ and at 22.2M rows they were most of the serial part's eight minutes. axolotl's m
 takes the same route. The very same functions run in the interpreter (there is one
 implementation; the tests run every way and compare) where compiled code would cost more than it
 saves: below :data:`COMPILE_FROM` items when this machine has not built the loops' extension
-module (:mod:`tzc_data.native`: built once, seconds; loaded in a millisecond after that), or
+module (:mod:`tzc_data.native`: built once, seconds; loaded in a few milliseconds after that), or
 where numba's just-in-time compiler is all there is (half a second a process to load its cache).
 
 Compiled code is cached on disk (numba's ``cache=True``, in the folder

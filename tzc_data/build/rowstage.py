@@ -49,7 +49,7 @@ COMPILED_FROM_ROWS = 2500
 def build_filters(config: BuildConfig) -> list[Filter]:
     """The quality filters that run on the split text, in order. They use their compiled code from
     the first row where this machine has built it (:func:`tzc_data.filters.compiled.ready`: it
-    then loads in a millisecond); else, where a process can expect :data:`COMPILED_FROM_ROWS` rows,
+    then loads in a few milliseconds); else, where a process can expect :data:`COMPILED_FROM_ROWS` rows,
     they compile it after their first few hundred rows, and otherwise stay in Python. Either way
     they decide the same."""
     compiled = None if (config.stop - config.start) / max(1, config.workers) >= COMPILED_FROM_ROWS else ready()

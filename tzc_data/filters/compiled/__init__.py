@@ -11,7 +11,7 @@ over the UTF-8 bytes, in one call a row (:func:`~tzc_data.filters.compiled.judge
 
 :func:`kernels` gives the three functions the filters call (``judge``, ``dup_share``,
 ``english_counts``): from the extension module :mod:`tzc_data.native` builds of them once per
-machine and version of this package (loaded in under a millisecond, without numba), else, where it
+machine and version of this package (loaded in a few milliseconds, without numba), else, where it
 cannot be built, through numba's just-in-time compiler (half a second a process to load from its
 cache). Importing this package imports no numba; its modules but ``shared`` and ``verdict`` do. A filter uses the
 compiled code from its first row where the module is built (:func:`ready`), and otherwise once it
