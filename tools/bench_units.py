@@ -170,9 +170,7 @@ def native_modules() -> dict:
     try:
         from tzc_data.build import loops
         from tzc_data.filters.compiled import kernels
-    except ImportError:
-        return {"native_modules": "none in this tree"}
-    if not hasattr(loops, "module"):
+    except ImportError:  # kernels came with the modules
         return {"native_modules": "none in this tree"}
     filters = "built" if isinstance(kernels(), types.ModuleType) else "just-in-time"
     return {"native_modules": {"filters": filters, "loops": "built" if loops.module(build=True) else "just-in-time"}}

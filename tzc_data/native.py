@@ -60,8 +60,19 @@ Exports = Callable[[], Iterable[tuple[str, Callable[..., Any], Spec]]]
 
 
 def _version(sources: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
+    """A digest of the files ``sources``: read again only when one's size or modification time (in
+    nanoseconds) changes, since every load asks (a build's serial loops, each filter's switch)."""
+    stamps = []
     for path in sorted(sources):
+        stat = path.stat()
+        stamps.append((path, stat.st_mtime_ns, stat.st_size))
+    return _hashed(tuple(stamps))
+
+
+@lru_cache(maxsize=None)
+def _hashed(stamps: tuple[tuple[Path, int, int], ...]) -> str:
+    digest = hashlib.sha256()
+    for path, _, _ in stamps:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
 
@@ -250,10 +261,18 @@ def _numba_type(name: Any) -> Any:
         return types.Tuple(tuple(map(_numba_type, name)))  # a UniTuple where all are one type, as numba infers
     if name == "bytes":
         return types.Bytes(types.uint8, 1, "C", readonly=True)
-    if name.endswith("]"):
-        dtype, shape = name[:-1].split("[")
-        return types.Array(_numba_type(dtype), int(shape[1:]), shape[0])
+    if array := _array(name):
+        dtype, layout, ndim = array
+        return types.Array(_numba_type(dtype), ndim, layout)
     return {"bool": types.boolean, "none": types.none}.get(name) or getattr(types, name)
+
+
+def _array(name: str) -> tuple[str, str, int] | None:
+    """An array's type name (``"uint64[A1]"``) as its dtype, layout and dimensions; None for another."""
+    if not name.endswith("]"):
+        return None
+    dtype, shape = name[:-1].split("[")
+    return dtype, shape[0], int(shape[1:])
 
 
 def numba_signature(spec: Spec) -> Any:
@@ -271,10 +290,10 @@ def matches(spec: Spec, arguments: Sequence[Any]) -> bool:
 
 
 def _matches(name: str, value: Any) -> bool:
-    if name.endswith("]"):
-        dtype, shape = name[:-1].split("[")
-        return isinstance(value, np.ndarray) and value.dtype == np.dtype(dtype) and value.ndim == int(shape[1:]) \
-            and (shape[0] == "A" or value.flags.c_contiguous) and value.dtype.isnative
+    if array := _array(name):
+        dtype, layout, ndim = array
+        return isinstance(value, np.ndarray) and value.dtype == np.dtype(dtype) and value.ndim == ndim \
+            and (layout == "A" or value.flags.c_contiguous) and value.dtype.isnative
     if name == "bytes":
         return type(value) is bytes
     if name in ("int64", "bool"):
