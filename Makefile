@@ -18,8 +18,9 @@ demo: $(STAMP)
 	$(BIN)/tzc-data build --source synthetic --range 0:10000 --out runs/demo --overwrite
 
 # One test renders the HTML report in Debian's headless Chromium; install it when missing (root).
+# Two workers (pytest-xdist), a module to a worker: tests/conftest.py's ModuleScheduling.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 .PHONY: chromium
 chromium:

@@ -22,6 +22,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _jax_cache = tempfile.mkdtemp(prefix="tzc-tests-jax-cache-")
     atexit.register(shutil.rmtree, _jax_cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+# Under `pytest -n` each worker (which inherits the session's folder) writes a folder of its own in it:
+# JAX writes a cache entry without a lock, so another process could read it half written.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(os.environ["JAX_COMPILATION_CACHE_DIR"],
+                                                           os.environ["PYTEST_XDIST_WORKER"])
+    os.makedirs(os.environ["JAX_COMPILATION_CACHE_DIR"], exist_ok=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import hashlib
@@ -33,6 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sentencepiece as spm
+from xdist.scheduler import LoadScopeScheduling
 
 from tzc_data.sources.generator import generate
 from tzc_data.text.tokenize import Tokenizer, gemma2_tokenizer_path, known_tokenizer_path
@@ -131,6 +138,35 @@ def _no_hub(monkeypatch):
 
 def pytest_configure(config):
     os.environ.setdefault("TZC_CACHE", str(Path.home() / ".cache" / "tzc"))
+
+
+class ModuleScheduling(LoadScopeScheduling):
+    """How ``make test``'s ``pytest -n 2`` shares the tests among its workers: a module's tests run in
+    one worker, in order, so its module fixtures (a trained tiny run, a build) are made once; the Ray
+    modules run in one worker, one after the other, so two Ray instances never start together on the
+    machine's cores. Modules go out in collection order (the trainer's first: see
+    :func:`pytest_collection_modifyitems`), each to the first worker with little left to do."""
+
+    def __init__(self, config, log=None):
+        super().__init__(config, log)
+        config.option.loadscopereorder = False  # not by the number of tests: by the order collected
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return "ray" if "/engines/test_ray" in module else module
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of xdist's: `pytest -p no:xdist` runs without it
+def pytest_xdist_make_scheduler(config, log):
+    return ModuleScheduling(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n``, the trainer's modules first: they are most of the suite's time (programs
+    compiled, tiny models trained), and started first they leave the short modules to fill both
+    workers at the end. A plain ``pytest`` keeps the order of the files."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: not item.nodeid.startswith("tests/tzc_train/"))
 
 
 def sha256s(root: Path) -> dict[str, str]:
