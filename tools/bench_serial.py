@@ -16,7 +16,9 @@ RSS is its own, read from VmHWM) at ``--rows`` candidates (default: GlaiveAI's 2
    rows;
 3. stats: unit tables of ``--stats-rows`` rows in 20,000-row units (the stats columns a build writes,
    random values), through :func:`tzc_data.build.dedup.final_batches` into ``records.parquet``;
-4. shards: ``--shard-rows`` packed rows written as a node writes its shards (:func:`shards`).
+4. shards: ``--shard-rows`` packed rows written as a node writes its shards (:func:`shards`);
+5. driver: a real build of ``--driver-rows`` synthetic rows with every step after the map timed
+   where it runs (:func:`driver`): the serial part with the reads of the units' files.
 
 Each part reports wall seconds and CPU seconds (the machine may be shared: CPU seconds compare).
 The first large run on a machine also compiles the loops (numba, cached on disk): run twice.
@@ -179,6 +181,67 @@ def shards(rows: int) -> dict:
             "rows_per_cpu_s": round(rows / cpu), "peak_mib": round(_peak_mib())}
 
 
+# What the driver does after the map (tzc_data/build/pipeline.py's _write_build and the steps it calls)
+DRIVER_STEPS = ("first_kept_wins", "kept_examples", "_pack", "write_shard", "write_hashes", "write_near_dup",
+                "_write_stats", "write_manifest")
+
+
+def _synthetic_parquet(path: str, rows: int, unit_rows: int) -> str:
+    """The synthetic source's rows 0:``rows`` as a Parquet file of ``prompt`` and ``response`` in
+    row groups of ``unit_rows``; returns ``path``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tzc_data.sources.generator import generate
+
+    with pq.ParquetWriter(path, pa.schema([("prompt", pa.string()), ("response", pa.string())])) as out:
+        for lo in range(0, rows, unit_rows):
+            made = [generate(0, i) for i in range(lo, min(rows, lo + unit_rows))]
+            out.write_table(pa.table({"prompt": [r.prompt for r in made], "response": [r.response for r in made]}),
+                            row_group_size=unit_rows)
+    return path
+
+
+def driver(rows: int, unit_rows: int) -> dict:
+    """A real build of the synthetic source's rows 0:``rows`` (``--engine local``, Gemma 2's
+    tokenizer, every stage on), with each step after the map timed in place: the serial part as a
+    build runs it, its reads of the units' files included, which the parts above leave out.
+    ``unit_rows`` 0 builds ``--source synthetic`` (units of 256 rows); else the same rows written
+    first to a Parquet file in row groups of ``unit_rows`` (a unit a row group, as the hub's
+    files give them). ``write_shard`` runs inside ``_pack`` here; on Ray the nodes run it, so the
+    driver's serial part is the rest. A step's seconds count every call of it."""
+    from tzc_data.build import pipeline
+    from tzc_data.build.config import BuildConfig
+
+    spent: dict[str, list[float]] = {}
+
+    def timed(name, function):
+        def run(*args, **kwargs):
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                entry = spent.setdefault(name, [0.0, 0.0])
+                entry[0] += time.perf_counter() - wall
+                entry[1] += time.process_time() - cpu
+        return run
+
+    for name in ("_map_units", "_write_build", *DRIVER_STEPS):
+        setattr(pipeline, name, timed(name, getattr(pipeline, name)))
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as folder:
+        source = _synthetic_parquet(os.path.join(folder, "rows.parquet"), rows, unit_rows) if unit_rows else "synthetic"
+        manifest = pipeline.build(BuildConfig(out=os.path.join(folder, "out"), start=0, stop=rows, source=source),
+                                  progress=False)
+    steps = {name: {"seconds": round(wall, 2), "cpu_s": round(cpu, 2)} for name, (wall, cpu) in spent.items()}
+    serial = {k: spent["_write_build"][i] - spent.get("write_shard", (0.0, 0.0))[i] for i, k in enumerate(("s", "cpu"))}
+    return {"part": "driver", "rows": rows, "units": -(-rows // (unit_rows or 256)), "unit_rows": unit_rows or 256,
+            "kept": manifest["counts"]["kept"],
+            "packed_rows": manifest["packing"]["rows"], "steps": steps,
+            "serial_without_shards": {"seconds": round(serial["s"], 2), "cpu_s": round(serial["cpu"], 2),
+                                      "cpu_us_per_row": round(1e6 * serial["cpu"] / rows, 2)},
+            "peak_mib": round(_peak_mib())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=22_200_000)
@@ -186,17 +249,23 @@ def main() -> None:
     parser.add_argument("--dup-share", type=float, default=0.03)
     parser.add_argument("--near-share", type=float, default=0.02)
     parser.add_argument("--shard-rows", type=int, default=10_240, help="packed rows the shards part writes")
-    parser.add_argument("--part", choices=["dedup", "pack", "stats", "shards"])
+    parser.add_argument("--part", choices=["dedup", "pack", "stats", "shards", "driver"])
+    parser.add_argument("--driver-rows", type=int, default=200_000,
+                        help="synthetic rows of the real build the driver part times")
+    parser.add_argument("--driver-unit-rows", type=int, default=20_000,
+                        help="the driver part's rows a unit (a Parquet row group); 0: --source synthetic's 256")
     args = parser.parse_args()
     if args.part:  # one part, in this process: its peak RSS is its own
         result = {"dedup": lambda: dedup(args.rows, args.dup_share, args.near_share), "pack": lambda: pack(args.rows),
-                  "stats": lambda: stats(args.stats_rows), "shards": lambda: shards(args.shard_rows)}[args.part]()
+                  "stats": lambda: stats(args.stats_rows), "shards": lambda: shards(args.shard_rows),
+                  "driver": lambda: driver(args.driver_rows, args.driver_unit_rows)}[args.part]()
         print(json.dumps(result))
         return
-    for part in ("dedup", "pack", "stats", "shards"):
+    for part in ("dedup", "pack", "stats", "shards", "driver"):
         done = subprocess.run([sys.executable, __file__, "--part", part, "--rows", str(args.rows), "--stats-rows",
                                str(args.stats_rows), "--dup-share", str(args.dup_share), "--near-share",
-                               str(args.near_share), "--shard-rows", str(args.shard_rows)],
+                               str(args.near_share), "--shard-rows", str(args.shard_rows), "--driver-rows",
+                               str(args.driver_rows), "--driver-unit-rows", str(args.driver_unit_rows)],
                               capture_output=True, text=True, check=True)
         print(done.stdout.strip(), flush=True)
 
