@@ -212,6 +212,7 @@ def driver(rows: int, unit_rows: int) -> dict:
     driver's serial part is the rest. A step's seconds count every call of it."""
     from tzc_data.build import pipeline
     from tzc_data.build.config import BuildConfig
+    from tzc_data.sources.synthetic import UNIT_ROWS
 
     spent: dict[str, list[float]] = {}
 
@@ -233,12 +234,13 @@ def driver(rows: int, unit_rows: int) -> dict:
         manifest = pipeline.build(BuildConfig(out=os.path.join(folder, "out"), start=0, stop=rows, source=source),
                                   progress=False)
     steps = {name: {"seconds": round(wall, 2), "cpu_s": round(cpu, 2)} for name, (wall, cpu) in spent.items()}
-    serial = {k: spent["_write_build"][i] - spent.get("write_shard", (0.0, 0.0))[i] for i, k in enumerate(("s", "cpu"))}
-    return {"part": "driver", "rows": rows, "units": -(-rows // (unit_rows or 256)), "unit_rows": unit_rows or 256,
-            "kept": manifest["counts"]["kept"],
-            "packed_rows": manifest["packing"]["rows"], "steps": steps,
-            "serial_without_shards": {"seconds": round(serial["s"], 2), "cpu_s": round(serial["cpu"], 2),
-                                      "cpu_us_per_row": round(1e6 * serial["cpu"] / rows, 2)},
+    shard_wall, shard_cpu = spent.get("write_shard", (0.0, 0.0))
+    serial_wall, serial_cpu = spent["_write_build"][0] - shard_wall, spent["_write_build"][1] - shard_cpu
+    unit_rows = unit_rows or UNIT_ROWS
+    return {"part": "driver", "rows": rows, "units": -(-rows // unit_rows), "unit_rows": unit_rows,
+            "kept": manifest["counts"]["kept"], "packed_rows": manifest["packing"]["rows"], "steps": steps,
+            "serial_without_shards": {"seconds": round(serial_wall, 2), "cpu_s": round(serial_cpu, 2),
+                                      "cpu_us_per_row": round(1e6 * serial_cpu / rows, 2)},
             "peak_mib": round(_peak_mib())}
 
 
@@ -253,7 +255,7 @@ def main() -> None:
     parser.add_argument("--driver-rows", type=int, default=200_000,
                         help="synthetic rows of the real build the driver part times")
     parser.add_argument("--driver-unit-rows", type=int, default=20_000,
-                        help="the driver part's rows a unit (a Parquet row group); 0: --source synthetic's 256")
+                        help="the driver part's rows a unit (a Parquet row group); 0: --source synthetic's own")
     args = parser.parse_args()
     if args.part:  # one part, in this process: its peak RSS is its own
         result = {"dedup": lambda: dedup(args.rows, args.dup_share, args.near_share), "pack": lambda: pack(args.rows),
