@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from tzc_data import __version__, files
 from tzc_data.build import units
 from tzc_data.build.config import BuildConfig
 from tzc_data.build.dedup import Outcomes, final_batches, first_kept_wins, kept_examples, write_near_dup
 from tzc_data.build.pack import Kept, packed_rows, placement, rows_lower_bound
+from tzc_data.build.progress import progress_bar
 from tzc_data.build.publish import (
     check_output,
     finished_as,
@@ -251,8 +251,7 @@ def _map_units(engine: Executor, stage: RowStage, planned: Sequence[Unit], confi
     done = {u.index: d for u in planned if (d := units.read_done(stage.staging, u.index, u.start, u.stop))}
     todo = [u for u in planned if u.index not in done]
     total = config.stop - config.start
-    bar = tqdm(total=total, initial=sum(d.stop - d.start for d in done.values()), unit="row", file=sys.stderr,
-               mininterval=0.5, disable=None if progress is None else not progress, smoothing=0.1, desc="build")
+    bar = progress_bar(total, sum(d.stop - d.start for d in done.values()), progress)
     # Without a terminal (CI logs, nohup) a line every 30 s still shows that a long build is alive.
     log_lines = progress is None and bar.disable and total >= 50_000
     next_log = time.perf_counter() + 30
@@ -283,6 +282,7 @@ def _map_units(engine: Executor, stage: RowStage, planned: Sequence[Unit], confi
 
 
 _MARK_EVERY = 0.5  # seconds between batches of done-markers while the map runs
+
 
 
 def _run_figures(started: float, manifest: dict[str, Any], reused: int, index_bytes: int) -> dict[str, Any]:

@@ -136,3 +136,14 @@ def test_property_every_twin_is_an_earlier_kept_row(picks, batch):
     kept_hashes = [e.prompt_hash for e in out if e.kept]
     assert len(kept_hashes) == len(set(kept_hashes))
     assert [(e.status, e.twin) for e in out] == [(e.status, e.twin) for e in _both_checks(prompts, 256)]
+
+
+def test_the_written_out_multipliers_and_salts_are_numpy_random_s_draws():
+    # Band keys are stored in builds: the constants must stay the draws they were written out from.
+    from tzc_data.text import minhash
+
+    mix = np.random.default_rng(minhash.SEED).integers(1, 2**63, size=(minhash.BANDS, minhash.ROWS), dtype=np.uint64)
+    salt = np.random.default_rng(minhash.SEED + 1).integers(1, 2**63, size=minhash.BANDS, dtype=np.uint64)
+    assert minhash._MIX.dtype == minhash._BAND_SALT.dtype == np.uint64
+    assert np.array_equal(minhash._MIX, mix | np.uint64(1))
+    assert np.array_equal(minhash._BAND_SALT, salt)
