@@ -31,6 +31,10 @@ from collections.abc import Iterable
 from typing import Any
 
 REFUSED = ("pandas", "scipy")  # top-level packages a tzc process does not import
+REIMPORTED_EXIT = 3  # the exit code of a spawned worker that met a build in its parent's script (not_reimported)
+REIMPORTED = ("a worker process of --engine processes runs the script that started the build again, and that "
+              "script starts the build as it runs: put the script's top level under "
+              "`if __name__ == \"__main__\":`")
 
 
 class RefusedImports:
@@ -75,3 +79,17 @@ def allow(*names: str) -> None:
     for finder in sys.meta_path:
         if isinstance(finder, RefusedImports):
             finder.names.difference_update(names)
+
+
+def not_reimported() -> None:
+    """Exit with one line (:data:`REIMPORTED`, exit code :data:`REIMPORTED_EXIT`) where this process
+    is a spawned worker still running its parent's script: ``spawn`` runs it again in every worker
+    (as ``__mp_main__``) before the worker reads its task, and a build started from the script's
+    top level would start workers of its own, which multiprocessing refuses with a traceback in
+    each worker. The flag read is the one multiprocessing checks; a process that never imported
+    multiprocessing is no spawned worker (and does not import it here: 8 ms).
+    """
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is not None and getattr(multiprocessing.current_process(), "_inheriting", False):
+        print(f"tzc: {REIMPORTED}", file=sys.stderr, flush=True)
+        raise SystemExit(REIMPORTED_EXIT)

@@ -69,6 +69,7 @@ from tzc_data.engines.base import Executor
 from tzc_data.errors import ConfigError, GuardrailError, OutputError
 from tzc_data.files import sha256_file
 from tzc_data.layout import FORMAT_VERSION, NEAR_DUP, REJECTED_DIR, SHARD_DIR, STATS_DIR, read_hashes, record_layout
+from tzc_data.process import not_reimported
 from tzc_data.read.manifest import read_manifest
 from tzc_data.record import KEPT
 from tzc_data.sources import Source, Unit, open_source, source_identity
@@ -159,8 +160,11 @@ def build(config: BuildConfig, *, source: Source | None = None, tokenizer: Token
     staging directory and its finished units; ``config.resume`` runs the units left, or only
     publishes when the build had finished writing. Errors of the file system (disk full,
     read-only, a path under a file) become one-line :class:`OutputError` s; the staging
-    directory stays resumable.
+    directory stays resumable. With ``--engine processes`` a script that calls this must do so
+    under ``if __name__ == "__main__":`` (each spawned worker runs the script again); one that
+    does not fails in one line (:func:`~tzc_data.process.not_reimported`).
     """
+    not_reimported()  # a spawned worker running the caller's script again: one line, before anything
     out = os.path.abspath(config.out)
     staging = staging_path(out)
     published = config.resume and not os.path.lexists(staging) and files.not_a_build(out) is None

@@ -5,6 +5,9 @@ would copy their locks. Each worker gets the stage once and then units through a
 two a worker in flight. A worker dies with the build (a build killed with SIGKILL cannot stop its
 pool), and a worker that dies (the OOM killer) fails the build with one line; its unit has no
 marker, so ``--resume`` redoes it. Ctrl-C stops the build, not every worker with a traceback.
+A script that starts a build must do it under ``if __name__ == "__main__":``, since each spawned
+worker runs the script again; one that does not fails in one line from the worker and one from
+the build (:func:`tzc_data.process.not_reimported`), not with multiprocessing's tracebacks.
 """
 
 from __future__ import annotations
@@ -12,19 +15,22 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from multiprocessing.reduction import ForkingPickler
 from typing import TYPE_CHECKING, Any
 
 from tzc_data.engines.base import Executor, run_unit
 from tzc_data.errors import TzcError
-from tzc_data.process import refuse, refused
+from tzc_data.process import REIMPORTED, REIMPORTED_EXIT, refuse, refused
 
 if TYPE_CHECKING:
     from tzc_data.build.units import UnitDone
@@ -59,16 +65,20 @@ class ProcessExecutor(Executor):
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         if not units:
             return
+        with _stage_file(stage) as path:
+            yield from self._run(path, units)
+
+    def _run(self, stage_path: str, units: Sequence[Any]) -> Iterator[UnitDone]:
         context = multiprocessing.get_context("spawn")
         tasks, results = context.Queue(), context.Queue()
         count = min(self.workers, len(units))
-        args = (os.getpid(), refused(), stage, tasks, results)
+        args = (os.getpid(), refused(), stage_path, tasks, results)
         pool = [context.Process(target=_serve, args=args, daemon=True) for _ in range(count)]
-        with _children_ignore_sigint():
-            for process in pool:
-                process.start()
         finished = False
         try:
+            with _children_ignore_sigint():
+                for process in pool:
+                    process.start()
             pending = iter(units)
             in_flight: dict[int, Any] = {}
             for unit in _take(pending, count * self.ahead):
@@ -97,6 +107,23 @@ class ProcessExecutor(Executor):
             results.close()
 
 
+@contextmanager
+def _stage_file(stage: Callable[[Any], UnitDone]) -> Iterator[str]:
+    """The stage pickled once into a temporary file of this process's own, removed on the way out.
+
+    Not a worker's argument: ``spawn`` writes a worker's arguments into its pipe while holding the
+    pipe's other end, so a worker that exits before it reads them (one that meets a build in the
+    script it runs again, or dies at start) would block the build for ever on a stage of megabytes.
+    """
+    handle, path = tempfile.mkstemp(prefix="tzc-stage-", suffix=".pickle")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(ForkingPickler.dumps(stage))
+        yield path
+    finally:
+        os.unlink(path)
+
+
 def _take(units: Iterator[Any], n: int) -> list[Any]:
     return [unit for _, unit in zip(range(n), units)]
 
@@ -108,6 +135,8 @@ def _next_result(results: Any, pool: list[Any], in_flight: dict[int, Any]) -> tu
             return results.get(timeout=1.0)
         except queue.Empty:
             dead = [p for p in pool if not p.is_alive()]
+            if any(p.exitcode == REIMPORTED_EXIT for p in dead):
+                raise TzcError(REIMPORTED) from None
             if dead:
                 where = ", ".join(u.where for u in list(in_flight.values())[:2])
                 raise TzcError(f"a worker process died (exit code {dead[0].exitcode}; out of memory?) while units "
@@ -144,8 +173,10 @@ def _die_with(parent: int, imports: tuple[str, ...]) -> None:
         os._exit(1)
 
 
-def _serve(parent: int, imports: tuple[str, ...], stage: Callable[[Any], UnitDone], tasks: Any, results: Any) -> None:
-    """A worker's life: die with the parent, then run units until told to stop."""
+def _serve(parent: int, imports: tuple[str, ...], stage_path: str, tasks: Any, results: Any) -> None:
+    """A worker's life: die with the parent, read the stage, then run units until told to stop."""
     _die_with(parent, imports)
+    with open(stage_path, "rb") as handle:
+        stage = pickle.load(handle)
     while (unit := tasks.get()) is not None:
         results.put((unit.index, *run_unit(stage, unit)))

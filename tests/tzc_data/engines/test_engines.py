@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from conftest import parquet_source, sha256s
 from tzc_data.cli import main
 from tzc_data.engines.local import LocalExecutor
 from tzc_data.engines.processes import ProcessExecutor
+from tzc_data.errors import TzcError
+from tzc_data.process import REIMPORTED, REIMPORTED_EXIT
+from tzc_data.text.tokenize import gemma2_tokenizer_path
 
 
 @pytest.mark.parametrize("case", ["synthetic with an eval split", "parquet files of several row groups",
@@ -91,3 +95,37 @@ def test_the_process_engine_runs_every_unit_once_and_a_bug_keeps_its_traceback()
     assert sorted(ProcessExecutor(2).run(_fail_on_three, units[:3] + units[4:])) == [0, 1, 2, 4, 5, 6, 7, 8]
     with pytest.raises(RuntimeError, match=r"unit 3: a worker failed:\n(.|\n)*ValueError: a bug"):
         list(ProcessExecutor(2).run(_fail_on_three, units))
+
+
+@pytest.mark.parametrize("tokenizer", ["tiny", "gemma2"])
+def test_a_script_that_builds_at_its_top_level_fails_in_one_line_per_process(tmp_path, tiny_model_path, tokenizer):
+    # spawn runs the script again in each worker before the worker reads its task: without
+    # `if __name__ == "__main__":` that run reaches the build, and multiprocessing would refuse its
+    # workers with a traceback in each. With Gemma's 4 MB tokenizer in the stage, the build used to
+    # wait for ever: spawn wrote the stage into a pipe whose reader had exited.
+    model = tiny_model_path if tokenizer == "tiny" else str(gemma2_tokenizer_path())
+    script = tmp_path / "unguarded.py"
+    script.write_text("import sys\nfrom tzc_data.cli import main\n"
+                      f"sys.exit(main(['build', '--source', 'synthetic', '--range', '0:600', '--out', "
+                      f"{str(tmp_path / 'out')!r}, '--tokenizer', {model!r}, '--seq-len', '8192', "
+                      "'--min-kept-ratio', '0', '--no-progress', '--engine', 'processes', '--workers', '2']))\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    *workers, last = run.stderr.splitlines()
+    assert "Traceback" not in run.stderr and 1 <= len(workers) <= 2, run.stderr
+    assert all(line == f"tzc: {REIMPORTED}" for line in workers), run.stderr
+    assert last == f"tzc-data: error: {REIMPORTED}", run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _exit_as_a_reimported_worker(unit: _Unit) -> int:
+    raise SystemExit(REIMPORTED_EXIT)
+
+
+def test_a_worker_that_exits_as_reimported_names_the_script_s_guard(tmp_path, monkeypatch):
+    # The worker's exit code tells why it died; the stage's temporary file goes with the build.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(TzcError, match=r"if __name__ == \"__main__\""):
+        list(ProcessExecutor(2).run(_exit_as_a_reimported_worker, [_Unit(k) for k in range(4)]))
+    assert sorted(ProcessExecutor(2).run(_fail_on_three, [_Unit(k) for k in (0, 1, 2)])) == [0, 1, 2]
+    assert list(tmp_path.iterdir()) == []
