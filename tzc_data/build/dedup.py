@@ -88,7 +88,7 @@ def sharing_a_key(hashes: np.ndarray | None, bands: np.ndarray | None, near: Nea
     involved = np.zeros(count, dtype=bool)
     columns = [hashes[:, :8].view("<u8")[:, 0]] if hashes is not None else []
     columns += [bands[:, b] for b in range(BANDS)] if bands is not None else []
-    bits = min(16, max(1, count.bit_length() - 8))  # buckets of about 256 keys
+    bits = loops.bucket_bits(count)
     for keys in columns:
         loops.run(loops.mark_repeated, count, keys, involved, bits)
     if near is not None and len(near) and bands is not None:  # keys of the builds given to --exclude
@@ -148,8 +148,9 @@ def decide(hashes: np.ndarray | None, keys: np.ndarray, sketches: np.ndarray, ro
 
     The outcome of :func:`tzc_data.text.minhash.decide_batch` over the same candidates, row for row, in
     one compiled loop (:func:`tzc_data.build.loops.first_kept_wins`) over dense ids of the keys: one sort
-    of the hashes and one of the band keys, instead of a Python object and a hash-table probe per
-    key. ``compiled`` forces (or forbids) the compiled loop, for the tests."""
+    of the hashes, and the band keys grouped by :func:`tzc_data.build.loops.group_ids` without a sort
+    (docs/benchmarks.md, section 17), instead of a Python object and a hash-table probe per key.
+    ``compiled`` forces (or forbids) the compiled loops, for the tests."""
     m = len(rows)
     codes, twins, jaccards = np.zeros(m, np.uint8), np.full(m, -1, np.int64), np.full(m, np.nan)
     exact_ids, exact_groups = np.full(m, -1, np.int64), 0
@@ -165,9 +166,12 @@ def decide(hashes: np.ndarray | None, keys: np.ndarray, sketches: np.ndarray, ro
     excluded = np.zeros((0, BANDS), np.int64)
     excluded_sketches = np.zeros((0, NUM_PERM), np.uint8)
     if near is not None and m:
-        values, inverse = np.unique(keys.reshape(-1), return_inverse=True)
-        band_ids, band_groups = inverse.reshape(m, BANDS).astype(np.int64), len(values)
-        del values, inverse
+        flat = np.ascontiguousarray(keys, np.uint64).reshape(-1)
+        band_ids = np.empty(len(flat), np.int64)
+        band_groups = loops.run(loops.group_ids, len(flat), flat, band_ids, loops.bucket_bits(len(flat)),
+                                compiled=compiled)
+        band_ids = band_ids.reshape(m, BANDS)
+        del flat
         excluded = near.lookup_many(keys).astype(np.int64)
         if len(near.sketches):
             excluded_sketches = np.frombuffer(near.sketches, np.uint8).reshape(-1, NUM_PERM)

@@ -32,7 +32,8 @@ from tzc_data.native import compiled_cache, numba_cache
 COMPILE_FROM = 4096  # items; below this the loops run in the interpreter (see the module docstring)
 
 
-_HELPERS = ("_next_at_least", "_lowest", "_pop_min", "_meld")  # called from the loops: compiled with them
+# Called from the loops: compiled with them.
+_HELPERS = ("_bucketed", "_mask", "_slot", "_next_at_least", "_lowest", "_pop_min", "_meld")
 
 
 @lru_cache(maxsize=None)
@@ -58,6 +59,7 @@ SPECS: dict[str, native.Spec] = {  # what run() is given, in the types numba inf
     "first_kept_wins": ("none", ("int64[C1]", "int64", "int64[C2]", "int64", "int64[C2]", "uint8[C2]", "uint8[C2]",
                                  "float64", "uint8[C1]", "int64[C1]", "float64[C1]", "int64[C1]")),
     "best_fit_decreasing": ("int64", ("int64[C1]", "int64[C1]", "int64", "int64", "int64[C1]")),
+    "group_ids": ("int64", ("uint64[C1]", "int64[C1]", "int64")),
 }
 
 
@@ -91,14 +93,10 @@ def run(function: Callable[..., Any], size: int, *args: Any, compiled: bool | No
 # -- which keys repeat -----------------------------------------------------------------------------
 
 
-def mark_repeated(keys: np.ndarray, marks: np.ndarray, bits: int) -> None:
-    """Set ``marks[i]`` for every ``i`` whose ``keys[i]`` (uint64) occurs at least twice.
-
-    No sort of the column and no copy of it in key order: one counting pass buckets the rows by
-    the top ``bits`` bits of their key (keys are hashes, so the buckets are even), then each
-    bucket's keys go through a small open-addressing table that stays in cache. Memory: 16 bytes
-    a row (the bucketed keys and row numbers), freed on return.
-    """
+def _bucketed(keys: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The keys (and where each came from) in buckets by their top ``bits`` bits, in one counting
+    pass and one placing pass: (bucket starts, bucketed keys, their positions, the size of a table
+    that holds the largest bucket at most half full)."""
     n = len(keys)
     shift = np.uint64(64 - bits)
     starts = np.zeros((1 << bits) + 1, np.int64)
@@ -114,23 +112,45 @@ def mark_repeated(keys: np.ndarray, marks: np.ndarray, bits: int) -> None:
         b = np.int64(keys[i] >> shift)
         bucketed[at[b]], rows[at[b]] = keys[i], i
         at[b] += 1
+    return starts, bucketed, rows, _mask(largest) + 1
+
+
+def _mask(count: int) -> int:
+    """The slot mask of an open-addressing table for ``count`` keys: a power of two (at least 4)
+    at least twice ``count``, less one."""
     size = 4
-    while size < 2 * largest:
+    while size < 2 * count:
         size *= 2
+    return size - 1
+
+
+def _slot(table_keys: np.ndarray, taken: np.ndarray, key: np.uint64, mask: int) -> int:
+    """Where ``key`` is in the table, or the empty slot (``taken`` < 0) where it goes: linear
+    probing from a multiplicative hash of the key."""
+    slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
+    while taken[slot] >= 0 and table_keys[slot] != key:
+        slot = (slot + 1) & mask
+    return slot
+
+
+def mark_repeated(keys: np.ndarray, marks: np.ndarray, bits: int) -> None:
+    """Set ``marks[i]`` for every ``i`` whose ``keys[i]`` (uint64) occurs at least twice.
+
+    No sort of the column and no copy of it in key order: one counting pass buckets the rows by
+    the top ``bits`` bits of their key (keys are hashes, so the buckets are even), then each
+    bucket's keys go through a small open-addressing table that stays in cache. Memory: 16 bytes
+    a row (the bucketed keys and row numbers), freed on return.
+    """
+    starts, bucketed, rows, size = _bucketed(keys, bits)
     table_keys, table_rows = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
     for b in range(1 << bits):
         lo, hi = starts[b], starts[b + 1]
         if hi - lo < 2:
             continue
-        mask = 4
-        while mask < 2 * (hi - lo):
-            mask *= 2
-        mask -= 1
+        mask = _mask(hi - lo)
         for p in range(lo, hi):
             key = bucketed[p]
-            slot = np.int64((key * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)) & mask
-            while table_rows[slot] >= 0 and table_keys[slot] != key:
-                slot = (slot + 1) & mask
+            slot = _slot(table_keys, table_rows, key, mask)
             if table_rows[slot] < 0:
                 table_keys[slot], table_rows[slot] = key, rows[p]
             else:
@@ -139,16 +159,35 @@ def mark_repeated(keys: np.ndarray, marks: np.ndarray, bits: int) -> None:
         table_rows[:mask + 1] = -1
 
 
-def dense_ids(sorted_keys: np.ndarray, order: np.ndarray, ids: np.ndarray) -> int:
-    """``ids[order[k]]`` = the number of distinct values before ``sorted_keys[k]`` (a dense id per
-    distinct key, with ``sorted_keys`` in ascending order and ``order`` where each came from);
-    returns how many distinct values there are."""
-    group = -1
-    for k in range(len(sorted_keys)):
-        if k == 0 or sorted_keys[k] != sorted_keys[k - 1]:
-            group += 1
-        ids[order[k]] = group
-    return group + 1
+def bucket_bits(n: int) -> int:
+    """The top bits :func:`mark_repeated` and :func:`group_ids` bucket ``n`` keys by: buckets of
+    about 256 keys, at most 65,536 of them."""
+    return min(16, max(1, n.bit_length() - 8))
+
+
+def group_ids(keys: np.ndarray, ids: np.ndarray, bits: int) -> int:
+    """``ids[i]`` = a dense id of ``keys[i]`` (uint64): equal keys get the same id, different keys
+    different ids, from 0 up; returns how many distinct keys there are. The ids are not in key
+    order (only their equality means anything), which spares the sort ``np.unique`` needs for
+    its inverse. The same passes as :func:`mark_repeated`: the keys bucketed by their top
+    ``bits`` bits, then each bucket through a small open-addressing table that stays in cache.
+    Memory: 16 bytes a key, freed on return.
+    """
+    starts, bucketed, rows, size = _bucketed(keys, bits)
+    table_keys, table_ids = np.zeros(size, np.uint64), np.full(size, -1, np.int64)
+    groups = 0
+    for b in range(1 << bits):
+        lo, hi = starts[b], starts[b + 1]
+        mask = _mask(hi - lo)
+        for p in range(lo, hi):
+            key = bucketed[p]
+            slot = _slot(table_keys, table_ids, key, mask)
+            if table_ids[slot] < 0:
+                table_keys[slot], table_ids[slot] = key, groups
+                groups += 1
+            ids[rows[p]] = table_ids[slot]
+        table_ids[:mask + 1] = -1
+    return groups
 
 
 # -- first kept wins ---------------------------------------------------------------------------------

@@ -127,6 +127,23 @@ def test_mark_repeated_finds_exactly_the_keys_that_occur_twice(how, request):
         assert marks.tolist() == np.isin(column, values[counts > 1]).tolist()
 
 
+@pytest.mark.parametrize("how", ["python", "just-in-time", "native"])
+def test_group_ids_gives_equal_keys_one_id_and_different_keys_different_ones(how, request):
+    if how == "just-in-time":
+        request.getfixturevalue("no_native")
+    rng = np.random.default_rng(6)
+    for n, bits in [(0, 1), (1, 1), (2, 16), (50, 1), (3000, 4), (5000, loops.bucket_bits(5000)), (3000, 16)]:
+        keys = rng.integers(0, 2**64, size=n, dtype=np.uint64)
+        keys[rng.random(n) < 0.2] = 0  # one key many times, the value an empty slot would hold
+        twice = rng.integers(0, max(n, 1), size=n // 10)
+        keys[twice[1:]] = keys[twice[:-1]]
+        ids = np.full(n, -7, np.int64)
+        groups = loops.run(loops.group_ids, n, keys, ids, bits, compiled=how != "python")
+        values, inverse = np.unique(keys, return_inverse=True)
+        assert groups == len(values) and sorted(set(ids.tolist())) == list(range(groups))
+        assert len({(int(a), int(b)) for a, b in zip(ids, inverse)}) == groups  # the same partition
+
+
 def test_fixed_width_reads_a_sliced_column_without_copies_of_python_objects():
     import pyarrow as pa
 
