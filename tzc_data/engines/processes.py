@@ -46,14 +46,20 @@ class ProcessExecutor(Executor):
         """The tasks in ``workers`` spawned processes; results in order."""
         if len(items) < 2:
             return [task(item) for item in items]
+        _check_main()
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context, initializer=_die_with,
                                    initargs=(os.getpid(), refused()))
-        try:
+        workers: list[Any] = []  # what died, should the pool break: the pool keeps its processes in a
+        try:  # private dict (CPython 3.8-3.13), and may clear it before the break reaches this thread
             with _children_ignore_sigint():  # the pool starts its processes as the tasks are submitted
                 results = pool.map(task, items)
+            workers = list((getattr(pool, "_processes", None) or {}).values())
             done = list(results)
         except BrokenProcessPool:
+            pool.shutdown()  # every worker joined: their exit codes are known
+            if any(p.exitcode == REIMPORTED_EXIT for p in workers):
+                raise TzcError(REIMPORTED) from None
             raise TzcError("a worker process died while writing shards (out of memory?); run again with "
                            "--resume, or with fewer --workers") from None
         except BaseException:  # Ctrl-C: do not wait for the shards in flight (the workers die with us)
@@ -65,6 +71,7 @@ class ProcessExecutor(Executor):
     def run(self, stage: Callable[[Any], UnitDone], units: Sequence[Any]) -> Iterator[UnitDone]:
         if not units:
             return
+        _check_main()
         with _stage_file(stage) as path:
             yield from self._run(path, units)
 
@@ -107,21 +114,50 @@ class ProcessExecutor(Executor):
             results.close()
 
 
+def _check_main() -> None:
+    """Refuse, in one line, to spawn workers that could not start: ``spawn`` runs the parent's
+    script again in each worker, from its file, and a script read from standard input (``python -``)
+    or from a file since removed has none: each worker would fail with a traceback."""
+    main = sys.modules.get("__main__")
+    where = getattr(main, "__file__", None) if getattr(main, "__spec__", None) is None else None
+    if where is not None and not os.path.isfile(where):
+        raise TzcError(f"--engine processes cannot start its workers from this script ({where}): each worker runs "
+                       "the script again, from its file; save it to a file, or use --engine local")
+
+
 @contextmanager
 def _stage_file(stage: Callable[[Any], UnitDone]) -> Iterator[str]:
-    """The stage pickled once into a temporary file of this process's own, removed on the way out.
+    """A path the workers read the stage from: pickled once into a temporary file of this process.
 
     Not a worker's argument: ``spawn`` writes a worker's arguments into its pipe while holding the
     pipe's other end, so a worker that exits before it reads them (one that meets a build in the
     script it runs again, or dies at start) would block the build for ever on a stage of megabytes.
+    Where ``/proc/<pid>/fd`` opens this process's descriptor of the file (Linux), the file's name
+    is removed at once and the workers open it there: it lives only while this process does, so a
+    build killed with SIGKILL leaves no file behind. Elsewhere the name is removed on the way out.
     """
-    handle, path = tempfile.mkstemp(prefix="tzc-stage-", suffix=".pickle")
     try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(ForkingPickler.dumps(stage))
+        handle, path = tempfile.mkstemp(prefix="tzc-stage-", suffix=".pickle")
+    except OSError as err:
+        raise TzcError(f"cannot write the workers' stage in {tempfile.gettempdir()}: {err.strerror}; set TMPDIR to a "
+                       "folder with room") from None
+    named = True
+    try:
+        try:
+            with os.fdopen(handle, "wb", closefd=False) as out:
+                out.write(ForkingPickler.dumps(stage))
+        except OSError as err:
+            raise TzcError(f"cannot write the workers' stage to {path}: {err.strerror}; set TMPDIR to a folder with "
+                           "room") from None
+        held = f"/proc/{os.getpid()}/fd/{handle}"
+        if os.path.exists(held):
+            os.unlink(path)
+            named, path = False, held
         yield path
     finally:
-        os.unlink(path)
+        os.close(handle)
+        if named:
+            os.unlink(path)
 
 
 def _take(units: Iterator[Any], n: int) -> list[Any]:

@@ -118,6 +118,36 @@ def test_a_script_that_builds_at_its_top_level_fails_in_one_line_per_process(tmp
     assert not (tmp_path / "out").exists()
 
 
+def test_a_script_that_resumes_at_its_top_level_fails_in_one_line_when_the_shards_start(tmp_path, tiny_model_path):
+    # Every unit done (a build stopped by --min-kept-ratio): the first workers spawned are the shard writers'.
+    out = tmp_path / "out"
+    args = ["build", "--source", "synthetic", "--range", "0:600", "--out", str(out), "--tokenizer", tiny_model_path,
+            "--seq-len", "8192", "--rows-per-shard", "16", "--no-progress", "--engine", "processes", "--workers", "2"]
+    assert main([*args, "--min-kept-ratio", "0.999"]) == 2
+    script = tmp_path / "unguarded.py"
+    script.write_text(f"import sys\nfrom tzc_data.cli import main\nsys.exit(main({[*args, '--resume']!r}))\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    *workers, last = run.stderr.splitlines()
+    assert run.returncode == 2 and "Traceback" not in run.stderr and workers, run.stderr
+    assert last == f"tzc-data: error: {REIMPORTED}", run.stderr
+
+
+def test_a_script_read_from_standard_input_cannot_start_workers_and_says_so(tmp_path, tiny_model_path):
+    script = ("import sys\nfrom tzc_data.cli import main\nif __name__ == '__main__':\n    sys.exit(main(['build', "
+              f"'--source', 'synthetic', '--range', '0:600', '--out', {str(tmp_path / 'out')!r}, '--tokenizer', "
+              f"{tiny_model_path!r}, '--min-kept-ratio', '0', '--no-progress', '--workers', '2']))\n")
+    run = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "cannot start its workers from this script (<stdin>)" in run.stderr and "--engine local" in run.stderr
+
+
+def test_a_stage_that_cannot_be_written_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
+    with pytest.raises(TzcError, match=rf"the workers' stage in {tmp_path / 'gone'}: .*set TMPDIR"):
+        list(ProcessExecutor(2).run(_fail_on_three, [_Unit(k) for k in range(3)]))
+
+
 def _exit_as_a_reimported_worker(unit: _Unit) -> int:
     raise SystemExit(REIMPORTED_EXIT)
 
@@ -127,5 +157,13 @@ def test_a_worker_that_exits_as_reimported_names_the_script_s_guard(tmp_path, mo
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with pytest.raises(TzcError, match=r"if __name__ == \"__main__\""):
         list(ProcessExecutor(2).run(_exit_as_a_reimported_worker, [_Unit(k) for k in range(4)]))
-    assert sorted(ProcessExecutor(2).run(_fail_on_three, [_Unit(k) for k in (0, 1, 2)])) == [0, 1, 2]
+    units = [_Unit(k) for k in range(3)]
+    for unit in units:
+        unit.folder = str(tmp_path)
+    # While the workers run, the stage's file has no name (a build killed with SIGKILL leaves none).
+    assert list(ProcessExecutor(2).run(_listed, units)) == [[], [], []]
     assert list(tmp_path.iterdir()) == []
+
+
+def _listed(unit: _Unit) -> list[str]:
+    return os.listdir(unit.folder)
