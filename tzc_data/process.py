@@ -3,7 +3,7 @@ on ``import tzc_data`` or by :func:`tzc_data.cli.main`: a library call changes n
 setting, so a notebook that calls :func:`tzc_data.build.pipeline.build` keeps its own, and so do
 the workers its engines start.
 
-Two settings, each made before the library it concerns loads:
+Three settings, the first two made before the library they concern loads:
 
 - **Arrow's allocator.** Arrow's default (mimalloc) keeps the memory of every table a build writes
   and reads back: peak RSS grew by about 1 KB per row; the system allocator gives it back. Arrow
@@ -21,12 +21,16 @@ Two settings, each made before the library it concerns loads:
   them keeps it, and a part of tzc that needs one lifts its refusal first (:func:`allow`:
   ``--engine ray``, whose Ray Data imports pandas). docs/benchmarks.md, section 14: a one-row build
   0.65 s -> 0.41 s, a 5,000-row build that loads the compiled filters 4.1 -> 3.5 CPU s.
+- **Ctrl-C once.** The first SIGINT stops the build (one line, resumable); later ones are ignored
+  while it stops its workers (:func:`interrupt_once`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,6 +58,17 @@ def own_process() -> None:
     if "pyarrow" not in sys.modules:
         os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
     refuse(REFUSED)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupt_once)
+
+
+def interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT's handler in a tzc process: KeyboardInterrupt the first time, and from then on the
+    signal is ignored. A second Ctrl-C while the first stops the workers (killed at once: under a
+    second) would cut that short, with a traceback from the middle of the clean-up, or leave the
+    process waiting for ever on a worker's lock; SIGTERM and SIGKILL still end it, resumable."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def refuse(names: Iterable[str]) -> None:

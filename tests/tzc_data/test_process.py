@@ -125,3 +125,12 @@ def test_allow_lifts_a_refusal_and_the_ray_engine_lifts_pandas_for_ray_data():
                            "from tzc_data.engines.ray import _import_ray\nimport sys\n_import_ray()\n"
                            "print('pandas' in sys.modules, 'scipy' in sys.modules)"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.split() == ["True", "False"], done.stderr
+
+
+def test_a_tzc_process_takes_ctrl_c_once_and_ignores_it_after():
+    code = ("import os, signal\nfrom tzc_data.process import own_process\nown_process()\n"
+            "try:\n    os.kill(os.getpid(), signal.SIGINT)\n    signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+            "except KeyboardInterrupt:\n    print('interrupted')\n"
+            "os.kill(os.getpid(), signal.SIGINT)\nsignal.pthread_sigmask(signal.SIG_BLOCK, [])\nprint('ignored')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.split() == ["interrupted", "ignored"], done.stderr

@@ -53,17 +53,22 @@ class ProcessExecutor(Executor):
         workers: list[Any] = []  # what died, should the pool break: the pool keeps its processes in a
         try:  # private dict (CPython 3.8-3.13), and may clear it before the break reaches this thread
             with _children_ignore_sigint():  # the pool starts its processes as the tasks are submitted
-                results = pool.map(task, items)
+                futures = [pool.submit(task, item) for item in items]  # not pool.map: see below
             workers = list((getattr(pool, "_processes", None) or {}).values())
-            done = list(results)
+            done = [future.result() for future in futures]
         except BrokenProcessPool:
             pool.shutdown()  # every worker joined: their exit codes are known
             if any(p.exitcode == REIMPORTED_EXIT for p in workers):
                 raise TzcError(REIMPORTED) from None
             raise TzcError("a worker process died while writing shards (out of memory?); run again with "
                            "--resume, or with fewer --workers") from None
-        except BaseException:  # Ctrl-C: do not wait for the shards in flight (the workers die with us)
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # Ctrl-C: do not wait for the shards in flight; their files are temporary ones
+            # Killed, not cancelled: the pool fails the futures left when it finds its workers dead,
+            # and it cannot fail a cancelled one (InvalidStateError, with a traceback, in its thread;
+            # pool.map's results cancel theirs when dropped).
+            pool.shutdown(wait=False)
+            for process in workers or list((getattr(pool, "_processes", None) or {}).values()):
+                process.kill()
             raise
         pool.shutdown()
         return done

@@ -61,6 +61,30 @@ def test_a_worker_that_dies_fails_the_build_in_one_line_and_it_resumes_to_the_sa
     assert sha256s(out) == sha256s(tmp_path / "ref")
 
 
+@pytest.mark.parametrize("phase", ["units", "shards"])
+def test_ctrl_c_twice_stops_the_build_in_one_line_and_it_resumes_to_the_same_bytes(tmp_path, tiny_model_path, phase):
+    # The second Ctrl-C used to land in the middle of the clean-up: tracebacks from the exit's joins,
+    # or a process waiting for ever on a worker's lock.
+    args = ["--source", "synthetic", "--range", "0:3000", "--tokenizer", tiny_model_path, "--seq-len", "8192",
+            "--min-kept-ratio", "0", "--no-progress", "--rows-per-shard", "16"]
+    assert main(["build", "--out", str(tmp_path / "ref"), *args]) == 0
+    out, staging = tmp_path / "run", tmp_path / ".run.tzc-partial"
+    build = subprocess.Popen([sys.executable, "-m", "tzc_data.cli", "build", "--out", str(out), *args,
+                              "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    started = (lambda: list((staging / ".units").glob("u*.json"))) if phase == "units" else \
+        (lambda: (staging / "shards").is_dir() and any((staging / "shards").iterdir()))
+    while not started() and time.time() < deadline:
+        time.sleep(0.002)
+    build.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    build.send_signal(signal.SIGINT)
+    _, err = build.communicate(timeout=60)
+    assert build.returncode == 130 and err.count("\n") == 1 and "--resume" in err, err
+    assert main(["build", "--out", str(out), *args, "--workers", "2", "--resume"]) == 0
+    assert sha256s(out) == sha256s(tmp_path / "ref")
+
+
 def _parent(proc: Path) -> int | None:
     try:
         for line in (proc / "status").read_text().splitlines():
