@@ -18,6 +18,9 @@ Promises, each checked here rather than at the call sites:
   itself for compiled code (:func:`compiled_cache`), at its exit.
 - **No command writes over a build.** :func:`check_output_file` refuses an output path inside
   a build directory (``report -o BUILD/manifest.json``).
+- **A private temporary file has no name for long.** :func:`unnamed_file` makes one with
+  ``mkstemp`` and removes its name as soon as it is written, where the process's descriptor can be
+  opened by path (Linux's ``/proc``), else on the way out: a killed process leaves nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +54,40 @@ _BUILD_FOLDERS = {
 # What else a staging directory holds: the units' files (tzc_data.build.units) and atomic_path's temporaries.
 _UNIT_FILE = re.compile(r"u\d{6,}\.(arrow|tokens|json)|plan\.json")
 _TEMPORARY = re.compile(r"\..+\.tzc-tmp-\d+")
+
+
+@contextmanager
+def unnamed_file(data: bytes, prefix: str) -> Iterator[str]:
+    """A path from which other processes of this machine read ``data``, while this block runs:
+    a file of this process's own in the temporary folder (``mkstemp``: created here, mode 0600).
+    Where ``/proc/<pid>/fd`` opens this process's descriptor of it, its name is removed at once and
+    that path is given: the file lives only while this process does, so even SIGKILL leaves
+    nothing. Elsewhere the name is given, and removed on the way out. Raises :class:`OutputError`
+    naming the folder or file that could not be written."""
+    import tempfile
+
+    try:
+        handle, path = tempfile.mkstemp(prefix=prefix)
+    except OSError as err:
+        raise OutputError(f"cannot write a temporary file in {tempfile.gettempdir()}: {err.strerror}; set TMPDIR "
+                          "to a folder with room") from None
+    named = True
+    try:
+        try:
+            with os.fdopen(handle, "wb", closefd=False) as out:
+                out.write(data)
+        except OSError as err:
+            raise OutputError(f"cannot write the temporary file {path}: {err.strerror}; set TMPDIR to a folder "
+                              "with room") from None
+        held = f"/proc/{os.getpid()}/fd/{handle}"
+        if os.path.exists(held):
+            os.remove(path)
+            named, path = False, held
+        yield path
+    finally:
+        os.close(handle)
+        if named:
+            os.remove(path)
 
 
 @contextmanager

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -154,3 +156,28 @@ def test_a_staging_folder_is_emptied_only_of_what_a_build_writes_there(tmp_path)
     (staging / ".units" / "thesis.txt").unlink()
     files.clear_staging(str(staging))
     assert os.listdir(staging) == [files.STAGING_MARKER]
+
+
+def test_an_unnamed_file_is_read_by_another_process_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    with files.unnamed_file(b"the stage", "tzc-stage-") as path:
+        assert os.listdir(tmp_path) == []  # no name while it is read: a killed process leaves nothing
+        read = subprocess.run([sys.executable, "-c", f"print(open({path!r}, 'rb').read().decode())"],
+                              capture_output=True, text=True, check=True)
+        assert read.stdout.strip() == "the stage"
+    assert os.listdir(tmp_path) == []
+
+
+def test_where_proc_cannot_open_it_the_unnamed_file_keeps_its_name_until_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    monkeypatch.setattr(files.os.path, "exists", lambda path: False)
+    with files.unnamed_file(b"x", "tzc-stage-") as path:
+        assert os.listdir(tmp_path) == [os.path.basename(path)] and open(path, "rb").read() == b"x"
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unnamed_file_that_cannot_be_written_names_the_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "gone"))
+    with pytest.raises(OutputError, match=rf"a temporary file in {tmp_path / 'gone'}: .*set TMPDIR"):
+        with files.unnamed_file(b"x", "tzc-stage-"):
+            pass

@@ -19,7 +19,6 @@ import pickle
 import queue
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from tzc_data.engines.base import Executor, run_unit
 from tzc_data.errors import TzcError
+from tzc_data.files import unnamed_file
 from tzc_data.process import REIMPORTED, REIMPORTED_EXIT, refuse, refused
 
 if TYPE_CHECKING:
@@ -77,7 +77,11 @@ class ProcessExecutor(Executor):
         if not units:
             return
         _check_main()
-        with _stage_file(stage) as path:
+        # The stage reaches the workers through a file, not as their argument: spawn writes a worker's
+        # arguments into a pipe whose reading end it holds too, so a worker that exits before it reads
+        # them (one that meets the build in the script it runs again, or dies at start) would leave
+        # the build waiting for ever on a stage of megabytes.
+        with unnamed_file(ForkingPickler.dumps(stage), "tzc-stage-") as path:
             yield from self._run(path, units)
 
     def _run(self, stage_path: str, units: Sequence[Any]) -> Iterator[UnitDone]:
@@ -128,41 +132,6 @@ def _check_main() -> None:
     if where is not None and not os.path.isfile(where):
         raise TzcError(f"--engine processes cannot start its workers from this script ({where}): each worker runs "
                        "the script again, from its file; save it to a file, or use --engine local")
-
-
-@contextmanager
-def _stage_file(stage: Callable[[Any], UnitDone]) -> Iterator[str]:
-    """A path the workers read the stage from: pickled once into a temporary file of this process.
-
-    Not a worker's argument: ``spawn`` writes a worker's arguments into its pipe while holding the
-    pipe's other end, so a worker that exits before it reads them (one that meets a build in the
-    script it runs again, or dies at start) would block the build for ever on a stage of megabytes.
-    Where ``/proc/<pid>/fd`` opens this process's descriptor of the file (Linux), the file's name
-    is removed at once and the workers open it there: it lives only while this process does, so a
-    build killed with SIGKILL leaves no file behind. Elsewhere the name is removed on the way out.
-    """
-    try:
-        handle, path = tempfile.mkstemp(prefix="tzc-stage-", suffix=".pickle")
-    except OSError as err:
-        raise TzcError(f"cannot write the workers' stage in {tempfile.gettempdir()}: {err.strerror}; set TMPDIR to a "
-                       "folder with room") from None
-    named = True
-    try:
-        try:
-            with os.fdopen(handle, "wb", closefd=False) as out:
-                out.write(ForkingPickler.dumps(stage))
-        except OSError as err:
-            raise TzcError(f"cannot write the workers' stage to {path}: {err.strerror}; set TMPDIR to a folder with "
-                           "room") from None
-        held = f"/proc/{os.getpid()}/fd/{handle}"
-        if os.path.exists(held):
-            os.unlink(path)
-            named, path = False, held
-        yield path
-    finally:
-        os.close(handle)
-        if named:
-            os.unlink(path)
 
 
 def _take(units: Iterator[Any], n: int) -> list[Any]:

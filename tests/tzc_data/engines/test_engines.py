@@ -168,7 +168,7 @@ def test_a_script_read_from_standard_input_cannot_start_workers_and_says_so(tmp_
 
 def test_a_stage_that_cannot_be_written_names_the_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "gone"))
-    with pytest.raises(TzcError, match=rf"the workers' stage in {tmp_path / 'gone'}: .*set TMPDIR"):
+    with pytest.raises(TzcError, match=rf"a temporary file in {tmp_path / 'gone'}: .*set TMPDIR"):
         list(ProcessExecutor(2).run(_fail_on_three, [_Unit(k) for k in range(3)]))
 
 
