@@ -79,7 +79,11 @@ def test_ctrl_c_twice_stops_the_build_in_one_line_and_it_resumes_to_the_same_byt
     build.send_signal(signal.SIGINT)
     time.sleep(0.01)
     build.send_signal(signal.SIGINT)
-    _, err = build.communicate(timeout=60)
+    try:
+        _, err = build.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # the old failure: waiting for ever (its workers die with it)
+        build.kill()
+        raise
     assert build.returncode == 130 and err.count("\n") == 1 and "--resume" in err, err
     assert main(["build", "--out", str(out), *args, "--workers", "2", "--resume"]) == 0
     assert sha256s(out) == sha256s(tmp_path / "ref")
