@@ -288,7 +288,6 @@ def _map_units(engine: Executor, stage: RowStage, planned: Sequence[Unit], confi
 _MARK_EVERY = 0.5  # seconds between batches of done-markers while the map runs
 
 
-
 def _run_figures(started: float, manifest: dict[str, Any], reused: int, index_bytes: int) -> dict[str, Any]:
     elapsed = max(time.perf_counter() - started, 1e-9)
     return {

@@ -50,11 +50,11 @@ class ProcessExecutor(Executor):
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(min(self.workers, len(items)), mp_context=context, initializer=_die_with,
                                    initargs=(os.getpid(), refused()))
-        workers: list[Any] = []  # what died, should the pool break: the pool keeps its processes in a
-        try:  # private dict (CPython 3.8-3.13), and may clear it before the break reaches this thread
+        workers: list[Any] = []  # taken once they start: the pool may forget them before a break reaches us
+        try:
             with _children_ignore_sigint():  # the pool starts its processes as the tasks are submitted
                 futures = [pool.submit(task, item) for item in items]  # not pool.map: see below
-            workers = list((getattr(pool, "_processes", None) or {}).values())
+            workers = _processes_of(pool)
             done = [future.result() for future in futures]
         except BrokenProcessPool:
             pool.shutdown()  # every worker joined: their exit codes are known
@@ -67,7 +67,7 @@ class ProcessExecutor(Executor):
             # and it cannot fail a cancelled one (InvalidStateError, with a traceback, in its thread;
             # pool.map's results cancel theirs when dropped).
             pool.shutdown(wait=False)
-            for process in workers or list((getattr(pool, "_processes", None) or {}).values()):
+            for process in workers or _processes_of(pool):
                 process.kill()
             raise
         pool.shutdown()
@@ -121,6 +121,12 @@ class ProcessExecutor(Executor):
                     process.join()
             tasks.close()
             results.close()
+
+
+def _processes_of(pool: ProcessPoolExecutor) -> list[Any]:
+    """The pool's worker processes, for their exit codes or to kill them: it keeps them in a private
+    dict (CPython 3.8-3.13); none where it does not."""
+    return list((getattr(pool, "_processes", None) or {}).values())
 
 
 def _check_main() -> None:
